@@ -1,0 +1,200 @@
+r"""Driver for the DCASE 2019 Task 2 baseline: train, eval or inference.
+
+  python main.py --mode train --model mobilenet-v1 \
+      --class_map_path class_map.csv --train_clip_dir train_curated \
+      --train_csv_path train.csv --train_dir train_dir
+
+Flags and files are checked before any work starts (and before TensorFlow is
+imported); a problem is reported as one line naming the flag, file or value,
+with exit status 1.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import logging
+from absl import flags
+
+import files
+import params
+from files import UserError
+
+flags.DEFINE_enum('mode', None, ['train', 'eval', 'inference'],
+                  'What to do: train a model, evaluate every checkpoint of a '
+                  'training run, or write predictions for a folder of clips.')
+flags.DEFINE_enum('model', 'mobilenet-v1', ['mobilenet-v1', 'crnn'],
+                  'Model architecture.')
+flags.DEFINE_string('hparams', '',
+                    'Hyperparameter overrides as comma-separated name=value '
+                    'pairs, e.g. batch_size=32,lr=0.01. Use the same values '
+                    'for train, eval and inference.')
+flags.DEFINE_string('class_map_path', None,
+                    'CSV of "index,name" rows mapping class indices to names.')
+flags.DEFINE_string('train_clip_dir', None, 'Folder of training WAV clips.')
+flags.DEFINE_string('train_csv_path', None,
+                    'Training CSV with header "fname,labels".')
+flags.DEFINE_integer('epoch_num_batches', None,
+                     'Batches in one epoch of the training set; needed when '
+                     'the lrdecay hparam is > 0.')
+flags.DEFINE_string('warmstart_checkpoint', None,
+                    'Checkpoint (model.ckpt-N prefix) to warm-start from when '
+                    'the warmstart hparam is 1.')
+flags.DEFINE_list('warmstart_include_scopes', [],
+                  'Comma-separated scopes whose variables are warm-started '
+                  '(default: all). A scope matches a variable path equal to '
+                  'it or starting with it plus "/".')
+flags.DEFINE_list('warmstart_exclude_scopes', [],
+                  'Comma-separated scopes whose variables are not '
+                  'warm-started (default: none); applied after inclusions.')
+flags.DEFINE_string('train_dir', None,
+                    'Folder of model.ckpt-N checkpoints and training '
+                    'TensorBoard logs.')
+flags.DEFINE_integer('max_steps', None,
+                     'Stop training after this many batches in total, '
+                     'counting a resumed run\'s earlier steps (default: 1000 '
+                     'epochs, as the original).', lower_bound=1)
+flags.DEFINE_string('eval_clip_dir', None, 'Folder of evaluation WAV clips.')
+flags.DEFINE_string('eval_csv_path', None,
+                    'Evaluation CSV with header "fname,labels".')
+flags.DEFINE_string('eval_dir', None,
+                    'Folder for eval-N.txt results and eval TensorBoard logs.')
+flags.DEFINE_string('inference_checkpoint', None,
+                    'Checkpoint (model.ckpt-N prefix) to run inference with.')
+flags.DEFINE_string('inference_clip_dir', None,
+                    'Folder of WAV clips to predict (every .wav in it).')
+flags.DEFINE_string('predictions_csv_path', None,
+                    'Where to write the Kaggle submission CSV.')
+
+FLAGS = flags.FLAGS
+
+_REQUIRED = {
+    'train': ('train_clip_dir', 'train_csv_path', 'train_dir'),
+    'eval': ('eval_clip_dir', 'eval_csv_path', 'train_dir', 'eval_dir'),
+    'inference': ('inference_checkpoint', 'inference_clip_dir',
+                  'predictions_csv_path'),
+}
+
+
+def _check_flags():
+  """Checks flag combinations; returns the parsed hparams."""
+  if FLAGS.mode is None:
+    raise UserError('--mode is required (train, eval or inference)')
+  for name in ('class_map_path',) + _REQUIRED[FLAGS.mode]:
+    if not getattr(FLAGS, name):
+      raise UserError('--%s is required with --mode %s' % (name, FLAGS.mode))
+  try:
+    hparams = params.parse_hparams(FLAGS.hparams)
+  except ValueError as e:
+    raise UserError('--hparams: %s' % e) from None
+  if FLAGS.mode == 'train':
+    if hparams.lrdecay > 0 and not FLAGS.epoch_num_batches:
+      raise UserError('--epoch_num_batches is required when lrdecay > 0')
+    if hparams.warmstart and not FLAGS.warmstart_checkpoint:
+      raise UserError('--warmstart_checkpoint is required when warmstart=1')
+    if hparams.warmstart:
+      _check_checkpoint('--warmstart_checkpoint', FLAGS.warmstart_checkpoint)
+  if FLAGS.mode == 'inference':
+    _check_checkpoint('--inference_checkpoint', FLAGS.inference_checkpoint)
+    output_dir = os.path.dirname(os.path.abspath(FLAGS.predictions_csv_path))
+    if not os.path.isdir(output_dir):
+      raise UserError('--predictions_csv_path: folder %s does not exist' %
+                      output_dir)
+  return hparams
+
+
+def _check_checkpoint(flag, prefix):
+  if not os.path.isfile(prefix + '.index'):
+    hint = (' (give a model.ckpt-N prefix inside it)'
+            if os.path.isdir(prefix) else '')
+    raise UserError('%s: checkpoint %s not found: no file %s.index%s' % (
+        flag, prefix, prefix, hint))
+
+
+def _import_tensorflow():
+  """Imports TensorFlow with its start-up chatter (CUDA probing, oneDNN
+  notices) kept off stderr, so that the run's own output stays readable."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    import tensorflow as tf
+    tf.config.list_physical_devices()
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+  tf.get_logger().setLevel('ERROR')
+  logging.set_verbosity(logging.WARNING)  # e.g. per-save saver notices
+  return tf
+
+
+def run():
+  hparams = _check_flags()
+  class_names = files.read_class_map(FLAGS.class_map_path)
+  if FLAGS.mode == 'train':
+    rows = files.read_labeled_csv(FLAGS.train_csv_path, FLAGS.train_clip_dir,
+                                  class_names)
+    files.check_wavs([os.path.join(FLAGS.train_clip_dir, f) for f, _ in rows])
+  elif FLAGS.mode == 'eval':
+    rows = files.read_labeled_csv(FLAGS.eval_csv_path, FLAGS.eval_clip_dir,
+                                  class_names)
+    samples = files.check_wavs(
+        [os.path.join(FLAGS.eval_clip_dir, f) for f, _ in rows])
+  else:
+    fnames = files.list_wavs(FLAGS.inference_clip_dir)
+    samples = files.check_wavs(
+        [os.path.join(FLAGS.inference_clip_dir, f) for f in fnames])
+
+  tf = _import_tensorflow()
+  try:
+    if FLAGS.mode == 'train':
+      import train
+      train.train(FLAGS.model, hparams, class_names, FLAGS.train_csv_path,
+                  FLAGS.train_clip_dir, len(rows), FLAGS.train_dir,
+                  epoch_num_batches=FLAGS.epoch_num_batches,
+                  max_steps=FLAGS.max_steps,
+                  warmstart_checkpoint=FLAGS.warmstart_checkpoint,
+                  warmstart_include_scopes=FLAGS.warmstart_include_scopes,
+                  warmstart_exclude_scopes=FLAGS.warmstart_exclude_scopes)
+    elif FLAGS.mode == 'eval':
+      import evaluation
+      evaluation.evaluate(FLAGS.model, hparams, class_names, rows,
+                          FLAGS.eval_clip_dir, samples, FLAGS.train_dir,
+                          FLAGS.eval_dir)
+    else:
+      import inference
+      inference.infer(FLAGS.model, hparams, class_names,
+                      FLAGS.inference_clip_dir, fnames, samples,
+                      FLAGS.inference_checkpoint, FLAGS.predictions_csv_path)
+  except tf.errors.OpError as e:
+    # Raised inside the TensorFlow graph, e.g. a clip that changed after the
+    # pre-flight scan; its first line says which and what.
+    raise UserError(e.message.strip().splitlines()[0]) from None
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail('unexpected arguments: %s' % ' '.join(argv[1:]))
+  try:
+    run()
+  except UserError as e:
+    _fail(str(e), getattr(e, 'exit_code', 1))
+
+
+def _fail(message, exit_code=1):
+  prefix = 'stopped' if exit_code > 128 else 'error'
+  print('main.py: %s: %s' % (prefix, message), file=sys.stderr)
+  sys.exit(exit_code)
+
+
+def _parse_flags(argv):
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,90 @@
+"""The engine that scores clips, shared by eval and inference.
+
+A clip's score is the mean of the sigmoid scores of all its examples.
+Examples are batched across clips (tf.data decodes and computes features in
+parallel with the model), and the model runs with batch norm folded into its
+convolutions, which gives the same scores with less arithmetic.
+"""
+
+import datetime
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import inputs
+import model as model_lib
+from files import UserError
+
+PROGRESS_EVERY_SECONDS = 10.0
+
+
+class Scorer:
+  """Holds a model; `load` a checkpoint, then `score` clips with it."""
+
+  def __init__(self, model_name, num_classes, hparams):
+    self.hparams = hparams
+    self.num_classes = num_classes
+    self.model = model_lib.build_model(model_name, num_classes, hparams)
+    self.inference_model = model_lib.build_inference_model(
+        model_name, num_classes, hparams)
+    frames, _ = inputs.example_geometry(hparams)
+    spec = tf.TensorSpec([None, frames, hparams.mel_bands], tf.float32)
+    self._score_batch = tf.function(
+        lambda examples: tf.sigmoid(self.inference_model(examples,
+                                                         training=False)),
+        input_signature=[spec])
+
+  def load(self, checkpoint_path):
+    reader = model_lib.open_checkpoint(checkpoint_path)
+    model_lib.assign_from_checkpoint(self.model.variables, reader,
+                                     checkpoint_path)
+    model_lib.fold_batch_norm(self.model, self.inference_model)
+
+  def score(self, clip_paths, clip_samples, label='Scoring', on_progress=None):
+    """Returns [num_clips, num_classes] float64 clip scores.
+
+    clip_samples (from files.check_wavs) gives each clip's length, so that
+    progress counts finished clips exactly. on_progress(finished, scores), if
+    given, returns extra text for the progress line (e.g. a running lwlrap).
+    """
+    expected = np.array([inputs.num_examples(n, self.hparams)
+                         for n in clip_samples])
+    total = int(expected.sum())
+    sums = np.zeros((len(clip_paths), self.num_classes))
+    counts = np.zeros(len(clip_paths), dtype=np.int64)
+    start = last_report = time.time()
+    done = 0
+
+    def report():
+      finished = counts == expected
+      rate = done / max(time.time() - start, 1e-9)
+      extra = on_progress(finished, sums / np.maximum(counts, 1)[:, None]) \
+          if on_progress else ''
+      print('%s: %d/%d clips, %d/%d examples, %.1f examples/s, %s left%s' % (
+          label, finished.sum(), len(clip_paths), done, total, rate,
+          datetime.timedelta(seconds=int((total - done) / max(rate, 1e-9))),
+          extra), flush=True)
+
+    for examples, clip_index in inputs.scoring_dataset(clip_paths,
+                                                       self.hparams):
+      scores = self._score_batch(examples).numpy()
+      clip_index = clip_index.numpy()
+      np.add.at(sums, clip_index, scores)
+      counts += np.bincount(clip_index, minlength=len(clip_paths))
+      done += len(clip_index)
+      if time.time() - last_report >= PROGRESS_EVERY_SECONDS:
+        report()
+        last_report = time.time()
+    report()
+    if not np.array_equal(counts, expected):
+      bad = int(np.flatnonzero(counts != expected)[0])
+      raise UserError('%s: got %d examples, expected %d (did the file change '
+                      'during the run?)' % (clip_paths[bad], counts[bad],
+                                            expected[bad]))
+    clip_scores = sums / counts[:, None]
+    if not np.all(np.isfinite(clip_scores)):
+      bad = int(np.flatnonzero(~np.all(np.isfinite(clip_scores), axis=1))[0])
+      raise UserError('%s: scores are not finite (is the checkpoint '
+                      'diverged?)' % clip_paths[bad])
+    return clip_scores
