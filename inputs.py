@@ -80,7 +80,7 @@ def decode_clip(path):
   tf.debugging.Assert(tf.equal(tf.shape(waveform)[1], 1),
                       [path, 'channels', tf.shape(waveform)[1],
                        'expected mono'])
-  return waveform[:, 0]
+  return tf.reshape(waveform, [-1])  # a view; slicing would copy the clip
 
 
 def _chunk_bounds(waveform, hparams):
@@ -92,7 +92,10 @@ def _chunk_bounds(waveform, hparams):
   """
   window, hop, _ = stft_geometry(hparams)
   example_window, example_hop = example_geometry(hparams)
-  waveform = tf.pad(waveform, [[0, tf.maximum(0, window - tf.size(waveform))]])
+  shortfall = window - tf.size(waveform)
+  waveform = tf.cond(shortfall > 0,
+                     lambda: tf.pad(waveform, [[0, tf.maximum(shortfall, 0)]]),
+                     lambda: waveform)  # no copy of a long clip
   num_samples = tf.size(waveform)
   num_frames = 1 + (num_samples - window) // hop
   total = (num_frames + example_hop - 1) // example_hop

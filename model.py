@@ -180,9 +180,13 @@ def fold_batch_norm(trained, inference):
 # Checkpoints hold every variable under `weights/<variable path>`, so that
 # warm start and scoring can select variables by name, as TF1 scopes did.
 def checkpoint_weights(*layers):
-  """{variable path: variable} of the given layers, for tf.train.Checkpoint."""
+  """{variable path: variable} of the given layers, for tf.train.Checkpoint.
+
+  `weights`, not `variables`: Keras 3 also counts each dropout layer's RNG
+  state, named by a process-wide counter, which would not match across runs.
+  """
   return {v.path: v for layer in layers if layer is not None
-          for v in layer.variables}
+          for v in layer.weights}
 
 
 def checkpoint_key(path):

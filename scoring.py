@@ -37,7 +37,7 @@ class Scorer:
 
   def load(self, checkpoint_path):
     reader = model_lib.open_checkpoint(checkpoint_path)
-    model_lib.assign_from_checkpoint(self.model.variables, reader,
+    model_lib.assign_from_checkpoint(self.model.weights, reader,
                                      checkpoint_path)
     model_lib.fold_batch_norm(self.model, self.inference_model)
 

@@ -59,6 +59,26 @@ def make_optimizer(hparams, epoch_num_batches):
   return keras.optimizers.Adam(learning_rate, epsilon=hparams.adam_eps)
 
 
+def make_train_step(model, loss_fn, variables, optimizer, step):
+  """The compiled training step: (examples, labels) -> (loss, finite)."""
+
+  @tf.function
+  def train_step(examples, labels):
+    with tf.GradientTape() as tape:
+      loss = loss_fn(labels, model(examples, training=True))
+    gradients = tape.gradient(loss, variables)
+    finite = tf.math.is_finite(loss) & tf.math.is_finite(
+        tf.linalg.global_norm(gradients))
+    # A non-finite step is not applied, so the weights stay those of the last
+    # good step and no NaN ever reaches a checkpoint.
+    if finite:
+      optimizer.apply_gradients(zip(gradients, variables))
+      step.assign_add(1)
+    return loss, finite
+
+  return train_step
+
+
 def _in_scopes(path, scopes):
   """True when a scope names the variable or one of its enclosing scopes."""
   return any(path == s or path.startswith(s.rstrip('/') + '/') for s in scopes)
@@ -146,19 +166,7 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
     warm_start(variables, warmstart_checkpoint, warmstart_include_scopes,
                warmstart_exclude_scopes)
 
-  @tf.function
-  def train_step(examples, labels):
-    with tf.GradientTape() as tape:
-      loss = loss_fn(labels, model(examples, training=True))
-    gradients = tape.gradient(loss, variables)
-    finite = tf.math.is_finite(loss) & tf.math.is_finite(
-        tf.linalg.global_norm(gradients))
-    # A non-finite step is not applied, so the weights stay those of the last
-    # good step and no NaN ever reaches a checkpoint.
-    if finite:
-      optimizer.apply_gradients(zip(gradients, variables))
-      step.assign_add(1)
-    return loss, finite
+  train_step = make_train_step(model, loss_fn, variables, optimizer, step)
 
   def save():
     path = manager.save(checkpoint_number=int(step))

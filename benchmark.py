@@ -1,0 +1,245 @@
+"""Speed and memory, measured side by side on this machine.
+
+  python benchmark.py
+
+Generates WAV clips in a temporary folder, then prints three ratios against a
+plain Keras MobileNet v1 built from the baseline's layer table with stock
+layers and timed on in-memory random tensors:
+
+1. inference, WAV files to submission.csv, examples/s over the plain model's
+   forward pass on batches of 64 (target >= 1.0);
+2. training with the real WAV pipeline, examples/s over the plain model's
+   train step on in-memory tensors (target >= 0.95);
+3. peak resident memory of inference on one 10-minute clip over that on one
+   5-second clip (target <= 1.3);
+
+and the estimated time to score the FSDKaggle2019 test set (4,481 clips,
+12.9 hours of audio). Timings start after a warm-up (tracing, buffers).
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import files  # noqa: E402
+import inference  # noqa: E402
+import inputs  # noqa: E402
+import make_demo_data  # noqa: E402
+import model as model_lib  # noqa: E402
+import params  # noqa: E402
+import scoring  # noqa: E402
+import train  # noqa: E402
+
+TEST_SET_CLIPS = 4481
+TEST_SET_HOURS = 12.9
+MODEL = 'mobilenet-v1'
+
+
+def plain_mobilenet(num_classes, hparams):
+  """MobileNet v1 from the layer table with stock Keras layers only."""
+  frames, _ = inputs.example_geometry(hparams)
+  x = examples = keras.Input((frames, hparams.mel_bands))
+  x = keras.layers.Reshape((frames, hparams.mel_bands, 1))(x)
+
+  def bn_relu(x):
+    x = keras.layers.BatchNormalization(momentum=hparams.bndecay,
+                                        epsilon=hparams.bneps)(x)
+    return keras.layers.ReLU()(x)
+
+  for _, kind, stride, depth in model_lib.MOBILENET_V1:
+    if kind == 'conv':
+      x = bn_relu(keras.layers.Conv2D(depth, 3, strides=stride,
+                                      padding='same', use_bias=False)(x))
+    else:
+      x = bn_relu(keras.layers.DepthwiseConv2D(3, strides=stride,
+                                               padding='same',
+                                               use_bias=False)(x))
+      x = bn_relu(keras.layers.Conv2D(depth, 1, use_bias=False)(x))
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  return keras.Model(examples, keras.layers.Dense(num_classes)(x))
+
+
+def _timed(fn, warmup, repeats):
+  for _ in range(warmup):
+    fn()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    fn()
+  return (time.perf_counter() - start) / repeats
+
+
+def plain_forward_rate(num_classes, hparams, repeats):
+  plain = plain_mobilenet(num_classes, hparams)
+  frames, _ = inputs.example_geometry(hparams)
+  batch = tf.random.normal([hparams.batch_size, frames, hparams.mel_bands])
+  forward = tf.function(lambda x: tf.sigmoid(plain(x, training=False)))
+  seconds = _timed(lambda: forward(batch).numpy(), 2, repeats)
+  return hparams.batch_size / seconds
+
+
+def plain_train_rate(num_classes, hparams, repeats):
+  plain = plain_mobilenet(num_classes, hparams)
+  frames, _ = inputs.example_geometry(hparams)
+  examples = tf.random.normal([hparams.batch_size, frames, hparams.mel_bands])
+  labels = tf.cast(tf.random.uniform([hparams.batch_size, num_classes]) < 0.02,
+                   tf.float32)
+  loss_fn, _ = train.make_loss(hparams, num_classes)
+  optimizer = train.make_optimizer(hparams, 0)
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      loss = loss_fn(labels, plain(examples, training=True))
+    gradients = tape.gradient(loss, plain.trainable_variables)
+    optimizer.apply_gradients(zip(gradients, plain.trainable_variables))
+    return loss
+
+  seconds = _timed(lambda: step().numpy(), 2, repeats)
+  return hparams.batch_size / seconds
+
+
+def pipeline_train_rate(data, class_names, hparams, warmup, repeats):
+  """Examples/s of train.py's step fed by the real WAV pipeline."""
+  rows = files.read_labeled_csv(data['train_csv'], data['train_clip_dir'],
+                                class_names)
+  dataset = inputs.train_dataset(data['train_csv'], data['train_clip_dir'],
+                                 class_names, hparams, len(rows))
+  model = model_lib.build_model(MODEL, len(class_names), hparams)
+  loss_fn, _ = train.make_loss(hparams, len(class_names))
+  optimizer = train.make_optimizer(hparams, 0)
+  optimizer.build(model.trainable_variables)
+  step = tf.Variable(0, dtype=tf.int64)
+  train_step = train.make_train_step(model, loss_fn, model.trainable_variables,
+                                     optimizer, step)
+  batches = iter(dataset)
+  seconds = _timed(lambda: float(train_step(*next(batches))[0]), warmup,
+                   repeats)
+  return hparams.batch_size / seconds
+
+
+def write_checkpoint(path, num_classes, hparams):
+  model = model_lib.build_model(MODEL, num_classes, hparams)
+  return tf.train.Checkpoint(
+      weights=model_lib.checkpoint_weights(model)).write(path)
+
+
+def inference_rate(data, class_names, hparams, checkpoint, out_csv):
+  """Examples/s from WAV files to a written submission.csv."""
+  fnames = files.list_wavs(data['test_clip_dir'])
+  paths = [os.path.join(data['test_clip_dir'], f) for f in fnames]
+  samples = files.check_wavs(paths)
+  scorer = scoring.Scorer(MODEL, len(class_names), hparams)
+  scorer.load(checkpoint)
+  scorer.score(paths[:2], samples[:2], label='warm-up')
+  start = time.perf_counter()
+  scores = scorer.score(paths, samples, label='inference')
+  files.write_atomically(out_csv, inference.submission_csv(
+      fnames, class_names, scores))
+  seconds = time.perf_counter() - start
+  total = sum(inputs.num_examples(n, hparams) for n in samples)
+  return total / seconds, total
+
+
+def peak_rss_mib(clip_dir, checkpoint, class_map_path):
+  """Peak resident memory of a separate process running inference."""
+  out = subprocess.run(
+      [sys.executable, __file__, '--rss_child', clip_dir, checkpoint,
+       class_map_path], check=True, capture_output=True, text=True).stdout
+  return float(out.strip().splitlines()[-1])
+
+
+def rss_child(clip_dir, checkpoint, class_map_path):
+  class_names = files.read_class_map(class_map_path)
+  fnames = files.list_wavs(clip_dir)
+  samples = files.check_wavs([os.path.join(clip_dir, f) for f in fnames])
+  with tempfile.TemporaryDirectory() as tmp:
+    inference.infer(MODEL, params.HParams(), class_names, clip_dir, fnames,
+                    samples, checkpoint, os.path.join(tmp, 'submission.csv'))
+  # VmHWM is this process's own peak; ru_maxrss would carry over the parent's
+  # peak from before the fork.
+  with open('/proc/self/status') as status:
+    peak_kib = next(int(line.split()[1]) for line in status
+                    if line.startswith('VmHWM:'))
+  print(peak_kib / 1024.0)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--test_clips', type=int, default=60,
+                      help='clips (2-20 s) scored by the inference timing')
+  parser.add_argument('--train_steps', type=int, default=10,
+                      help='timed training steps, after 3 warm-up steps')
+  parser.add_argument('--rss_child', nargs=3, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.rss_child:
+    rss_child(*args.rss_child)
+    return
+
+  hparams = params.HParams()  # the baseline's defaults, batch size 64
+  class_map_path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                'class_map.csv')
+  class_names = files.read_class_map(class_map_path)
+  num_classes = len(class_names)
+  print('TensorFlow %s, %d CPU cores, GPUs: %s' % (
+      tf.__version__, os.cpu_count(),
+      [d.name for d in tf.config.list_physical_devices('GPU')] or 'none'))
+  with tempfile.TemporaryDirectory() as tmp:
+    # ~13 s training clips: enough examples (about 26 a clip) to fill batches
+    # for warm-up and timed steps without wrapping an epoch.
+    train_clips = -(-(args.train_steps + 4) * hparams.batch_size // 24)
+    data = make_demo_data.make_dataset(
+        os.path.join(tmp, 'data'), num_train=train_clips, num_validation=0,
+        num_test=args.test_clips, min_seconds=2.0, max_seconds=20.0, seed=1)
+    checkpoint = write_checkpoint(os.path.join(tmp, 'model.ckpt-0'),
+                                  num_classes, hparams)
+
+    plain_forward = plain_forward_rate(num_classes, hparams, repeats=8)
+    engine, total = inference_rate(data, class_names, hparams, checkpoint,
+                                   os.path.join(tmp, 'submission.csv'))
+    print('Inference: %.1f examples/s end to end (%d examples), plain model '
+          'forward %.1f examples/s' % (engine, total, plain_forward))
+
+    plain_train = plain_train_rate(num_classes, hparams, args.train_steps)
+    pipeline_train = pipeline_train_rate(data, class_names, hparams, 3,
+                                         args.train_steps)
+    print('Training: %.1f examples/s with the WAV pipeline, plain model '
+          '%.1f examples/s on in-memory tensors' % (pipeline_train,
+                                                    plain_train))
+
+    rss = {}
+    for name, seconds in (('5 s', 5), ('10 min', 600)):
+      clip_dir = os.path.join(tmp, 'one_clip_%d' % seconds)
+      os.makedirs(clip_dir)
+      make_demo_data.write_wav(
+          os.path.join(clip_dir, 'clip.wav'),
+          make_demo_data.make_clip(['Hiss'], seconds,
+                                   np.random.default_rng(seconds)))
+      rss[name] = peak_rss_mib(clip_dir, checkpoint, class_map_path)
+    print('Peak RSS: %.0f MiB for a 5 s clip, %.0f MiB for a 10 min clip' % (
+        rss['5 s'], rss['10 min']))
+
+  test_examples = TEST_SET_HOURS * 3600 * 2 + TEST_SET_CLIPS * 0.5
+  print()
+  print('ratio 1, inference end to end / plain forward: %.2f (target >= 1.0)'
+        % (engine / plain_forward))
+  print('ratio 2, training with WAV pipeline / plain train step: %.2f '
+        '(target >= 0.95)' % (pipeline_train / plain_train))
+  print('ratio 3, peak RSS 10 min clip / 5 s clip: %.2f (target <= 1.3)' % (
+      rss['10 min'] / rss['5 s']))
+  print('Estimated time to score the FSDKaggle2019 test set (%d clips, %.1f '
+        'h, ~%d examples): %.1f min' % (TEST_SET_CLIPS, TEST_SET_HOURS,
+                                        test_examples,
+                                        test_examples / engine / 60))
+
+
+if __name__ == '__main__':
+  main()
