@@ -225,7 +225,11 @@ def assign_from_checkpoint(variables, reader, checkpoint_path,
           '%s: variable %s has shape %s there but %s in this model' % (
               checkpoint_path, variable.path, shapes[key],
               list(variable.shape)))
-    variable.assign(reader.get_tensor(key))
+    try:
+      variable.assign(reader.get_tensor(key))
+    except tf.errors.OpError as e:
+      raise UserError('%s: unreadable checkpoint (%s)' % (
+          checkpoint_path, e.message.splitlines()[0])) from None
     assigned.append(variable.path)
   if missing and not missing_ok:
     raise UserError(
