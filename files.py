@@ -25,12 +25,34 @@ def _summarise(what, offenders):
                           ' (and %d more)' % more if more > 0 else '')
 
 
+class _open_text:
+  """Opens a UTF-8 CSV for reading; a read error or a byte that is not
+  UTF-8 becomes a UserError naming the file."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __enter__(self):
+    try:
+      self.file = open(self.path, newline='', encoding='utf-8')
+    except OSError as e:
+      raise UserError('%s: cannot read (%s)' % (self.path, e.strerror)) \
+          from None
+    return self.file
+
+  def __exit__(self, exc_type, exc, tb):
+    self.file.close()
+    if isinstance(exc, UnicodeDecodeError):
+      raise UserError('%s: not UTF-8 text (byte %d)' % (self.path,
+                                                         exc.start)) from None
+
+
 def read_class_map(path):
   """Returns the class names of an `index,name` class map, in index order."""
   if not os.path.isfile(path):
     raise UserError('%s: class map not found' % path)
   names = []
-  with open(path, newline='') as f:
+  with _open_text(path) as f:
     for line_num, row in enumerate(csv.reader(f), start=1):
       if not row:
         continue
@@ -64,7 +86,7 @@ def read_labeled_csv(csv_path, clip_dir, class_names):
     raise UserError('%s: clip folder not found' % clip_dir)
   known = set(class_names)
   rows, bad_rows, missing, unknown = [], [], [], {}
-  with open(csv_path, newline='') as f:
+  with _open_text(csv_path) as f:
     reader = csv.reader(f)
     header = next(reader, None)
     if header is None or [h.strip() for h in header] != ['fname', 'labels']:

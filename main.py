@@ -94,13 +94,36 @@ def _check_flags():
       raise UserError('--warmstart_checkpoint is required when warmstart=1')
     if hparams.warmstart:
       _check_checkpoint('--warmstart_checkpoint', FLAGS.warmstart_checkpoint)
+  for flag in _output_dirs():
+    path = getattr(FLAGS, flag)
+    if os.path.exists(path) and not os.path.isdir(path):
+      raise UserError('--%s: %s exists and is not a folder' % (flag, path))
   if FLAGS.mode == 'inference':
     _check_checkpoint('--inference_checkpoint', FLAGS.inference_checkpoint)
-    output_dir = os.path.dirname(os.path.abspath(FLAGS.predictions_csv_path))
-    if not os.path.isdir(output_dir):
+    output = FLAGS.predictions_csv_path
+    if os.path.isdir(output):
+      raise UserError('--predictions_csv_path: %s is a folder, not a file' %
+                      output)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
       raise UserError('--predictions_csv_path: folder %s does not exist' %
-                      output_dir)
+                      os.path.dirname(os.path.abspath(output)))
   return hparams
+
+
+def _output_dirs():
+  """Flags of the folders this mode writes into."""
+  return {'train': ('train_dir',), 'eval': ('eval_dir',)}.get(FLAGS.mode, ())
+
+
+def _make_output_dirs():
+  """Creates the output folders, once every input has passed its checks."""
+  for flag in _output_dirs():
+    path = getattr(FLAGS, flag)
+    try:
+      os.makedirs(path, exist_ok=True)
+    except OSError as e:
+      raise UserError('--%s: cannot create %s (%s)' % (flag, path,
+                                                      e.strerror)) from None
 
 
 def _check_checkpoint(flag, prefix):
@@ -147,6 +170,7 @@ def run():
     samples = files.check_wavs(
         [os.path.join(FLAGS.inference_clip_dir, f) for f in fnames])
 
+  _make_output_dirs()
   tf = _import_tensorflow()
   try:
     if FLAGS.mode == 'train':
@@ -181,6 +205,9 @@ def main(argv):
     run()
   except UserError as e:
     _fail(str(e), getattr(e, 'exit_code', 1))
+  except OSError as e:
+    # A file system fault in the middle of a run (disk full, permissions).
+    _fail('%s: %s' % (e.filename, e.strerror) if e.filename else str(e))
 
 
 def _fail(message, exit_code=1):

@@ -1,0 +1,220 @@
+"""Shared fixtures: a tiny synthetic dataset, helpers to run main.py, and
+session-scoped training runs reused by the CLI, error and training tests.
+
+TensorFlow is imported lazily (inside helpers and fixtures) so that test
+files that only exercise main.py's pre-flight checks stay fast.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import wave
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import make_demo_data  # noqa: E402
+
+MAIN = os.path.join(REPO, 'main.py')
+CLASS_MAP = os.path.join(REPO, 'class_map.csv')
+# Tiny batches, and a batch norm decay fast enough that after a few steps the
+# moving statistics are those of the batches (with the default 0.9997, or even
+# 0.5, the inference-mode scores of a 3-step MobileNet are the same for every
+# clip to 1e-7, and comparisons against them would prove little).
+HPARAMS = 'batch_size=4,lr=0.001,bndecay=0.01'
+CRNN_HPARAMS = 'batch_size=4,lr=0.001,bndecay=0.9'
+SAMPLE_RATE = 44100
+
+
+def subprocess_env():
+  env = dict(os.environ)
+  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
+  env['PYTHONUNBUFFERED'] = '1'
+  return env
+
+
+def run_main(args, cwd=None, timeout=300):
+  """Runs main.py with the venv's python; returns the CompletedProcess."""
+  return subprocess.run([sys.executable, MAIN] + list(args), cwd=cwd,
+                        env=subprocess_env(), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def popen_main(args, cwd=None):
+  return subprocess.Popen([sys.executable, MAIN] + list(args), cwd=cwd,
+                          env=subprocess_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def check_ok(result):
+  assert result.returncode == 0, 'rc=%d\nstdout:\n%s\nstderr:\n%s' % (
+      result.returncode, result.stdout[-3000:], result.stderr[-3000:])
+  return result
+
+
+def write_pcm_wav(path, samples, rate=SAMPLE_RATE, channels=1):
+  """16-bit PCM WAV of int16 samples (interleaved when channels > 1)."""
+  pcm = np.asarray(samples, dtype='<i2')
+  with wave.open(str(path), 'wb') as w:
+    w.setnchannels(channels)
+    w.setsampwidth(2)
+    w.setframerate(rate)
+    w.writeframes(pcm.tobytes())
+
+
+def read_class_names():
+  import files
+  return files.read_class_map(CLASS_MAP)
+
+
+def read_csv_rows(path):
+  import csv
+  with open(path, newline='') as f:
+    return list(csv.reader(f))
+
+
+def labeled_rows(csv_path):
+  """[(fname, [labels])] of a fname,labels CSV, read with the csv module."""
+  rows = read_csv_rows(csv_path)
+  assert rows[0] == ['fname', 'labels']
+  return [(r[0], r[1].split(',')) for r in rows[1:] if r]
+
+
+def load_model_from_checkpoint(model_name, hparams, checkpoint_prefix):
+  """Builds model.build_model and assigns every variable from the checkpoint
+  by its own reading of the checkpoint (not through scoring.Scorer)."""
+  import tensorflow as tf
+  import model as model_lib
+  net = model_lib.build_model(model_name, len(read_class_names()), hparams)
+  reader = tf.train.load_checkpoint(checkpoint_prefix)
+  for v in net.weights:  # not .variables: those add dropout RNG state
+    v.assign(reader.get_tensor(model_lib.checkpoint_key(v.path)))
+  return net
+
+
+def independent_clip_scores(model_name, hparams, checkpoint_prefix, clip_dir,
+                            fnames):
+  """[clips, classes] mean sigmoid score over each clip's examples, computed
+  one clip at a time with the unfolded model in inference mode."""
+  import tensorflow as tf
+  import inputs
+  net = load_model_from_checkpoint(model_name, hparams, checkpoint_prefix)
+  scores = []
+  for fname in fnames:
+    examples = inputs.clip_to_log_mel_examples(fname, clip_dir, hparams)
+    logits = net(examples, training=False)
+    scores.append(tf.reduce_mean(tf.sigmoid(logits), axis=0).numpy())
+  scores = np.array(scores, dtype=np.float64)
+  # The model must tell clips apart, or comparisons against it prove little.
+  assert np.ptp(scores, axis=0).max() > 1e-4, 'scores equal for all clips'
+  return scores
+
+
+def independent_lwlrap(truth, scores):
+  from sklearn.metrics import label_ranking_average_precision_score
+  truth = np.asarray(truth)
+  return label_ranking_average_precision_score(
+      truth, scores, sample_weight=truth.sum(axis=1))
+
+
+def truth_matrix(rows, class_names):
+  truth = np.zeros((len(rows), len(class_names)))
+  for r, (_, labels) in enumerate(rows):
+    for label in labels:
+      truth[r, class_names.index(label)] = 1
+  return truth
+
+
+@pytest.fixture(scope='session')
+def parse_hparams():
+  import params
+  return params.parse_hparams
+
+
+@pytest.fixture(scope='session')
+def workspace(tmp_path_factory):
+  """A folder holding data/ (the synthetic dataset); runs go beside it."""
+  root = tmp_path_factory.mktemp('ws')
+  make_demo_data.make_dataset(str(root / 'data'), num_train=8,
+                              num_validation=4, num_test=3, min_seconds=0.5,
+                              max_seconds=2.0, seed=7)
+  return root
+
+
+@pytest.fixture(scope='session')
+def dataset(workspace):
+  d = workspace / 'data'
+  return {
+      'root': str(d),
+      'train_clip_dir': str(d / 'train_curated'),
+      'train_csv': str(d / 'train.csv'),
+      'validation_csv': str(d / 'validation.csv'),
+      'test_clip_dir': str(d / 'test'),
+  }
+
+
+def train_args(model, train_clip_dir, train_csv, train_dir, max_steps,
+               hparams=HPARAMS, extra=()):
+  return ['--mode', 'train', '--model', model, '--class_map_path', CLASS_MAP,
+          '--train_clip_dir', train_clip_dir, '--train_csv_path', train_csv,
+          '--train_dir', train_dir, '--hparams', hparams,
+          '--max_steps', str(max_steps)] + list(extra)
+
+
+@pytest.fixture(scope='session')
+def mobilenet_train(workspace):
+  """mobilenet-v1, 3 steps, run from the workspace with relative paths."""
+  result = check_ok(run_main(train_args(
+      'mobilenet-v1', 'data/train_curated', 'data/train.csv', 'mn_train', 3),
+      cwd=str(workspace)))
+  return {'result': result, 'train_dir': str(workspace / 'mn_train'),
+          'checkpoint': str(workspace / 'mn_train' / 'model.ckpt-3')}
+
+
+@pytest.fixture(scope='session')
+def mobilenet_eval(workspace, mobilenet_train):
+  """eval of the mobilenet run, with relative train_dir and eval_dir."""
+  result = check_ok(run_main(
+      ['--mode', 'eval', '--model', 'mobilenet-v1',
+       '--class_map_path', CLASS_MAP, '--eval_clip_dir', 'data/train_curated',
+       '--eval_csv_path', 'data/validation.csv', '--train_dir', 'mn_train',
+       '--eval_dir', 'mn_eval', '--hparams', HPARAMS], cwd=str(workspace)))
+  return {'result': result, 'eval_dir': str(workspace / 'mn_eval')}
+
+
+@pytest.fixture(scope='session')
+def inference_clips(workspace, dataset):
+  """The test clips plus a 50-sample clip."""
+  folder = workspace / 'infer_clips'
+  shutil.copytree(dataset['test_clip_dir'], str(folder))
+  rng = np.random.default_rng(3)
+  write_pcm_wav(folder / 'short.wav', rng.integers(-8000, 8000, 50))
+  return str(folder)
+
+
+@pytest.fixture(scope='session')
+def mobilenet_inference(workspace, mobilenet_train, inference_clips):
+  csv_path = str(workspace / 'mn_submission.csv')
+  result = check_ok(run_main(
+      ['--mode', 'inference', '--model', 'mobilenet-v1',
+       '--class_map_path', CLASS_MAP, '--inference_clip_dir', inference_clips,
+       '--inference_checkpoint', mobilenet_train['checkpoint'],
+       '--predictions_csv_path', csv_path, '--hparams', HPARAMS]))
+  return {'result': result, 'csv': csv_path}
+
+
+@pytest.fixture(scope='session')
+def crnn_train(workspace, dataset):
+  """crnn for 101 steps: checkpoints at 100 (CHECKPOINT_EVERY) and 101."""
+  train_dir = str(workspace / 'crnn_train')
+  result = check_ok(run_main(train_args(
+      'crnn', dataset['train_clip_dir'], dataset['train_csv'], train_dir,
+      101, hparams=CRNN_HPARAMS)))
+  return {'result': result, 'train_dir': train_dir, 'hparams': CRNN_HPARAMS}

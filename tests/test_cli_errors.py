@@ -1,0 +1,550 @@
+"""Bad flags, files and clips are reported as one `main.py: error:` line;
+signals, divergence and vanished checkpoints are handled without damage."""
+
+import os
+import queue
+import re
+import shutil
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import (CLASS_MAP, HPARAMS, check_ok, popen_main, read_csv_rows,
+                      run_main, train_args, write_pcm_wav)
+
+
+def assert_one_error(result, *needles):
+  """Non-zero exit, exactly one stderr line `main.py: error: ...` naming each
+  needle, and no traceback anywhere."""
+  assert result.returncode != 0, result.stdout
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith('main.py: error: '), lines[0]
+  for needle in needles:
+    assert needle in lines[0], (needle, lines[0])
+  assert 'Traceback' not in result.stderr + result.stdout
+  return lines[0]
+
+
+# --- flags ------------------------------------------------------------------
+
+def _train_flags(dataset, **overrides):
+  flags = {'mode': 'train', 'class_map_path': CLASS_MAP,
+           'train_clip_dir': dataset['train_clip_dir'],
+           'train_csv_path': dataset['train_csv'],
+           'train_dir': '/nonexistent/never/created', 'hparams': 'batch_size=4'}
+  flags.update(overrides)
+  return ['--%s=%s' % (k, v) for k, v in flags.items() if v is not None]
+
+
+@pytest.mark.parametrize('overrides,extra,needles', [
+    ({'mode': 'tran'}, [], ['--mode', 'tran']),
+    ({}, ['--foo'], ['foo']),
+    ({'class_map_path': None}, [], ['--class_map_path']),
+    ({'train_dir': None}, [], ['--train_dir']),
+    ({'hparams': 'batch_size=abc'}, [], ['batch_size', 'abc']),
+    ({'hparams': 'nosuch=1'}, [], ['nosuch']),
+    ({'hparams': 'lrdecay=0.9'}, [], ['--epoch_num_batches', 'lrdecay']),
+    ({'hparams': 'warmstart=1'}, [], ['--warmstart_checkpoint']),
+    ({'hparams': 'warmstart=1'}, ['--warmstart_checkpoint=/no/model.ckpt-7'],
+     ['--warmstart_checkpoint', '/no/model.ckpt-7']),
+    ({}, ['--max_steps=0'], ['max_steps']),
+], ids=['mode', 'unknown-flag', 'class-map', 'train-dir', 'hparam-value',
+        'hparam-name', 'lrdecay', 'warmstart', 'warmstart-missing',
+        'max-steps-0'])
+def test_bad_flags(dataset, overrides, extra, needles):
+  assert_one_error(run_main(_train_flags(dataset, **overrides) + extra),
+                   *needles)
+  assert not os.path.exists('/nonexistent/never/created')
+
+
+def test_missing_mode(dataset):
+  assert_one_error(run_main(['--class_map_path', CLASS_MAP]), '--mode')
+
+
+@pytest.mark.parametrize('target', ['train_dir', 'eval_dir', 'predictions'])
+def test_output_path_of_the_wrong_kind(tmp_path, dataset, mobilenet_train,
+                                       target):
+  """An output folder that is a file (or an output file that is a folder)
+  is a file problem like any other: one line naming it, no traceback."""
+  if target == 'predictions':
+    bad = tmp_path / 'submission.csv'
+    bad.mkdir()
+    args = _inference_args(dataset['test_clip_dir'],
+                           mobilenet_train['checkpoint'], str(bad),
+                           model='mobilenet-v1')
+  else:
+    bad = tmp_path / target
+    bad.write_text('a file, not a folder')
+    if target == 'train_dir':
+      args = train_args('crnn', dataset['train_clip_dir'], dataset['train_csv'],
+                        str(bad), 1)
+    else:
+      args = ['--mode', 'eval', '--model', 'mobilenet-v1',
+              '--class_map_path', CLASS_MAP,
+              '--eval_clip_dir', dataset['train_clip_dir'],
+              '--eval_csv_path', dataset['validation_csv'],
+              '--train_dir', mobilenet_train['train_dir'],
+              '--eval_dir', str(bad), '--hparams', HPARAMS]
+  assert_one_error(run_main(args), str(bad))
+
+
+# --- bad CSVs and clips -----------------------------------------------------
+
+@pytest.fixture(scope='module')
+def clips(tmp_path_factory, dataset):
+  """A folder of one good clip and one bad clip of each kind."""
+  folder = tmp_path_factory.mktemp('clips')
+  good = os.path.join(dataset['train_clip_dir'], 'c0000.wav')
+  shutil.copy(good, str(folder / 'good.wav'))
+  rng = np.random.default_rng(0)
+  noise = rng.integers(-5000, 5000, 22050)
+  write_pcm_wav(folder / 'rate48k.wav', noise, rate=48000)
+  write_pcm_wav(folder / 'stereo.wav', np.repeat(noise, 2), channels=2)
+  write_pcm_wav(folder / 'empty.wav', [])
+  with open(good, 'rb') as f:
+    data = f.read()
+  with open(str(folder / 'truncated.wav'), 'wb') as f:
+    f.write(data[:len(data) // 2])
+  return folder
+
+
+BAD_CLIPS = [('rate48k.wav', 'sample rate 48000 Hz, expected 44100'),
+             ('stereo.wav', '2 channels, expected mono'),
+             ('truncated.wav', 'truncated'),
+             ('empty.wav', 'empty')]
+
+
+def _csv(path, rows):
+  with open(str(path), 'w') as f:
+    f.write('fname,labels\n')
+    for fname, labels in rows:
+      f.write('%s,"%s"\n' % (fname, labels))
+  return str(path)
+
+
+@pytest.mark.parametrize('bad,message', BAD_CLIPS,
+                         ids=[b for b, _ in BAD_CLIPS])
+def test_bad_clip_in_train(tmp_path, clips, bad, message):
+  csv_path = _csv(tmp_path / 'train.csv', [('good.wav', 'Bass_drum'),
+                                           (bad, 'Hiss,Buzz')])
+  train_dir = tmp_path / 'train'
+  assert_one_error(run_main(train_args('crnn', str(clips), csv_path,
+                                       str(train_dir), 1)), bad, message)
+  assert not train_dir.exists()
+
+
+@pytest.fixture(scope='module')
+def fake_checkpoint(tmp_path_factory):
+  """Passes main.py's pre-flight check (a .index file exists)."""
+  prefix = tmp_path_factory.mktemp('fake') / 'model.ckpt-1'
+  with open(str(prefix) + '.index', 'wb') as f:
+    f.write(b'this is not a checkpoint index')
+  return str(prefix)
+
+
+def _inference_args(clip_dir, checkpoint, csv_path, model='crnn'):
+  return ['--mode', 'inference', '--model', model,
+          '--class_map_path', CLASS_MAP, '--inference_clip_dir', clip_dir,
+          '--inference_checkpoint', checkpoint,
+          '--predictions_csv_path', csv_path, '--hparams', HPARAMS]
+
+
+@pytest.mark.parametrize('bad,message', BAD_CLIPS,
+                         ids=[b for b, _ in BAD_CLIPS])
+def test_bad_clip_in_inference_keeps_predictions(tmp_path, clips,
+                                                 fake_checkpoint, bad,
+                                                 message):
+  folder = tmp_path / 'clips'
+  folder.mkdir()
+  shutil.copy(str(clips / 'good.wav'), str(folder / 'a.wav'))
+  shutil.copy(str(clips / bad), str(folder / bad))
+  predictions = tmp_path / 'submission.csv'
+  old = b'fname,x\nold.wav,0.5\n'
+  predictions.write_bytes(old)
+  assert_one_error(run_main(_inference_args(str(folder), fake_checkpoint,
+                                            str(predictions))), bad, message)
+  assert predictions.read_bytes() == old
+  assert sorted(os.listdir(str(tmp_path))) == ['clips', 'submission.csv']
+
+
+def test_unknown_label_in_csv(tmp_path, clips):
+  csv_path = _csv(tmp_path / 'train.csv', [('good.wav', 'Bass_drum'),
+                                           ('good.wav', 'Hiss,Kazoo_solo')])
+  assert_one_error(run_main(train_args('crnn', str(clips), csv_path,
+                                       str(tmp_path / 'train'), 1)),
+                   csv_path, 'Kazoo_solo', 'line 3')
+
+
+def test_missing_clip_in_csv(tmp_path, clips):
+  csv_path = _csv(tmp_path / 'train.csv', [('good.wav', 'Bass_drum'),
+                                           ('ghost.wav', 'Hiss')])
+  assert_one_error(run_main(train_args('crnn', str(clips), csv_path,
+                                       str(tmp_path / 'train'), 1)),
+                   csv_path, 'ghost.wav')
+
+
+def test_csv_not_utf8(tmp_path, clips):
+  csv_path = str(tmp_path / 'train.csv')
+  with open(csv_path, 'wb') as f:
+    f.write(b'fname,labels\ngood.wav,Bass_drum\ngood.wav,Hiss\xe9\n')
+  assert_one_error(run_main(train_args('crnn', str(clips), csv_path,
+                                       str(tmp_path / 'train'), 1)), csv_path)
+
+
+def test_class_map_not_utf8(tmp_path, dataset):
+  class_map = str(tmp_path / 'class_map.csv')
+  with open(class_map, 'wb') as f:
+    f.write(b'0,Bass_drum\n1,Hiss\xff\n')
+  assert_one_error(run_main(_train_flags(dataset, class_map_path=class_map)),
+                   class_map)
+
+
+def test_bad_clip_in_eval_csv(tmp_path, clips):
+  csv_path = _csv(tmp_path / 'eval.csv', [('good.wav', 'Bass_drum'),
+                                          ('stereo.wav', 'Hiss')])
+  result = run_main(['--mode', 'eval', '--model', 'crnn',
+                     '--class_map_path', CLASS_MAP,
+                     '--eval_clip_dir', str(clips), '--eval_csv_path',
+                     csv_path, '--train_dir', str(tmp_path / 'train'),
+                     '--eval_dir', str(tmp_path / 'eval')])
+  assert_one_error(result, 'stereo.wav', 'expected mono')
+  assert not (tmp_path / 'eval').exists()
+
+
+# --- inference folders and checkpoints --------------------------------------
+
+def test_inference_empty_folder(tmp_path, fake_checkpoint):
+  folder = tmp_path / 'empty'
+  folder.mkdir()
+  assert_one_error(run_main(_inference_args(
+      str(folder), fake_checkpoint, str(tmp_path / 'p.csv'))),
+                   str(folder), 'no .wav files')
+  assert not (tmp_path / 'p.csv').exists()
+
+
+def test_inference_folder_without_wavs(tmp_path, fake_checkpoint):
+  folder = tmp_path / 'texts'
+  folder.mkdir()
+  (folder / 'notes.txt').write_text('not audio')
+  (folder / 'sub.wav').mkdir()  # a folder named like a clip is no clip
+  assert_one_error(run_main(_inference_args(
+      str(folder), fake_checkpoint, str(tmp_path / 'p.csv'))),
+                   str(folder), 'no .wav files')
+
+
+def test_inference_missing_checkpoint(tmp_path, dataset):
+  missing = str(tmp_path / 'train' / 'model.ckpt-42')
+  assert_one_error(run_main(_inference_args(
+      dataset['test_clip_dir'], missing, str(tmp_path / 'p.csv'))),
+                   '--inference_checkpoint', missing)
+
+
+def test_inference_checkpoint_folder_gets_hint(tmp_path, dataset):
+  assert_one_error(run_main(_inference_args(
+      dataset['test_clip_dir'], str(tmp_path), str(tmp_path / 'p.csv'))),
+                   str(tmp_path), 'model.ckpt-N prefix')
+
+
+def test_inference_unreadable_checkpoint_keeps_predictions(
+    tmp_path, dataset, fake_checkpoint):
+  """A failure after TensorFlow has started is one line too, and the
+  existing submission is untouched."""
+  predictions = tmp_path / 'submission.csv'
+  old = b'fname,x\nold.wav,0.25\n'
+  predictions.write_bytes(old)
+  assert_one_error(run_main(_inference_args(
+      dataset['test_clip_dir'], fake_checkpoint, str(predictions))),
+                   fake_checkpoint)
+  assert predictions.read_bytes() == old
+  assert os.listdir(str(tmp_path)) == ['submission.csv']
+
+
+def test_short_clip_gets_finite_row(mobilenet_inference):
+  rows = read_csv_rows(mobilenet_inference['csv'])
+  short = [r for r in rows if r[0] == 'short.wav']
+  assert len(short) == 1
+  values = np.array([float(v) for v in short[0][1:]])
+  assert values.shape == (80,)
+  assert np.all(np.isfinite(values))
+  assert np.all((values >= 0) & (values <= 1))
+
+
+# --- signals ----------------------------------------------------------------
+
+class _Run:
+  """A main.py subprocess whose output lines are read as they come."""
+
+  def __init__(self, args):
+    self.process = popen_main(args)
+    self.lines = queue.Queue()
+    self.stdout, self.stderr = [], []
+    self._threads = [
+        threading.Thread(target=self._pump, args=(self.process.stdout,
+                                                  self.stdout, True)),
+        threading.Thread(target=self._pump, args=(self.process.stderr,
+                                                  self.stderr, False))]
+    for t in self._threads:
+      t.daemon = True
+      t.start()
+
+  def _pump(self, stream, sink, to_queue):
+    for line in stream:
+      sink.append(line)
+      if to_queue:
+        self.lines.put(line)
+    if to_queue:
+      self.lines.put(None)
+
+  def wait_for(self, pattern, timeout=120):
+    """Returns the match of the first stdout line matching pattern."""
+    while True:
+      try:
+        line = self.lines.get(timeout=timeout)
+      except queue.Empty:
+        self.process.kill()
+        raise AssertionError('no line matching %r within %ds; got:\n%s' % (
+            pattern, timeout, ''.join(self.stdout[-20:])))
+      if line is None:
+        raise AssertionError('exited (%s) before %r:\n%s%s' % (
+            self.process.wait(), pattern, ''.join(self.stdout[-20:]),
+            ''.join(self.stderr)))
+      match = re.match(pattern, line)
+      if match:
+        return match
+
+  def finish(self, sig=None, timeout=120):
+    if sig is not None:
+      self.process.send_signal(sig)
+    rc = self.process.wait(timeout=timeout)
+    for t in self._threads:
+      t.join(timeout=30)
+    return rc, ''.join(self.stdout), ''.join(self.stderr)
+
+
+def _steps_on_disk(train_dir):
+  return sorted(int(m.group(1)) for m in (
+      re.fullmatch(r'model\.ckpt-(\d+)\.index', n)
+      for n in os.listdir(train_dir)) if m)
+
+
+def _step_in(prefix):
+  import tensorflow as tf
+  return int(tf.train.load_checkpoint(prefix).get_tensor(
+      'step/.ATTRIBUTES/VARIABLE_VALUE'))
+
+
+def test_sigterm_then_sigkill_resume(tmp_path, dataset):
+  train_dir = str(tmp_path / 'train')
+  args = train_args('crnn', dataset['train_clip_dir'], dataset['train_csv'],
+                    train_dir, 100000)
+
+  # 1. SIGTERM after the first step: a checkpoint at the current step, a
+  # one-line 'stopped' message, a non-zero exit.
+  run = _Run(args)
+  run.wait_for(r'step \d+ loss')
+  rc, out, err = run.finish(signal.SIGTERM)
+  assert rc != 0
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert len(lines) == 1, err
+  match = re.fullmatch(r'main\.py: stopped: stopped by SIGTERM at step (\d+)'
+                       r'; run the same command to resume', lines[0])
+  assert match, lines[0]
+  stopped_at = int(match.group(1))
+  assert 'Traceback' not in out + err
+  assert _steps_on_disk(train_dir) == [stopped_at]
+  assert _step_in(os.path.join(train_dir, 'model.ckpt-%d' % stopped_at)) == (
+      stopped_at)
+  with open(os.path.join(train_dir, 'checkpoint')) as f:
+    assert 'model_checkpoint_path: "model.ckpt-%d"' % stopped_at in f.read()
+
+  # 2. The same command resumes there; SIGKILL it a few steps later.
+  run = _Run(args)
+  resumed = run.wait_for(r'Resuming from (.*) at step (\d+)$')
+  assert resumed.group(1) == os.path.join(train_dir,
+                                          'model.ckpt-%d' % stopped_at)
+  assert int(resumed.group(2)) == stopped_at
+  first = int(run.wait_for(r'step (\d+) loss').group(1))
+  assert first == stopped_at + 1
+  run.wait_for(r'step %d loss' % (stopped_at + 3))
+  rc, out, _ = run.finish(signal.SIGKILL)
+  assert rc == -signal.SIGKILL
+  on_disk = _steps_on_disk(train_dir)
+  assert on_disk and on_disk[0] == stopped_at
+
+  # 3. The same command again: resumes from the last complete checkpoint and
+  # continues the count; SIGTERM saves where it stops.
+  run = _Run(args)
+  resumed = run.wait_for(r'Resuming from (.*) at step (\d+)$')
+  resumed_at = int(resumed.group(2))
+  assert resumed_at == on_disk[-1]
+  assert resumed.group(1) == os.path.join(train_dir,
+                                          'model.ckpt-%d' % resumed_at)
+  assert int(run.wait_for(r'step (\d+) loss').group(1)) == resumed_at + 1
+  rc, out, err = run.finish(signal.SIGTERM)
+  assert rc != 0
+  final = int(re.search(r'stopped by SIGTERM at step (\d+)', err).group(1))
+  assert final > resumed_at
+  assert _steps_on_disk(train_dir)[-1] == final
+  assert _step_in(os.path.join(train_dir, 'model.ckpt-%d' % final)) == final
+
+
+# --- divergence (in-process) ------------------------------------------------
+
+def test_non_finite_loss_stops_without_bad_checkpoint(tmp_path, dataset,
+                                                      monkeypatch, capsys):
+  import tensorflow as tf
+  import files
+  import params
+  import train
+  from conftest import read_class_names
+  monkeypatch.setattr(train, 'CHECKPOINT_EVERY', 1)
+  train_dir = str(tmp_path / 'train')
+  with pytest.raises(files.UserError) as caught:
+    train.train('crnn', params.parse_hparams('batch_size=4,lr=1e30'),
+                read_class_names(), dataset['train_csv'],
+                dataset['train_clip_dir'], 8, train_dir, max_steps=20)
+  message = str(caught.value)
+  match = re.search(r'diverged at step (\d+)', message)
+  assert match, message
+  bad_step = int(match.group(1))
+  assert bad_step >= 2  # the first step starts from finite weights
+  assert train_dir in message
+  # A checkpoint for every good step and none for the bad one or later.
+  assert _steps_on_disk(train_dir) == list(range(1, bad_step))
+  reader = tf.train.load_checkpoint(
+      os.path.join(train_dir, 'model.ckpt-%d' % (bad_step - 1)))
+  for key in reader.get_variable_to_shape_map():
+    if key.startswith('weights/'):
+      assert np.all(np.isfinite(reader.get_tensor(key))), key
+
+
+# --- eval: vanished checkpoints, interrupted runs (in-process) --------------
+
+@pytest.fixture
+def three_checkpoints(tmp_path, mobilenet_train):
+  """A train_dir with model.ckpt-1, -2, -3 (copies of one checkpoint)."""
+  train_dir = tmp_path / 'train'
+  train_dir.mkdir()
+  source = mobilenet_train['train_dir']
+  for name in os.listdir(source):
+    if name.startswith('model.ckpt-3.'):
+      for step in (1, 2, 3):
+        shutil.copy(os.path.join(source, name), str(
+            train_dir / name.replace('ckpt-3', 'ckpt-%d' % step)))
+  return str(train_dir)
+
+
+def _evaluate(dataset, train_dir, eval_dir):
+  import evaluation
+  import files
+  import params
+  from conftest import labeled_rows, read_class_names
+  rows = labeled_rows(dataset['validation_csv'])
+  samples = files.check_wavs([os.path.join(dataset['train_clip_dir'], f)
+                              for f, _ in rows])
+  evaluation.evaluate('mobilenet-v1', params.parse_hparams(HPARAMS),
+                      read_class_names(), rows, dataset['train_clip_dir'],
+                      samples, train_dir, eval_dir)
+
+
+def _markers(eval_dir):
+  return sorted(n for n in os.listdir(eval_dir) if n.startswith('eval-'))
+
+
+def test_eval_skips_checkpoint_deleted_during_run(
+    tmp_path, dataset, three_checkpoints, monkeypatch, capsys):
+  import scoring
+  original = scoring.Scorer.score
+  calls = []
+
+  def score_and_delete_next(self, *args, **kwargs):
+    if not calls:
+      for name in os.listdir(three_checkpoints):
+        if name.startswith('model.ckpt-2.'):
+          os.remove(os.path.join(three_checkpoints, name))
+    calls.append(1)
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(scoring.Scorer, 'score', score_and_delete_next)
+  eval_dir = str(tmp_path / 'eval')
+  _evaluate(dataset, three_checkpoints, eval_dir)
+  out = capsys.readouterr().out
+  assert '3 checkpoints in %s, 0 already evaluated' % three_checkpoints in out
+  warnings = [l for l in out.splitlines() if l.startswith('warning:')]
+  assert len(warnings) == 1
+  assert os.path.join(three_checkpoints, 'model.ckpt-2') in warnings[0]
+  assert 'skipped' in warnings[0]
+  assert len(calls) == 2
+  assert _markers(eval_dir) == ['eval-1.txt', 'eval-3.txt']
+  with open(os.path.join(eval_dir, 'eval-1.txt')) as f1, open(
+      os.path.join(eval_dir, 'eval-3.txt')) as f3:
+    assert f1.read() == f3.read()  # the same weights, the same report
+
+
+class _Killed(BaseException):
+  pass
+
+
+def test_eval_interrupted_marker_write_then_rerun(
+    tmp_path, dataset, three_checkpoints, monkeypatch, capsys):
+  """Killed while writing the second marker: no partial marker appears, and
+  a rerun evaluates exactly the checkpoints without one."""
+  eval_dir = str(tmp_path / 'eval')
+  real_fsync = os.fsync
+  calls = []
+
+  def fsync_then_die(fd):
+    calls.append(fd)
+    if len(calls) == 2:
+      raise _Killed()
+    real_fsync(fd)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(os, 'fsync', fsync_then_die)
+    with pytest.raises(_Killed):
+      _evaluate(dataset, three_checkpoints, eval_dir)
+  assert _markers(eval_dir) == ['eval-1.txt']
+  assert not [n for n in os.listdir(eval_dir) if n.endswith('.tmp')]
+  marker = os.path.join(eval_dir, 'eval-1.txt')
+  with open(marker) as f:
+    text = f.read()
+  assert re.search(r'^Overall lwlrap = [0-9.]+$', text, re.M)
+  assert re.search(r'\nMicro-F1 = [0-9.]+\n$', text)
+  mtime = os.stat(marker).st_mtime_ns
+  capsys.readouterr()
+
+  _evaluate(dataset, three_checkpoints, eval_dir)
+  out = capsys.readouterr().out
+  assert '3 checkpoints in %s, 1 already evaluated' % three_checkpoints in out
+  evaluated = re.findall(r'^Checkpoint (\S+) \(', out, re.M)
+  assert evaluated == [os.path.join(three_checkpoints, 'model.ckpt-%d' % n)
+                       for n in (2, 3)]
+  assert _markers(eval_dir) == ['eval-1.txt', 'eval-2.txt', 'eval-3.txt']
+  assert os.stat(marker).st_mtime_ns == mtime
+  with open(os.path.join(eval_dir, 'eval-2.txt')) as f:
+    assert f.read() == text
+
+
+def test_checkpoint_of_another_model_or_hparams(crnn_train, parse_hparams):
+  import files
+  import scoring
+  checkpoint = os.path.join(crnn_train['train_dir'], 'model.ckpt-101')
+  scorer = scoring.Scorer('mobilenet-v1', 80, parse_hparams(HPARAMS))
+  with pytest.raises(files.UserError,
+                     match='model.ckpt-101: .*(has shape|not in the checkpoint)'):
+    scorer.load(checkpoint)
+  scorer = scoring.Scorer('crnn', 80, parse_hparams('crnn_filters=16'))
+  with pytest.raises(files.UserError, match=r'conv1/conv/kernel has shape'):
+    scorer.load(checkpoint)
+
+
+def test_eval_without_checkpoints(tmp_path, dataset):
+  import files
+  empty = tmp_path / 'train'
+  empty.mkdir()
+  with pytest.raises(files.UserError, match='no model.ckpt-N checkpoints'):
+    _evaluate(dataset, str(empty), str(tmp_path / 'eval'))
+  assert not (tmp_path / 'eval').exists()
