@@ -158,6 +158,7 @@ def peak_rss_mib(clip_dir, checkpoint, class_map_path):
 
 
 def rss_child(clip_dir, checkpoint, class_map_path):
+  inputs.use_one_inter_op_thread()
   class_names = files.read_class_map(class_map_path)
   fnames = files.list_wavs(clip_dir)
   samples = files.check_wavs([os.path.join(clip_dir, f) for f in fnames])
@@ -184,6 +185,7 @@ def main():
     rss_child(*args.rss_child)
     return
 
+  inputs.use_one_inter_op_thread()  # as main.py does, for both sides
   hparams = params.HParams()  # the baseline's defaults, batch size 64
   class_map_path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 'class_map.csv')

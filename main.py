@@ -143,6 +143,8 @@ def _import_tensorflow():
   try:
     os.dup2(devnull, 2)
     import tensorflow as tf
+    import inputs
+    inputs.use_one_inter_op_thread()
     tf.config.list_physical_devices()
   finally:
     os.dup2(saved, 2)

@@ -134,9 +134,10 @@ def test_mobilenet_inference_matches_independent(
 
 
 def test_batched_scoring_equals_per_clip_scoring(
-    mobilenet_train, dataset, inference_clips, parse_hparams):
+    mobilenet_train, dataset, inference_clips, parse_hparams, monkeypatch):
   import files
   import scoring
+  monkeypatch.setattr(scoring, 'BATCH_SIZE', 5)  # batches span clips
   hparams = parse_hparams('batch_size=5')
   paths = [os.path.join(dataset['train_clip_dir'], f)
            for f, _ in labeled_rows(dataset['validation_csv'])]

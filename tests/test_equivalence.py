@@ -84,8 +84,9 @@ def test_training_step_matches_plain_model(data):
   assert int(step) == 3
 
 
-def test_engine_matches_plain_model_per_clip(data, tmp_path):
-  hparams = params.parse_hparams('batch_size=5')
+def test_engine_matches_plain_model_per_clip(data, tmp_path, monkeypatch):
+  monkeypatch.setattr(scoring, 'BATCH_SIZE', 5)  # batches span clips
+  hparams = params.parse_hparams()
   ours, plain = _same_start(hparams)
   # Non-trivial batch-norm statistics, so that folding has work to do.
   rng = np.random.default_rng(0)

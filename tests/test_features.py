@@ -223,7 +223,7 @@ def test_parse_csv_records_multi_hot_and_paths(tmp_path):
 
 
 def test_scoring_dataset_yields_every_example_once(tmp_path):
-  hparams = params.parse_hparams('batch_size=5')
+  hparams = params.parse_hparams()
   lengths = [int(2.7 * SR), 100, int(0.6 * SR), int(1.3 * SR), WINDOW]
   names = []
   for i, n in enumerate(lengths):
@@ -231,7 +231,7 @@ def test_scoring_dataset_yields_every_example_once(tmp_path):
     write_noise(tmp_path / names[-1], n, seed=100 + i)
   paths = [str(tmp_path / name) for name in names]
   examples, indices, batch_sizes = [], [], []
-  for batch_examples, batch_indices in inputs.scoring_dataset(paths, hparams):
+  for batch_examples, batch_indices in inputs.scoring_dataset(paths, hparams, 5):
     batch_sizes.append(int(batch_indices.shape[0]))
     examples.append(batch_examples.numpy())
     indices.append(batch_indices.numpy())
