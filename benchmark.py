@@ -177,7 +177,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--test_clips', type=int, default=60,
                       help='clips (2-20 s) scored by the inference timing')
-  parser.add_argument('--train_steps', type=int, default=10,
+  parser.add_argument('--train_steps', type=int, default=16,
                       help='timed training steps, after 3 warm-up steps')
   parser.add_argument('--rss_child', nargs=3, help=argparse.SUPPRESS)
   args = parser.parse_args()
