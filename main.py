@@ -223,6 +223,13 @@ def _parse_flags(argv):
     return FLAGS(argv)
   except flags.Error as e:
     _fail(str(e).splitlines()[0])
+  except SystemExit:
+    # absl exits with status 1 after printing --help; asking for help is no
+    # error.
+    if any(a.split('=')[0] in ('-h', '-?', '--help', '--helpshort',
+                               '--helpfull') for a in argv[1:]):
+      sys.exit(0)
+    raise
 
 
 if __name__ == '__main__':

@@ -548,3 +548,16 @@ def test_eval_without_checkpoints(tmp_path, dataset):
   with pytest.raises(files.UserError, match='no model.ckpt-N checkpoints'):
     _evaluate(dataset, str(empty), str(tmp_path / 'eval'))
   assert not (tmp_path / 'eval').exists()
+
+
+def test_help_documents_every_flag():
+  result = run_main(['--help'])
+  assert result.returncode == 0
+  for flag in ('mode', 'model', 'hparams', 'class_map_path', 'train_clip_dir',
+               'train_csv_path', 'epoch_num_batches', 'warmstart_checkpoint',
+               'warmstart_include_scopes', 'warmstart_exclude_scopes',
+               'train_dir', 'max_steps', 'eval_clip_dir', 'eval_csv_path',
+               'eval_dir', 'inference_checkpoint', 'inference_clip_dir',
+               'predictions_csv_path'):
+    # Each flag is listed with a description, not just its name.
+    assert re.search(r'--%s: \S' % flag, result.stdout + result.stderr), flag
