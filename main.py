@@ -10,6 +10,7 @@ with exit status 1.
 """
 
 import os
+import re
 import sys
 
 from absl import app
@@ -195,9 +196,20 @@ def run():
                       FLAGS.inference_clip_dir, fnames, samples,
                       FLAGS.inference_checkpoint, FLAGS.predictions_csv_path)
   except tf.errors.OpError as e:
-    # Raised inside the TensorFlow graph, e.g. a clip that changed after the
-    # pre-flight scan; its first line says which and what.
-    raise UserError(e.message.strip().splitlines()[0]) from None
+    # Raised inside the TensorFlow graph, e.g. by a clip that changed after
+    # the pre-flight scan.
+    raise UserError(op_error_message(e)) from None
+
+
+def op_error_message(error):
+  """One line from a TensorFlow error: the data of a failed tf.debugging
+  assertion (`file: what`) if there is one, else the error's own text."""
+  found = re.search(r'assertion failed: ((?:\[[^\]\n]*\] ?)+)', error.message)
+  if found:
+    parts = re.findall(r'\[([^\]]*)\]', found.group(1))
+    return '%s: %s' % (parts[0], ' '.join(parts[1:]))
+  text = re.sub(r'^\{\{[^}]*\}\}\s*', '', error.message.strip())
+  return text.splitlines()[0] if text else type(error).__name__
 
 
 def main(argv):
