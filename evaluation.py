@@ -163,16 +163,14 @@ def evaluate(model_name, hparams, class_names, rows, clip_dir, clip_samples,
   os.makedirs(eval_dir, exist_ok=True)
   writer = tf.summary.create_file_writer(eval_dir)
   for step, prefix in todo:
-    if not os.path.exists(prefix + '.index'):
-      print('warning: %s was deleted before it could be evaluated; skipped'
-            % prefix)
-      continue
     try:
       scorer.load(prefix)
-    except UserError as e:
+    except UserError:
       if os.path.exists(prefix + '.index'):
         raise
-      print('warning: %s vanished while loading (%s); skipped' % (prefix, e))
+      # Deleted since the listing, e.g. by a training run's clean-up.
+      print('warning: %s was deleted before it could be evaluated; skipped'
+            % prefix)
       continue
     scores = scorer.score(paths, clip_samples, label='eval %s' % prefix,
                           on_progress=running_lwlrap)
