@@ -159,7 +159,15 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
       checkpoint, train_dir, max_to_keep=None, checkpoint_name='model.ckpt')
 
   if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).expect_partial()
+    try:
+      checkpoint.restore(
+          manager.latest_checkpoint).assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+      raise UserError(
+          '%s: cannot resume from it with --model %s and these hparams (%s); '
+          'use the run\'s own settings or a new --train_dir' % (
+              manager.latest_checkpoint, model_name,
+              str(e).splitlines()[0][:200])) from None
     print('Resuming from %s at step %d' % (manager.latest_checkpoint,
                                           int(step)))
   elif hparams.warmstart:

@@ -326,3 +326,20 @@ def test_no_lr_decay_by_default(parse_hparams):
   optimizer.build([keras.Variable(np.zeros(2, np.float32))])
   optimizer.iterations.assign(1000)
   assert float(optimizer.learning_rate) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize('model_name, hparams', [
+    ('mobilenet-v1', BASE),                      # another architecture
+    ('crnn', BASE + ',loss=mfom_microf1'),       # an MFoM head to add
+])
+def test_resume_refuses_another_run(tmp_path, dataset, crnn_bce3, model_name,
+                                    hparams):
+  import files
+  train_dir = str(tmp_path / 'train')
+  shutil.copytree(crnn_bce3, train_dir)
+  with pytest.raises(files.UserError) as e:
+    _train(dataset, model_name, hparams, train_dir, 5)
+  assert 'model.ckpt-3: cannot resume' in str(e.value)
+  assert '--model %s' % model_name in str(e.value)
+  # Nothing new was written.
+  assert not os.path.exists(os.path.join(train_dir, 'model.ckpt-4.index'))
