@@ -12,7 +12,8 @@ import pytest
 
 from conftest import (CLASS_MAP, HPARAMS, check_ok, independent_clip_scores,
                       independent_lwlrap, labeled_rows, read_class_names,
-                      read_csv_rows, run_main, truth_matrix)
+                      read_csv_rows, run_main, train_args,
+                      truth_matrix)
 
 
 def _checkpoint_steps(train_dir):
@@ -235,3 +236,24 @@ def test_two_scorers_in_one_process_load_crnn_checkpoint(crnn_train,
   second = scoring.Scorer('crnn', 80, hparams)
   first.load(checkpoint)
   second.load(checkpoint)
+
+
+def test_warm_start_flags_from_the_cli(workspace, dataset, mobilenet_train):
+  """warmstart=1 with --warmstart_exclude_scopes: the noisy -> curated recipe
+  on a small scale. The run restores every trainable variable but the
+  classifier's and trains on."""
+  train_dir = str(workspace / 'mn_warm')
+  result = check_ok(run_main(train_args(
+      'mobilenet-v1', dataset['train_clip_dir'], dataset['train_csv'],
+      train_dir, 1, hparams=HPARAMS + ',warmstart=1', extra=[
+          '--warmstart_checkpoint', mobilenet_train['checkpoint'],
+          '--warmstart_exclude_scopes', 'logits'])))
+  restored = re.findall(r'^  (\S+)$', result.stdout, re.M)
+  assert 'conv0/conv/kernel' in restored
+  assert 'sepconv13/pointwise_bn/gamma' in restored
+  assert not [n for n in restored if n.startswith('logits')]
+  assert not [n for n in restored if 'moving_' in n]
+  # 27 batch-normed convolutions (conv0, then 13 depthwise + pointwise
+  # pairs): a kernel, a gamma and a beta each.
+  assert len(restored) == 27 * 3
+  assert os.path.exists(os.path.join(train_dir, 'model.ckpt-1.index'))
