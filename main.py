@@ -159,19 +159,15 @@ def _import_tensorflow():
 def run():
   hparams = _check_flags()
   class_names = files.read_class_map(FLAGS.class_map_path)
-  if FLAGS.mode == 'train':
-    rows = files.read_labeled_csv(FLAGS.train_csv_path, FLAGS.train_clip_dir,
-                                  class_names)
-    files.check_wavs([os.path.join(FLAGS.train_clip_dir, f) for f, _ in rows])
-  elif FLAGS.mode == 'eval':
-    rows = files.read_labeled_csv(FLAGS.eval_csv_path, FLAGS.eval_clip_dir,
-                                  class_names)
-    samples = files.check_wavs(
-        [os.path.join(FLAGS.eval_clip_dir, f) for f, _ in rows])
+  if FLAGS.mode == 'inference':
+    clip_dir = FLAGS.inference_clip_dir
+    fnames = files.list_wavs(clip_dir)
   else:
-    fnames = files.list_wavs(FLAGS.inference_clip_dir)
-    samples = files.check_wavs(
-        [os.path.join(FLAGS.inference_clip_dir, f) for f in fnames])
+    csv_path, clip_dir = getattr(FLAGS, FLAGS.mode + '_csv_path'), getattr(
+        FLAGS, FLAGS.mode + '_clip_dir')
+    rows = files.read_labeled_csv(csv_path, clip_dir, class_names)
+    fnames = [f for f, _ in rows]
+  samples = files.check_wavs([os.path.join(clip_dir, f) for f in fnames])
 
   _make_output_dirs()
   tf = _import_tensorflow()

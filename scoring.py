@@ -35,6 +35,8 @@ class Scorer:
     self.inference_model = model_lib.build_inference_model(
         model_name, num_classes, hparams)
     frames, _ = inputs.example_geometry(hparams)
+    self.batch_size = (GPU_BATCH_SIZE if tf.config.list_logical_devices('GPU')
+                       else BATCH_SIZE)
     spec = tf.TensorSpec([None, frames, hparams.mel_bands], tf.float32)
     self._score_batch = tf.function(
         lambda examples: tf.sigmoid(self.inference_model(examples,
@@ -72,10 +74,8 @@ class Scorer:
           datetime.timedelta(seconds=int((total - done) / max(rate, 1e-9))),
           extra), flush=True)
 
-    batch_size = (GPU_BATCH_SIZE if tf.config.list_logical_devices('GPU')
-                  else BATCH_SIZE)
     for examples, clip_index in inputs.scoring_dataset(
-        clip_paths, self.hparams, batch_size):
+        clip_paths, self.hparams, self.batch_size):
       scores = self._score_batch(examples).numpy()
       clip_index = clip_index.numpy()
       np.add.at(sums, clip_index, scores)
