@@ -88,30 +88,32 @@ def labeled_rows(csv_path):
 
 
 def load_model_from_checkpoint(model_name, hparams, checkpoint_prefix):
-  """Builds model.build_model and assigns every variable from the checkpoint
-  by its own reading of the checkpoint (not through scoring.Scorer)."""
-  import tensorflow as tf
-  import model as model_lib
-  net = model_lib.build_model(model_name, len(read_class_names()), hparams)
-  reader = tf.train.load_checkpoint(checkpoint_prefix)
-  for v in net.weights:  # not .variables: those add dropout RNG state
-    v.assign(reader.get_tensor(model_lib.checkpoint_key(v.path)))
-  return net
+  """A plain Keras model of stock layers (tests/plain_models.py, its layer
+  tables written out there) with every variable read from the checkpoint by
+  its variable path (not through model.py or scoring.Scorer)."""
+  import plain_models
+  net = plain_models.plain_model(model_name, len(read_class_names()), hparams)
+  return plain_models.load_checkpoint(net, checkpoint_prefix)
 
 
 def independent_clip_scores(model_name, hparams, checkpoint_prefix, clip_dir,
                             fnames):
-  """[clips, classes] mean sigmoid score over each clip's examples, computed
-  one clip at a time with the unfolded model in inference mode."""
+  """[clips, classes] mean sigmoid score over each clip's examples, from the
+  plain model in inference mode on NumPy log-mel examples
+  (tests/reference.py)."""
   import tensorflow as tf
-  import inputs
+  import reference
   net = load_model_from_checkpoint(model_name, hparams, checkpoint_prefix)
-  scores = []
-  for fname in fnames:
-    examples = inputs.clip_to_log_mel_examples(fname, clip_dir, hparams)
-    logits = net(examples, training=False)
-    scores.append(tf.reduce_mean(tf.sigmoid(logits), axis=0).numpy())
-  scores = np.array(scores, dtype=np.float64)
+  examples = [reference.np_clip_examples(os.path.join(clip_dir, fname),
+                                         hparams).astype(np.float32)
+              for fname in fnames]
+  everything = np.concatenate(examples)
+  example_scores = np.concatenate([
+      tf.sigmoid(net(everything[i:i + 32], training=False)).numpy()
+      for i in range(0, len(everything), 32)]).astype(np.float64)
+  ends = np.cumsum([len(e) for e in examples])
+  scores = np.array([example_scores[end - len(e):end].mean(axis=0)
+                     for e, end in zip(examples, ends)])
   # The model must tell clips apart, or comparisons against it prove little.
   assert np.ptp(scores, axis=0).max() > 1e-4, 'scores equal for all clips'
   return scores

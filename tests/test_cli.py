@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
+import reference
 from conftest import (CLASS_MAP, HPARAMS, check_ok, independent_clip_scores,
                       independent_lwlrap, labeled_rows, read_class_names,
                       read_csv_rows, run_main, train_args,
@@ -22,21 +23,143 @@ def _checkpoint_steps(train_dir):
       for n in os.listdir(train_dir)) if m)
 
 
+# Scores from the engine (batch norm folded) and from the plain model differ
+# by float32 rounding, well below this; score pairs closer than this may
+# rank either way, so metrics are checked against bounds over both orders.
+TIE = 2e-5
+# Reports print 6 decimals.
+PRINTED = 6e-7
+
+
+def _lwlrap_bounds(truth, scores, delta=TIE):
+  """Raising every positive's score can only raise lwlrap; lowering it can
+  only lower it: (low, high) over every order of near-tied pairs."""
+  return (independent_lwlrap(truth, scores - delta * truth),
+          independent_lwlrap(truth, scores + delta * truth))
+
+
+def _micro_f1_bounds(truth, scores, delta=TIE):
+  """Micro-F1 at 0.5 with scores within delta of the threshold counted
+  either way (all on one side, then all on the other)."""
+  sure = np.abs(scores - 0.5) >= delta
+  values = [reference.np_micro_f1(truth, np.where(sure, scores >= 0.5, side))
+            for side in (False, True)]
+  return min(values), max(values)
+
+
+def _within(value, bounds, slack=PRINTED + 1e-9):
+  low, high = bounds
+  return low - slack <= value <= high + slack
+
+
 def _overall_lwlrap(text):
   values = re.findall(r'^Overall lwlrap = ([0-9.]+)$', text, re.M)
   assert len(values) == 1, text
   return float(values[0])
 
 
-def _check_eval_report(path, expected_lwlrap):
+def _check_eval_report(path, truth, scores, class_names):
+  """Every line of an eval-N.txt report against independent computations
+  from the plain model's clip scores: per-class lwlrap, overall lwlrap, each
+  class's EER (brute force), mean and pooled EER, micro-F1."""
   with open(path) as f:
     text = f.read()
-  assert abs(_overall_lwlrap(text) - expected_lwlrap) < 1e-4
-  for prefix in ('Mean EER = ', 'Pooled EER = ', 'Micro-F1 = '):
-    assert re.search('^' + re.escape(prefix) + r'\S+', text, re.M), prefix
-  micro_f1 = float(re.search(r'^Micro-F1 = ([0-9.]+)$', text, re.M).group(1))
-  assert 0.0 <= micro_f1 <= 1.0
+  lines = text.rstrip('\n').split('\n')
+  num_classes = len(class_names)
+  # Per-class lwlrap lines: one per class, in decreasing order.
+  lwlrap_lines = [re.fullmatch(r'Lwlrap\((.+)\) = ([0-9.]+)', l)
+                  for l in lines[:num_classes]]
+  assert all(lwlrap_lines), lines[:num_classes]
+  per_class = {m.group(1): float(m.group(2)) for m in lwlrap_lines}
+  assert sorted(per_class) == sorted(class_names)
+  values = [float(m.group(2)) for m in lwlrap_lines]
+  assert values == sorted(values, reverse=True)
+  for c, name in enumerate(class_names):
+    positives = truth[:, c] > 0
+    if not positives.any():
+      assert per_class[name] == 0.0, name
+      continue
+    # Class lwlrap: mean precision of the class's positive labels.
+    lo = hi = 0.0
+    for sign, bound in ((-1, 'lo'), (1, 'hi')):
+      shifted = scores + sign * TIE * truth
+      precisions = []
+      for r in np.flatnonzero(positives):
+        at_or_above = shifted[r] >= shifted[r, c]
+        precisions.append(np.sum(at_or_above & (truth[r] > 0)) /
+                          np.sum(at_or_above))
+      if bound == 'lo':
+        lo = np.mean(precisions)
+      else:
+        hi = np.mean(precisions)
+    assert _within(per_class[name], (lo, hi)), (name, per_class[name], lo, hi)
+  assert lines[num_classes].startswith('Overall lwlrap = ')
+  assert _within(_overall_lwlrap(text), _lwlrap_bounds(truth, scores))
+
+  eer_lines = [re.fullmatch(r'EER\((.+)\) = (\S+)', l)
+               for l in lines[num_classes + 1:2 * num_classes + 1]]
+  assert all(eer_lines), lines[num_classes + 1:2 * num_classes + 1]
+  # One line per class, in class-map order.
+  assert [m.group(1) for m in eer_lines] == list(class_names)
+  lows, highs = [], []
+  for c, m in enumerate(eer_lines):
+    bounds = reference.eer_bounds(truth[:, c], scores[:, c], TIE)
+    if bounds[0] is None:
+      assert m.group(2) == 'undefined', m.group(0)
+      continue
+    lows.append(bounds[0])
+    highs.append(bounds[1])
+    assert _within(float(m.group(2)), bounds), (m.group(0), bounds)
+  assert lows, 'no class with positive and negative clips'
+  mean = re.fullmatch(r'Mean EER = ([0-9.]+) \(over (\d+) classes with '
+                      r'positive and negative clips\)',
+                      lines[2 * num_classes + 1])
+  assert mean, lines[2 * num_classes + 1]
+  assert int(mean.group(2)) == len(lows)
+  assert _within(float(mean.group(1)), (np.mean(lows), np.mean(highs)))
+  pooled = re.fullmatch(r'Pooled EER = ([0-9.]+)', lines[2 * num_classes + 2])
+  assert pooled, lines[2 * num_classes + 2]
+  assert _within(float(pooled.group(1)), reference.eer_bounds(
+      truth.ravel(), scores.ravel(), TIE))
+  f1 = re.fullmatch(r'Micro-F1 = ([0-9.]+)', lines[2 * num_classes + 3])
+  assert f1, lines[2 * num_classes + 3]
+  assert _within(float(f1.group(1)), _micro_f1_bounds(truth, scores))
+  assert len(lines) == 2 * num_classes + 4
   return text
+
+
+def _eval_scalars(eval_dir):
+  """{(tag, step): value} from the eval TensorBoard event files."""
+  import tensorflow as tf
+  scalars = {}
+  for path in glob.glob(os.path.join(eval_dir, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        key = (value.tag, event.step)
+        assert key not in scalars, key
+        scalars[key] = float(tf.make_ndarray(value.tensor))
+  return scalars
+
+
+def _check_eval_scalars(scalars, step, truth, scores):
+  """Lwlrap, Lwlrap-5% (the first ceil(5%) of the clips), EER-mean,
+  EER-pooled and Micro-F1 at `step` against independent computations.
+  Scalars are float32: 1e-6 on values in [0, 1]."""
+  slack = 1e-6
+  assert _within(scalars[('Lwlrap', step)], _lwlrap_bounds(truth, scores),
+                 slack)
+  first = math.ceil(0.05 * len(truth))
+  assert _within(scalars[('Lwlrap-5%', step)],
+                 _lwlrap_bounds(truth[:first], scores[:first]), slack)
+  lows, highs = zip(*[reference.eer_bounds(truth[:, c], scores[:, c], TIE)
+                      for c in range(truth.shape[1])
+                      if 0 < truth[:, c].sum() < len(truth)])
+  assert _within(scalars[('EER-mean', step)],
+                 (np.mean(lows), np.mean(highs)), slack)
+  assert _within(scalars[('EER-pooled', step)], reference.eer_bounds(
+      truth.ravel(), scores.ravel(), TIE), slack)
+  assert _within(scalars[('Micro-F1', step)],
+                 _micro_f1_bounds(truth, scores), slack)
 
 
 def _check_submission(csv_path, clip_dir, expected_scores):
@@ -86,18 +209,16 @@ def test_mobilenet_eval_lwlrap_matches_independent(
   scores = independent_clip_scores(
       'mobilenet-v1', parse_hparams(HPARAMS), mobilenet_train['checkpoint'],
       dataset['train_clip_dir'], [f for f, _ in rows])
-  truth = truth_matrix(rows, read_class_names())
-  expected = independent_lwlrap(truth, scores)
-  text = _check_eval_report(os.path.join(eval_dir, 'eval-3.txt'), expected)
-  # stdout reports the same numbers as the marker file.
-  assert abs(_overall_lwlrap(mobilenet_eval['result'].stdout) - expected) < 1e-4
-  # Micro-F1 at threshold 0.5, computed independently.
-  predicted = scores >= 0.5
-  tp = np.sum(predicted & (truth > 0))
-  f1 = 2 * tp / (truth.sum() + predicted.sum())
-  got = float(re.search(r'^Micro-F1 = ([0-9.]+)$', text, re.M).group(1))
-  assert abs(got - f1) < 1e-4
-  assert glob.glob(os.path.join(eval_dir, 'events.out.tfevents.*'))
+  class_names = read_class_names()
+  truth = truth_matrix(rows, class_names)
+  text = _check_eval_report(os.path.join(eval_dir, 'eval-3.txt'), truth,
+                            scores, class_names)
+  # stdout reports the same text as the marker file.
+  assert text in mobilenet_eval['result'].stdout
+  _check_eval_scalars(_eval_scalars(eval_dir), 3, truth, scores)
+  assert sorted(_eval_scalars(eval_dir)) == [
+      ('EER-mean', 3), ('EER-pooled', 3), ('Lwlrap', 3), ('Lwlrap-5%', 3),
+      ('Micro-F1', 3)]
 
 
 def test_eval_rerun_skips_evaluated_checkpoints(
@@ -200,14 +321,63 @@ def test_crnn_eval_every_checkpoint(crnn_train, crnn_eval, dataset,
   assert '2 checkpoints in %s, 0 already evaluated' % (
       crnn_train['train_dir']) in crnn_eval['result'].stdout
   rows = labeled_rows(dataset['validation_csv'])
-  truth = truth_matrix(rows, read_class_names())
+  class_names = read_class_names()
+  truth = truth_matrix(rows, class_names)
+  scalars = _eval_scalars(eval_dir)
   for step in (100, 101):
     scores = independent_clip_scores(
         'crnn', parse_hparams(crnn_train['hparams']),
         os.path.join(crnn_train['train_dir'], 'model.ckpt-%d' % step),
         dataset['train_clip_dir'], [f for f, _ in rows])
-    _check_eval_report(os.path.join(eval_dir, 'eval-%d.txt' % step),
-                       independent_lwlrap(truth, scores))
+    text = _check_eval_report(os.path.join(eval_dir, 'eval-%d.txt' % step),
+                              truth, scores, class_names)
+    assert text in crnn_eval['result'].stdout
+    _check_eval_scalars(scalars, step, truth, scores)
+
+
+@pytest.fixture(scope='module')
+def crnn_eval_41_clips(tmp_path_factory, crnn_train, parse_hparams):
+  """evaluation.evaluate, in-process, on 41 short clips: the first 5% of the
+  clips are ceil(2.05) = 3 of them."""
+  import files
+  import evaluation
+  import make_demo_data
+  root = tmp_path_factory.mktemp('eval41')
+  data = make_demo_data.make_dataset(
+      str(root / 'data'), num_train=0, num_validation=41, num_test=0,
+      min_seconds=0.3, max_seconds=0.8, seed=41)
+  class_names = read_class_names()
+  rows = labeled_rows(data['validation_csv'])
+  assert len(rows) == 41
+  samples = files.check_wavs([os.path.join(data['train_clip_dir'], f)
+                              for f, _ in rows])
+  eval_dir = str(root / 'eval')
+  evaluation.evaluate('crnn', parse_hparams(crnn_train['hparams']),
+                      class_names, rows, data['train_clip_dir'], samples,
+                      crnn_train['train_dir'], eval_dir)
+  return {'eval_dir': eval_dir, 'rows': rows,
+          'clip_dir': data['train_clip_dir']}
+
+
+def test_eval_scalars_on_41_clips(crnn_train, crnn_eval_41_clips,
+                                  parse_hparams):
+  rows = crnn_eval_41_clips['rows']
+  class_names = read_class_names()
+  truth = truth_matrix(rows, class_names)
+  scalars = _eval_scalars(crnn_eval_41_clips['eval_dir'])
+  assert sorted({tag for tag, _ in scalars}) == [
+      'EER-mean', 'EER-pooled', 'Lwlrap', 'Lwlrap-5%', 'Micro-F1']
+  assert sorted({step for _, step in scalars}) == [100, 101]
+  for step in (100, 101):
+    scores = independent_clip_scores(
+        'crnn', parse_hparams(crnn_train['hparams']),
+        os.path.join(crnn_train['train_dir'], 'model.ckpt-%d' % step),
+        crnn_eval_41_clips['clip_dir'], [f for f, _ in rows])
+    _check_eval_scalars(scalars, step, truth, scores)
+    text = _check_eval_report(
+        os.path.join(crnn_eval_41_clips['eval_dir'], 'eval-%d.txt' % step),
+        truth, scores, class_names)
+    assert 'Overall lwlrap' in text
 
 
 def test_crnn_inference(tmp_path, crnn_train, dataset, parse_hparams):
@@ -225,17 +395,27 @@ def test_crnn_inference(tmp_path, crnn_train, dataset, parse_hparams):
   _check_submission(csv_path, dataset['test_clip_dir'], expected)
 
 
-def test_two_scorers_in_one_process_load_crnn_checkpoint(crnn_train,
-                                                         parse_hparams):
+def test_two_scorers_in_one_process_load_crnn_checkpoint(
+    crnn_train, dataset, parse_hparams):
   """Eval/inference code used as a library: a second Scorer in the same
-  process must load the same checkpoint as the first."""
+  process must load the same checkpoint as the first and score alike."""
+  import files
   import scoring
   hparams = parse_hparams(crnn_train['hparams'])
   checkpoint = os.path.join(crnn_train['train_dir'], 'model.ckpt-101')
+  fnames = [f for f, _ in labeled_rows(dataset['validation_csv'])]
+  paths = [os.path.join(dataset['train_clip_dir'], f) for f in fnames]
+  samples = files.check_wavs(paths)
   first = scoring.Scorer('crnn', 80, hparams)
   second = scoring.Scorer('crnn', 80, hparams)
   first.load(checkpoint)
   second.load(checkpoint)
+  first_scores = first.score(paths, samples)
+  second_scores = second.score(paths, samples)
+  np.testing.assert_allclose(second_scores, first_scores, atol=1e-6, rtol=0)
+  expected = independent_clip_scores('crnn', hparams, checkpoint,
+                                     dataset['train_clip_dir'], fnames)
+  np.testing.assert_allclose(first_scores, expected, atol=1e-5, rtol=0)
 
 
 def test_warm_start_flags_from_the_cli(workspace, dataset, mobilenet_train):

@@ -6,6 +6,7 @@ import queue
 import re
 import shutil
 import signal
+import subprocess
 import threading
 
 import numpy as np
@@ -318,7 +319,12 @@ class _Run:
   def finish(self, sig=None, timeout=120):
     if sig is not None:
       self.process.send_signal(sig)
-    rc = self.process.wait(timeout=timeout)
+    try:
+      rc = self.process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      self.process.kill()  # no training left running after a failed test
+      self.process.wait()
+      raise AssertionError('no exit within %ds of %s' % (timeout, sig))
     for t in self._threads:
       t.join(timeout=30)
     return rc, ''.join(self.stdout), ''.join(self.stderr)
@@ -346,7 +352,7 @@ def test_sigterm_then_sigkill_resume(tmp_path, dataset):
   run = _Run(args)
   run.wait_for(r'step \d+ loss')
   rc, out, err = run.finish(signal.SIGTERM)
-  assert rc != 0
+  assert rc == 128 + 15 == 143  # 128 + the signal number
   lines = [l for l in err.splitlines() if l.strip()]
   assert len(lines) == 1, err
   match = re.fullmatch(r'main\.py: stopped: stopped by SIGTERM at step (\d+)'
@@ -384,11 +390,40 @@ def test_sigterm_then_sigkill_resume(tmp_path, dataset):
                                           'model.ckpt-%d' % resumed_at)
   assert int(run.wait_for(r'step (\d+) loss').group(1)) == resumed_at + 1
   rc, out, err = run.finish(signal.SIGTERM)
-  assert rc != 0
+  assert rc == 143
   final = int(re.search(r'stopped by SIGTERM at step (\d+)', err).group(1))
   assert final > resumed_at
   assert _steps_on_disk(train_dir)[-1] == final
   assert _step_in(os.path.join(train_dir, 'model.ckpt-%d' % final)) == final
+
+
+def test_sigint_saves_and_exits_130(tmp_path, dataset):
+  """Ctrl-C during training: a checkpoint at the current step, one line
+  `main.py: stopped: stopped by SIGINT at step N; ...`, exit status
+  128 + 2."""
+  train_dir = str(tmp_path / 'train')
+  run = _Run(train_args('crnn', dataset['train_clip_dir'], dataset['train_csv'],
+                        train_dir, 100000, hparams='batch_size=4,crnn_filters=4'))
+  run.wait_for(r'step 2 loss')
+  rc, out, err = run.finish(signal.SIGINT)
+  assert rc == 128 + 2 == 130
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert len(lines) == 1, err
+  match = re.fullmatch(r'main\.py: stopped: stopped by SIGINT at step (\d+)'
+                       r'; run the same command to resume', lines[0])
+  assert match, lines[0]
+  stopped_at = int(match.group(1))
+  assert stopped_at >= 2
+  assert 'Traceback' not in out + err
+  assert 'KeyboardInterrupt' not in out + err
+  # The last step printed is the step it stopped at, and saved.
+  printed = [int(s) for s in re.findall(r'^step (\d+) loss', out, re.M)]
+  assert printed == list(range(1, stopped_at + 1))
+  assert 'Saved checkpoint %s' % os.path.join(
+      train_dir, 'model.ckpt-%d' % stopped_at) in out
+  assert _steps_on_disk(train_dir) == [stopped_at]
+  assert _step_in(os.path.join(train_dir, 'model.ckpt-%d' % stopped_at)) == (
+      stopped_at)
 
 
 # --- divergence (in-process) ------------------------------------------------

@@ -3,7 +3,7 @@ implementation of the baseline's feature definition."""
 
 import os
 import sys
-import wave
+import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -17,8 +17,15 @@ import inputs
 import make_demo_data
 import params
 
+import reference  # noqa: E402
+from conftest import write_pcm_wav  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = 44100
+
+# The README's feature definition, written out (not read from params.py), so
+# that a moved default fails the comparisons below.
+README_DEFAULTS = reference.README_DEFAULTS
 WINDOW = int(round(SR * 0.025))  # 1102 (Python round of 1102.5: banker's)
 HOP = 441
 FFT = 2048
@@ -26,70 +33,73 @@ BANDS = 96
 EXAMPLE_FRAMES = 100
 EXAMPLE_HOP = 50
 
+# Every feature hparam moved from its default.
+OTHER_FEATURES = ('stft_window_seconds=0.02,stft_hop_seconds=0.005,'
+                  'mel_bands=64,mel_min_hz=50,mel_max_hz=8000,'
+                  'mel_log_offset=0.01,example_window_seconds=0.5,'
+                  'example_hop_seconds=0.25')
+OTHER_NAMESPACE = types.SimpleNamespace(
+    stft_window_seconds=0.02, stft_hop_seconds=0.005, mel_bands=64,
+    mel_min_hz=50, mel_max_hz=8000, mel_log_offset=0.01,
+    example_window_seconds=0.5, example_hop_seconds=0.25)
 
-# ---------------------------------------------------------------- reference
-
-
-def read_wav_samples(path):
-  with wave.open(path, 'rb') as w:
-    assert w.getframerate() == SR and w.getnchannels() == 1
-    data = w.readframes(w.getnframes())
-  return np.frombuffer(data, dtype='<i2').astype(np.float64) / 32768.0
+# Tolerances, measured on noise with loud, quiet (+-3 LSB) and silent
+# stretches: TensorFlow computes the STFT and the mel matrix in float32 (its
+# triangle weights differ from float64 by up to ~1e-5), which gives up to
+# ~1.3e-5 with the default features. With OTHER_FEATURES the lowest of 64
+# mel bands above 50 Hz span only a couple of bins of a 1024-point FFT,
+# where those weight errors weigh most: up to ~3.4e-5. (A pure tone would
+# need ~1e-3: its far bins hold leakage far below the float32 rounding of
+# the peak bin, so the clips here are noise-like.)
+ATOL = 2e-5
+ATOL_OTHER = 5e-5
 
 
 def np_mel_matrix(num_bins=FFT // 2 + 1, bands=BANDS, lo=20.0, hi=20000.0):
-  """tf.signal.linear_to_mel_weight_matrix's definition, in NumPy."""
-  def hz_to_mel(f):
-    return 1127.0 * np.log(1.0 + np.asarray(f, np.float64) / 700.0)
-  bin_mel = hz_to_mel(np.linspace(0.0, SR / 2.0, num_bins))[:, None]
-  edges = np.linspace(hz_to_mel(lo), hz_to_mel(hi), bands + 2)
-  lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
-  lower_slope = (bin_mel - lower) / (center - lower)
-  upper_slope = (upper - bin_mel) / (upper - center)
-  weights = np.maximum(0.0, np.minimum(lower_slope, upper_slope))
-  weights[0, :] = 0.0  # the DC bin contributes nothing
-  return weights
+  assert num_bins == FFT // 2 + 1
+  return reference.np_mel_matrix(types.SimpleNamespace(
+      **{**vars(README_DEFAULTS), 'mel_bands': bands, 'mel_min_hz': lo,
+         'mel_max_hz': hi}))
 
 
 MEL = np_mel_matrix()
 
 
+def read_wav_samples(path):
+  return reference.read_wav_samples(path)
+
+
 def np_num_frames(num_samples):
-  num_samples = max(num_samples, WINDOW)  # a short clip is padded to a window
-  return 1 + (num_samples - WINDOW) // HOP
+  return reference.np_num_frames(num_samples, README_DEFAULTS)
 
 
 def np_num_examples(num_samples):
-  return -(-np_num_frames(num_samples) // EXAMPLE_HOP)
-
-
-def np_log_mel(samples):
-  samples = np.asarray(samples, np.float64)
-  if len(samples) < WINDOW:
-    samples = np.pad(samples, (0, WINDOW - len(samples)))
-  n = np.arange(WINDOW)
-  hann = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / WINDOW)  # periodic Hann
-  num_frames = np_num_frames(len(samples))
-  index = HOP * np.arange(num_frames)[:, None] + n[None, :]
-  frames = samples[index] * hann
-  magnitude = np.abs(np.fft.rfft(frames, n=FFT, axis=1))
-  return np.log(magnitude @ MEL + 0.001)
+  return reference.np_num_examples(num_samples, README_DEFAULTS)
 
 
 def np_examples(samples):
-  log_mel = np_log_mel(samples)
-  num_frames = log_mel.shape[0]
-  count = -(-num_frames // EXAMPLE_HOP)
-  padded = np.zeros((count * EXAMPLE_HOP + EXAMPLE_FRAMES, BANDS))
-  padded[:num_frames] = log_mel
-  return np.stack([padded[i * EXAMPLE_HOP:i * EXAMPLE_HOP + EXAMPLE_FRAMES]
-                   for i in range(count)])
+  return reference.np_examples(samples, README_DEFAULTS)
 
 
 def write_noise(path, num_samples, seed, amplitude=0.5):
   rng = np.random.default_rng(seed)
   make_demo_data.write_wav(str(path),
                            amplitude * rng.uniform(-1, 1, num_samples))
+  return read_wav_samples(str(path))
+
+
+def write_loud_quiet_silent(path, seconds, seed):
+  """Noise in half-second stretches of amplitude 0.9, 0.3, 1e-4 (a few
+  LSB, where log(mel + offset) is dominated by the offset) and exact digital
+  silence, in a random order. Returns the samples as read back."""
+  rng = np.random.default_rng(seed)
+  num_samples = int(seconds * SR)
+  stretch = SR // 2
+  levels = np.resize(rng.permutation([0.9, 0.3, 1e-4, 0.0]),
+                     -(-num_samples // stretch))
+  noise = rng.uniform(-1, 1, num_samples) * np.repeat(levels, stretch)[
+      :num_samples]
+  write_pcm_wav(path, np.round(noise * 32767).astype(np.int16))
   return read_wav_samples(str(path))
 
 
@@ -124,7 +134,7 @@ def test_noise_clip_spanning_two_chunks_matches_numpy(tmp_path):
   got = tf_examples(tmp_path, 'noise.wav')
   assert got.dtype == np.float32
   assert got.shape == (21, 100, 96)
-  np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
+  np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
   # The zero padding of the last example is really zeros in log-mel space.
   frames = np_num_frames(num_samples)
   tail = frames - 20 * EXAMPLE_HOP
@@ -140,7 +150,7 @@ def test_forty_second_clip_chunked_equals_whole_clip_numpy(tmp_path):
   got = tf_examples(tmp_path, 'long.wav')
   assert got.shape == expected.shape == (np_num_examples(num_samples), 100, 96)
   assert got.shape[0] > 4 * inputs.EXAMPLES_PER_CHUNK
-  np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
+  np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize('frames', [800, 801])
@@ -153,7 +163,7 @@ def test_chunk_boundary_example_counts(tmp_path, frames):
   assert expected.shape[0] == -(-frames // 50)
   got = tf_examples(tmp_path, 'b.wav')
   assert got.shape == expected.shape
-  np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
+  np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize('num_samples', [
@@ -177,7 +187,7 @@ def test_num_examples_and_shapes_for_many_lengths(tmp_path, num_samples):
   expected = np_examples(samples)
   assert got.shape == (np_num_examples(num_samples), 100, 96)
   assert np.all(np.isfinite(got))
-  np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
+  np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
 
 
 def test_clip_of_100_samples_gives_one_finite_example(tmp_path):
@@ -259,3 +269,90 @@ def test_scoring_dataset_yields_every_example_once(tmp_path):
       assert j not in used
       used.add(j)
     assert used == set(range(want.shape[0]))
+
+
+# ------------------------------------------ quiet, silent, non-default hparams
+
+
+def test_quiet_and_silent_stretches_match_numpy(tmp_path):
+  """Near-silence and digital silence, where log(mel + 0.001) is dominated by
+  the offset, across a chunk boundary (18 examples)."""
+  samples = write_loud_quiet_silent(tmp_path / 'q.wav', 8.7, seed=11)
+  expected = np_examples(samples)
+  assert expected.shape == (18, 100, 96)
+  got = tf_examples(tmp_path, 'q.wav')
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+  # The quiet and silent frames are really there: digital silence at the
+  # offset's floor log(0.001) = -6.9078, and quiet bands whose mel is below
+  # ten times the offset (log(mel + 0.001) < floor + log(11)).
+  floor = np.log(0.001)
+  assert np.sum(np.abs(expected - floor) < 1e-9) > 1000
+  assert np.sum((expected > floor + 1e-3) &
+                (expected < floor + np.log(11))) > 5000
+  np.testing.assert_allclose(got[np.abs(expected - floor) < 1e-9], floor,
+                             atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize('flags,namespace', [
+    ('', README_DEFAULTS), (OTHER_FEATURES, OTHER_NAMESPACE)],
+    ids=['defaults', 'other'])
+def test_digital_silence_is_log_of_the_offset(tmp_path, flags, namespace):
+  num_samples = int(1.7 * SR)
+  write_pcm_wav(tmp_path / 's.wav', np.zeros(num_samples, np.int16))
+  hparams = params.parse_hparams(flags)
+  got = tf_examples(tmp_path, 's.wav', hparams)
+  frames = reference.np_num_frames(num_samples, namespace)
+  count = reference.np_num_examples(num_samples, namespace)
+  window = reference.example_window(namespace)
+  hop = reference.example_hop(namespace)
+  assert got.shape == (count, window, namespace.mel_bands)
+  floor = np.log(namespace.mel_log_offset)
+  for i, example in enumerate(got):
+    real = max(0, min(window, frames - i * hop))  # frames before the padding
+    np.testing.assert_allclose(example[:real], floor, atol=1e-6, rtol=0)
+    assert np.all(example[real:] == 0.0)
+
+
+def test_other_feature_hparams_match_numpy(tmp_path):
+  samples = write_loud_quiet_silent(tmp_path / 'o.wav', 6.3, seed=12)
+  hparams = params.parse_hparams(OTHER_FEATURES)
+  expected = reference.np_examples(samples, OTHER_NAMESPACE)
+  # 882-sample window, 220-sample hop (round(220.5) rounds half to even),
+  # 1024-point FFT; 100-frame examples with a 50-frame hop; 64 bands.
+  assert reference.stft_window(OTHER_NAMESPACE) == 882
+  assert reference.stft_hop(OTHER_NAMESPACE) == 220
+  assert reference.fft_length(OTHER_NAMESPACE) == 1024
+  frames = reference.np_num_frames(len(samples), OTHER_NAMESPACE)
+  assert expected.shape == (-(-frames // 50), 100, 64)
+  assert expected.shape[0] > inputs.EXAMPLES_PER_CHUNK
+  got = tf_examples(tmp_path, 'o.wav', hparams)
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got, expected, atol=ATOL_OTHER, rtol=0)
+  # The offset matters here: log(0 + 0.01) in the silent stretches.
+  silent = np.abs(expected - np.log(0.01)) < 1e-9
+  assert silent.sum() > 1000
+  np.testing.assert_allclose(got[silent], np.log(0.01), atol=1e-6, rtol=0)
+
+
+def test_other_feature_hparams_example_counts(tmp_path):
+  hparams = params.parse_hparams(OTHER_FEATURES)
+  ns = OTHER_NAMESPACE
+  window, hop = reference.stft_window(ns), reference.stft_hop(ns)
+  lengths = [1, 100, window - 1, window, window + hop - 1, window + hop,
+             window + 49 * hop, window + 50 * hop, window + 99 * hop,
+             window + 100 * hop, SR // 2, SR, 3 * SR + 17, 10 * SR]
+  for n in lengths:
+    assert inputs.num_examples(n, hparams) == \
+        reference.np_num_examples(n, ns), n
+  # The defaults count differently for the same lengths (the test means
+  # something).
+  assert [reference.np_num_examples(n, ns) for n in lengths] != [
+      reference.np_num_examples(n, README_DEFAULTS) for n in lengths]
+  for n in (100, window + 50 * hop, SR):
+    samples = write_noise(tmp_path / 'n.wav', n, seed=n)
+    got = tf_examples(tmp_path, 'n.wav', hparams)
+    expected = reference.np_examples(samples, ns)
+    assert got.shape == expected.shape == (
+        reference.np_num_examples(n, ns), 100, 64), n
+    np.testing.assert_allclose(got, expected, atol=ATOL_OTHER, rtol=0)

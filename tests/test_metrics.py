@@ -104,24 +104,9 @@ def test_lwlrap_rejects_wrong_shape():
     lwlrap.accumulate(np.ones((2, 3)), np.ones((2, 3)))
 
 
-def brute_force_eer(truth, scores):
-  """Sweep thresholds from high to low (positive = score >= threshold),
-  starting above every score, and interpolate where FNR - FPR first drops
-  to zero or below."""
-  truth = np.asarray(truth) > 0
-  scores = np.asarray(scores, np.float64)
-  thresholds = np.concatenate([[np.inf], np.unique(scores)[::-1]])
-  fpr = np.array([np.mean(scores[~truth] >= t) for t in thresholds])
-  fnr = np.array([np.mean(scores[truth] < t) for t in thresholds])
-  gap = fnr - fpr
-  for i in range(len(gap)):
-    if gap[i] == 0:
-      return fpr[i]
-    if gap[i] < 0:
-      # Linear interpolation of both rates between points i-1 and i.
-      t = gap[i - 1] / (gap[i - 1] - gap[i])
-      return fpr[i - 1] + t * (fpr[i] - fpr[i - 1])
-  raise AssertionError('unreachable')
+# Sweeps thresholds from high to low and interpolates where FNR - FPR first
+# drops to zero or below (tests/reference.py).
+from reference import brute_force_eer  # noqa: E402
 
 
 def test_eer_hand_worked_exact_crossing():

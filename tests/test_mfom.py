@@ -12,61 +12,11 @@ import tensorflow as tf
 
 import mfom
 
-EPS = 1e-7
-
-
-# ---------------------------------------------------------------- reference
-
-
-def np_sigmoid(x):
-  return 1.0 / (1.0 + np.exp(-x))
-
-
-def np_d(y, s):
-  """Units-vs-zeros misclassification measure, row by row."""
-  y = np.asarray(y, np.float64)
-  s = np.clip(np.asarray(s, np.float64), EPS, 1 - EPS)
-  d = np.zeros_like(s)
-  for r in range(len(s)):
-    pos, neg = y[r] == 1, y[r] == 0
-    lme_pos = np.log(np.mean(np.exp(s[r, pos])))
-    lme_neg = np.log(np.mean(np.exp(s[r, neg])))
-    d[r] = -s[r] + (1 - y[r]) * lme_pos + y[r] * lme_neg
-  return d
-
-
-def np_l(y, s, alpha=1.0, beta=0.0):
-  return np_sigmoid(alpha * np_d(y, s) + beta)
-
-
-def np_rates(y, l):
-  fnr = np.sum(l * y) / np.sum(y)
-  fpr = np.sum((1 - l) * (1 - y)) / np.sum(1 - y)
-  return fnr, fpr
-
-
-def np_eer_normalized(y, l):
-  fnr, fpr = np_rates(y, l)
-  return fpr + 4 * abs(fnr - fpr)
-
-
-def np_cprim(y, l):
-  fnr, fpr = np_rates(y, l)
-  return 0.5 * fnr + 10 * fpr
-
-
-def np_microf1(y, l):
-  return 1 - 2 * np.sum((1 - l) * y) / np.sum((1 - l) + y)
-
-
-def np_eer_embed(y, s):
-  l = np_sigmoid(3 * np_d(y, s))
-  for _ in range(2):
-    l = np_sigmoid(3 * np_d(y, 1 - l))
-  t = 1 - l
-  s = np.clip(np.asarray(s, np.float64), EPS, 1 - EPS)
-  bce = -(t * np.log(s) + (1 - t) * np.log(1 - s))
-  return np.mean(np.mean(bce, axis=1))
+# The NumPy formulas live in tests/reference.py, shared with the loss tests
+# of test_training.py.
+from reference import (MFOM_EPS as EPS, np_cprim, np_d,  # noqa: E402,F401
+                       np_eer_embed, np_eer_normalized, np_l, np_microf1,
+                       np_rates, np_sigmoid)
 
 
 LAYER_FNS = {

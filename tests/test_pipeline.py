@@ -1,0 +1,130 @@
+"""The training pipeline: every example once per epoch (matched against the
+NumPy features), shuffled differently in every epoch, in batches of
+batch_size."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import inputs  # noqa: E402
+import params  # noqa: E402
+import reference  # noqa: E402
+from conftest import read_class_names, write_pcm_wav  # noqa: E402
+
+SR = 44100
+# 0.3 s clips give one example each; the last clip (1.1 s) gives three.
+SHORT_CLIPS = 10
+
+
+@pytest.fixture(scope='module')
+def clips(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('pipeline')
+  clip_dir = folder / 'clips'
+  clip_dir.mkdir()
+  class_names = read_class_names()
+  rng = np.random.default_rng(21)
+  rows = []
+  for i in range(SHORT_CLIPS + 1):
+    seconds = 1.1 if i == SHORT_CLIPS else 0.3
+    fname = 'clip%02d.wav' % i
+    amplitude = rng.uniform(500, 20000)
+    write_pcm_wav(clip_dir / fname, np.round(amplitude * rng.uniform(
+        -1, 1, int(seconds * SR))).astype(np.int16))
+    labels = [class_names[7 * i], class_names[7 * i + 3]] if i % 3 == 0 \
+        else [class_names[7 * i]]
+    rows.append((fname, labels))
+  csv_path = folder / 'train.csv'
+  with open(str(csv_path), 'w') as f:
+    f.write('fname,labels\n')
+    for fname, labels in rows:
+      f.write('%s,"%s"\n' % (fname, ','.join(labels)))
+  examples = []  # (clip, example, features, multi-hot)
+  for c, (fname, labels) in enumerate(rows):
+    multi_hot = np.zeros(len(class_names), np.float32)
+    multi_hot[[class_names.index(l) for l in labels]] = 1
+    features = reference.np_clip_examples(clip_dir / fname,
+                                          reference.README_DEFAULTS)
+    for e, example in enumerate(features):
+      examples.append((c, e, example, multi_hot))
+  assert len(examples) == SHORT_CLIPS + 3
+  return {'csv': str(csv_path), 'clip_dir': str(clip_dir), 'rows': rows,
+          'examples': examples, 'class_names': class_names}
+
+
+def _identify(example, labels, clips):
+  """(clip, example index) of the NumPy example this one equals."""
+  diffs = [np.abs(features - example).max()
+           for _, _, features, _ in clips['examples']]
+  best = int(np.argmin(diffs))
+  assert diffs[best] < 1e-4, diffs[best]
+  assert sorted(diffs)[1] > 1e-2  # unambiguous
+  clip, index, _, multi_hot = clips['examples'][best]
+  np.testing.assert_array_equal(labels, multi_hot)
+  return clip, index
+
+
+def test_every_example_once_per_epoch_in_a_new_order(clips):
+  hparams = params.parse_hparams('batch_size=1')
+  epochs = 3
+  dataset = inputs.train_dataset(clips['csv'], clips['clip_dir'],
+                                 clips['class_names'], hparams,
+                                 len(clips['rows']), epochs=epochs)
+  seen = []
+  for examples, labels in dataset:
+    assert examples.shape == (1, 100, 96) and labels.shape == (1, 80)
+    seen.append(_identify(examples.numpy()[0], labels.numpy()[0], clips))
+  per_epoch = len(clips['examples'])
+  assert len(seen) == epochs * per_epoch
+  file_order = [(c, e) for c, e, _, _ in clips['examples']]
+  orders = [seen[i * per_epoch:(i + 1) * per_epoch] for i in range(epochs)]
+  for order in orders:
+    assert sorted(order) == file_order  # each example exactly once
+    assert order != file_order  # 1 / 13! by chance
+  # A new order in every epoch (two equal by chance: 3 / 13!).
+  assert len({tuple(order) for order in orders}) == epochs
+  # Examples, not only clips, are shuffled: the long clip's three examples
+  # do not always arrive together and in order (by chance: (11/1716)^3).
+  long_clip = SHORT_CLIPS
+  together = 0
+  for order in orders:
+    at = order.index((long_clip, 0))
+    together += order[at:at + 3] == [(long_clip, 0), (long_clip, 1),
+                                     (long_clip, 2)]
+  assert together < epochs
+
+
+@pytest.mark.parametrize('batch_size,epochs,batches', [
+    (5, 2, 5),   # 26 examples: 5 full batches, the last 1 dropped
+    (13, 1, 1),
+    (4, 3, 9),   # 39 examples: 9 full batches, 3 dropped
+])
+def test_batches_of_batch_size(clips, batch_size, epochs, batches):
+  hparams = params.parse_hparams('batch_size=%d' % batch_size)
+  dataset = inputs.train_dataset(clips['csv'], clips['clip_dir'],
+                                 clips['class_names'], hparams,
+                                 len(clips['rows']), epochs=epochs)
+  got = list(dataset)
+  assert len(got) == batches
+  for examples, labels in got:
+    assert examples.shape == (batch_size, 100, 96)
+    assert labels.shape == (batch_size, 80)
+    for example, label in zip(examples.numpy(), labels.numpy()):
+      _identify(example, label, clips)
+
+
+def test_repeats_without_end_by_default(clips):
+  """epochs=None (what training uses with --max_steps) repeats forever."""
+  hparams = params.parse_hparams('batch_size=4')
+  dataset = inputs.train_dataset(clips['csv'], clips['clip_dir'],
+                                 clips['class_names'], hparams,
+                                 len(clips['rows']))
+  count = 0
+  for examples, labels in dataset.take(30):  # 120 examples > 9 epochs
+    assert examples.shape == (4, 100, 96)
+    count += 1
+  assert count == 30
