@@ -91,11 +91,12 @@ def load_model_from_checkpoint(model_name, hparams, checkpoint_prefix):
   """Builds model.build_model and assigns every variable from the checkpoint
   by its own reading of the checkpoint (not through scoring.Scorer)."""
   import tensorflow as tf
+  import checkpoints
   import model as model_lib
   net = model_lib.build_model(model_name, len(read_class_names()), hparams)
   reader = tf.train.load_checkpoint(checkpoint_prefix)
   for v in net.weights:  # not .variables: those add dropout RNG state
-    v.assign(reader.get_tensor(model_lib.checkpoint_key(v.path)))
+    v.assign(reader.get_tensor(checkpoints.checkpoint_key(v.path)))
   return net
 
 

@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import benchmark  # noqa: E402
+import checkpoints  # noqa: E402
 import files  # noqa: E402
 import inputs  # noqa: E402
 import make_demo_data  # noqa: E402
@@ -97,7 +98,7 @@ def test_engine_matches_plain_model_per_clip(data, tmp_path, monkeypatch):
       v.assign(rng.uniform(0.5, 1.5, v.shape).astype(np.float32))
   plain.set_weights(ours.get_weights())
   prefix = tf.train.Checkpoint(
-      weights=model_lib.checkpoint_weights(ours)).write(
+      weights=checkpoints.checkpoint_weights(ours)).write(
           str(tmp_path / 'model.ckpt-1'))
 
   clip_dir = data['test_clip_dir']
