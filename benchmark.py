@@ -30,12 +30,16 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import checkpoints  # noqa: E402
+import features  # noqa: E402
 import files  # noqa: E402
 import inference  # noqa: E402
 import inputs  # noqa: E402
 import make_demo_data  # noqa: E402
 import model as model_lib  # noqa: E402
+import mobilenet  # noqa: E402
 import params  # noqa: E402
+import runtime  # noqa: E402
 import scoring  # noqa: E402
 import train  # noqa: E402
 
@@ -46,7 +50,7 @@ MODEL = 'mobilenet-v1'
 
 def plain_mobilenet(num_classes, hparams):
   """MobileNet v1 from the layer table with stock Keras layers only."""
-  frames, _ = inputs.example_geometry(hparams)
+  frames, _ = features.example_geometry(hparams)
   x = examples = keras.Input((frames, hparams.mel_bands))
   x = keras.layers.Reshape((frames, hparams.mel_bands, 1))(x)
 
@@ -55,7 +59,7 @@ def plain_mobilenet(num_classes, hparams):
                                         epsilon=hparams.bneps)(x)
     return keras.layers.ReLU()(x)
 
-  for _, kind, stride, depth in model_lib.MOBILENET_V1:
+  for _, kind, stride, depth in mobilenet.MOBILENET_V1:
     if kind == 'conv':
       x = bn_relu(keras.layers.Conv2D(depth, 3, strides=stride,
                                       padding='same', use_bias=False)(x))
@@ -79,7 +83,7 @@ def _timed(fn, warmup, repeats):
 
 def plain_forward_rate(num_classes, hparams, repeats):
   plain = plain_mobilenet(num_classes, hparams)
-  frames, _ = inputs.example_geometry(hparams)
+  frames, _ = features.example_geometry(hparams)
   batch = tf.random.normal([hparams.batch_size, frames, hparams.mel_bands])
   forward = tf.function(lambda x: tf.sigmoid(plain(x, training=False)))
   seconds = _timed(lambda: forward(batch).numpy(), 2, repeats)
@@ -88,7 +92,7 @@ def plain_forward_rate(num_classes, hparams, repeats):
 
 def plain_train_rate(num_classes, hparams, repeats):
   plain = plain_mobilenet(num_classes, hparams)
-  frames, _ = inputs.example_geometry(hparams)
+  frames, _ = features.example_geometry(hparams)
   examples = tf.random.normal([hparams.batch_size, frames, hparams.mel_bands])
   labels = tf.cast(tf.random.uniform([hparams.batch_size, num_classes]) < 0.02,
                    tf.float32)
@@ -129,7 +133,7 @@ def pipeline_train_rate(data, class_names, hparams, warmup, repeats):
 def write_checkpoint(path, num_classes, hparams):
   model = model_lib.build_model(MODEL, num_classes, hparams)
   return tf.train.Checkpoint(
-      weights=model_lib.checkpoint_weights(model)).write(path)
+      weights=checkpoints.checkpoint_weights(model)).write(path)
 
 
 def inference_rate(data, class_names, hparams, checkpoint, out_csv):
@@ -145,7 +149,7 @@ def inference_rate(data, class_names, hparams, checkpoint, out_csv):
   files.write_atomically(out_csv, inference.submission_csv(
       fnames, class_names, scores))
   seconds = time.perf_counter() - start
-  total = sum(inputs.num_examples(n, hparams) for n in samples)
+  total = sum(features.num_examples(n, hparams) for n in samples)
   return total / seconds, total
 
 
@@ -158,7 +162,7 @@ def peak_rss_mib(clip_dir, checkpoint, class_map_path):
 
 
 def rss_child(clip_dir, checkpoint, class_map_path):
-  inputs.use_one_inter_op_thread()
+  runtime.use_one_inter_op_thread()
   class_names = files.read_class_map(class_map_path)
   fnames = files.list_wavs(clip_dir)
   samples = files.check_wavs([os.path.join(clip_dir, f) for f in fnames])
@@ -185,7 +189,7 @@ def main():
     rss_child(*args.rss_child)
     return
 
-  inputs.use_one_inter_op_thread()  # as main.py does, for both sides
+  runtime.use_one_inter_op_thread()  # as main.py does, for both sides
   hparams = params.HParams()  # the baseline's defaults, batch size 64
   class_map_path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 'class_map.csv')

@@ -7,10 +7,12 @@ WAV file is reported in a second, as one line naming the file and the fault.
 
 import csv
 import os
-import struct
 import tempfile
 
-SAMPLE_RATE = 44100
+import numpy as np
+
+import wav
+
 _SHOW = 5  # offenders named in one error line
 
 
@@ -74,15 +76,22 @@ def read_class_map(path):
   return names
 
 
+def parse_labels(text):
+  """The class names of a CSV's `labels` field: comma-separated, blanks
+  around names and empty names ignored."""
+  return [label.strip() for label in text.split(',') if label.strip()]
+
+
 def read_labeled_csv(csv_path, clip_dir, class_names):
-  """Checks a `fname,labels` CSV against its clip folder and the class map.
+  """Checks a `fname,labels` CSV against its clip folder (unless clip_dir is
+  None) and the class map.
 
   Returns the list of (fname, [label, ...]) rows. Raises UserError listing the
   first few offending rows, clips or labels and how many there are.
   """
   if not os.path.isfile(csv_path):
     raise UserError('%s: CSV file not found' % csv_path)
-  if not os.path.isdir(clip_dir):
+  if clip_dir is not None and not os.path.isdir(clip_dir):
     raise UserError('%s: clip folder not found' % clip_dir)
   known = set(class_names)
   rows, bad_rows, missing, unknown = [], [], [], {}
@@ -99,14 +108,15 @@ def read_labeled_csv(csv_path, clip_dir, class_names):
         bad_rows.append('line %d: %r' % (line_num, ','.join(row)))
         continue
       fname = row[0].strip()
-      labels = [l.strip() for l in row[1].split(',') if l.strip()]
+      labels = parse_labels(row[1])
       if not labels:
         bad_rows.append('line %d: no labels for %s' % (line_num, fname))
         continue
       for label in labels:
         if label not in known:
           unknown.setdefault(label, 'line %d' % line_num)
-      if not os.path.isfile(os.path.join(clip_dir, fname)):
+      if clip_dir is not None and not os.path.isfile(
+          os.path.join(clip_dir, fname)):
         missing.append(fname)
       rows.append((fname, labels))
   if bad_rows:
@@ -125,56 +135,24 @@ def read_labeled_csv(csv_path, clip_dir, class_names):
   return rows
 
 
+def label_matrix(rows, class_names):
+  """[rows, classes] float32 multi-hot labels of (fname, labels) rows."""
+  index = {name: i for i, name in enumerate(class_names)}
+  matrix = np.zeros((len(rows), len(class_names)), np.float32)
+  for r, (_, labels) in enumerate(rows):
+    matrix[r, [index[label] for label in labels]] = 1.0
+  return matrix
+
+
 def inspect_wav(path):
   """Returns (problem, num_samples) of a WAV file; problem is None when the
-  file is a usable 44.1 kHz mono 16-bit PCM WAV, else what is wrong.
-
-  Walks the RIFF chunks instead of decoding, so it costs one small read per
-  file however long the clip is.
-  """
+  pipeline can read it (see wav.pipeline_problem), else what is wrong."""
   try:
-    size = os.path.getsize(path)
-    with open(path, 'rb') as f:
-      head = f.read(12)
-      if len(head) == 0:
-        return 'empty file', 0
-      if len(head) < 12 or head[:4] != b'RIFF' or head[8:12] != b'WAVE':
-        return 'not a WAV file (no RIFF/WAVE header)', 0
-      fmt, pos = None, 12
-      while True:
-        chunk = f.read(8)
-        if len(chunk) < 8:
-          return ('truncated: no audio data chunk' if fmt else
-                  'truncated: no format chunk'), 0
-        chunk_id, chunk_size = chunk[:4], struct.unpack('<I', chunk[4:])[0]
-        if chunk_id == b'fmt ':
-          body = f.read(16)
-          if chunk_size < 16 or len(body) < 16:
-            return 'truncated: format chunk', 0
-          fmt = struct.unpack('<HHIIHH', body)
-        elif chunk_id == b'data':
-          break
-        pos += 8 + chunk_size + (chunk_size & 1)
-        f.seek(pos)
-  except OSError as e:
-    return 'cannot read (%s)' % (e.strerror or e), 0
-  if fmt is None:
-    return 'no format chunk before the audio data', 0
-  format_tag, channels, rate, _, _, bits = fmt
-  if format_tag != 1 or bits != 16:
-    return ('%d-bit samples with format tag %d, expected 16-bit PCM (tag 1)' %
-            (bits, format_tag)), 0
-  if rate != SAMPLE_RATE:
-    return 'sample rate %d Hz, expected %d' % (rate, SAMPLE_RATE), 0
-  if channels != 1:
-    return '%d channels, expected mono' % channels, 0
-  available = size - (pos + 8)
-  if chunk_size == 0 or available <= 0:
-    return 'empty (no audio samples)', 0
-  if available < chunk_size:
-    return 'truncated: header declares %d bytes of audio, file holds %d' % (
-        chunk_size, available), 0
-  return None, chunk_size // 2
+    header = wav.read_header(path)
+  except wav.WavError as e:
+    return str(e), 0
+  problem = wav.pipeline_problem(header)
+  return (problem, 0) if problem else (None, header.num_frames)
 
 
 def check_wavs(paths):

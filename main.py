@@ -17,14 +17,17 @@ from absl import app
 from absl import logging
 from absl import flags
 
+import checkpoints
 import files
+import model
 import params
+import runtime
 from files import UserError
 
 flags.DEFINE_enum('mode', None, ['train', 'eval', 'inference'],
                   'What to do: train a model, evaluate every checkpoint of a '
                   'training run, or write predictions for a folder of clips.')
-flags.DEFINE_enum('model', 'mobilenet-v1', ['mobilenet-v1', 'crnn'],
+flags.DEFINE_enum('model', 'mobilenet-v1', list(model.MODELS),
                   'Model architecture.')
 flags.DEFINE_string('hparams', '',
                     'Hyperparameter overrides as comma-separated name=value '
@@ -94,13 +97,14 @@ def _check_flags():
     if hparams.warmstart and not FLAGS.warmstart_checkpoint:
       raise UserError('--warmstart_checkpoint is required when warmstart=1')
     if hparams.warmstart:
-      _check_checkpoint('--warmstart_checkpoint', FLAGS.warmstart_checkpoint)
+      checkpoints.require(FLAGS.warmstart_checkpoint,
+                          '--warmstart_checkpoint')
   for flag in _output_dirs():
     path = getattr(FLAGS, flag)
     if os.path.exists(path) and not os.path.isdir(path):
       raise UserError('--%s: %s exists and is not a folder' % (flag, path))
   if FLAGS.mode == 'inference':
-    _check_checkpoint('--inference_checkpoint', FLAGS.inference_checkpoint)
+    checkpoints.require(FLAGS.inference_checkpoint, '--inference_checkpoint')
     output = FLAGS.predictions_csv_path
     if os.path.isdir(output):
       raise UserError('--predictions_csv_path: %s is a folder, not a file' %
@@ -127,35 +131,6 @@ def _make_output_dirs():
                                                       e.strerror)) from None
 
 
-def _check_checkpoint(flag, prefix):
-  if not os.path.isfile(prefix + '.index'):
-    hint = (' (give a model.ckpt-N prefix inside it)'
-            if os.path.isdir(prefix) else '')
-    raise UserError('%s: checkpoint %s not found: no file %s.index%s' % (
-        flag, prefix, prefix, hint))
-
-
-def _import_tensorflow():
-  """Imports TensorFlow with its start-up chatter (CUDA probing, oneDNN
-  notices) kept off stderr, so that the run's own output stays readable."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  saved = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  try:
-    os.dup2(devnull, 2)
-    import tensorflow as tf
-    import inputs
-    inputs.use_one_inter_op_thread()
-    tf.config.list_physical_devices()
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(devnull)
-  tf.get_logger().setLevel('ERROR')
-  logging.set_verbosity(logging.WARNING)  # e.g. per-save saver notices
-  return tf
-
-
 def run():
   hparams = _check_flags()
   class_names = files.read_class_map(FLAGS.class_map_path)
@@ -170,7 +145,8 @@ def run():
   samples = files.check_wavs([os.path.join(clip_dir, f) for f in fnames])
 
   _make_output_dirs()
-  tf = _import_tensorflow()
+  tf = runtime.import_tensorflow()
+  logging.set_verbosity(logging.WARNING)  # e.g. per-save saver notices
   try:
     if FLAGS.mode == 'train':
       import train

@@ -10,6 +10,8 @@ names are the column order of a Kaggle submission.
 import csv
 import sys
 
+import files
+
 
 def class_names(rows):
   """Sorted distinct labels of `fname,labels` rows (header row included)."""
@@ -17,8 +19,8 @@ def class_names(rows):
   header = next(rows, None)
   if header is None or [h.strip() for h in header] != ['fname', 'labels']:
     raise ValueError('expected a "fname,labels" header, got %r' % (header,))
-  return sorted({label.strip() for row in rows if len(row) >= 2
-                 for label in row[1].split(',') if label.strip()})
+  return sorted({label for row in rows if len(row) >= 2
+                 for label in files.parse_labels(row[1])})
 
 
 def main():

@@ -16,7 +16,7 @@ import wave
 
 import numpy as np
 
-SAMPLE_RATE = 44100
+from wav import SAMPLE_RATE
 
 # Class-map names paired with the synthetic sound that stands for them.
 SOUNDS = {

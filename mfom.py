@@ -14,7 +14,6 @@ import keras
 import tensorflow as tf
 
 EPSILON = 1e-7
-LAYER_OBJECTIVES = ('mfom_eer_normalized', 'mfom_cprim', 'mfom_microf1')
 
 
 def _row_mask(y_true):

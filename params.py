@@ -6,6 +6,8 @@ before paying for the TensorFlow import.
 
 import dataclasses
 
+from wav import SAMPLE_RATE
+
 LOSSES = ('bce', 'mfom_eer_embed', 'mfom_microf1', 'mfom_eer_normalized',
           'mfom_cprim')
 
@@ -70,7 +72,7 @@ _POSITIVE = ('stft_window_seconds', 'stft_hop_seconds', 'mel_bands',
              'batch_size', 'lr', 'decay_epochs', 'crnn_filters')
 
 
-def _convert(name, text, kind):
+def _convert(text, kind):
   if kind is int:
     return int(text)
   if kind is float:
@@ -97,9 +99,11 @@ def _check(hparams):
     if getattr(hparams, name) <= 0:
       raise ValueError('hparam %s=%s: must be positive' % (
           name, getattr(hparams, name)))
-  if not 0 <= hparams.mel_min_hz < hparams.mel_max_hz <= 22050:
+  nyquist = SAMPLE_RATE // 2
+  if not 0 <= hparams.mel_min_hz < hparams.mel_max_hz <= nyquist:
     raise ValueError('hparams mel_min_hz=%s, mel_max_hz=%s: need 0 <= min < '
-                     'max <= 22050' % (hparams.mel_min_hz, hparams.mel_max_hz))
+                     'max <= %d' % (hparams.mel_min_hz, hparams.mel_max_hz,
+                                    nyquist))
   if hparams.lrdecay < 0 or hparams.weights_init_stddev < 0:
     raise ValueError('hparams lrdecay and weights_init_stddev must not be '
                      'negative')
@@ -127,7 +131,7 @@ def parse_hparams(flag_string=''):
       raise ValueError('unknown hparam %r (known: %s)' % (
           name, ', '.join(sorted(kinds))))
     try:
-      overrides[name] = _convert(name, text, kinds[name])
+      overrides[name] = _convert(text, kinds[name])
     except ValueError:
       raise ValueError('hparam %s=%s: not a valid %s' % (
           name, text, kinds[name].__name__)) from None

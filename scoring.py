@@ -12,6 +12,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
+import batchnorm
+import checkpoints
+import features
 import inputs
 import model as model_lib
 from files import UserError
@@ -32,9 +35,9 @@ class Scorer:
     self.hparams = hparams
     self.num_classes = num_classes
     self.model = model_lib.build_model(model_name, num_classes, hparams)
-    self.inference_model = model_lib.build_inference_model(
+    self.inference_model = batchnorm.build_inference_model(
         model_name, num_classes, hparams)
-    frames, _ = inputs.example_geometry(hparams)
+    frames, _ = features.example_geometry(hparams)
     self.batch_size = (GPU_BATCH_SIZE if tf.config.list_logical_devices('GPU')
                        else BATCH_SIZE)
     spec = tf.TensorSpec([None, frames, hparams.mel_bands], tf.float32)
@@ -44,10 +47,10 @@ class Scorer:
         input_signature=[spec])
 
   def load(self, checkpoint_path):
-    reader = model_lib.open_checkpoint(checkpoint_path)
-    model_lib.assign_from_checkpoint(self.model.weights, reader,
-                                     checkpoint_path)
-    model_lib.fold_batch_norm(self.model, self.inference_model)
+    reader = checkpoints.open_checkpoint(checkpoint_path)
+    checkpoints.assign_from_checkpoint(self.model.weights, reader,
+                                       checkpoint_path)
+    batchnorm.fold_batch_norm(self.model, self.inference_model)
 
   def score(self, clip_paths, clip_samples, label='Scoring', on_progress=None):
     """Returns [num_clips, num_classes] float64 clip scores.
@@ -56,7 +59,7 @@ class Scorer:
     progress counts finished clips exactly. on_progress(finished, scores), if
     given, returns extra text for the progress line (e.g. a running lwlrap).
     """
-    expected = np.array([inputs.num_examples(n, self.hparams)
+    expected = np.array([features.num_examples(n, self.hparams)
                          for n in clip_samples])
     total = int(expected.sum())
     sums = np.zeros((len(clip_paths), self.num_classes))

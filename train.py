@@ -9,6 +9,7 @@ import time
 import keras
 import tensorflow as tf
 
+import checkpoints
 import inputs
 import mfom
 import model as model_lib
@@ -79,23 +80,17 @@ def make_train_step(model, loss_fn, variables, optimizer, step):
   return train_step
 
 
-def _in_scopes(path, scopes):
-  """True when a scope names the variable or one of its enclosing scopes."""
-  return any(path == s or path.startswith(s.rstrip('/') + '/') for s in scopes)
-
-
 def warm_start(variables, checkpoint_path, include_scopes, exclude_scopes):
   """Loads the named trainable variables from another run's checkpoint.
 
   Includes are applied before excludes; variables the checkpoint lacks are
   left as initialised. Returns the restored names.
   """
-  reader = model_lib.open_checkpoint(checkpoint_path)
-  chosen = [v for v in variables
-            if (not include_scopes or _in_scopes(v.path, include_scopes))
-            and not _in_scopes(v.path, exclude_scopes)]
-  restored = model_lib.assign_from_checkpoint(chosen, reader, checkpoint_path,
-                                              missing_ok=True)
+  reader = checkpoints.open_checkpoint(checkpoint_path)
+  chosen = checkpoints.select(variables, include_scopes, exclude_scopes)
+  restored = checkpoints.assign_from_checkpoint(chosen, reader,
+                                                checkpoint_path,
+                                                missing_ok=True)
   if not restored:
     raise UserError(
         '%s: no variable matched for warm start (include scopes: %s; exclude '
@@ -131,36 +126,33 @@ def _duration(seconds):
   return str(datetime.timedelta(seconds=int(seconds)))
 
 
-def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
-          num_clips, train_dir, epoch_num_batches=None, max_steps=None,
-          warmstart_checkpoint=None, warmstart_include_scopes=(),
-          warmstart_exclude_scopes=()):
-  """Trains until max_steps (counting a resumed run's steps) or, without it,
-  for the original's 1000 epochs."""
-  num_classes = len(class_names)
-  if max_steps is None and epoch_num_batches:
-    max_steps = DEFAULT_EPOCHS * epoch_num_batches
-  dataset = inputs.train_dataset(
-      train_csv_path, train_clip_dir, class_names, hparams, num_clips,
-      epochs=None if max_steps else DEFAULT_EPOCHS)
+class TrainingState:
+  """What a training run updates and checkpoints: the model, the MFoM head
+  (if any), the optimizer and the step, and the loss that drives them."""
 
-  model = model_lib.build_model(model_name, num_classes, hparams)
-  loss_fn, head = make_loss(hparams, num_classes)
-  variables = model.trainable_variables + (
-      head.trainable_variables if head else [])
-  optimizer = make_optimizer(hparams, epoch_num_batches or 0)
-  optimizer.build(variables)
-  step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
-  checkpoint = tf.train.Checkpoint(
-      step=step, optimizer=optimizer,
-      weights=model_lib.checkpoint_weights(model, head))
-  os.makedirs(train_dir, exist_ok=True)
-  manager = tf.train.CheckpointManager(
-      checkpoint, train_dir, max_to_keep=None, checkpoint_name='model.ckpt')
+  def __init__(self, model_name, hparams, num_classes, epoch_num_batches):
+    self.model = model_lib.build_model(model_name, num_classes, hparams)
+    self.loss_fn, self.head = make_loss(hparams, num_classes)
+    self.variables = self.model.trainable_variables + (
+        self.head.trainable_variables if self.head else [])
+    self.optimizer = make_optimizer(hparams, epoch_num_batches or 0)
+    self.optimizer.build(self.variables)
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False,
+                            name='global_step')
+    self.checkpoint = tf.train.Checkpoint(
+        step=self.step, optimizer=self.optimizer,
+        weights=checkpoints.checkpoint_weights(self.model, self.head))
 
+
+def restore_or_warm_start(state, manager, model_name, hparams,
+                          warmstart_checkpoint=None,
+                          warmstart_include_scopes=(),
+                          warmstart_exclude_scopes=()):
+  """Resumes from the run's latest checkpoint if it has one, else warm
+  starts if asked to; otherwise the state keeps its initial values."""
   if manager.latest_checkpoint:
     try:
-      checkpoint.restore(
+      state.checkpoint.restore(
           manager.latest_checkpoint).assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:
       raise UserError(
@@ -169,20 +161,24 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
               manager.latest_checkpoint, model_name,
               str(e).splitlines()[0][:200])) from None
     print('Resuming from %s at step %d' % (manager.latest_checkpoint,
-                                          int(step)))
+                                          int(state.step)))
   elif hparams.warmstart:
-    warm_start(variables, warmstart_checkpoint, warmstart_include_scopes,
-               warmstart_exclude_scopes)
+    warm_start(state.variables, warmstart_checkpoint,
+               warmstart_include_scopes, warmstart_exclude_scopes)
 
-  train_step = make_train_step(model, loss_fn, variables, optimizer, step)
+
+def run_loop(state, dataset, manager, train_dir, batch_size, max_steps):
+  """Steps through the dataset until max_steps (or its end), saving every
+  CHECKPOINT_EVERY steps, at the end, and when a signal stops the run."""
+  train_step = make_train_step(state.model, state.loss_fn, state.variables,
+                               state.optimizer, state.step)
 
   def save():
-    path = manager.save(checkpoint_number=int(step))
+    path = manager.save(checkpoint_number=int(state.step))
     print('Saved checkpoint %s' % path)
 
   writer = tf.summary.create_file_writer(train_dir)
-  current = int(step)
-  saved = current
+  current = saved = int(state.step)
   if max_steps is not None and current >= max_steps:
     print('Already at step %d of --max_steps=%d; nothing to do' % (
         current, max_steps))
@@ -197,15 +193,16 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
             'training diverged at step %d: loss %s or its gradients are not '
             'finite; the last good checkpoint in %s is kept (try a lower lr)'
             % (current + 1, loss, train_dir))
-      current = int(step)
+      current = int(state.step)
       rate = (current - start_step) / max(time.time() - start_time, 1e-9)
       left = ('' if max_steps is None else ', %s left' % _duration(
           (max_steps - current) / max(rate, 1e-9)))
       print('step %d loss %.6f (%.2f steps/s, %.1f examples/s%s)' % (
-          current, loss, rate, rate * hparams.batch_size, left), flush=True)
+          current, loss, rate, rate * batch_size, left), flush=True)
       if current % SUMMARY_EVERY == 0:
         summary.scalar('loss', loss, current)
-        summary.scalar('learning_rate', optimizer.learning_rate, current)
+        summary.scalar('learning_rate', state.optimizer.learning_rate,
+                       current)
       if current % CHECKPOINT_EVERY == 0:
         save()
         saved = current
@@ -221,3 +218,26 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
       save()
   writer.flush()
   print('Training finished at step %d' % current)
+
+
+def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
+          num_clips, train_dir, epoch_num_batches=None, max_steps=None,
+          warmstart_checkpoint=None, warmstart_include_scopes=(),
+          warmstart_exclude_scopes=()):
+  """Trains until max_steps (counting a resumed run's steps) or, without it,
+  for the original's 1000 epochs."""
+  if max_steps is None and epoch_num_batches:
+    max_steps = DEFAULT_EPOCHS * epoch_num_batches
+  dataset = inputs.train_dataset(
+      train_csv_path, train_clip_dir, class_names, hparams, num_clips,
+      epochs=None if max_steps else DEFAULT_EPOCHS)
+  state = TrainingState(model_name, hparams, len(class_names),
+                        epoch_num_batches)
+  os.makedirs(train_dir, exist_ok=True)
+  manager = tf.train.CheckpointManager(
+      state.checkpoint, train_dir, max_to_keep=None,
+      checkpoint_name=checkpoints.NAME)
+  restore_or_warm_start(state, manager, model_name, hparams,
+                        warmstart_checkpoint, warmstart_include_scopes,
+                        warmstart_exclude_scopes)
+  run_loop(state, dataset, manager, train_dir, hparams.batch_size, max_steps)

@@ -6,7 +6,7 @@ Each plain layer that holds variables is named `scope__unit` so that its
 variables map onto the project's checkpoint paths (README, "Variable names
 for warm-start scopes") by replacing `__` with `/`: the plain Conv2D
 `conv0__conv` holds `conv0/conv/kernel`. Weights come from a checkpoint
-(read by variable path with model.checkpoint_key) or from a model's own
+(read by variable path with checkpoints.checkpoint_key) or from a model's own
 variables, matched by path.
 """
 
@@ -124,12 +124,12 @@ def project_path(variable):
 def load_checkpoint(plain, checkpoint_prefix):
   """Assigns every plain weight from the checkpoint, by variable path; the
   checkpoint must hold no model weight the plain model lacks."""
-  import model as model_lib  # only for the documented key format
+  import checkpoints  # only for the documented key format
   reader = tf.train.load_checkpoint(checkpoint_prefix)
   keys = reader.get_variable_to_shape_map()
   used = set()
   for v in plain.weights:
-    key = model_lib.checkpoint_key(project_path(v))
+    key = checkpoints.checkpoint_key(project_path(v))
     assert key in keys, project_path(v)
     v.assign(reader.get_tensor(key))
     used.add(key)

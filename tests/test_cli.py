@@ -5,7 +5,6 @@ import glob
 import math
 import os
 import re
-import shutil
 
 import numpy as np
 import pytest

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import (CLASS_MAP, HPARAMS, check_ok, popen_main, read_csv_rows,
+from conftest import (CLASS_MAP, HPARAMS, popen_main, read_csv_rows,
                       run_main, train_args, write_pcm_wav)
 
 
@@ -599,16 +599,19 @@ def test_help_documents_every_flag():
 
 
 def test_error_inside_the_pipeline_becomes_one_line(tmp_path):
-  # A clip that turns bad after the pre-flight scan is caught by the
-  # pipeline's own assertions; main.py reports it as `file: what`.
+  # A clip that turns bad after its header was read (here: cut short between
+  # building the dataset and reading it) is caught by the pipeline's own
+  # assertion; main.py reports it as `file: what`.
   import tensorflow as tf
   import inputs
   import main
   import params
-  path = str(tmp_path / 'later48k.wav')
-  write_pcm_wav(path, np.zeros(4800, dtype=np.int16), rate=48000)
+  path = str(tmp_path / 'shrinks.wav')
+  write_pcm_wav(path, np.zeros(48000, dtype=np.int16))
+  dataset = inputs.scoring_dataset([path], params.HParams(), 4)
+  with open(path, 'r+b') as f:
+    f.truncate(1000)
   with pytest.raises(tf.errors.OpError) as e:
-    for _ in inputs.scoring_dataset([path], params.HParams(), 4):
+    for _ in dataset:
       pass
-  assert main.op_error_message(e.value) == (
-      '%s: sample rate 48000 expected 44100' % path)
+  assert main.op_error_message(e.value) == '%s: is truncated' % path

@@ -25,7 +25,6 @@ import make_demo_data  # noqa: E402
 import model as model_lib  # noqa: E402
 import params  # noqa: E402
 import plain_models  # noqa: E402
-import reference  # noqa: E402
 import scoring  # noqa: E402
 import train  # noqa: E402
 

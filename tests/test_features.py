@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import features
 import files
 import inputs
 import make_demo_data
@@ -112,9 +113,9 @@ def tf_examples(tmp_path, name, hparams=None):
 
 
 def test_reference_geometry_matches_brief():
-  window, hop, fft = inputs.stft_geometry(params.parse_hparams())
+  window, hop, fft = features.stft_geometry(params.parse_hparams())
   assert (window, hop, fft) == (1102, 441, 2048)
-  assert inputs.example_geometry(params.parse_hparams()) == (100, 50)
+  assert features.example_geometry(params.parse_hparams()) == (100, 50)
 
 
 def test_mel_matrix_reference_matches_tf_definition():
@@ -180,7 +181,7 @@ def test_chunk_boundary_example_counts(tmp_path, frames):
 ])
 def test_num_examples_and_shapes_for_many_lengths(tmp_path, num_samples):
   hparams = params.parse_hparams()
-  assert inputs.num_examples(num_samples, hparams) == \
+  assert features.num_examples(num_samples, hparams) == \
       np_num_examples(num_samples)
   samples = write_noise(tmp_path / 'c.wav', num_samples, seed=num_samples)
   got = tf_examples(tmp_path, 'c.wav', hparams)
@@ -195,7 +196,7 @@ def test_clip_of_100_samples_gives_one_finite_example(tmp_path):
   got = tf_examples(tmp_path, 'tiny.wav')
   assert got.shape == (1, 100, 96)
   assert np.all(np.isfinite(got))
-  assert inputs.num_examples(100, params.parse_hparams()) == 1
+  assert features.num_examples(100, params.parse_hparams()) == 1
 
 
 def test_num_examples_formula_on_exact_multiples():
@@ -203,9 +204,9 @@ def test_num_examples_formula_on_exact_multiples():
   for k in range(1, 40):
     # k*50 frames exactly -> k examples; one more frame -> k + 1.
     n = WINDOW + (k * 50 - 1) * HOP
-    assert inputs.num_examples(n, hparams) == k
-    assert inputs.num_examples(n + HOP, hparams) == k + 1
-    assert inputs.num_examples(n + HOP - 1, hparams) == k
+    assert features.num_examples(n, hparams) == k
+    assert features.num_examples(n + HOP, hparams) == k + 1
+    assert features.num_examples(n + HOP - 1, hparams) == k
 
 
 def test_parse_csv_records_multi_hot_and_paths(tmp_path):
@@ -343,7 +344,7 @@ def test_other_feature_hparams_example_counts(tmp_path):
              window + 49 * hop, window + 50 * hop, window + 99 * hop,
              window + 100 * hop, SR // 2, SR, 3 * SR + 17, 10 * SR]
   for n in lengths:
-    assert inputs.num_examples(n, hparams) == \
+    assert features.num_examples(n, hparams) == \
         reference.np_num_examples(n, ns), n
   # The defaults count differently for the same lengths (the test means
   # something).

@@ -12,6 +12,7 @@ import pytest
 from sklearn import metrics as sk_metrics
 
 import evaluation
+import metrics
 
 
 def random_truth(rng, rows, classes, p=0.25):
@@ -112,7 +113,7 @@ from reference import brute_force_eer  # noqa: E402
 def test_eer_hand_worked_exact_crossing():
   # Positives .9, .4; negatives .6, .1. At threshold .6: one of two
   # negatives accepted (FPR 1/2) and one of two positives rejected (FNR 1/2).
-  assert evaluation.equal_error_rate([1, 1, 0, 0], [.9, .4, .6, .1]) == \
+  assert metrics.equal_error_rate([1, 1, 0, 0], [.9, .4, .6, .1]) == \
       pytest.approx(0.5)
 
 
@@ -120,22 +121,22 @@ def test_eer_hand_worked_interpolated_crossing():
   # Positives .9 .8 .3, negatives .7 .1. Lowering the threshold past .8 gives
   # FPR 0, FNR 1/3; past .7 gives FPR 1/2, FNR still 1/3. Between those two
   # points FNR stays 1/3 while FPR rises 0 -> 1/2, so they meet at 1/3.
-  assert evaluation.equal_error_rate([1, 1, 1, 0, 0],
+  assert metrics.equal_error_rate([1, 1, 1, 0, 0],
                                      [.9, .8, .3, .7, .1]) == \
       pytest.approx(1 / 3)
   # Tied positive and negative at .5: from (FPR 0, FNR 1/2) the curve jumps
   # to (FPR 1/2, FNR 0); on that segment FNR = 1/2 - FPR, equal at 1/4.
-  assert evaluation.equal_error_rate([1, 0, 1, 0], [.8, .5, .5, .2]) == \
+  assert metrics.equal_error_rate([1, 0, 1, 0], [.8, .5, .5, .2]) == \
       pytest.approx(0.25)
 
 
 def test_eer_perfect_and_undefined():
-  assert evaluation.equal_error_rate([1, 1, 0, 0], [.9, .8, .2, .1]) == 0.0
+  assert metrics.equal_error_rate([1, 1, 0, 0], [.9, .8, .2, .1]) == 0.0
   # Perfectly wrong: every negative above every positive.
-  assert evaluation.equal_error_rate([0, 0, 1, 1], [.9, .8, .2, .1]) == \
+  assert metrics.equal_error_rate([0, 0, 1, 1], [.9, .8, .2, .1]) == \
       pytest.approx(1.0)
-  assert evaluation.equal_error_rate([1, 1, 1], [.1, .5, .9]) is None
-  assert evaluation.equal_error_rate([0, 0, 0], [.1, .5, .9]) is None
+  assert metrics.equal_error_rate([1, 1, 1], [.1, .5, .9]) is None
+  assert metrics.equal_error_rate([0, 0, 0], [.1, .5, .9]) is None
 
 
 @pytest.mark.parametrize('seed', range(6))
@@ -148,7 +149,7 @@ def test_eer_matches_brute_force(seed):
   if seed % 2:
     scores = np.round(scores, 1)
   want = brute_force_eer(truth, scores)
-  assert evaluation.equal_error_rate(truth.astype(int), scores) == \
+  assert metrics.equal_error_rate(truth.astype(int), scores) == \
       pytest.approx(want, abs=1e-12)
 
 
@@ -159,7 +160,7 @@ def test_micro_f1_matches_sklearn(seed):
   scores = rng.random((40, 9))
   scores[0, 0] = 0.5  # exactly the threshold counts as a positive
   want = sk_metrics.f1_score(truth, scores >= 0.5, average='micro')
-  assert evaluation.micro_f1(truth, scores) == pytest.approx(want)
+  assert metrics.micro_f1(truth, scores) == pytest.approx(want)
 
 
 def test_micro_f1_hand_worked():
@@ -167,7 +168,7 @@ def test_micro_f1_hand_worked():
   # truth positives: (0,0), (1,1), (1,2) -> F1 = 2*2 / (3 + 3) = 2/3.
   truth = np.array([[1, 0, 0], [0, 1, 1]])
   scores = np.array([[.5, .7, .1], [.2, .9, .49]])
-  assert evaluation.micro_f1(truth, scores) == pytest.approx(2 / 3)
+  assert metrics.micro_f1(truth, scores) == pytest.approx(2 / 3)
 
 
 def test_mfom_metrics_undefined_class():
@@ -177,7 +178,7 @@ def test_mfom_metrics_undefined_class():
   truth[5:15, 1] = 1
   # Class 2 has no positive clip.
   scores = rng.random((20, 3))
-  result, text = evaluation.mfom_metrics(truth, scores, ['a', 'b', 'c'])
+  result, text = metrics.mfom_metrics(truth, scores, ['a', 'b', 'c'])
   eer_a = brute_force_eer(truth[:, 0], scores[:, 0])
   eer_b = brute_force_eer(truth[:, 1], scores[:, 1])
   assert result['class_eer'][0] == pytest.approx(eer_a)
@@ -198,7 +199,7 @@ def test_mfom_metrics_undefined_class():
 
 def test_mfom_metrics_all_undefined():
   truth = np.ones((4, 2))
-  result, text = evaluation.mfom_metrics(truth, np.full((4, 2), .7), ['a', 'b'])
+  result, text = metrics.mfom_metrics(truth, np.full((4, 2), .7), ['a', 'b'])
   assert result['class_eer'] == [None, None]
   assert result['mean_eer'] is None
   assert result['pooled_eer'] is None

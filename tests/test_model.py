@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import batchnorm
+import checkpoints
 import files
 import model
 import params
@@ -270,8 +272,8 @@ def test_fold_batch_norm_matches_inference_mode(trained_mobilenet):
   # Also give the logits a bias so that it is copied too.
   mobilenet.get_layer('logits').bias.assign(
       rng.normal(0, 0.5, 80).astype(np.float32))
-  inference = model.build_inference_model('mobilenet-v1', 80, hparams)
-  model.fold_batch_norm(mobilenet, inference)
+  inference = batchnorm.build_inference_model('mobilenet-v1', 80, hparams)
+  batchnorm.fold_batch_norm(mobilenet, inference)
   bn_layers = [l for l in all_sublayers(inference)
                if isinstance(l, keras.layers.BatchNormalization)]
   assert bn_layers == []
@@ -294,8 +296,8 @@ def test_crnn_inference_model_is_same_architecture():
   rng = np.random.default_rng(4)
   trained = model.build_model('crnn', 5, hparams)
   randomize_batch_norm(trained, rng)
-  inference = model.build_inference_model('crnn', 5, hparams)
-  model.fold_batch_norm(trained, inference)
+  inference = batchnorm.build_inference_model('crnn', 5, hparams)
+  batchnorm.fold_batch_norm(trained, inference)
   x = rng.normal(size=(2, 100, 96)).astype(np.float32)
   np.testing.assert_allclose(inference(x, training=False).numpy(),
                              trained(x, training=False).numpy(), atol=1e-5)
@@ -307,14 +309,14 @@ def test_checkpoint_key_escaping_matches_tf(tmp_path):
   prefix = str(tmp_path / 'esc')
   tf.train.Checkpoint(weights=variables).write(prefix)
   keys = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-  assert model.checkpoint_key('a.b/c') in keys
-  assert model.checkpoint_key('plain') in keys
-  assert model.checkpoint_key('a.b/c') == \
+  assert checkpoints.checkpoint_key('a.b/c') in keys
+  assert checkpoints.checkpoint_key('plain') in keys
+  assert checkpoints.checkpoint_key('a.b/c') == \
       'weights/a..b.Sc/.ATTRIBUTES/VARIABLE_VALUE'
 
 
 def save(m, prefix, *extra):
-  tf.train.Checkpoint(weights=model.checkpoint_weights(m, *extra)).write(
+  tf.train.Checkpoint(weights=checkpoints.checkpoint_weights(m, *extra)).write(
       prefix)
   return prefix
 
@@ -325,12 +327,12 @@ def test_checkpoint_round_trip_mobilenet(tmp_path, trained_mobilenet):
   rng = np.random.default_rng(5)
   randomize_batch_norm(mobilenet, rng)
   prefix = save(mobilenet, str(tmp_path / 'model.ckpt-7'))
-  reader = model.open_checkpoint(prefix)
+  reader = checkpoints.open_checkpoint(prefix)
   keys = reader.get_variable_to_shape_map()
   for v in mobilenet.variables:
-    assert model.checkpoint_key(v.path) in keys, v.path
+    assert checkpoints.checkpoint_key(v.path) in keys, v.path
   other = model.build_model('mobilenet-v1', 80, hparams)
-  assigned = model.assign_from_checkpoint(other.variables, reader, prefix)
+  assigned = checkpoints.assign_from_checkpoint(other.variables, reader, prefix)
   assert sorted(assigned) == sorted(v.path for v in mobilenet.variables)
   for a, b in zip(mobilenet.variables, other.variables):
     assert a.path == b.path
@@ -339,17 +341,17 @@ def test_checkpoint_round_trip_mobilenet(tmp_path, trained_mobilenet):
   # A model for another number of classes: the logits don't fit.
   wrong = model.build_model('mobilenet-v1', 41, hparams)
   with pytest.raises(files.UserError) as e:
-    model.assign_from_checkpoint(wrong.variables, reader, prefix)
+    checkpoints.assign_from_checkpoint(wrong.variables, reader, prefix)
   assert 'logits/kernel' in str(e.value)
   assert prefix in str(e.value)
 
   # A checkpoint of part of the model: missing variables.
   partial = save(mobilenet.get_layer('conv0'), str(tmp_path / 'model.ckpt-8'))
-  partial_reader = model.open_checkpoint(partial)
+  partial_reader = checkpoints.open_checkpoint(partial)
   with pytest.raises(files.UserError) as e:
-    model.assign_from_checkpoint(other.variables, partial_reader, partial)
+    checkpoints.assign_from_checkpoint(other.variables, partial_reader, partial)
   assert partial in str(e.value)
-  assigned = model.assign_from_checkpoint(other.variables, partial_reader,
+  assigned = checkpoints.assign_from_checkpoint(other.variables, partial_reader,
                                           partial, missing_ok=True)
   assert sorted(assigned) == sorted(
       v.path for v in mobilenet.get_layer('conv0').variables)
@@ -362,8 +364,8 @@ def test_checkpoint_round_trip_crnn_in_same_process(tmp_path):
   first = model.build_model('crnn', 6, hparams)
   prefix = save(first, str(tmp_path / 'model.ckpt-1'))
   second = model.build_model('crnn', 6, hparams)
-  reader = model.open_checkpoint(prefix)
-  model.assign_from_checkpoint(second.weights, reader, prefix)
+  reader = checkpoints.open_checkpoint(prefix)
+  checkpoints.assign_from_checkpoint(second.weights, reader, prefix)
   x = np.random.default_rng(0).normal(size=(2, 100, 96)).astype(np.float32)
   np.testing.assert_allclose(second(x, training=False).numpy(),
                              first(x, training=False).numpy(), atol=1e-6)
@@ -371,5 +373,5 @@ def test_checkpoint_round_trip_crnn_in_same_process(tmp_path):
 
 def test_open_checkpoint_missing(tmp_path):
   with pytest.raises(files.UserError) as e:
-    model.open_checkpoint(str(tmp_path / 'model.ckpt-3'))
+    checkpoints.open_checkpoint(str(tmp_path / 'model.ckpt-3'))
   assert 'model.ckpt-3' in str(e.value)

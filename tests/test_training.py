@@ -41,8 +41,8 @@ def _reader(prefix):
 
 
 def _weight(reader, path):
-  import model as model_lib
-  return reader.get_tensor(model_lib.checkpoint_key(path))
+  import checkpoints
+  return reader.get_tensor(checkpoints.checkpoint_key(path))
 
 
 def _trainable_paths(model_name, hparams):
@@ -196,7 +196,7 @@ MFOM_KEYS = ('mfom/smooth_error_counter/alpha', 'mfom/smooth_error_counter/beta'
 @pytest.mark.parametrize('loss', ['bce', 'mfom_eer_embed', 'mfom_microf1',
                                   'mfom_eer_normalized', 'mfom_cprim'])
 def test_each_loss_trains_crnn(tmp_path, dataset, loss):
-  import model as model_lib
+  import checkpoints
   out = _train(dataset, 'crnn', 'batch_size=4,loss=' + loss, tmp_path, 2)
   losses = _losses(out)
   assert [s for s, _ in losses] == [1, 2]
@@ -204,14 +204,14 @@ def test_each_loss_trains_crnn(tmp_path, dataset, loss):
   keys = _reader(str(tmp_path / 'model.ckpt-2')).get_variable_to_shape_map()
   layer_based = loss in ('mfom_microf1', 'mfom_eer_normalized', 'mfom_cprim')
   for path in MFOM_KEYS:
-    assert (model_lib.checkpoint_key(path) in keys) == layer_based, path
+    assert (checkpoints.checkpoint_key(path) in keys) == layer_based, path
     if layer_based:
-      assert keys[model_lib.checkpoint_key(path)] == [80]
-  assert model_lib.checkpoint_key('logits/kernel') in keys
+      assert keys[checkpoints.checkpoint_key(path)] == [80]
+  assert checkpoints.checkpoint_key('logits/kernel') in keys
 
 
 def test_mfom_loss_trains_mobilenet(tmp_path, dataset):
-  import model as model_lib
+  import checkpoints
   out = _train(dataset, 'mobilenet-v1',
                'batch_size=4,loss=mfom_eer_normalized', tmp_path, 2)
   losses = _losses(out)
@@ -220,7 +220,7 @@ def test_mfom_loss_trains_mobilenet(tmp_path, dataset):
   reader = _reader(str(tmp_path / 'model.ckpt-2'))
   alpha = _weight(reader, MFOM_KEYS[0])
   assert alpha.shape == (80,) and np.all(np.isfinite(alpha))
-  assert model_lib.checkpoint_key('sepconv13/pointwise/kernel') in (
+  assert checkpoints.checkpoint_key('sepconv13/pointwise/kernel') in (
       reader.get_variable_to_shape_map())
 
 

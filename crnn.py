@@ -1,0 +1,42 @@
+"""The MFoM project's CRNN as a layer table and a loop over it."""
+
+import keras
+
+from layers import ConvBlock, initializer
+
+# On [time, frequency]: (scope, width as a multiple of crnn_filters, max-pool
+# (time, frequency)). Frequency pools 2, 4, 4, 2 take 96 (or the seed's 64)
+# bands down to 1; time pools 2, 2, 1, 1 leave 25 steps.
+CRNN = (
+    ('conv1', 1, (2, 2)),
+    ('conv2', 1, (2, 4)),
+    ('conv3', 2, (1, 4)),
+    ('conv4', 2, (1, 2)),
+)
+GRU_UNITS = 32
+
+# Its convolutions keep their bias in front of batch norm: scoring runs the
+# model as trained.
+FOLDS_BATCH_NORM = False
+
+
+def build(x, hparams):
+  """[batch, frames, bands, 1] -> [batch, GRU_UNITS] GRU output."""
+  # Batch norm over the frequency axis of the input, as the seed's bn_0_freq.
+  x = keras.layers.BatchNormalization(
+      axis=2, momentum=hparams.bndecay, epsilon=hparams.bneps,
+      name='input_bn')(x)
+  for scope, width, pool in CRNN:
+    conv = keras.layers.Conv2D(
+        width * hparams.crnn_filters, 3, padding='same', use_bias=True,
+        kernel_initializer=initializer(hparams), name='conv')
+    # Batch norm whatever the `bn` hparam says: the seed's CRNN has it.
+    x = ConvBlock([('conv', conv)], 'elu', hparams, name=scope)(x)
+    x = keras.layers.MaxPooling2D(pool, name=scope + '_pool')(x)
+    x = keras.layers.Dropout(hparams.crnn_dropout, name=scope + '_dropout')(x)
+  _, steps, bands, channels = x.shape
+  x = keras.layers.Reshape((steps, bands * channels), name='to_sequence')(x)
+  # reset_after=False is the Keras 2 GRU of the seed (9,312 weights).
+  x = keras.layers.GRU(GRU_UNITS, reset_after=False,
+                       kernel_initializer=initializer(hparams), name='gru')(x)
+  return keras.layers.Dropout(hparams.crnn_dropout, name='gru_dropout')(x)

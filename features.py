@@ -1,0 +1,119 @@
+"""Log-mel examples from a waveform: pure functions, and a Keras layer that
+applies them so that a model can take waveforms.
+
+The baseline's definition: STFT magnitude with a 25 ms periodic Hann window
+and 10 ms hop (FFT length the next power of two), 96 mel bands from 20 Hz to
+20 kHz, log(mel + 0.001), framed into 1 s examples with a 0.5 s hop, the end
+padded with zeros. A waveform shorter than one STFT window is zero-padded to
+one window, so every clip yields at least one example.
+
+The training and scoring pipelines (inputs.py) call these functions on the
+CPU inside tf.data; LogMelExamples calls the same functions inside a model.
+"""
+
+import functools
+import math
+
+import keras
+import tensorflow as tf
+
+from wav import SAMPLE_RATE
+
+
+def stft_geometry(hparams):
+  """Returns (window, hop, fft_length) in samples."""
+  window = int(round(SAMPLE_RATE * hparams.stft_window_seconds))
+  hop = int(round(SAMPLE_RATE * hparams.stft_hop_seconds))
+  fft_length = 2 ** int(math.ceil(math.log2(window)))
+  return window, hop, fft_length
+
+
+def example_geometry(hparams):
+  """Returns (window, hop) of an example, in spectrogram frames."""
+  frames_per_second = 1.0 / hparams.stft_hop_seconds
+  return (int(round(frames_per_second * hparams.example_window_seconds)),
+          int(round(frames_per_second * hparams.example_hop_seconds)))
+
+
+def num_examples(num_samples, hparams):
+  """How many examples a clip of num_samples yields (at least one).
+
+  The one definition of the count, for Python ints and int tensors alike:
+  the STFT frames of the (padded) clip, framed with the example hop and the
+  end padded.
+  """
+  window, hop, _ = stft_geometry(hparams)
+  maximum = tf.maximum if tf.is_tensor(num_samples) else max
+  num_frames = 1 + (maximum(num_samples, window) - window) // hop
+  example_hop = example_geometry(hparams)[1]
+  return (num_frames + example_hop - 1) // example_hop
+
+
+@functools.lru_cache(maxsize=None)
+def _mel_matrix(mel_bands, num_spectrogram_bins, mel_min_hz, mel_max_hz):
+  # Built once, eagerly, and captured as a constant by the functions that
+  # use it instead of being rebuilt for every chunk or call.
+  with tf.init_scope():
+    return tf.signal.linear_to_mel_weight_matrix(
+        num_mel_bins=mel_bands, num_spectrogram_bins=num_spectrogram_bins,
+        sample_rate=SAMPLE_RATE, lower_edge_hertz=float(mel_min_hz),
+        upper_edge_hertz=float(mel_max_hz))
+
+
+def pad_to_window(waveform, hparams):
+  """[..., samples] zero-padded at the end to at least one STFT window."""
+  window, _, _ = stft_geometry(hparams)
+  short = tf.maximum(0, window - tf.shape(waveform)[-1])
+  paddings = tf.concat([tf.zeros([tf.rank(waveform) - 1, 2], tf.int32),
+                        [[0, short]]], 0)
+  return tf.pad(waveform, paddings)
+
+
+def waveform_to_mel(waveform, hparams):
+  """[..., samples] float waveform in [-1, 1] -> [..., frames, bands] mel
+  energies (STFT magnitudes through the mel matrix)."""
+  window, hop, fft_length = stft_geometry(hparams)
+  magnitude = tf.abs(tf.signal.stft(
+      pad_to_window(waveform, hparams), frame_length=window, frame_step=hop,
+      fft_length=fft_length,
+      window_fn=tf.signal.hann_window))  # periodic Hann by default
+  return tf.matmul(magnitude, _mel_matrix(hparams.mel_bands,
+                                          fft_length // 2 + 1,
+                                          hparams.mel_min_hz,
+                                          hparams.mel_max_hz))
+
+
+def log_compress(mel, hparams):
+  """The stabilised log: log(mel + mel_log_offset)."""
+  return tf.math.log(mel + hparams.mel_log_offset)
+
+
+def log_mel_to_examples(log_mel, hparams):
+  """[..., frames, bands] -> [..., examples, example_window, bands], the end
+  zero-padded."""
+  window, hop = example_geometry(hparams)
+  return tf.signal.frame(log_mel, frame_length=window, frame_step=hop,
+                         pad_end=True, pad_value=0.0, axis=-2)
+
+
+def waveform_to_examples(waveform, hparams):
+  """[..., samples] -> [..., num_examples(samples), frames, bands]."""
+  return log_mel_to_examples(
+      log_compress(waveform_to_mel(waveform, hparams), hparams), hparams)
+
+
+class LogMelExamples(keras.layers.Layer):
+  """[batch, samples] waveforms -> [batch, examples, frames, bands] log-mel
+  examples, by waveform_to_examples. Not trainable; it lets a model (an
+  export, or features computed on an accelerator) start from audio."""
+
+  def __init__(self, hparams, **kwargs):
+    super().__init__(trainable=False, **kwargs)
+    self.hparams = hparams
+
+  def call(self, waveforms):
+    return waveform_to_examples(waveforms, self.hparams)
+
+  def compute_output_shape(self, input_shape):
+    frames, _ = example_geometry(self.hparams)
+    return (input_shape[0], None, frames, self.hparams.mel_bands)
