@@ -1,5 +1,14 @@
-"""Batch norm at scoring time: the model with each batch norm folded into
-the convolution before it.
+"""Batch norm at scoring time: which statistics it uses, and the model with
+each batch norm folded into the convolution before it.
+
+The moving averages training keeps (decay `bndecay`, as the original) lag
+behind the weights: with the default 0.9997 they are still near their
+initial 0 and 1 thousands of steps in. So when training saves a checkpoint
+it also stores each batch norm's population statistics, recomputed with that
+checkpoint's own weights over a fixed set of training batches (PreciseBN: Wu
+& Johnson, "Rethinking 'Batch' in BatchNorm", 2021), under `precise_bn/`
+next to the moving averages, which keep their own values. Scoring uses them
+unless bn_stats=moving or the checkpoint has none.
 
 Inference-mode batch norm is y = (x - mean) * gamma / sqrt(var + eps) +
 beta, so a convolution followed by it equals one with its kernel scaled per
@@ -10,10 +19,95 @@ arithmetic.
 import dataclasses
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+import checkpoints
 import model as model_lib
-from layers import ConvBlock
+from layers import BatchNorm, ConvBlock, observe_batch_statistics
+
+PRECISE = 'precise_bn'  # the checkpoint group of the precise statistics
+
+
+def batch_norm_layers(model):
+  """The model's BatchNorm layers, in build order."""
+  return [layer for layer in model._flatten_layers(include_self=False)
+          if isinstance(layer, BatchNorm)]
+
+
+class PreciseStatistics:
+  """The population statistics of a model's batch norms, in variables that a
+  training checkpoint saves as the group PRECISE."""
+
+  def __init__(self, model):
+    self.model = model
+    self.layers = batch_norm_layers(model)
+    # {moving_mean / moving_variance path: its precise counterpart}
+    self.variables = {v.path: tf.Variable(v, trainable=False)
+                      for layer in self.layers
+                      for v in (layer.moving_mean, layer.moving_variance)}
+    self._moments = tf.function(self._batch_moments)
+
+  def _batch_moments(self, examples):
+    """{layer path: (mean, variance)} of each batch norm's inputs."""
+    with observe_batch_statistics() as observed:
+      self.model(examples, training=False)
+    return {layer.path: (mean, variance) for layer, mean, variance in observed}
+
+  def compute(self, batches):
+    """{moving variable path: value} of every batch norm's population mean
+    and variance over the examples of `batches`.
+
+    One forward pass per batch with the model's current weights, in
+    inference mode (no dropout, nothing updated) except that each batch norm
+    normalises with its batch's statistics, as in training, so that each
+    layer sees the inputs it sees in training. Each layer's mean and variance
+    are over all the batches' values of its inputs, per channel, accumulated
+    in float64.
+    """
+    sums = {layer.path: 0.0 for layer in self.layers}
+    squares = dict(sums)
+    count = 0
+    for examples in batches:
+      # Equal-sized batches: E[x] and E[x^2] are the means of the batches'.
+      for path, (mean, variance) in self._moments(examples).items():
+        mean = mean.numpy().astype(np.float64)
+        sums[path] = sums[path] + mean
+        squares[path] = squares[path] + (
+            variance.numpy().astype(np.float64) + mean ** 2)
+      count += 1
+    if not count:
+      raise ValueError('no batches to compute batch-norm statistics from')
+    statistics = {}
+    for layer in self.layers:
+      mean = sums[layer.path] / count
+      statistics[layer.moving_mean.path] = mean
+      statistics[layer.moving_variance.path] = np.maximum(
+          squares[layer.path] / count - mean ** 2, 0.0)
+    return statistics
+
+  def update(self, batches):
+    """Recomputes the statistics with the model's current weights."""
+    for path, value in self.compute(batches).items():
+      self.variables[path].assign(value.astype(np.float32))
+
+
+def use_precise(model, reader, prefix):
+  """Replaces the moving averages of `model` (just loaded from the
+  checkpoint at `prefix`) by the checkpoint's precise statistics, if it has
+  them all; returns the statistics now in use: 'precise', 'moving', or
+  'none' for a model without batch norm."""
+  moving = [v for layer in batch_norm_layers(model)
+            for v in (layer.moving_mean, layer.moving_variance)]
+  if not moving:
+    return 'none'
+  keys = reader.get_variable_to_shape_map()
+  if not all(checkpoints.checkpoint_key(v.path, PRECISE) in keys
+                           for v in moving):
+    return 'moving'
+  for v in moving:
+    v.assign(reader.get_tensor(checkpoints.checkpoint_key(v.path, PRECISE)))
+  return 'precise'
 
 
 def build_inference_model(model_name, num_classes, hparams):

@@ -2,8 +2,8 @@
 
   python benchmark.py
 
-Generates WAV clips in a temporary folder, then prints three ratios against a
-plain Keras MobileNet v1 built from the baseline's layer table with stock
+Generates WAV clips in a temporary folder, then prints four ratios, three of
+them against a plain Keras MobileNet v1 built from the baseline's layer table with stock
 layers and timed on in-memory random tensors:
 
 1. inference, WAV files to submission.csv, examples/s over the plain model's
@@ -12,6 +12,8 @@ layers and timed on in-memory random tensors:
    train step on in-memory tensors (target >= 0.95);
 3. peak resident memory of inference on one 10-minute clip over that on one
    5-second clip (target <= 1.3);
+4. the PreciseBN update at a checkpoint over the training time between two
+   checkpoints (target < 0.10);
 
 and the estimated time to score the FSDKaggle2019 test set (4,481 clips,
 12.9 hours of audio). Timings start after a warm-up (tracing, buffers).
@@ -30,6 +32,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import batchnorm  # noqa: E402
 import checkpoints  # noqa: E402
 import features  # noqa: E402
 import files  # noqa: E402
@@ -130,6 +133,23 @@ def pipeline_train_rate(data, class_names, hparams, warmup, repeats):
   return hparams.batch_size / seconds
 
 
+def precise_bn_seconds(data, class_names, hparams):
+  """Seconds of one PreciseBN update (bn_stats_batches batches) at a
+  checkpoint: the first of a run, which also computes the batches' features,
+  and a later one, which finds them in memory."""
+  batches = inputs.statistics_dataset(
+      data['train_csv'], data['train_clip_dir'], class_names, hparams,
+      hparams.bn_stats_batches)
+  model = model_lib.build_model(MODEL, len(class_names), hparams)
+  precise = batchnorm.PreciseStatistics(model)
+  times = []
+  for _ in range(3):
+    start = time.perf_counter()
+    precise.update(batches)
+    times.append(time.perf_counter() - start)
+  return times[0], min(times[1:])
+
+
 def write_checkpoint(path, num_classes, hparams):
   model = model_lib.build_model(MODEL, num_classes, hparams)
   return tf.train.Checkpoint(
@@ -220,6 +240,13 @@ def main():
     print('Training: %.1f examples/s with the WAV pipeline, plain model '
           '%.1f examples/s on in-memory tensors' % (pipeline_train,
                                                     plain_train))
+    first_update, later_update = precise_bn_seconds(data, class_names,
+                                                    hparams)
+    cadence = (train.CHECKPOINT_EVERY * hparams.batch_size / pipeline_train)
+    print('PreciseBN: %.1f s at the first checkpoint, %.1f s at later ones '
+          '(%d batches); %d training steps take %.0f s' % (
+              first_update, later_update, hparams.bn_stats_batches,
+              train.CHECKPOINT_EVERY, cadence))
 
     rss = {}
     for name, seconds in (('5 s', 5), ('10 min', 600)):
@@ -241,6 +268,8 @@ def main():
         '(target >= 0.95)' % (pipeline_train / plain_train))
   print('ratio 3, peak RSS 10 min clip / 5 s clip: %.2f (target <= 1.3)' % (
       rss['10 min'] / rss['5 s']))
+  print('ratio 4, PreciseBN at a checkpoint / training between checkpoints: '
+        '%.3f (target < 0.10)' % (later_update / cadence))
   print('Estimated time to score the FSDKaggle2019 test set (%d clips, %.1f '
         'h, ~%d examples): %.1f min' % (TEST_SET_CLIPS, TEST_SET_HOURS,
                                         test_examples,

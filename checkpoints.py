@@ -9,13 +9,25 @@ Plain Python at import: main.py checks checkpoint flags before TensorFlow is
 imported; the readers below import it when called.
 """
 
+import atexit
 import glob
 import os
 import re
+import shutil
+import tempfile
 
+import params
 from files import UserError
 
 NAME = 'model.ckpt'
+# The checkpoint entry that records the run's --model and hparams.
+RECORD_KEY = 'run/.ATTRIBUTES/VARIABLE_VALUE'
+
+
+def prefix_of(path):
+  """The checkpoint prefix of a path that may name one of its files
+  (`model.ckpt-5.index`, `model.ckpt-5.data-00000-of-00001`)."""
+  return re.sub(r'\.(index|data-\d+-of-\d+)$', '', path)
 
 
 def exists(prefix):
@@ -47,6 +59,30 @@ def list_checkpoints(train_dir):
   return sorted(found)
 
 
+# TensorFlow reads a checkpoint prefix as a glob pattern (and writes it
+# literally): a prefix with these characters is read through links.
+_PATTERN = re.compile(r'[*?\[\]]')
+_links = []  # the temporary folder of links, once made; removed at exit
+
+
+def readable(prefix):
+  """A prefix TensorFlow can read the checkpoint at `prefix` by: itself, or,
+  if it holds glob characters (`runs/t d[1]/model.ckpt-5`), links to its
+  files in a temporary folder."""
+  if not _PATTERN.search(prefix):
+    return prefix
+  if not _links:
+    _links.append(tempfile.mkdtemp(prefix='checkpoint-links-'))
+    atexit.register(shutil.rmtree, _links[0], True)
+  target = tempfile.mkdtemp(dir=_links[0])
+  folder, base = os.path.split(os.path.abspath(prefix))
+  for name in os.listdir(folder):
+    if name.startswith(base + '.'):
+      os.symlink(os.path.join(folder, name),
+                 os.path.join(target, 'ckpt' + name[len(base):]))
+  return os.path.join(target, 'ckpt')
+
+
 def checkpoint_weights(*layers):
   """{variable path: variable} of the given layers, for tf.train.Checkpoint.
 
@@ -57,11 +93,12 @@ def checkpoint_weights(*layers):
           for v in layer.weights}
 
 
-def checkpoint_key(path):
-  """The key tf.train.Checkpoint gives the variable at `path` in the dict
-  above ('/' and '.' escaped as the object-graph format does)."""
+def checkpoint_key(path, group='weights'):
+  """The key tf.train.Checkpoint gives the variable at `path` in a dict like
+  the one above saved as `group` ('/' and '.' escaped as the object-graph
+  format does)."""
   escaped = path.replace('.', '..').replace('/', '.S')
-  return 'weights/%s/.ATTRIBUTES/VARIABLE_VALUE' % escaped
+  return '%s/%s/.ATTRIBUTES/VARIABLE_VALUE' % (group, escaped)
 
 
 def in_scopes(path, scopes):
@@ -70,23 +107,58 @@ def in_scopes(path, scopes):
   return any(path == s or path.startswith(s.rstrip('/') + '/') for s in scopes)
 
 
-def select(variables, include_scopes, exclude_scopes):
+def _expand(scopes, aliases):
+  return [name for scope in scopes
+          for name in aliases.get(scope.rstrip('/'), [scope])]
+
+
+def select(variables, include_scopes, exclude_scopes, aliases=None):
   """The variables in an include scope (all, if none given) and in no
-  exclude scope: inclusions apply before exclusions."""
+  exclude scope: inclusions apply before exclusions. `aliases` maps other
+  names of scopes (the original's) to this model's scopes.
+
+  Raises UserError naming a scope that matches no variable at all, with the
+  model's top-level scopes: such a scope is a typo, never a request.
+  """
+  aliases = aliases or {}
+  for flag, scopes in (('--warmstart_include_scopes', include_scopes),
+                       ('--warmstart_exclude_scopes', exclude_scopes)):
+    for scope in scopes:
+      if not any(in_scopes(v.path, _expand([scope], aliases))
+                 for v in variables):
+        top = []
+        for v in variables:
+          if v.path.split('/')[0] not in top:
+            top.append(v.path.split('/')[0])
+        raise UserError('%s: scope %r matches no variable of this model (its '
+                        'scopes: %s)' % (flag, scope, ', '.join(top)))
+  include = _expand(include_scopes, aliases)
+  exclude = _expand(exclude_scopes, aliases)
   return [v for v in variables
-          if (not include_scopes or in_scopes(v.path, include_scopes))
-          and not in_scopes(v.path, exclude_scopes)]
+          if (not include or in_scopes(v.path, include))
+          and not in_scopes(v.path, exclude)]
+
+
+class DamagedCheckpoint(UserError):
+  """A checkpoint whose files exist but cannot be read."""
+
+
+def damaged(prefix, error):
+  """DamagedCheckpoint naming the prefix and what reading it raised."""
+  text = getattr(error, 'message', None) or str(error) or type(error).__name__
+  return DamagedCheckpoint('%s: unreadable checkpoint (%s)' % (
+      prefix, text.strip().splitlines()[0]))
 
 
 def open_checkpoint(prefix):
-  """A reader for a `model.ckpt-N` prefix; UserError naming it if unusable."""
+  """A reader for a `model.ckpt-N` prefix; UserError naming it if it is
+  missing, DamagedCheckpoint if it cannot be read."""
   import tensorflow as tf
   require(prefix)
   try:
-    return tf.train.load_checkpoint(prefix)
-  except (tf.errors.OpError, ValueError) as e:
-    raise UserError('%s: unreadable checkpoint (%s)' % (
-        prefix, getattr(e, 'message', e))) from None
+    return tf.train.load_checkpoint(readable(prefix))
+  except (tf.errors.OpError, ValueError, IndexError) as e:
+    raise damaged(prefix, e) from None
 
 
 def assign_from_checkpoint(variables, reader, prefix, missing_ok=False):
@@ -107,9 +179,9 @@ def assign_from_checkpoint(variables, reader, prefix, missing_ok=False):
               prefix, variable.path, shapes[key], list(variable.shape)))
     try:
       variable.assign(reader.get_tensor(key))
-    except tf.errors.OpError as e:
-      raise UserError('%s: unreadable checkpoint (%s)' % (
-          prefix, e.message.splitlines()[0])) from None
+    except (tf.errors.OpError, IndexError) as e:
+      # A truncated data file raises IndexError.
+      raise damaged(prefix, e) from None
     assigned.append(variable.path)
   if missing and not missing_ok:
     raise UserError(
@@ -117,3 +189,34 @@ def assign_from_checkpoint(variables, reader, prefix, missing_ok=False):
         ' was it trained with another --model or other hparams?' % (
             prefix, len(missing), missing[0]))
   return assigned
+
+
+def read_record(reader, prefix):
+  """(model name, {hparam: value}) recorded in a checkpoint, or None for a
+  checkpoint written before runs were recorded."""
+  if RECORD_KEY not in reader.get_variable_to_shape_map():
+    return None
+  import tensorflow as tf
+  try:
+    value = reader.get_tensor(RECORD_KEY)
+  except (tf.errors.OpError, IndexError) as e:
+    raise damaged(prefix, e) from None
+  return params.from_json(value.decode() if isinstance(value, bytes)
+                          else str(value))
+
+
+def record_mismatch(reader, prefix, model_name, hparams):
+  """What contradicts the checkpoint's record in this model and hparams
+  (another --model, or another value of a MODEL_DEFINING hparam), or None.
+  A checkpoint without a record contradicts nothing."""
+  record = read_record(reader, prefix)
+  if record is None:
+    return None
+  recorded_model, recorded = record
+  if recorded_model != model_name:
+    return 'trained with --model %s, not %s' % (recorded_model, model_name)
+  for name in params.MODEL_DEFINING:
+    if name in recorded and recorded[name] != getattr(hparams, name):
+      return 'trained with hparam %s=%s, not %s' % (
+          name, recorded[name], getattr(hparams, name))
+  return None

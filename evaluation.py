@@ -1,8 +1,9 @@
 """The eval loop (--mode eval): scores every checkpoint of a training run
 and reports the metrics of metrics.py."""
 
-import math
 import os
+
+import numpy as np
 
 import checkpoints
 import files
@@ -10,8 +11,27 @@ from files import UserError, write_atomically
 from metrics import Lwlrap, mfom_metrics  # noqa: F401  (evaluation.Lwlrap)
 
 
+# Lwlrap-5%: the original's quick look at a random 5% of the clips
+# (int(0.05 N) + 1 of them, after shuffling the clip order). The shuffle here
+# is seeded so that a rerun reports the same figure.
+PARTIAL_SEED = 2019
+
+
 def marker_path(eval_dir, step):
+  """eval-N.txt: the original's lwlrap report, whose presence marks
+  checkpoint N as evaluated."""
   return os.path.join(eval_dir, 'eval-%d.txt' % step)
+
+
+def metrics_path(eval_dir, step):
+  """metrics-N.txt: the EER and micro-F1 report of checkpoint N."""
+  return os.path.join(eval_dir, 'metrics-%d.txt' % step)
+
+
+def partial_clips(num_clips):
+  """The clip indices of Lwlrap-5%."""
+  order = np.random.default_rng(PARTIAL_SEED).permutation(num_clips)
+  return order[:int(0.05 * num_clips) + 1]
 
 
 def evaluate(model_name, hparams, class_names, rows, clip_dir, clip_samples,
@@ -34,7 +54,7 @@ def evaluate(model_name, hparams, class_names, rows, clip_dir, clip_samples,
 
   truth = files.label_matrix(rows, class_names)
   paths = [os.path.join(clip_dir, fname) for fname, _ in rows]
-  partial_clips = max(1, math.ceil(0.05 * len(rows)))
+  partial = partial_clips(len(rows))
 
   def running_lwlrap(finished, scores):
     if not finished.any():
@@ -48,7 +68,7 @@ def evaluate(model_name, hparams, class_names, rows, clip_dir, clip_samples,
   writer = tf.summary.create_file_writer(eval_dir)
   for step, prefix in todo:
     try:
-      scorer.load(prefix)
+      statistics = scorer.load(prefix)
     except UserError:
       if checkpoints.exists(prefix):
         raise
@@ -60,17 +80,19 @@ def evaluate(model_name, hparams, class_names, rows, clip_dir, clip_samples,
                           on_progress=running_lwlrap)
     lwlrap = Lwlrap(class_names)
     lwlrap.accumulate(truth, scores)
-    partial = Lwlrap(class_names)
-    partial.accumulate(truth[:partial_clips], scores[:partial_clips])
+    partial_lwlrap = Lwlrap(class_names)
+    partial_lwlrap.accumulate(truth[partial], scores[partial])
     result, report = mfom_metrics(truth, scores, class_names)
-    text = '%s\n%s\n' % (lwlrap, report)
-    print('Checkpoint %s (%d clips)\n%s' % (prefix, len(rows), text))
+    print('Checkpoint %s (%d clips, batch-norm statistics: %s)\n%s\n%s\n' % (
+        prefix, len(rows), statistics, lwlrap, report))
     with writer.as_default():
       summary.scalar('Lwlrap', lwlrap.overall_lwlrap(), step)
-      summary.scalar('Lwlrap-5%', partial.overall_lwlrap(), step)
+      summary.scalar('Lwlrap-5%', partial_lwlrap.overall_lwlrap(), step)
       summary.scalar('Micro-F1', result['micro_f1'], step)
       for name in ('mean_eer', 'pooled_eer'):
         if result[name] is not None:
           summary.scalar('EER-' + name.split('_')[0], result[name], step)
     writer.flush()
-    write_atomically(marker_path(eval_dir, step), text)
+    write_atomically(metrics_path(eval_dir, step), report + '\n')
+    # The marker last: its presence means the checkpoint is done.
+    write_atomically(marker_path(eval_dir, step), str(lwlrap))

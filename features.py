@@ -12,27 +12,12 @@ CPU inside tf.data; LogMelExamples calls the same functions inside a model.
 """
 
 import functools
-import math
 
 import keras
 import tensorflow as tf
 
+from params import example_geometry, stft_geometry  # noqa: F401  (geometry)
 from wav import SAMPLE_RATE
-
-
-def stft_geometry(hparams):
-  """Returns (window, hop, fft_length) in samples."""
-  window = int(round(SAMPLE_RATE * hparams.stft_window_seconds))
-  hop = int(round(SAMPLE_RATE * hparams.stft_hop_seconds))
-  fft_length = 2 ** int(math.ceil(math.log2(window)))
-  return window, hop, fft_length
-
-
-def example_geometry(hparams):
-  """Returns (window, hop) of an example, in spectrogram frames."""
-  frames_per_second = 1.0 / hparams.stft_hop_seconds
-  return (int(round(frames_per_second * hparams.example_window_seconds)),
-          int(round(frames_per_second * hparams.example_hop_seconds)))
 
 
 def num_examples(num_samples, hparams):

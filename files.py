@@ -36,7 +36,8 @@ class _open_text:
 
   def __enter__(self):
     try:
-      self.file = open(self.path, newline='', encoding='utf-8')
+      # utf-8-sig: a byte-order mark, as some editors write, is skipped.
+      self.file = open(self.path, newline='', encoding='utf-8-sig')
     except OSError as e:
       raise UserError('%s: cannot read (%s)' % (self.path, e.strerror)) \
           from None
@@ -108,6 +109,11 @@ def read_labeled_csv(csv_path, clip_dir, class_names):
         bad_rows.append('line %d: %r' % (line_num, ','.join(row)))
         continue
       fname = row[0].strip()
+      if os.path.isabs(fname):
+        # As in the original, fname names a file in the clip folder.
+        bad_rows.append('line %d: %s is an absolute path; give the name of '
+                        'a file in the clip folder' % (line_num, fname))
+        continue
       labels = parse_labels(row[1])
       if not labels:
         bad_rows.append('line %d: no labels for %s' % (line_num, fname))
@@ -170,31 +176,69 @@ def check_wavs(paths):
 
 
 def list_wavs(clip_dir):
-  """Returns the sorted .wav file names in clip_dir; raises if there are none."""
+  """Returns the sorted .wav file names in clip_dir (files, and links even
+  if broken, which check_wavs then reports); raises if there are none."""
   if not os.path.isdir(clip_dir):
     raise UserError('%s: clip folder not found' % clip_dir)
   names = sorted(n for n in os.listdir(clip_dir)
-                 if n.lower().endswith('.wav') and
-                 os.path.isfile(os.path.join(clip_dir, n)))
+                 if n.lower().endswith('.wav') and (
+                     os.path.islink(os.path.join(clip_dir, n)) or
+                     os.path.isfile(os.path.join(clip_dir, n))))
   if not names:
     raise UserError('%s: no .wav files in this folder' % clip_dir)
   return names
 
 
+def check_writable(path, flag):
+  """Raises UserError unless a file can be written at `path` (its folder
+  exists and is writable, and it is not a folder)."""
+  if path.endswith(os.sep) or os.path.isdir(path):
+    raise UserError('%s: %s is a folder, not a file' % (flag, path))
+  folder = os.path.dirname(os.path.abspath(os.path.realpath(path)))
+  if not os.path.isdir(folder):
+    raise UserError('%s: folder %s does not exist' % (flag, folder))
+  if not os.access(folder, os.W_OK | os.X_OK):
+    raise UserError('%s: cannot write in folder %s (permission denied)' % (
+        flag, folder))
+
+
 def write_atomically(path, text):
   """Writes text to path through a temporary file in the same folder and a
-  rename, so readers see the old file or the whole new one, never a part."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path),
-                             suffix='.tmp')
+  rename, so readers see the old file or the whole new one, never a part.
+
+  A link is written through (the file it points to is replaced); a replaced
+  file keeps its permissions, and a new one gets the usual ones (0666 less
+  the umask). An OSError names `path`, not the temporary file.
+  """
+  target = os.path.realpath(path)
+  folder = os.path.dirname(target)
   try:
+    mode = os.stat(target).st_mode & 0o7777
+  except FileNotFoundError:
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = 0o666 & ~umask
+  fd, tmp = None, None
+  try:
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder,
+                               prefix='.' + os.path.basename(target),
+                               suffix='.tmp')
     with os.fdopen(fd, 'w', newline='') as f:
+      fd = None
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.chmod(tmp, mode)
+    os.replace(tmp, target)
+  except OSError as e:
+    _remove(tmp)
+    raise OSError(e.errno, e.strerror, path) from None
   except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    _remove(tmp)
     raise
+
+
+def _remove(path):
+  if path and os.path.exists(path):
+    os.remove(path)

@@ -1,18 +1,25 @@
 """Inference: scores every .wav in a folder and writes a Kaggle submission."""
 
+import csv
 import io
 import os
+
+import numpy as np
 
 import scoring
 from files import write_atomically
 
 
 def submission_csv(fnames, class_names, scores):
-  """Kaggle format: header `fname,<class names in class-map order>`."""
+  """Kaggle format: header `fname,<class names in class-map order>`, then a
+  row per clip. Each score is written as the shortest text that reads back
+  as the same float32 (as the original's csv writer wrote NumPy float32s:
+  `3.4567e-05`, `0.12345679`), so no two different scores tie in the file."""
   out = io.StringIO()
-  out.write(','.join(['fname'] + list(class_names)) + '\n')
-  for fname, row in zip(fnames, scores):
-    out.write(fname + ',' + ','.join('%.6f' % s for s in row) + '\n')
+  writer = csv.writer(out, lineterminator='\n')  # quotes `a,b.wav`
+  writer.writerow(['fname'] + list(class_names))
+  for fname, row in zip(fnames, np.asarray(scores, np.float32)):
+    writer.writerow([fname] + [str(s) for s in row])
   return out.getvalue()
 
 
@@ -20,7 +27,9 @@ def infer(model_name, hparams, class_names, clip_dir, fnames, clip_samples,
           checkpoint_path, predictions_csv_path):
   """fnames: the sorted .wav names in clip_dir (from files.list_wavs)."""
   scorer = scoring.Scorer(model_name, len(class_names), hparams)
-  scorer.load(checkpoint_path)
+  statistics = scorer.load(checkpoint_path)
+  print('Scoring %s (batch-norm statistics: %s)' % (checkpoint_path,
+                                                   statistics))
   scores = scorer.score([os.path.join(clip_dir, f) for f in fnames],
                         clip_samples, label='inference')  # all finite
   # Written to a temporary file and renamed only now that every clip is

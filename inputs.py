@@ -145,6 +145,24 @@ def train_dataset(csv_path, clip_dir, class_names, hparams, num_clips,
           .prefetch(tf.data.AUTOTUNE))
 
 
+def statistics_dataset(csv_path, clip_dir, class_names, hparams,
+                       num_batches):
+  """A fixed set of num_batches training batches of examples (no labels),
+  for batch-norm statistics: clips and examples shuffled once with a fixed
+  seed, and kept in memory after the first pass. A training set smaller
+  than that many batches is repeated."""
+  labels, paths = _labeled_clips(csv_path, clip_dir, class_names)
+  clips = tf.data.Dataset.from_tensor_slices(
+      (labels, paths) + _clip_headers(paths)).shuffle(len(paths), seed=0)
+  return (_examples(clips, hparams)
+          .map(lambda examples, _: examples)
+          .repeat()
+          .shuffle(num_batches * hparams.batch_size, seed=0)
+          .batch(hparams.batch_size, drop_remainder=True)
+          .take(num_batches)
+          .cache())
+
+
 def scoring_dataset(clip_paths, hparams, batch_size):
   """Batches of (examples, clip_index) over many clips, for eval/inference.
 

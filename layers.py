@@ -1,6 +1,9 @@
 """Keras layers the architectures share."""
 
+import contextlib
+
 import keras
+from keras import ops
 
 
 def initializer(hparams):
@@ -11,18 +14,54 @@ def initializer(hparams):
   return keras.initializers.TruncatedNormal(stddev=hparams.weights_init_stddev)
 
 
+# While batch statistics are observed (see observe_batch_statistics), the
+# list that BatchNorm layers append (layer, mean, variance) to; else None.
+_observed = None
+
+
+@contextlib.contextmanager
+def observe_batch_statistics():
+  """Within this context, every BatchNorm normalises with the statistics of
+  the batch it sees (as in training) without touching its moving averages,
+  and appends (layer, batch mean, batch variance) to the yielded list, in
+  the order the layers run. Used while tracing a function of the model."""
+  global _observed
+  previous, _observed = _observed, []
+  try:
+    yield _observed
+  finally:
+    _observed = previous
+
+
+class BatchNorm(keras.layers.BatchNormalization):
+  """Keras batch norm that can also report the statistics of its inputs
+  (see observe_batch_statistics); otherwise exactly the Keras layer."""
+
+  def call(self, inputs, training=None, mask=None):
+    if _observed is None:
+      return super().call(inputs, training=training, mask=mask)
+    x = ops.cast(inputs, 'float32')
+    mean, variance = self._moments(x, mask)
+    _observed.append((self, mean, variance))
+    outputs = ops.batch_normalization(
+        x, mean, variance, axis=self.axis, offset=self.beta, scale=self.gamma,
+        epsilon=self.epsilon)
+    return ops.cast(outputs, self.compute_dtype)
+
+
 class ConvBlock(keras.layers.Layer):
   """One scope of convolutions, each followed by optional batch norm and an
   activation. Sub-layers are named so variables read `scope/unit/kernel` and
   `scope/unit_bn/gamma`, which is what the warm-start scope flags match."""
 
-  def __init__(self, units, activation, hparams, batch_norm=True, **kwargs):
+  def __init__(self, units, activation, bn_momentum, bn_epsilon, **kwargs):
+    """bn_momentum None: no batch norm."""
     super().__init__(**kwargs)
     self.units = []
     for unit_name, conv in units:
-      norm = (keras.layers.BatchNormalization(
-          momentum=hparams.bndecay, epsilon=hparams.bneps,
-          name=unit_name + '_bn') if batch_norm else None)
+      norm = (BatchNorm(momentum=bn_momentum, epsilon=bn_epsilon,
+                        name=unit_name + '_bn')
+              if bn_momentum is not None else None)
       self.units.append((conv, norm))
     self.activation = keras.activations.get(activation)
 

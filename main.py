@@ -11,6 +11,7 @@ with exit status 1.
 
 import os
 import re
+import signal
 import sys
 
 from absl import app
@@ -40,7 +41,7 @@ flags.DEFINE_string('train_csv_path', None,
                     'Training CSV with header "fname,labels".')
 flags.DEFINE_integer('epoch_num_batches', None,
                      'Batches in one epoch of the training set; needed when '
-                     'the lrdecay hparam is > 0.')
+                     'the lrdecay hparam is > 0.', lower_bound=1)
 flags.DEFINE_string('warmstart_checkpoint', None,
                     'Checkpoint (model.ckpt-N prefix) to warm-start from when '
                     'the warmstart hparam is 1.')
@@ -84,6 +85,10 @@ def _check_flags():
   """Checks flag combinations; returns the parsed hparams."""
   if FLAGS.mode is None:
     raise UserError('--mode is required (train, eval or inference)')
+  for name in ('inference_checkpoint', 'warmstart_checkpoint'):
+    if getattr(FLAGS, name):
+      # A checkpoint given by one of its files is taken as its prefix.
+      setattr(FLAGS, name, checkpoints.prefix_of(getattr(FLAGS, name)))
   for name in ('class_map_path',) + _REQUIRED[FLAGS.mode]:
     if not getattr(FLAGS, name):
       raise UserError('--%s is required with --mode %s' % (name, FLAGS.mode))
@@ -92,8 +97,7 @@ def _check_flags():
   except ValueError as e:
     raise UserError('--hparams: %s' % e) from None
   if FLAGS.mode == 'train':
-    if hparams.lrdecay > 0 and not FLAGS.epoch_num_batches:
-      raise UserError('--epoch_num_batches is required when lrdecay > 0')
+    _check_decay_flags(hparams)
     if hparams.warmstart and not FLAGS.warmstart_checkpoint:
       raise UserError('--warmstart_checkpoint is required when warmstart=1')
     if hparams.warmstart:
@@ -105,14 +109,59 @@ def _check_flags():
       raise UserError('--%s: %s exists and is not a folder' % (flag, path))
   if FLAGS.mode == 'inference':
     checkpoints.require(FLAGS.inference_checkpoint, '--inference_checkpoint')
-    output = FLAGS.predictions_csv_path
-    if os.path.isdir(output):
-      raise UserError('--predictions_csv_path: %s is a folder, not a file' %
-                      output)
-    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-      raise UserError('--predictions_csv_path: folder %s does not exist' %
-                      os.path.dirname(os.path.abspath(output)))
+    files.check_writable(FLAGS.predictions_csv_path,
+                         '--predictions_csv_path')
   return hparams
+
+
+def _check_decay_flags(hparams):
+  if hparams.lrdecay > 0 and not FLAGS.epoch_num_batches:
+    raise UserError('--epoch_num_batches is required when lrdecay > 0')
+
+
+def _starting_record():
+  """(checkpoint, its record) of the checkpoint this mode starts from: the
+  one to score (inference), else the newest readable one of train_dir (the
+  one a resumed run or eval starts from); (None, None) if there is none."""
+  if FLAGS.mode == 'inference':
+    candidates = [FLAGS.inference_checkpoint]
+  else:
+    candidates = [p for _, p in reversed(checkpoints.list_checkpoints(
+        FLAGS.train_dir))]
+  for prefix in candidates:
+    try:
+      return prefix, checkpoints.read_record(
+          checkpoints.open_checkpoint(prefix), prefix)
+    except checkpoints.DamagedCheckpoint:
+      if FLAGS.mode == 'inference':
+        raise
+      # Training falls back past it (and says so); eval reports it.
+  return None, None
+
+
+def _recorded_run(hparams):
+  """The model and hparams to run with. A checkpoint records the --model and
+  hparams it was trained with; those are used, with the --hparams overrides
+  applied, so that nobody has to repeat them (and nobody can score a model
+  with features or an architecture it was not trained with). A checkpoint
+  from before runs were recorded runs with the flags as given."""
+  prefix, record = _starting_record()
+  if record is None:
+    return FLAGS.model, hparams
+  model_name, recorded = record
+  if FLAGS['model'].present and FLAGS.model != model_name:
+    raise UserError('--model %s: %s was trained with --model %s' % (
+        FLAGS.model, prefix, model_name))
+  try:
+    hparams = params.merge(recorded, FLAGS.hparams, prefix)
+  except ValueError as e:
+    raise UserError('--hparams: %s' % e) from None
+  changed = params.describe(hparams)
+  print('Using --model %s and the hparams recorded in %s%s' % (
+      model_name, prefix, ': ' + changed if changed else ' (the defaults)'))
+  if FLAGS.mode == 'train':
+    _check_decay_flags(hparams)
+  return model_name, hparams
 
 
 def _output_dirs():
@@ -147,10 +196,11 @@ def run():
   _make_output_dirs()
   tf = runtime.import_tensorflow()
   logging.set_verbosity(logging.WARNING)  # e.g. per-save saver notices
+  model_name, hparams = _recorded_run(hparams)
   try:
     if FLAGS.mode == 'train':
       import train
-      train.train(FLAGS.model, hparams, class_names, FLAGS.train_csv_path,
+      train.train(model_name, hparams, class_names, FLAGS.train_csv_path,
                   FLAGS.train_clip_dir, len(rows), FLAGS.train_dir,
                   epoch_num_batches=FLAGS.epoch_num_batches,
                   max_steps=FLAGS.max_steps,
@@ -159,12 +209,12 @@ def run():
                   warmstart_exclude_scopes=FLAGS.warmstart_exclude_scopes)
     elif FLAGS.mode == 'eval':
       import evaluation
-      evaluation.evaluate(FLAGS.model, hparams, class_names, rows,
+      evaluation.evaluate(model_name, hparams, class_names, rows,
                           FLAGS.eval_clip_dir, samples, FLAGS.train_dir,
                           FLAGS.eval_dir)
     else:
       import inference
-      inference.infer(FLAGS.model, hparams, class_names,
+      inference.infer(model_name, hparams, class_names,
                       FLAGS.inference_clip_dir, fnames, samples,
                       FLAGS.inference_checkpoint, FLAGS.predictions_csv_path)
   except tf.errors.OpError as e:
@@ -191,6 +241,11 @@ def main(argv):
     run()
   except UserError as e:
     _fail(str(e), getattr(e, 'exit_code', 1))
+  except KeyboardInterrupt:
+    # Ctrl-C outside training (which saves and stops on its own): eval
+    # markers and submissions are written whole or not at all.
+    _fail('stopped by SIGINT; files written so far are complete, run the '
+          'same command to do the rest', 128 + signal.SIGINT)
   except OSError as e:
     # A file system fault in the middle of a run (disk full, permissions).
     _fail('%s: %s' % (e.filename, e.strerror) if e.filename else str(e))

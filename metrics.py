@@ -48,9 +48,12 @@ class Lwlrap:
     return float(np.sum(self.per_class_lwlrap() * self.per_class_weight()))
 
   def __str__(self):
+    """The original's report: a line per class in decreasing order of
+    lwlrap (tied classes in decreasing order of name, as the original's
+    reverse sort of (lwlrap, name) pairs gives), then the overall lwlrap."""
     per_class = self.per_class_lwlrap()
-    lines = ['Lwlrap(%s) = %.6f' % (self._class_map[i], per_class[i])
-             for i in np.argsort(-per_class, kind='stable')]
+    lines = ['Lwlrap(%s) = %.6f' % (name, value) for value, name in sorted(
+        zip(per_class, self._class_map), reverse=True)]
     lines.append('Overall lwlrap = %.6f' % self.overall_lwlrap())
     return '\n'.join(lines)
 

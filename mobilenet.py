@@ -29,6 +29,24 @@ MOBILENET_V1 = (
 FOLDS_BATCH_NORM = True
 
 
+def _slim_scopes():
+  """The original's TF-Slim scope names, for warm-start scope flags: its
+  first slim.conv2d is `Conv`, the depthwise halves (slim.separable_conv2d)
+  `SeparableConv2d`, `SeparableConv2d_1`, ..., the pointwise halves (more
+  slim.conv2d) `Conv_1`, `Conv_2`, ..., and the classifier
+  `fully_connected`. Each batch norm sat inside its convolution's scope."""
+  aliases = {'Conv': ['conv0'], 'fully_connected': ['logits']}
+  for k, (scope, kind, _, _) in enumerate(MOBILENET_V1):
+    if kind == 'sep':
+      depthwise = 'SeparableConv2d' + ('_%d' % (k - 1) if k > 1 else '')
+      aliases[depthwise] = [scope + '/depthwise', scope + '/depthwise_bn']
+      aliases['Conv_%d' % k] = [scope + '/pointwise', scope + '/pointwise_bn']
+  return aliases
+
+
+SCOPE_ALIASES = _slim_scopes()
+
+
 def build(x, hparams):
   """[batch, frames, bands, 1] -> [batch, 1024] pooled features."""
   bias = not hparams.bn  # batch norm's beta makes a conv bias redundant
@@ -45,8 +63,8 @@ def build(x, hparams):
           ('pointwise', keras.layers.Conv2D(
               depth, 1, padding='same', use_bias=bias,
               kernel_initializer=initializer(hparams), name='pointwise'))]
-    x = ConvBlock(units, 'relu', hparams, batch_norm=bool(hparams.bn),
-                  name=scope)(x)
+    x = ConvBlock(units, 'relu', hparams.bndecay if hparams.bn else None,
+                  hparams.bneps, name=scope)(x)
   pool = (keras.layers.GlobalMaxPooling2D if hparams.global_pool == 'max'
           else keras.layers.GlobalAveragePooling2D)
   x = pool(name='global_pool')(x)

@@ -5,6 +5,8 @@ before paying for the TensorFlow import.
 """
 
 import dataclasses
+import json
+import math
 
 from wav import SAMPLE_RATE
 
@@ -42,16 +44,26 @@ class HParams:
   bn: int = 1
   bndecay: float = 0.9997
   bneps: float = 0.001
+  # The batch-norm statistics scoring uses: 'precise' (recomputed with each
+  # checkpoint's own weights over bn_stats_batches training batches when it
+  # is saved; PreciseBN) or 'moving' (the moving averages, as the original).
+  bn_stats: str = 'precise'
+  bn_stats_batches: int = 20
   # Whether to warm-start from --warmstart_checkpoint.
   warmstart: int = 0
   # Optimizer (sgd, adam), learning rate and Adam's epsilon.
   opt: str = 'adam'
   lr: float = 1e-4
   adam_eps: float = 1e-8
+  # SGD only: momentum, and Nesterov's form of it (1) as Keras 2's SGD.
+  momentum: float = 0.0
+  nesterov: int = 0
   # Exponential staircase decay: the learning rate is multiplied by lrdecay
   # every decay_epochs epochs. Zero disables it.
   lrdecay: float = 0.0
   decay_epochs: float = 2.5
+  # Keras 2's inverse-time decay: lr / (1 + inverse_time_decay * step).
+  inverse_time_decay: float = 0.0
   # Training objective: binary cross-entropy or one of the MFoM objectives.
   loss: str = 'bce'
   # CRNN only: filters of the first conv block (the blocks use 1x, 1x, 2x, 2x)
@@ -59,17 +71,77 @@ class HParams:
   # which is a keep probability).
   crnn_filters: int = 32
   crnn_dropout: float = 0.5
+  # CRNN only: its batch norms' moving-average decay, Keras 2's default
+  # momentum as in the MFoM project (MobileNet uses bndecay).
+  crnn_bndecay: float = 0.99
 
 
 _CHOICES = {
     'global_pool': ('mean', 'max'),
     'opt': ('adam', 'sgd'),
     'loss': LOSSES,
+    'bn_stats': ('precise', 'moving'),
 }
-_UNIT_INTERVAL = ('dropout', 'lsmooth')
+_UNIT_INTERVAL = ('dropout', 'lsmooth', 'bndecay', 'crnn_bndecay', 'momentum')
 _POSITIVE = ('stft_window_seconds', 'stft_hop_seconds', 'mel_bands',
              'mel_log_offset', 'example_window_seconds', 'example_hop_seconds',
-             'batch_size', 'lr', 'decay_epochs', 'crnn_filters')
+             'batch_size', 'lr', 'decay_epochs', 'crnn_filters',
+             'bn_stats_batches')
+
+
+# The hparams that define what a trained model computes from a waveform: its
+# features and its architecture. A checkpoint can only be resumed, scored or
+# exported with its own values of these; the others (lr, dropout, lsmooth,
+# bn_stats, ...) only steer training or scoring and may change between runs.
+MODEL_DEFINING = ('stft_window_seconds', 'stft_hop_seconds', 'mel_bands',
+                  'mel_min_hz', 'mel_max_hz', 'mel_log_offset',
+                  'example_window_seconds', 'example_hop_seconds',
+                  'global_pool', 'bn', 'bneps', 'crnn_filters')
+
+# Bounds of the feature geometry: beyond them a run would fail deep inside
+# TensorFlow (or crash) instead of doing anything useful.
+_STFT_WINDOW_SECONDS = (0.001, 1.0)
+_MAX_EXAMPLE_WINDOW_SECONDS = 60.0
+
+
+def stft_geometry(hparams):
+  """Returns (window, hop, fft_length) in samples."""
+  window = int(round(SAMPLE_RATE * hparams.stft_window_seconds))
+  hop = int(round(SAMPLE_RATE * hparams.stft_hop_seconds))
+  fft_length = 2 ** int(math.ceil(math.log2(max(window, 1))))
+  return window, hop, fft_length
+
+
+def example_geometry(hparams):
+  """Returns (window, hop) of an example, in spectrogram frames."""
+  frames_per_second = 1.0 / hparams.stft_hop_seconds
+  return (int(round(frames_per_second * hparams.example_window_seconds)),
+          int(round(frames_per_second * hparams.example_hop_seconds)))
+
+
+def _check_geometry(hparams):
+  low, high = _STFT_WINDOW_SECONDS
+  if not low <= hparams.stft_window_seconds <= high:
+    raise ValueError('hparam stft_window_seconds=%s: must be between %s and '
+                     '%s' % (hparams.stft_window_seconds, low, high))
+  window, hop, fft_length = stft_geometry(hparams)
+  if not 1 <= hop <= window:
+    raise ValueError('hparam stft_hop_seconds=%s: the hop must be between one '
+                     'sample and the STFT window (%d samples)' % (
+                         hparams.stft_hop_seconds, window))
+  if hparams.mel_bands > fft_length // 2 + 1:
+    raise ValueError('hparam mel_bands=%s: more bands than the STFT has '
+                     'frequency bins (%d)' % (hparams.mel_bands,
+                                              fft_length // 2 + 1))
+  example_window, example_hop = example_geometry(hparams)
+  if example_window < 1 or example_hop < 1:
+    name = ('example_window_seconds' if example_window < 1 else
+            'example_hop_seconds')
+    raise ValueError('hparam %s=%s: shorter than one STFT hop (%s s)' % (
+        name, getattr(hparams, name), hparams.stft_hop_seconds))
+  if hparams.example_window_seconds > _MAX_EXAMPLE_WINDOW_SECONDS:
+    raise ValueError('hparam example_window_seconds=%s: must be at most %s' % (
+        hparams.example_window_seconds, _MAX_EXAMPLE_WINDOW_SECONDS))
 
 
 def _convert(text, kind):
@@ -104,20 +176,31 @@ def _check(hparams):
     raise ValueError('hparams mel_min_hz=%s, mel_max_hz=%s: need 0 <= min < '
                      'max <= %d' % (hparams.mel_min_hz, hparams.mel_max_hz,
                                     nyquist))
-  if hparams.lrdecay < 0 or hparams.weights_init_stddev < 0:
-    raise ValueError('hparams lrdecay and weights_init_stddev must not be '
-                     'negative')
+  for name in ('lrdecay', 'weights_init_stddev', 'inverse_time_decay'):
+    if getattr(hparams, name) < 0:
+      raise ValueError('hparam %s=%s: must not be negative' % (
+          name, getattr(hparams, name)))
+  if hparams.lrdecay > 0 and hparams.inverse_time_decay > 0:
+    raise ValueError('hparams lrdecay and inverse_time_decay: choose one '
+                     'learning-rate decay')
+  if hparams.opt != 'sgd' and (hparams.momentum or hparams.nesterov):
+    raise ValueError('hparams momentum and nesterov apply to opt=sgd only')
+  if hparams.nesterov not in (0, 1):
+    raise ValueError('hparam nesterov=%s: must be 0 or 1' % hparams.nesterov)
+  _check_geometry(hparams)
 
 
-def parse_hparams(flag_string=''):
-  """Returns HParams with the overrides in 'name=value,name=value' applied.
-
-  Each value is typed by its default's type. Raises ValueError naming an
-  unknown name or a value that does not parse.
-  """
+def _kinds():
   defaults = HParams()
-  kinds = {f.name: type(getattr(defaults, f.name))
-           for f in dataclasses.fields(HParams)}
+  return {f.name: type(getattr(defaults, f.name))
+          for f in dataclasses.fields(HParams)}
+
+
+def parse_overrides(flag_string):
+  """{name: value} of a 'name=value,name=value' string, each value typed by
+  its default's type. Raises ValueError naming an unknown name or a value
+  that does not parse."""
+  kinds = _kinds()
   overrides = {}
   for item in (flag_string or '').split(','):
     item = item.strip()
@@ -135,6 +218,53 @@ def parse_hparams(flag_string=''):
     except ValueError:
       raise ValueError('hparam %s=%s: not a valid %s' % (
           name, text, kinds[name].__name__)) from None
-  hparams = dataclasses.replace(defaults, **overrides)
+  return overrides
+
+
+def parse_hparams(flag_string=''):
+  """Returns HParams with the overrides in 'name=value,name=value' applied
+  to the defaults. Raises ValueError naming an unknown name, a value that
+  does not parse or a value out of its range."""
+  hparams = dataclasses.replace(HParams(), **parse_overrides(flag_string))
+  _check(hparams)
+  return hparams
+
+
+def to_json(model_name, hparams):
+  """A run's record: its model and every hparam, as JSON text."""
+  return json.dumps({'model': model_name,
+                     'hparams': dataclasses.asdict(hparams)}, sort_keys=True)
+
+
+def from_json(text):
+  """(model name, {hparam: value}) of a record from to_json. Hparams the
+  record lacks (added since) keep their defaults; unknown ones are ignored."""
+  record = json.loads(text)
+  kinds = _kinds()
+  values = {name: kinds[name](value)
+            for name, value in record['hparams'].items() if name in kinds}
+  return record['model'], values
+
+
+def describe(hparams):
+  """'name=value,...' of the hparams that differ from the defaults."""
+  defaults = HParams()
+  return ','.join('%s=%s' % (f.name, getattr(hparams, f.name))
+                  for f in dataclasses.fields(HParams)
+                  if getattr(hparams, f.name) != getattr(defaults, f.name))
+
+
+def merge(recorded, flag_string, source):
+  """HParams for a run on a checkpoint whose record holds `recorded`
+  ({hparam: value}, from from_json): the recorded values with the explicit
+  --hparams overrides applied. An override of a MODEL_DEFINING hparam with
+  another value than the recorded one raises ValueError naming both."""
+  overrides = parse_overrides(flag_string)
+  for name, value in overrides.items():
+    if name in MODEL_DEFINING and name in recorded and (
+        recorded[name] != value):
+      raise ValueError('hparam %s=%s contradicts %s, trained with %s=%s' % (
+          name, value, source, name, recorded[name]))
+  hparams = dataclasses.replace(HParams(), **dict(recorded, **overrides))
   _check(hparams)
   return hparams

@@ -32,6 +32,7 @@ class Scorer:
   """Holds a model; `load` a checkpoint, then `score` clips with it."""
 
   def __init__(self, model_name, num_classes, hparams):
+    self.model_name = model_name
     self.hparams = hparams
     self.num_classes = num_classes
     self.model = model_lib.build_model(model_name, num_classes, hparams)
@@ -47,10 +48,24 @@ class Scorer:
         input_signature=[spec])
 
   def load(self, checkpoint_path):
+    """Loads a checkpoint; returns the batch-norm statistics the scores will
+    use: 'precise' (bn_stats=precise and the checkpoint has them), 'moving'
+    or 'none' (no batch norm)."""
     reader = checkpoints.open_checkpoint(checkpoint_path)
+    mismatch = checkpoints.record_mismatch(reader, checkpoint_path,
+                                           self.model_name,
+                                           self.hparams)
+    if mismatch:
+      raise UserError('%s: %s' % (checkpoint_path, mismatch))
     checkpoints.assign_from_checkpoint(self.model.weights, reader,
                                        checkpoint_path)
+    if self.hparams.bn_stats == 'precise':
+      statistics = batchnorm.use_precise(self.model, reader, checkpoint_path)
+    else:
+      statistics = 'moving' if batchnorm.batch_norm_layers(self.model) else (
+          'none')
     batchnorm.fold_batch_norm(self.model, self.inference_model)
+    return statistics
 
   def score(self, clip_paths, clip_samples, label='Scoring', on_progress=None):
     """Returns [num_clips, num_classes] float64 clip scores.

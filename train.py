@@ -2,23 +2,29 @@
 warm start, TensorBoard summaries, and a clean stop on SIGINT / SIGTERM."""
 
 import datetime
+import glob
 import os
+import shutil
 import signal
 import time
 
 import keras
 import tensorflow as tf
 
+import batchnorm
 import checkpoints
 import inputs
 import mfom
 import model as model_lib
+import params
+import files
 import summary
 from files import UserError
 
 CHECKPOINT_EVERY = 100
 SUMMARY_EVERY = 10
 DEFAULT_EPOCHS = 1000  # the original's limit when --max_steps is not given
+RECORD_FILE = 'hparams.json'  # the run's --model and hparams, in train_dir
 
 
 class Interrupted(UserError):
@@ -55,8 +61,13 @@ def make_optimizer(hparams, epoch_num_batches):
         hparams.lr, decay_steps=max(1, int(epoch_num_batches *
                                            hparams.decay_epochs)),
         decay_rate=hparams.lrdecay, staircase=True)
+  elif hparams.inverse_time_decay > 0:
+    # Keras 2's `decay`: lr / (1 + decay * iterations), every step.
+    learning_rate = keras.optimizers.schedules.InverseTimeDecay(
+        hparams.lr, decay_steps=1, decay_rate=hparams.inverse_time_decay)
   if hparams.opt == 'sgd':
-    return keras.optimizers.SGD(learning_rate)
+    return keras.optimizers.SGD(learning_rate, momentum=hparams.momentum,
+                                nesterov=bool(hparams.nesterov))
   return keras.optimizers.Adam(learning_rate, epsilon=hparams.adam_eps)
 
 
@@ -80,14 +91,17 @@ def make_train_step(model, loss_fn, variables, optimizer, step):
   return train_step
 
 
-def warm_start(variables, checkpoint_path, include_scopes, exclude_scopes):
+def warm_start(variables, checkpoint_path, include_scopes, exclude_scopes,
+               aliases=None):
   """Loads the named trainable variables from another run's checkpoint.
 
-  Includes are applied before excludes; variables the checkpoint lacks are
-  left as initialised. Returns the restored names.
+  Includes are applied before excludes (see checkpoints.select, which also
+  takes the architecture's aliases of scope names); variables the checkpoint
+  lacks are left as initialised. Returns the restored names.
   """
+  chosen = checkpoints.select(variables, include_scopes, exclude_scopes,
+                              aliases)
   reader = checkpoints.open_checkpoint(checkpoint_path)
-  chosen = checkpoints.select(variables, include_scopes, exclude_scopes)
   restored = checkpoints.assign_from_checkpoint(chosen, reader,
                                                 checkpoint_path,
                                                 missing_ok=True)
@@ -128,7 +142,9 @@ def _duration(seconds):
 
 class TrainingState:
   """What a training run updates and checkpoints: the model, the MFoM head
-  (if any), the optimizer and the step, and the loss that drives them."""
+  (if any), the optimizer and the step, and the loss that drives them; and,
+  unless bn_stats=moving, the precise batch-norm statistics saved with each
+  checkpoint."""
 
   def __init__(self, model_name, hparams, num_classes, epoch_num_batches):
     self.model = model_lib.build_model(model_name, num_classes, hparams)
@@ -136,44 +152,109 @@ class TrainingState:
     self.variables = self.model.trainable_variables + (
         self.head.trainable_variables if self.head else [])
     self.optimizer = make_optimizer(hparams, epoch_num_batches or 0)
+    # The constant rate to train with (None with a decay schedule).
+    self.learning_rate = None if isinstance(
+        self.optimizer._learning_rate,
+        keras.optimizers.schedules.LearningRateSchedule) else hparams.lr
     self.optimizer.build(self.variables)
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False,
                             name='global_step')
-    self.checkpoint = tf.train.Checkpoint(
-        step=self.step, optimizer=self.optimizer,
-        weights=checkpoints.checkpoint_weights(self.model, self.head))
+    saved = dict(step=self.step, optimizer=self.optimizer,
+                 weights=checkpoints.checkpoint_weights(self.model, self.head))
+    # The run's --model and hparams, so that eval, inference and a resumed
+    # run use the ones the weights were trained with.
+    self.record = tf.Variable(params.to_json(model_name, hparams),
+                              trainable=False)
+    # What a resumed run restores; the precise statistics are recomputed
+    # before every save, so a checkpoint without them resumes all the same.
+    self.restorable = tf.train.Checkpoint(**saved)
+    self.precise = None
+    if hparams.bn_stats == 'precise':
+      self.precise = batchnorm.PreciseStatistics(self.model)
+      if self.precise.layers:
+        saved[batchnorm.PRECISE] = self.precise.variables
+      else:
+        self.precise = None
+    self.checkpoint = tf.train.Checkpoint(run=self.record, **saved)
 
 
-def restore_or_warm_start(state, manager, model_name, hparams,
+def _resume(state, prefix, model_name, hparams):
+  """Restores the state from a checkpoint of this run. Raises
+  DamagedCheckpoint if it cannot be read, UserError if it belongs to another
+  model or hparams."""
+  import tensorflow as tf
+  reader = checkpoints.open_checkpoint(prefix)
+  mismatch = checkpoints.record_mismatch(reader, prefix, model_name, hparams)
+  try:
+    if mismatch:
+      raise ValueError(mismatch)
+    state.restorable.restore(checkpoints.readable(
+        prefix)).assert_existing_objects_matched()
+    if isinstance(state.learning_rate, float):
+      # The checkpoint holds the optimizer's rate too; a resumed run trains
+      # with the lr it is given (e.g. a lower one after a divergence).
+      state.optimizer.learning_rate = state.learning_rate
+  except (AssertionError, ValueError) as e:
+    raise UserError(
+        '%s: cannot resume from it with --model %s and these hparams (%s); '
+        'use the run\'s own settings or a new --train_dir' % (
+            prefix, model_name, str(e).splitlines()[0][:200])) from None
+  except (tf.errors.OpError, IndexError) as e:
+    raise checkpoints.damaged(prefix, e) from None
+
+
+def restore_or_warm_start(state, train_dir, model_name, hparams,
                           warmstart_checkpoint=None,
                           warmstart_include_scopes=(),
                           warmstart_exclude_scopes=()):
-  """Resumes from the run's latest checkpoint if it has one, else warm
-  starts if asked to; otherwise the state keeps its initial values."""
-  if manager.latest_checkpoint:
+  """Resumes from the run's newest readable checkpoint if it has any
+  (returns True), else warm starts if asked to; otherwise the state keeps
+  its initial values. A damaged checkpoint is reported and the one before
+  it tried; a run whose checkpoints are all damaged is an error, never a
+  silent restart from step 0."""
+  found = checkpoints.list_checkpoints(train_dir)
+  for _, prefix in reversed(found):
     try:
-      state.checkpoint.restore(
-          manager.latest_checkpoint).assert_existing_objects_matched()
-    except (AssertionError, ValueError) as e:
-      raise UserError(
-          '%s: cannot resume from it with --model %s and these hparams (%s); '
-          'use the run\'s own settings or a new --train_dir' % (
-              manager.latest_checkpoint, model_name,
-              str(e).splitlines()[0][:200])) from None
-    print('Resuming from %s at step %d' % (manager.latest_checkpoint,
-                                          int(state.step)))
-  elif hparams.warmstart:
+      _resume(state, prefix, model_name, hparams)
+    except checkpoints.DamagedCheckpoint as e:
+      print('warning: %s; resuming from an earlier checkpoint' % e)
+      continue
+    print('Resuming from %s at step %d' % (prefix, int(state.step)))
+    return True
+  if found:
+    raise UserError('%s: none of its %d checkpoints can be read; move them '
+                    'away to start again from step 0' % (train_dir,
+                                                         len(found)))
+  if hparams.warmstart:
+    reader = checkpoints.open_checkpoint(warmstart_checkpoint)
+    mismatch = checkpoints.record_mismatch(reader, warmstart_checkpoint,
+                                           model_name, hparams)
+    if mismatch:
+      raise UserError('--warmstart_checkpoint %s: %s' % (
+          warmstart_checkpoint, mismatch))
     warm_start(state.variables, warmstart_checkpoint,
-               warmstart_include_scopes, warmstart_exclude_scopes)
+               warmstart_include_scopes, warmstart_exclude_scopes,
+               model_lib.architecture(model_name).SCOPE_ALIASES)
+  return False
 
 
-def run_loop(state, dataset, manager, train_dir, batch_size, max_steps):
+def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
+             statistics_batches=None, save_first=False):
   """Steps through the dataset until max_steps (or its end), saving every
-  CHECKPOINT_EVERY steps, at the end, and when a signal stops the run."""
+  CHECKPOINT_EVERY steps, at the end, and when a signal stops the run; first
+  too if save_first (a fresh run's starting point, as the original's step-0
+  checkpoint). Each save first recomputes the precise batch-norm statistics
+  over statistics_batches, if the state keeps them."""
   train_step = make_train_step(state.model, state.loss_fn, state.variables,
                                state.optimizer, state.step)
 
   def save():
+    if state.precise is not None:
+      state.precise.update(statistics_batches)
+    # What a save killed half-way left behind.
+    for leftover in glob.glob(os.path.join(glob.escape(train_dir),
+                                           checkpoints.NAME + '-*_temp*')):
+      shutil.rmtree(leftover, ignore_errors=True)
     path = manager.save(checkpoint_number=int(state.step))
     print('Saved checkpoint %s' % path)
 
@@ -183,6 +264,8 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps):
     print('Already at step %d of --max_steps=%d; nothing to do' % (
         current, max_steps))
     return
+  if save_first:
+    save()
   start_time, start_step = time.time(), current
   with _StopSignals() as stop, writer.as_default():
     for examples, labels in dataset:
@@ -214,6 +297,9 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps):
                 signal.Signals(stop.signum).name, current), stop.signum)
       if max_steps is not None and current >= max_steps:
         break
+    if current == start_step:
+      raise UserError('no training examples: the training data gave not one '
+                      'batch of %d examples' % batch_size)
     if saved != current:
       save()
   writer.flush()
@@ -234,10 +320,21 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
   state = TrainingState(model_name, hparams, len(class_names),
                         epoch_num_batches)
   os.makedirs(train_dir, exist_ok=True)
+  # The run's record, readable without TensorFlow (each checkpoint holds it
+  # too, under `run`).
+  files.write_atomically(os.path.join(train_dir, RECORD_FILE),
+                         params.to_json(model_name, hparams) + '\n')
   manager = tf.train.CheckpointManager(
       state.checkpoint, train_dir, max_to_keep=None,
       checkpoint_name=checkpoints.NAME)
-  restore_or_warm_start(state, manager, model_name, hparams,
-                        warmstart_checkpoint, warmstart_include_scopes,
-                        warmstart_exclude_scopes)
-  run_loop(state, dataset, manager, train_dir, hparams.batch_size, max_steps)
+  resumed = restore_or_warm_start(state, train_dir, model_name, hparams,
+                                  warmstart_checkpoint,
+                                  warmstart_include_scopes,
+                                  warmstart_exclude_scopes)
+  statistics_batches = None
+  if state.precise is not None:
+    statistics_batches = inputs.statistics_dataset(
+        train_csv_path, train_clip_dir, class_names, hparams,
+        hparams.bn_stats_batches)
+  run_loop(state, dataset, manager, train_dir, hparams.batch_size, max_steps,
+           statistics_batches, save_first=not resumed)

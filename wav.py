@@ -77,13 +77,15 @@ def read_header(path):
     raise WavError('no format chunk before the audio data')
   tag, channels, rate, bits = fmt
   data_offset = pos + 8
-  available = size - data_offset
-  if chunk_size == 0 or available <= 0:
-    raise WavError('empty (no audio samples)')
-  if available < chunk_size:
-    raise WavError('truncated: header declares %d bytes of audio, file holds '
-                   '%d' % (chunk_size, available))
+  available = max(0, size - data_offset)
+  if chunk_size > available:
+    # Written through a pipe (size 0xFFFFFFFF or 0, fixed never) or cut
+    # short: the audio runs to the end of the file, as common readers take
+    # it.
+    chunk_size = available
   frame_bytes = max(1, channels * bits // 8)
+  if chunk_size < frame_bytes:
+    raise WavError('empty (no audio samples)')
   return Header(tag, channels, rate, bits, data_offset,
                 chunk_size // frame_bytes)
 

@@ -29,7 +29,7 @@ CLASS_MAP = os.path.join(REPO, 'class_map.csv')
 # 0.5, the inference-mode scores of a 3-step MobileNet are the same for every
 # clip to 1e-7, and comparisons against them would prove little).
 HPARAMS = 'batch_size=4,lr=0.001,bndecay=0.01'
-CRNN_HPARAMS = 'batch_size=4,lr=0.001,bndecay=0.9'
+CRNN_HPARAMS = 'batch_size=4,lr=0.001,crnn_bndecay=0.9'
 SAMPLE_RATE = 44100
 
 

@@ -49,9 +49,15 @@ def _frames(hparams):
   return int(round(hparams.example_window_seconds / hparams.stft_hop_seconds))
 
 
-def _bn(hparams, name, axis=-1):
+def _bn(hparams, name, axis=-1, momentum=None):
   return keras.layers.BatchNormalization(
-      axis=axis, momentum=hparams.bndecay, epsilon=hparams.bneps, name=name)
+      axis=axis, momentum=hparams.bndecay if momentum is None else momentum,
+      epsilon=hparams.bneps, name=name)
+
+
+def keras2_hard_sigmoid(x):
+  """Keras 2.0.2's hard_sigmoid, the MFoM project's GRU gate activation."""
+  return keras.ops.clip(0.2 * x + 0.5, 0.0, 1.0)
 
 
 def plain_mobilenet(num_classes, hparams):
@@ -92,18 +98,21 @@ def plain_crnn(num_classes, hparams):
   frames, bands = _frames(hparams), hparams.mel_bands
   examples = keras.Input((frames, bands))
   x = keras.layers.Reshape((frames, bands, 1))(examples)
-  x = _bn(hparams, 'input_bn', axis=2)(x)  # over the frequency axis
+  # Keras 2's default batch-norm momentum, crnn_bndecay (README).
+  momentum = hparams.crnn_bndecay
+  x = _bn(hparams, 'input_bn', axis=2, momentum=momentum)(x)  # frequency
   for scope, multiple, pool in CRNN_TABLE:
     x = keras.layers.Conv2D(multiple * hparams.crnn_filters, 3,
                             padding='same', use_bias=True,
                             name=scope + '__conv')(x)
-    x = _bn(hparams, scope + '__conv_bn')(x)
+    x = _bn(hparams, scope + '__conv_bn', momentum=momentum)(x)
     x = keras.layers.ELU()(x)
     x = keras.layers.MaxPooling2D(pool)(x)
     x = keras.layers.Dropout(hparams.crnn_dropout)(x)  # a drop rate
   _, steps, pooled_bands, channels = x.shape
   x = keras.layers.Reshape((steps, pooled_bands * channels))(x)
-  x = keras.layers.GRU(CRNN_GRU_UNITS, reset_after=False, name='gru')(x)
+  x = keras.layers.GRU(CRNN_GRU_UNITS, reset_after=False,
+                       recurrent_activation=keras2_hard_sigmoid, name='gru')(x)
   x = keras.layers.Dropout(hparams.crnn_dropout)(x)
   logits = keras.layers.Dense(num_classes, name='logits')(x)
   return keras.Model(examples, logits)
@@ -121,9 +130,12 @@ def project_path(variable):
   return variable.path.replace('__', '/')
 
 
-def load_checkpoint(plain, checkpoint_prefix):
+def load_checkpoint(plain, checkpoint_prefix, bn_stats='precise'):
   """Assigns every plain weight from the checkpoint, by variable path; the
-  checkpoint must hold no model weight the plain model lacks."""
+  checkpoint must hold no model weight the plain model lacks. With
+  bn_stats='precise', the batch norms' moving statistics are the
+  checkpoint's precise ones (`precise_bn/<path>`, README "Batch-norm
+  statistics") where it has them, as scoring uses them."""
   import checkpoints  # only for the documented key format
   reader = tf.train.load_checkpoint(checkpoint_prefix)
   keys = reader.get_variable_to_shape_map()
@@ -136,6 +148,12 @@ def load_checkpoint(plain, checkpoint_prefix):
   model_weights = {k for k in keys if k.startswith('weights/')
                    and not k.startswith('weights/mfom')}
   assert model_weights == used, sorted(model_weights - used)[:5]
+  if bn_stats == 'precise':
+    for v in plain.weights:
+      key = checkpoints.checkpoint_key(project_path(v), 'precise_bn')
+      if key in keys:
+        assert project_path(v).endswith(('moving_mean', 'moving_variance'))
+        v.assign(reader.get_tensor(key))
   return plain
 
 
@@ -197,7 +215,8 @@ def calibrated(model_name, num_classes, hparams, examples, rng):
         v.assign(rng.normal(0, np.sqrt(2.0 / fan_in), shape).astype(
             np.float32))
   twin = plain_model(model_name, num_classes,
-                     dataclasses.replace(hparams, bndecay=0.0))
+                     dataclasses.replace(hparams, bndecay=0.0,
+                                         crnn_bndecay=0.0))
   copy_weights(plain, twin)
   twin(np.asarray(examples, np.float32), training=True)
   return copy_weights(twin, plain)

@@ -58,12 +58,16 @@ def _overall_lwlrap(text):
 
 
 def _check_eval_report(path, truth, scores, class_names):
-  """Every line of an eval-N.txt report against independent computations
-  from the plain model's clip scores: per-class lwlrap, overall lwlrap, each
-  class's EER (brute force), mean and pooled EER, micro-F1."""
+  """Every line of an eval-N.txt report (the original's: per-class lwlrap,
+  then overall lwlrap as the last line) and of its metrics-N.txt (each
+  class's EER, mean and pooled EER, micro-F1) against independent
+  computations from the plain model's clip scores."""
   with open(path) as f:
     text = f.read()
-  lines = text.rstrip('\n').split('\n')
+  lines = text.split('\n')
+  assert len(lines) == len(class_names) + 1  # no trailing newline either
+  with open(path.replace('eval-', 'metrics-')) as f:
+    lines += f.read().rstrip('\n').split('\n')
   num_classes = len(class_names)
   # Per-class lwlrap lines: one per class, in decreasing order.
   lwlrap_lines = [re.fullmatch(r'Lwlrap\((.+)\) = ([0-9.]+)', l)
@@ -71,8 +75,10 @@ def _check_eval_report(path, truth, scores, class_names):
   assert all(lwlrap_lines), lines[:num_classes]
   per_class = {m.group(1): float(m.group(2)) for m in lwlrap_lines}
   assert sorted(per_class) == sorted(class_names)
-  values = [float(m.group(2)) for m in lwlrap_lines]
-  assert values == sorted(values, reverse=True)
+  # Decreasing lwlrap, ties in decreasing order of name (the original's
+  # sorted((lwlrap, name), reverse=True)).
+  pairs = [(float(m.group(2)), m.group(1)) for m in lwlrap_lines]
+  assert pairs == sorted(pairs, reverse=True)
   for c, name in enumerate(class_names):
     positives = truth[:, c] > 0
     if not positives.any():
@@ -141,15 +147,17 @@ def _eval_scalars(eval_dir):
 
 
 def _check_eval_scalars(scalars, step, truth, scores):
-  """Lwlrap, Lwlrap-5% (the first ceil(5%) of the clips), EER-mean,
+  """Lwlrap, Lwlrap-5% (README: int(0.05 N) + 1 clips, the first of the
+  CSV rows permuted by numpy.random.default_rng(2019)), EER-mean,
   EER-pooled and Micro-F1 at `step` against independent computations.
   Scalars are float32: 1e-6 on values in [0, 1]."""
   slack = 1e-6
   assert _within(scalars[('Lwlrap', step)], _lwlrap_bounds(truth, scores),
                  slack)
-  first = math.ceil(0.05 * len(truth))
+  chosen = np.random.default_rng(2019).permutation(len(truth))[
+      :int(0.05 * len(truth)) + 1]
   assert _within(scalars[('Lwlrap-5%', step)],
-                 _lwlrap_bounds(truth[:first], scores[:first]), slack)
+                 _lwlrap_bounds(truth[chosen], scores[chosen]), slack)
   lows, highs = zip(*[reference.eer_bounds(truth[:, c], scores[:, c], TIE)
                       for c in range(truth.shape[1])
                       if 0 < truth[:, c].sum() < len(truth)])
@@ -184,7 +192,7 @@ def test_mobilenet_train_writes_checkpoint_state_and_events(mobilenet_train):
   assert 'model.ckpt-3.index' in names
   assert any(re.fullmatch(r'model\.ckpt-3\.data-\d+-of-\d+', n)
              for n in names), names
-  assert _checkpoint_steps(train_dir) == [3]
+  assert _checkpoint_steps(train_dir) == [0, 3]  # the start, and the end
   with open(os.path.join(train_dir, 'checkpoint')) as f:
     assert 'model_checkpoint_path: "model.ckpt-3"' in f.read()
   assert glob.glob(os.path.join(train_dir, 'events.out.tfevents.*'))
@@ -203,7 +211,7 @@ def test_mobilenet_eval_lwlrap_matches_independent(
     mobilenet_train, mobilenet_eval, dataset, parse_hparams):
   eval_dir = mobilenet_eval['eval_dir']
   assert sorted(n for n in os.listdir(eval_dir) if n.startswith('eval-')) == [
-      'eval-3.txt']
+      'eval-0.txt', 'eval-3.txt']
   rows = labeled_rows(dataset['validation_csv'])
   scores = independent_clip_scores(
       'mobilenet-v1', parse_hparams(HPARAMS), mobilenet_train['checkpoint'],
@@ -215,9 +223,9 @@ def test_mobilenet_eval_lwlrap_matches_independent(
   # stdout reports the same text as the marker file.
   assert text in mobilenet_eval['result'].stdout
   _check_eval_scalars(_eval_scalars(eval_dir), 3, truth, scores)
-  assert sorted(_eval_scalars(eval_dir)) == [
-      ('EER-mean', 3), ('EER-pooled', 3), ('Lwlrap', 3), ('Lwlrap-5%', 3),
-      ('Micro-F1', 3)]
+  assert sorted(_eval_scalars(eval_dir)) == sorted(
+      (tag, step) for step in (0, 3) for tag in (
+          'EER-mean', 'EER-pooled', 'Lwlrap', 'Lwlrap-5%', 'Micro-F1'))
 
 
 def test_eval_rerun_skips_evaluated_checkpoints(
@@ -236,7 +244,7 @@ def test_eval_rerun_skips_evaluated_checkpoints(
                       rows, dataset['train_clip_dir'], samples,
                       mobilenet_train['train_dir'], eval_dir)
   out = capsys.readouterr().out
-  assert '1 checkpoints in %s, 1 already evaluated' % (
+  assert '2 checkpoints in %s, 2 already evaluated' % (
       mobilenet_train['train_dir']) in out
   assert 'Overall lwlrap' not in out
   assert sorted(os.listdir(eval_dir)) == before
@@ -279,10 +287,10 @@ def test_batched_scoring_equals_per_clip_scoring(
 
 def test_crnn_train_checkpoints_every_100_steps(crnn_train):
   train_dir = crnn_train['train_dir']
-  assert _checkpoint_steps(train_dir) == [100, 101]
+  assert _checkpoint_steps(train_dir) == [0, 100, 101]
   out = crnn_train['result'].stdout
   assert re.findall(r'^Saved checkpoint .*model\.ckpt-(\d+)$', out, re.M) == [
-      '100', '101']
+      '0', '100', '101']
   assert 'Training finished at step 101' in out
 
 
@@ -316,8 +324,8 @@ def test_crnn_eval_every_checkpoint(crnn_train, crnn_eval, dataset,
                                     parse_hparams):
   eval_dir = crnn_eval['eval_dir']
   assert sorted(n for n in os.listdir(eval_dir) if n.startswith('eval-')) == [
-      'eval-100.txt', 'eval-101.txt']
-  assert '2 checkpoints in %s, 0 already evaluated' % (
+      'eval-0.txt', 'eval-100.txt', 'eval-101.txt']
+  assert '3 checkpoints in %s, 0 already evaluated' % (
       crnn_train['train_dir']) in crnn_eval['result'].stdout
   rows = labeled_rows(dataset['validation_csv'])
   class_names = read_class_names()
@@ -366,7 +374,7 @@ def test_eval_scalars_on_41_clips(crnn_train, crnn_eval_41_clips,
   scalars = _eval_scalars(crnn_eval_41_clips['eval_dir'])
   assert sorted({tag for tag, _ in scalars}) == [
       'EER-mean', 'EER-pooled', 'Lwlrap', 'Lwlrap-5%', 'Micro-F1']
-  assert sorted({step for _, step in scalars}) == [100, 101]
+  assert sorted({step for _, step in scalars}) == [0, 100, 101]
   for step in (100, 101):
     scores = independent_clip_scores(
         'crnn', parse_hparams(crnn_train['hparams']),

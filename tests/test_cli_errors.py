@@ -108,7 +108,7 @@ def clips(tmp_path_factory, dataset):
   with open(good, 'rb') as f:
     data = f.read()
   with open(str(folder / 'truncated.wav'), 'wb') as f:
-    f.write(data[:len(data) // 2])
+    f.write(data[:30])  # cut inside the header
   return folder
 
 
@@ -360,7 +360,7 @@ def test_sigterm_then_sigkill_resume(tmp_path, dataset):
   assert match, lines[0]
   stopped_at = int(match.group(1))
   assert 'Traceback' not in out + err
-  assert _steps_on_disk(train_dir) == [stopped_at]
+  assert _steps_on_disk(train_dir) == [0, stopped_at]
   assert _step_in(os.path.join(train_dir, 'model.ckpt-%d' % stopped_at)) == (
       stopped_at)
   with open(os.path.join(train_dir, 'checkpoint')) as f:
@@ -378,7 +378,7 @@ def test_sigterm_then_sigkill_resume(tmp_path, dataset):
   rc, out, _ = run.finish(signal.SIGKILL)
   assert rc == -signal.SIGKILL
   on_disk = _steps_on_disk(train_dir)
-  assert on_disk and on_disk[0] == stopped_at
+  assert on_disk[:2] == [0, stopped_at]
 
   # 3. The same command again: resumes from the last complete checkpoint and
   # continues the count; SIGTERM saves where it stops.
@@ -421,7 +421,7 @@ def test_sigint_saves_and_exits_130(tmp_path, dataset):
   assert printed == list(range(1, stopped_at + 1))
   assert 'Saved checkpoint %s' % os.path.join(
       train_dir, 'model.ckpt-%d' % stopped_at) in out
-  assert _steps_on_disk(train_dir) == [stopped_at]
+  assert _steps_on_disk(train_dir) == [0, stopped_at]
   assert _step_in(os.path.join(train_dir, 'model.ckpt-%d' % stopped_at)) == (
       stopped_at)
 
@@ -448,7 +448,7 @@ def test_non_finite_loss_stops_without_bad_checkpoint(tmp_path, dataset,
   assert bad_step >= 2  # the first step starts from finite weights
   assert train_dir in message
   # A checkpoint for every good step and none for the bad one or later.
-  assert _steps_on_disk(train_dir) == list(range(1, bad_step))
+  assert _steps_on_disk(train_dir) == list(range(0, bad_step))
   reader = tf.train.load_checkpoint(
       os.path.join(train_dir, 'model.ckpt-%d' % (bad_step - 1)))
   for key in reader.get_variable_to_shape_map():
@@ -526,14 +526,16 @@ class _Killed(BaseException):
 def test_eval_interrupted_marker_write_then_rerun(
     tmp_path, dataset, three_checkpoints, monkeypatch, capsys):
   """Killed while writing the second marker: no partial marker appears, and
-  a rerun evaluates exactly the checkpoints without one."""
+  a rerun evaluates exactly the checkpoints without one. (Each checkpoint
+  writes metrics-N.txt, then its marker eval-N.txt: the fourth write is the
+  second marker.)"""
   eval_dir = str(tmp_path / 'eval')
   real_fsync = os.fsync
   calls = []
 
   def fsync_then_die(fd):
     calls.append(fd)
-    if len(calls) == 2:
+    if len(calls) == 4:
       raise _Killed()
     real_fsync(fd)
 
@@ -546,8 +548,7 @@ def test_eval_interrupted_marker_write_then_rerun(
   marker = os.path.join(eval_dir, 'eval-1.txt')
   with open(marker) as f:
     text = f.read()
-  assert re.search(r'^Overall lwlrap = [0-9.]+$', text, re.M)
-  assert re.search(r'\nMicro-F1 = [0-9.]+\n$', text)
+  assert re.search(r'\nOverall lwlrap = [0-9.]+$', text)  # the last line
   mtime = os.stat(marker).st_mtime_ns
   capsys.readouterr()
 
@@ -569,10 +570,12 @@ def test_checkpoint_of_another_model_or_hparams(crnn_train, parse_hparams):
   checkpoint = os.path.join(crnn_train['train_dir'], 'model.ckpt-101')
   scorer = scoring.Scorer('mobilenet-v1', 80, parse_hparams(HPARAMS))
   with pytest.raises(files.UserError,
-                     match='model.ckpt-101: .*(has shape|not in the checkpoint)'):
+                     match='model.ckpt-101: trained with --model crnn, not '
+                     'mobilenet-v1'):
     scorer.load(checkpoint)
   scorer = scoring.Scorer('crnn', 80, parse_hparams('crnn_filters=16'))
-  with pytest.raises(files.UserError, match=r'conv1/conv/kernel has shape'):
+  with pytest.raises(files.UserError,
+                     match=r'trained with hparam crnn_filters=32, not 16'):
     scorer.load(checkpoint)
 
 

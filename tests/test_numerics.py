@@ -89,10 +89,11 @@ def _labels(rng, batch):
 
 def test_crnn_moving_statistics_after_one_step_match_numpy():
   """input_bn and conv1's batch norm after one training step from the
-  initial 0 / 1 statistics: moving = bndecay * initial + (1 - bndecay) *
+  initial 0 / 1 statistics: moving = crnn_bndecay * initial +
+  (1 - crnn_bndecay) *
   batch statistic, with the batch statistics computed in NumPy (conv1's
   input is the input batch norm's training-mode output, which uses bneps)."""
-  hparams = params.parse_hparams('batch_size=3,bndecay=0.9,bneps=0.5,'
+  hparams = params.parse_hparams('batch_size=3,crnn_bndecay=0.9,bneps=0.5,'
                                  'crnn_filters=4')
   rng = np.random.default_rng(0)
   net = model.build_model('crnn', NUM_CLASSES, hparams)

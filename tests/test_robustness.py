@@ -1,0 +1,428 @@
+"""Odd but valid inputs work, runs remember their hparams, and damaged or
+unwritable files fail cleanly: one line, nothing half-written."""
+
+import csv
+import errno
+import io
+import os
+import re
+import shutil
+import signal
+import stat
+import struct
+
+import numpy as np
+import pytest
+
+from conftest import (CLASS_MAP, check_ok, independent_clip_scores,
+                      independent_lwlrap, labeled_rows, read_class_names,
+                      read_csv_rows, run_main, train_args, truth_matrix,
+                      write_pcm_wav)
+from test_cli_errors import _Run, assert_one_error
+
+# A tiny CRNN with the seed's 64 bands: features and architecture differ
+# from the defaults, so scoring it with the defaults would be wrong.
+RUN_HPARAMS = 'batch_size=4,lr=0.001,mel_bands=64,crnn_filters=4'
+
+
+def _eval_args(train_dir, eval_dir, dataset, extra=()):
+  return ['--mode', 'eval', '--class_map_path', CLASS_MAP,
+          '--eval_clip_dir', dataset['train_clip_dir'],
+          '--eval_csv_path', dataset['validation_csv'],
+          '--train_dir', train_dir, '--eval_dir', eval_dir] + list(extra)
+
+
+def _inference_args(checkpoint, clip_dir, csv_path, extra=()):
+  return ['--mode', 'inference', '--class_map_path', CLASS_MAP,
+          '--inference_clip_dir', clip_dir,
+          '--inference_checkpoint', checkpoint,
+          '--predictions_csv_path', csv_path] + list(extra)
+
+
+@pytest.fixture(scope='module')
+def remembered(tmp_path_factory, dataset):
+  """crnn trained 1 step with RUN_HPARAMS in a folder whose name has glob
+  characters (TensorFlow reads checkpoint prefixes as patterns)."""
+  root = tmp_path_factory.mktemp('remember')
+  train_dir = str(root / 'runs' / 't d[1]')
+  result = check_ok(run_main(train_args(
+      'crnn', dataset['train_clip_dir'], dataset['train_csv'], train_dir, 1,
+      hparams=RUN_HPARAMS)))
+  return {'root': root, 'train_dir': train_dir, 'result': result,
+          'checkpoint': os.path.join(train_dir, 'model.ckpt-1')}
+
+
+def _plain_copy(prefix, folder):
+  """The checkpoint copied to a folder whose name TensorFlow's reader takes
+  literally, for the independent computations (which read it directly)."""
+  os.makedirs(folder, exist_ok=True)
+  base = os.path.basename(prefix)
+  for name in os.listdir(os.path.dirname(prefix)):
+    if name.startswith(base + '.'):
+      shutil.copy(os.path.join(os.path.dirname(prefix), name), folder)
+  return os.path.join(folder, base)
+
+
+# --- runs remember their model and hparams ----------------------------------
+
+def test_run_record_in_train_dir(remembered):
+  import json
+  with open(os.path.join(remembered['train_dir'], 'hparams.json')) as f:
+    record = json.load(f)
+  assert record['model'] == 'crnn'
+  assert record['hparams']['mel_bands'] == 64
+  assert record['hparams']['crnn_filters'] == 4
+  assert record['hparams']['lr'] == 0.001
+
+
+def test_eval_and_inference_use_the_recorded_hparams(remembered, dataset,
+                                                     parse_hparams):
+  eval_dir = str(remembered['root'] / 'eval')
+  result = check_ok(run_main(_eval_args(remembered['train_dir'], eval_dir,
+                                        dataset)))
+  assert 'Using --model crnn and the hparams recorded in' in result.stdout
+  assert 'mel_bands=64' in result.stdout
+  rows = labeled_rows(dataset['validation_csv'])
+  hparams = parse_hparams(RUN_HPARAMS)
+  truth = truth_matrix(rows, read_class_names())
+  for step in (0, 1):
+    scores = independent_clip_scores(
+        'crnn', hparams, _plain_copy(
+            os.path.join(remembered['train_dir'], 'model.ckpt-%d' % step),
+            str(remembered['root'] / 'plain')),
+        dataset['train_clip_dir'], [f for f, _ in rows])
+    with open(os.path.join(eval_dir, 'eval-%d.txt' % step)) as f:
+      overall = float(f.read().rsplit(' = ', 1)[1])
+    assert abs(overall - independent_lwlrap(truth, scores)) < 1e-4
+
+  # Inference, given the checkpoint by its .index file; a training-only
+  # hparam may differ.
+  csv_path = str(remembered['root'] / 'submission.csv')
+  check_ok(run_main(_inference_args(
+      remembered['checkpoint'] + '.index', dataset['test_clip_dir'], csv_path,
+      ['--hparams', 'lr=0.5'])))
+  fnames = sorted(os.listdir(dataset['test_clip_dir']))
+  expected = independent_clip_scores(
+      'crnn', hparams, _plain_copy(remembered['checkpoint'],
+                                   str(remembered['root'] / 'plain')),
+      dataset['test_clip_dir'], fnames)
+  got = np.array([[float(v) for v in row[1:]]
+                  for row in read_csv_rows(csv_path)[1:]])
+  np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize('extra,needles', [
+    (['--hparams', 'mel_bands=96'], ['mel_bands=96', 'mel_bands=64']),
+    (['--hparams', 'crnn_filters=32'], ['crnn_filters=32', 'crnn_filters=4']),
+    (['--model', 'mobilenet-v1'], ['--model mobilenet-v1', '--model crnn']),
+])
+def test_contradicting_the_checkpoint_is_an_error(remembered, dataset, extra,
+                                                  needles):
+  csv_path = str(remembered['root'] / 'refused.csv')
+  assert_one_error(run_main(_inference_args(
+      remembered['checkpoint'], dataset['test_clip_dir'], csv_path, extra)),
+                   remembered['checkpoint'], *needles)
+  assert not os.path.exists(csv_path)
+  eval_dir = str(remembered['root'] / 'refused_eval')
+  assert_one_error(run_main(_eval_args(remembered['train_dir'], eval_dir,
+                                       dataset, extra)), *needles)
+  assert not [n for n in os.listdir(eval_dir) if n.startswith('eval-')]
+
+
+def test_resume_keeps_features_and_may_change_training_hparams(
+    remembered, dataset, tmp_path):
+  train_dir = str(tmp_path / 'copy [2]')
+  shutil.copytree(remembered['train_dir'], train_dir)
+  args = ['--mode', 'train', '--class_map_path', CLASS_MAP,
+          '--train_clip_dir', dataset['train_clip_dir'],
+          '--train_csv_path', dataset['train_csv'], '--train_dir', train_dir]
+  assert_one_error(run_main(args + ['--hparams', 'mel_bands=96',
+                                    '--max_steps', '2']),
+                   'mel_bands=96', 'mel_bands=64')
+  result = check_ok(run_main(args + ['--hparams', 'lr=0.0005',
+                                     '--max_steps', '2']))
+  assert 'Resuming from %s at step 1' % os.path.join(
+      train_dir, 'model.ckpt-1') in result.stdout
+  assert os.path.exists(os.path.join(train_dir, 'model.ckpt-2.index'))
+
+
+def test_checkpoint_from_before_records_works_with_explicit_hparams(
+    remembered, dataset, tmp_path, parse_hparams):
+  """A checkpoint without the `run` record (as written before runs were
+  recorded) is scored with the hparams given."""
+  import tensorflow as tf
+  import checkpoints
+  import model
+  import params
+  net = model.build_model('crnn', 80, params.parse_hparams(RUN_HPARAMS))
+  source = _plain_copy(remembered['checkpoint'], str(tmp_path / 'source'))
+  checkpoints.assign_from_checkpoint(
+      net.weights, tf.train.load_checkpoint(source), source)
+  prefix = tf.train.Checkpoint(
+      weights=checkpoints.checkpoint_weights(net)).write(
+          str(tmp_path / 'old' / 'model.ckpt-1'))
+  assert 'run/.ATTRIBUTES/VARIABLE_VALUE' not in (
+      tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
+  csv_path = str(tmp_path / 'submission.csv')
+  check_ok(run_main(_inference_args(prefix, dataset['test_clip_dir'],
+                                    csv_path, ['--model', 'crnn',
+                                               '--hparams', RUN_HPARAMS])))
+  fnames = sorted(os.listdir(dataset['test_clip_dir']))
+  expected = independent_clip_scores('crnn', parse_hparams(RUN_HPARAMS),
+                                     prefix, dataset['test_clip_dir'], fnames)
+  got = np.array([[float(v) for v in row[1:]]
+                  for row in read_csv_rows(csv_path)[1:]])
+  np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+# --- CSVs and class maps ----------------------------------------------------
+
+@pytest.mark.parametrize('newline,bom', [('\r', ''), ('\r\n', ''),
+                                         ('\n', '\ufeff'), ('\r', '\ufeff')])
+def test_line_endings_and_bom(tmp_path, dataset, newline, bom):
+  import files
+  import inputs
+  import params
+  rows = labeled_rows(dataset['train_csv'])
+  text = bom + newline.join(['fname,labels'] + [
+      '%s,"%s"' % (f, ','.join(labels)) for f, labels in rows]) + newline
+  csv_path = tmp_path / 'train.csv'
+  csv_path.write_bytes(text.encode('utf-8'))
+  class_map = tmp_path / 'class_map.csv'
+  with open(CLASS_MAP, encoding='utf-8') as f:
+    class_map.write_bytes((bom + f.read().replace('\n', newline)).encode())
+  class_names = files.read_class_map(str(class_map))
+  assert class_names == read_class_names()
+  assert files.read_labeled_csv(str(csv_path), dataset['train_clip_dir'],
+                                class_names) == rows
+  batch = next(iter(inputs.train_dataset(
+      str(csv_path), dataset['train_clip_dir'], class_names,
+      params.parse_hparams('batch_size=4'), len(rows))))
+  assert tuple(batch[0].shape) == (4, 100, 96)
+
+
+def test_clip_names_with_commas_survive_the_submission():
+  import inference
+  names = ['a,b.wav', 'quote"d.wav', 'plain.wav']
+  text = inference.submission_csv(names, read_class_names(),
+                                  np.full((3, 80), 0.25))
+  rows = list(csv.reader(io.StringIO(text)))
+  assert [len(r) for r in rows] == [81] * 4
+  assert [r[0] for r in rows[1:]] == names
+
+
+def test_absolute_fname_is_refused_before_any_work(tmp_path, dataset):
+  clip = os.path.join(dataset['train_clip_dir'], 'c0000.wav')
+  csv_path = tmp_path / 'train.csv'
+  csv_path.write_text('fname,labels\nc0001.wav,Hiss\n%s,Hiss\n' % clip)
+  train_dir = tmp_path / 'train'
+  assert_one_error(run_main(train_args(
+      'crnn', dataset['train_clip_dir'], str(csv_path), str(train_dir), 1)),
+                   str(csv_path), 'line 3', clip, 'absolute path')
+  assert not train_dir.exists()
+
+
+# --- damaged checkpoints ----------------------------------------------------
+
+def _damage(prefix, what):
+  folder, base = os.path.split(prefix)
+  if what == 'data':
+    data = [n for n in os.listdir(folder) if n.startswith(base + '.data')][0]
+    with open(os.path.join(folder, data), 'r+b') as f:
+      f.truncate(64)
+  else:
+    with open(prefix + '.index', 'wb') as f:
+      f.write(b'\x00' * 200)
+
+
+@pytest.fixture
+def damaged_run(tmp_path, remembered):
+  train_dir = str(tmp_path / 'train')
+  shutil.copytree(remembered['train_dir'], train_dir)
+  return train_dir
+
+
+@pytest.mark.parametrize('what', ['data', 'index'])
+def test_damaged_checkpoint_is_one_line(damaged_run, dataset, tmp_path,
+                                        what):
+  prefix = os.path.join(damaged_run, 'model.ckpt-1')
+  _damage(prefix, what)
+  csv_path = str(tmp_path / 'submission.csv')
+  assert_one_error(run_main(_inference_args(prefix, dataset['test_clip_dir'],
+                                            csv_path)),
+                   prefix, 'unreadable checkpoint')
+  assert not os.path.exists(csv_path)
+
+
+@pytest.mark.parametrize('what', ['data', 'index'])
+def test_resume_falls_back_to_the_newest_readable_checkpoint(
+    damaged_run, dataset, what):
+  os.mkdir(os.path.join(damaged_run, 'model.ckpt-9_temp'))  # a failed save
+  _damage(os.path.join(damaged_run, 'model.ckpt-1'), what)
+  result = check_ok(run_main(train_args(
+      'crnn', dataset['train_clip_dir'], dataset['train_csv'], damaged_run, 2,
+      hparams=RUN_HPARAMS)))
+  warning = [l for l in result.stdout.splitlines()
+             if l.startswith('warning:')]
+  assert len(warning) == 1 and 'model.ckpt-1' in warning[0]
+  assert 'unreadable checkpoint' in warning[0]
+  assert 'Resuming from %s at step 0' % os.path.join(
+      damaged_run, 'model.ckpt-0') in result.stdout
+  assert re.findall(r'^step (\d+) loss', result.stdout, re.M) == ['1', '2']
+  assert not os.path.exists(os.path.join(damaged_run, 'model.ckpt-9_temp'))
+
+
+def test_resume_with_every_checkpoint_damaged_is_an_error(damaged_run,
+                                                          dataset):
+  for step in (0, 1):
+    _damage(os.path.join(damaged_run, 'model.ckpt-%d' % step), 'data')
+  assert_one_error(run_main(train_args(
+      'crnn', dataset['train_clip_dir'], dataset['train_csv'], damaged_run, 2,
+      hparams=RUN_HPARAMS)), damaged_run, 'none of its 2 checkpoints')
+
+
+# --- audio ------------------------------------------------------------------
+
+def test_dangling_link_among_inference_clips(tmp_path, remembered):
+  folder = tmp_path / 'clips'
+  folder.mkdir()
+  write_pcm_wav(folder / 'a.wav', np.zeros(5000, np.int16))
+  os.symlink(str(tmp_path / 'gone.wav'), str(folder / 'b.wav'))
+  assert_one_error(run_main(_inference_args(
+      remembered['checkpoint'], str(folder), str(tmp_path / 'p.csv'))),
+                   str(folder / 'b.wav'), 'cannot read')
+
+
+def test_streamed_wav_is_read_to_the_end(tmp_path):
+  """Written through a pipe: the data chunk's size is 0xFFFFFFFF."""
+  import inputs
+  import params
+  import reference
+  samples = np.random.default_rng(0).integers(-9000, 9000, 30000)
+  write_pcm_wav(tmp_path / 'piped.wav', samples)
+  raw = bytearray((tmp_path / 'piped.wav').read_bytes())
+  raw[40:44] = struct.pack('<I', 0xFFFFFFFF)
+  raw[4:8] = struct.pack('<I', 0xFFFFFFFF)
+  (tmp_path / 'piped.wav').write_bytes(bytes(raw))
+  hparams = params.parse_hparams()
+  got = inputs.clip_to_log_mel_examples('piped.wav', str(tmp_path), hparams)
+  expected = reference.np_examples(samples / 32768.0, hparams)
+  np.testing.assert_allclose(got.numpy(), expected, atol=5e-5, rtol=0)
+
+
+# --- hparams and flags ------------------------------------------------------
+
+@pytest.mark.parametrize('text,needle', [
+    ('example_window_seconds=0.001', 'example_window_seconds=0.001'),
+    ('stft_window_seconds=0.00001', 'stft_window_seconds=1e-05'),
+    ('stft_hop_seconds=0.00001', 'stft_hop_seconds=1e-05'),
+    ('example_hop_seconds=0.001', 'example_hop_seconds=0.001'),
+    ('stft_window_seconds=5', 'stft_window_seconds=5.0'),
+    ('mel_bands=4000', 'mel_bands=4000'),
+])
+def test_feature_hparams_out_of_range(dataset, tmp_path, text, needle):
+  assert_one_error(run_main(train_args(
+      'crnn', dataset['train_clip_dir'], dataset['train_csv'],
+      str(tmp_path / 'train'), 1, hparams=text)), '--hparams', needle)
+
+
+def test_epoch_num_batches_must_be_positive(dataset, tmp_path):
+  assert_one_error(run_main(train_args(
+      'crnn', dataset['train_clip_dir'], dataset['train_csv'],
+      str(tmp_path / 'train'), 1, extra=['--epoch_num_batches=0'])),
+                   'epoch_num_batches')
+
+
+# --- outputs ----------------------------------------------------------------
+
+def test_output_path_ending_in_a_slash(tmp_path, remembered, dataset):
+  output = str(tmp_path / 'out') + '/'
+  assert_one_error(run_main(_inference_args(
+      remembered['checkpoint'], dataset['test_clip_dir'], output)),
+                   '--predictions_csv_path', output, 'is a folder')
+
+
+def test_unwritable_output_folder_is_named_before_work(tmp_path,
+                                                       monkeypatch):
+  import files
+  folder = tmp_path / 'locked'
+  folder.mkdir()
+  real_access = os.access
+  # Tests may run as root, who may write anywhere: deny like a read-only
+  # folder would.
+  monkeypatch.setattr(os, 'access', lambda path, mode: False if str(
+      path) == str(folder) else real_access(path, mode))
+  with pytest.raises(files.UserError) as e:
+    files.check_writable(str(folder / 'sub.csv'), '--predictions_csv_path')
+  assert str(folder) in str(e.value) and 'cannot write' in str(e.value)
+
+
+def test_disk_full_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+  import files
+  path = str(tmp_path / 'submission.csv')
+  with open(path, 'w') as f:
+    f.write('old')
+
+  def full(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(os, 'fsync', full)
+  with pytest.raises(OSError) as e:
+    files.write_atomically(path, 'new')
+  assert e.value.filename == path and e.value.errno == errno.ENOSPC
+  assert os.listdir(str(tmp_path)) == ['submission.csv']
+  with open(path) as f:
+    assert f.read() == 'old'
+
+
+def test_replaced_file_keeps_its_mode_and_links_are_written_through(
+    tmp_path):
+  import files
+  path = tmp_path / 'submission.csv'
+  path.write_text('old')
+  os.chmod(str(path), 0o640)
+  files.write_atomically(str(path), 'new')
+  assert stat.S_IMODE(os.stat(str(path)).st_mode) == 0o640
+  assert path.read_text() == 'new'
+  fresh = tmp_path / 'fresh.csv'
+  files.write_atomically(str(fresh), 'x')
+  umask = os.umask(0)
+  os.umask(umask)
+  assert stat.S_IMODE(os.stat(str(fresh)).st_mode) == 0o666 & ~umask
+  target = tmp_path / 'elsewhere' / 'real.csv'
+  target.parent.mkdir()
+  target.write_text('old')
+  link = tmp_path / 'link.csv'
+  os.symlink(str(target), str(link))
+  files.write_atomically(str(link), 'through')
+  assert os.path.islink(str(link))
+  assert target.read_text() == 'through'
+
+
+# --- Ctrl-C in eval and inference -------------------------------------------
+
+def test_ctrl_c_in_eval_stops_cleanly(tmp_path, remembered, dataset):
+  """Many copies of one checkpoint keep eval busy; SIGINT after its first
+  line stops it with one line and exit 130, leaving only whole markers."""
+  train_dir = tmp_path / 'train'
+  train_dir.mkdir()
+  for name in os.listdir(remembered['train_dir']):
+    if name.startswith('model.ckpt-1.'):
+      for step in range(1, 41):
+        shutil.copy(os.path.join(remembered['train_dir'], name),
+                    str(train_dir / name.replace('ckpt-1.', 'ckpt-%d.' %
+                                                 step)))
+  eval_dir = tmp_path / 'eval'
+  run = _Run(_eval_args(str(train_dir), str(eval_dir), dataset))
+  run.wait_for(r'40 checkpoints in ')
+  rc, out, err = run.finish(signal.SIGINT)
+  assert rc == 130, (out[-2000:], err)
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith('main.py: stopped: '), err
+  assert 'Traceback' not in out + err
+  markers = [n for n in os.listdir(str(eval_dir)) if n.startswith('eval-')]
+  assert len(markers) < 40
+  for name in markers:
+    text = (eval_dir / name).read_text()
+    assert re.search(r'\nOverall lwlrap = [0-9.]+$', text)
+  assert not [n for n in os.listdir(str(eval_dir)) if n.endswith('.tmp')]
