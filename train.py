@@ -25,6 +25,10 @@ CHECKPOINT_EVERY = 100
 SUMMARY_EVERY = 10
 DEFAULT_EPOCHS = 1000  # the original's limit when --max_steps is not given
 RECORD_FILE = 'hparams.json'  # the run's --model and hparams, in train_dir
+# Present in train_dir (holding the final step) once a run has finished, so
+# that a continuous eval knows no checkpoint will follow; removed when a run
+# (re)starts.
+FINISHED_FILE = 'training_finished'
 
 
 class Interrupted(UserError):
@@ -263,6 +267,8 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
   if max_steps is not None and current >= max_steps:
     print('Already at step %d of --max_steps=%d; nothing to do' % (
         current, max_steps))
+    files.write_atomically(os.path.join(train_dir, FINISHED_FILE),
+                           '%d\n' % current)
     return
   if save_first:
     save()
@@ -303,6 +309,8 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
     if saved != current:
       save()
   writer.flush()
+  files.write_atomically(os.path.join(train_dir, FINISHED_FILE),
+                         '%d\n' % current)
   print('Training finished at step %d' % current)
 
 
@@ -320,6 +328,9 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
   state = TrainingState(model_name, hparams, len(class_names),
                         epoch_num_batches)
   os.makedirs(train_dir, exist_ok=True)
+  finished = os.path.join(train_dir, FINISHED_FILE)
+  if os.path.exists(finished):
+    os.remove(finished)
   # The run's record, readable without TensorFlow (each checkpoint holds it
   # too, under `run`).
   files.write_atomically(os.path.join(train_dir, RECORD_FILE),
