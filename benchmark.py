@@ -20,6 +20,7 @@ and the estimated time to score the FSDKaggle2019 test set (4,481 clips,
 """
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -114,23 +115,48 @@ def plain_train_rate(num_classes, hparams, repeats):
   return hparams.batch_size / seconds
 
 
-def pipeline_train_rate(data, class_names, hparams, warmup, repeats):
-  """Examples/s of train.py's step fed by the real WAV pipeline."""
+def pipeline_train_rate(data, class_names, hparams, warmup, repeats,
+                        strategy=None):
+  """Examples/s of train.py's step fed by the real WAV pipeline, optionally
+  under a distribution strategy."""
   rows = files.read_labeled_csv(data['train_csv'], data['train_clip_dir'],
                                 class_names)
-  dataset = inputs.train_dataset(data['train_csv'], data['train_clip_dir'],
-                                 class_names, hparams, len(rows))
-  model = model_lib.build_model(MODEL, len(class_names), hparams)
-  loss_fn, _ = train.make_loss(hparams, len(class_names))
-  optimizer = train.make_optimizer(hparams, 0)
-  optimizer.build(model.trainable_variables)
-  step = tf.Variable(0, dtype=tf.int64)
-  train_step = train.make_train_step(model, loss_fn, model.trainable_variables,
-                                     optimizer, step)
+  strategy = strategy or tf.distribute.get_strategy()
+  dataset = train._dataset(strategy, data['train_csv'],
+                           data['train_clip_dir'], class_names, hparams,
+                           len(rows), None)
+  state = train.TrainingState(MODEL, hparams, len(class_names), 0, strategy)
+  train_step = train.make_train_step(state.model, state.loss_fn,
+                                     state.variables, state.optimizer,
+                                     state.step, strategy)
   batches = iter(dataset)
   seconds = _timed(lambda: float(train_step(*next(batches))[0]), warmup,
                    repeats)
   return hparams.batch_size / seconds
+
+
+def feature_rate(data, class_names, hparams, threads):
+  """Examples/s of the input pipeline alone (WAV decoding and log-mel
+  examples of every training clip; no model), on `threads` threads: what a
+  machine's cores can feed an accelerator."""
+  rows = files.read_labeled_csv(data['train_csv'], data['train_clip_dir'],
+                                class_names)
+  paths = [os.path.join(data['train_clip_dir'], f) for f, _ in rows]
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = threads
+  options.threading.max_intra_op_parallelism = 1
+
+  def run(clips):
+    count = 0
+    for examples, _ in inputs.scoring_dataset(
+        clips, hparams, hparams.batch_size).with_options(options):
+      count += int(examples.shape[0])
+    return count
+
+  run(paths[:2])  # tracing
+  start = time.perf_counter()
+  count = run(paths)
+  return count / (time.perf_counter() - start)
 
 
 def precise_bn_seconds(data, class_names, hparams):
@@ -240,6 +266,19 @@ def main():
     print('Training: %.1f examples/s with the WAV pipeline, plain model '
           '%.1f examples/s on in-memory tensors' % (pipeline_train,
                                                     plain_train))
+    one_device = tf.distribute.MirroredStrategy(['/cpu:0'])
+    mirrored_train = pipeline_train_rate(data, class_names, hparams, 3,
+                                         args.train_steps, one_device)
+    bfloat16_train = pipeline_train_rate(
+        data, class_names, dataclasses.replace(
+            hparams, precision='mixed_bfloat16'), 3, args.train_steps)
+    print('Training: %.1f examples/s under MirroredStrategy on one device, '
+          '%.1f examples/s with mixed_bfloat16' % (mirrored_train,
+                                                   bfloat16_train))
+    features = {n: feature_rate(data, class_names, hparams, n)
+                for n in (1, 2)}
+    print('Feature pipeline alone: %.0f examples/s on 1 thread, %.0f on 2' %
+          (features[1], features[2]))
     first_update, later_update = precise_bn_seconds(data, class_names,
                                                     hparams)
     cadence = (train.CHECKPOINT_EVERY * hparams.batch_size / pipeline_train)
@@ -270,6 +309,12 @@ def main():
       rss['10 min'] / rss['5 s']))
   print('ratio 4, PreciseBN at a checkpoint / training between checkpoints: '
         '%.3f (target < 0.10)' % (later_update / cadence))
+  print('ratio 5, training under MirroredStrategy on one device / plain '
+        'loop: %.2f (target >= 0.95)' % (mirrored_train / pipeline_train))
+  print('ratio 6, training with mixed_bfloat16 / float32: %.2f' % (
+      bfloat16_train / pipeline_train))
+  print('Feature pipeline per thread: %.0f examples/s (%.2f x from 1 to 2 '
+        'threads)' % (features[1], features[2] / features[1]))
   print('Estimated time to score the FSDKaggle2019 test set (%d clips, %.1f '
         'h, ~%d examples): %.1f min' % (TEST_SET_CLIPS, TEST_SET_HOURS,
                                         test_examples,

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from layers import BatchNorm, ConvBlock, initializer
+from layers import BatchNorm, ConvBlock, initializer, synchronized
 
 # On [time, frequency]: (scope, width as a multiple of crnn_filters, max-pool
 # (time, frequency)). Frequency pools 2, 4, 4, 2 take 96 (or the seed's 64)
@@ -34,14 +34,14 @@ def build(x, hparams):
   # Batch norm over the frequency axis of the input, as the seed's bn_0_freq.
   # Batch norm momentum crnn_bndecay: Keras 2's default 0.99 in the seed.
   x = BatchNorm(axis=2, momentum=hparams.crnn_bndecay, epsilon=hparams.bneps,
-                name='input_bn')(x)
+                synchronized=synchronized(hparams), name='input_bn')(x)
   for scope, width, pool in CRNN:
     conv = keras.layers.Conv2D(
         width * hparams.crnn_filters, 3, padding='same', use_bias=True,
         kernel_initializer=initializer(hparams), name='conv')
     # Batch norm whatever the `bn` hparam says: the seed's CRNN has it.
     x = ConvBlock([('conv', conv)], 'elu', hparams.crnn_bndecay,
-                  hparams.bneps, name=scope)(x)
+                  hparams.bneps, synchronized(hparams), name=scope)(x)
     x = keras.layers.MaxPooling2D(pool, name=scope + '_pool')(x)
     x = keras.layers.Dropout(hparams.crnn_dropout, name=scope + '_dropout')(x)
   _, steps, bands, channels = x.shape

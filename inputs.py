@@ -130,18 +130,24 @@ def parse_csv_records(csv_path, clip_dir, class_names):
 
 
 def train_dataset(csv_path, clip_dir, class_names, hparams, num_clips,
-                  epochs=None):
+                  epochs=None, batch_size=None, shard=None):
   """Shuffled, repeated batches of (examples, multi-hot labels) for training:
   clips shuffled (in a buffer of num_clips) every epoch, their examples
-  shuffled in a buffer of EXAMPLE_SHUFFLE_BUFFER."""
+  shuffled in a buffer of EXAMPLE_SHUFFLE_BUFFER.
+
+  batch_size (default hparams.batch_size) and shard = (count, index) serve
+  distributed training: a worker reads every count-th clip from the index-th
+  and batches a replica's share of the batch."""
   labels, paths = _labeled_clips(csv_path, clip_dir, class_names)
   clips = tf.data.Dataset.from_tensor_slices(
-      (labels, paths) + _clip_headers(paths)).shuffle(
-          num_clips, reshuffle_each_iteration=True)
+      (labels, paths) + _clip_headers(paths))
+  if shard is not None:
+    clips = clips.shard(*shard)
+  clips = clips.shuffle(num_clips, reshuffle_each_iteration=True)
   return (_examples(clips, hparams)
           .shuffle(EXAMPLE_SHUFFLE_BUFFER)
           .repeat(epochs)
-          .batch(hparams.batch_size, drop_remainder=True)
+          .batch(batch_size or hparams.batch_size, drop_remainder=True)
           .prefetch(tf.data.AUTOTUNE))
 
 

@@ -6,6 +6,15 @@ import keras
 from keras import ops
 
 
+def synchronized(hparams):
+  """Whether batch norm pools its training statistics over the replicas of
+  the distribution strategy the model is built under (bn_sync=1 and more
+  than one replica); with one replica the question does not arise."""
+  import tensorflow as tf
+  return bool(hparams.bn_sync) and (
+      tf.distribute.get_strategy().num_replicas_in_sync > 1)
+
+
 def initializer(hparams):
   """Weights start from a truncated normal of stddev weights_init_stddev, or
   Xavier (Glorot uniform) when it is 0; biases always start at 0."""
@@ -41,7 +50,9 @@ class BatchNorm(keras.layers.BatchNormalization):
     if _observed is None:
       return super().call(inputs, training=training, mask=mask)
     x = ops.cast(inputs, 'float32')
-    mean, variance = self._moments(x, mask)
+    # This device's batch alone (no cross-replica reduction: the statistics
+    # pass runs outside the replicas).
+    mean, variance = ops.moments(x, axes=self._reduction_axes)
     _observed.append((self, mean, variance))
     outputs = ops.batch_normalization(
         x, mean, variance, axis=self.axis, offset=self.beta, scale=self.gamma,
@@ -54,13 +65,14 @@ class ConvBlock(keras.layers.Layer):
   activation. Sub-layers are named so variables read `scope/unit/kernel` and
   `scope/unit_bn/gamma`, which is what the warm-start scope flags match."""
 
-  def __init__(self, units, activation, bn_momentum, bn_epsilon, **kwargs):
+  def __init__(self, units, activation, bn_momentum, bn_epsilon,
+               bn_synchronized=False, **kwargs):
     """bn_momentum None: no batch norm."""
     super().__init__(**kwargs)
     self.units = []
     for unit_name, conv in units:
       norm = (BatchNorm(momentum=bn_momentum, epsilon=bn_epsilon,
-                        name=unit_name + '_bn')
+                        synchronized=bn_synchronized, name=unit_name + '_bn')
               if bn_momentum is not None else None)
       self.units.append((conv, norm))
     self.activation = keras.activations.get(activation)

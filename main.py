@@ -19,6 +19,7 @@ from absl import logging
 from absl import flags
 
 import checkpoints
+import distribution
 import files
 import model
 import params
@@ -52,6 +53,11 @@ flags.DEFINE_list('warmstart_include_scopes', [],
 flags.DEFINE_list('warmstart_exclude_scopes', [],
                   'Comma-separated scopes whose variables are not '
                   'warm-started (default: none); applied after inclusions.')
+flags.DEFINE_enum('distribution', 'auto', list(distribution.MODES),
+                  'Training devices: none (one device), mirrored (every '
+                  'local GPU), multi_worker (the cluster in TF_CONFIG), or '
+                  'auto (multi_worker with a TF_CONFIG cluster, mirrored '
+                  'with several GPUs, else none).')
 flags.DEFINE_string('train_dir', None,
                     'Folder of model.ckpt-N checkpoints and training '
                     'TensorBoard logs.')
@@ -98,6 +104,13 @@ def _check_flags():
     raise UserError('--hparams: %s' % e) from None
   if FLAGS.mode == 'train':
     _check_decay_flags(hparams)
+    try:
+      spec, _ = distribution.cluster()
+    except ValueError:
+      raise UserError('TF_CONFIG: not valid JSON') from None
+    if FLAGS.distribution == 'multi_worker' and not spec:
+      raise UserError('--distribution=multi_worker needs the cluster in the '
+                      'TF_CONFIG environment variable (see README)')
     if hparams.warmstart and not FLAGS.warmstart_checkpoint:
       raise UserError('--warmstart_checkpoint is required when warmstart=1')
     if hparams.warmstart:
@@ -196,6 +209,11 @@ def run():
   _make_output_dirs()
   tf = runtime.import_tensorflow()
   logging.set_verbosity(logging.WARNING)  # e.g. per-save saver notices
+  strategy = None
+  if FLAGS.mode == 'train':
+    # Before anything else runs: a multi-worker strategy sets up the
+    # collective ops of the TensorFlow runtime.
+    strategy = distribution.make_strategy(FLAGS.distribution)
   model_name, hparams = _recorded_run(hparams)
   try:
     if FLAGS.mode == 'train':
@@ -206,7 +224,8 @@ def run():
                   max_steps=FLAGS.max_steps,
                   warmstart_checkpoint=FLAGS.warmstart_checkpoint,
                   warmstart_include_scopes=FLAGS.warmstart_include_scopes,
-                  warmstart_exclude_scopes=FLAGS.warmstart_exclude_scopes)
+                  warmstart_exclude_scopes=FLAGS.warmstart_exclude_scopes,
+                  strategy=strategy)
     elif FLAGS.mode == 'eval':
       import evaluation
       evaluation.evaluate(model_name, hparams, class_names, rows,

@@ -2,7 +2,7 @@
 
 import keras
 
-from layers import ConvBlock, initializer
+from layers import ConvBlock, initializer, synchronized
 
 # (scope, kind, stride, depth). 'conv' is a full 3x3 convolution; 'sep' a 3x3
 # depthwise convolution followed by a 1x1 pointwise convolution, each with
@@ -64,7 +64,7 @@ def build(x, hparams):
               depth, 1, padding='same', use_bias=bias,
               kernel_initializer=initializer(hparams), name='pointwise'))]
     x = ConvBlock(units, 'relu', hparams.bndecay if hparams.bn else None,
-                  hparams.bneps, name=scope)(x)
+                  hparams.bneps, synchronized(hparams), name=scope)(x)
   pool = (keras.layers.GlobalMaxPooling2D if hparams.global_pool == 'max'
           else keras.layers.GlobalAveragePooling2D)
   x = pool(name='global_pool')(x)

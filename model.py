@@ -39,6 +39,8 @@ def build_model(model_name, num_classes, hparams):
   examples = keras.Input((frames, hparams.mel_bands), name='log_mel')
   x = keras.layers.Reshape((frames, hparams.mel_bands, 1), name='to_image')(
       examples)
+  # float32 logits whatever the precision policy: the sigmoid and the loss
+  # need its range.
   logits = keras.layers.Dense(num_classes, kernel_initializer=initializer(
-      hparams), name='logits')(build(x, hparams))
+      hparams), dtype='float32', name='logits')(build(x, hparams))
   return keras.Model(examples, logits, name=model_name)

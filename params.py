@@ -49,6 +49,14 @@ class HParams:
   # is saved; PreciseBN) or 'moving' (the moving averages, as the original).
   bn_stats: str = 'precise'
   bn_stats_batches: int = 20
+  # With several replicas (--distribution), batch norm in training uses the
+  # statistics of the whole batch (1), as one device would, or each
+  # replica's share of it (0: faster, not the single-device numbers).
+  bn_sync: int = 1
+  # Training arithmetic: float32 (the original's), or Keras mixed precision
+  # (float16 with loss scaling, or bfloat16); weights, checkpoints and
+  # scores stay float32.
+  precision: str = 'float32'
   # Whether to warm-start from --warmstart_checkpoint.
   warmstart: int = 0
   # Optimizer (sgd, adam), learning rate and Adam's epsilon.
@@ -81,6 +89,7 @@ _CHOICES = {
     'opt': ('adam', 'sgd'),
     'loss': LOSSES,
     'bn_stats': ('precise', 'moving'),
+    'precision': ('float32', 'mixed_float16', 'mixed_bfloat16'),
 }
 _UNIT_INTERVAL = ('dropout', 'lsmooth', 'bndecay', 'crnn_bndecay', 'momentum')
 _POSITIVE = ('stft_window_seconds', 'stft_hop_seconds', 'mel_bands',
@@ -185,8 +194,10 @@ def _check(hparams):
                      'learning-rate decay')
   if hparams.opt != 'sgd' and (hparams.momentum or hparams.nesterov):
     raise ValueError('hparams momentum and nesterov apply to opt=sgd only')
-  if hparams.nesterov not in (0, 1):
-    raise ValueError('hparam nesterov=%s: must be 0 or 1' % hparams.nesterov)
+  for name in ('nesterov', 'bn_sync', 'bn', 'warmstart'):
+    if getattr(hparams, name) not in (0, 1):
+      raise ValueError('hparam %s=%s: must be 0 or 1' % (
+          name, getattr(hparams, name)))
   _check_geometry(hparams)
 
 

@@ -1,6 +1,7 @@
 """Training loop: one compiled step, checkpoints every 100 steps, resume,
 warm start, TensorBoard summaries, and a clean stop on SIGINT / SIGTERM."""
 
+import contextlib
 import datetime
 import glob
 import os
@@ -13,6 +14,7 @@ import tensorflow as tf
 
 import batchnorm
 import checkpoints
+import distribution
 import inputs
 import mfom
 import model as model_lib
@@ -75,24 +77,77 @@ def make_optimizer(hparams, epoch_num_batches):
   return keras.optimizers.Adam(learning_rate, epsilon=hparams.adam_eps)
 
 
-def make_train_step(model, loss_fn, variables, optimizer, step):
-  """The compiled training step: (examples, labels) -> (loss, finite)."""
+def make_train_step(model, loss_fn, variables, optimizer, step,
+                    strategy=None):
+  """The training step: (examples, labels) -> (loss, finite). Under a
+  distribution strategy, examples and labels are a distributed batch (a
+  replica's share each); loss is the mean over the whole batch, and finite
+  whether every replica's loss and gradients were."""
+  strategy = strategy or tf.distribute.get_strategy()
+  replicas = strategy.num_replicas_in_sync
+  loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-  @tf.function
-  def train_step(examples, labels):
+  def replica_gradients(examples, labels):
     with tf.GradientTape() as tape:
       loss = loss_fn(labels, model(examples, training=True))
-    gradients = tape.gradient(loss, variables)
-    finite = tf.math.is_finite(loss) & tf.math.is_finite(
-        tf.linalg.global_norm(gradients))
+      # Gradients are summed over replicas: each contributes its share of
+      # the mean over the whole batch.
+      scaled = loss / replicas
+      if loss_scaling:
+        scaled = optimizer.scale_loss(scaled)
+    gradients = tape.gradient(scaled, variables)
+    finite = tf.math.is_finite(loss)
+    if not loss_scaling:
+      # (With float16 loss scaling, overflowing gradients are expected now
+      # and then: the optimizer skips the update and lowers the scale.)
+      finite &= tf.math.is_finite(tf.linalg.global_norm(gradients))
+    return loss, gradients, tf.cast(~finite, tf.int32)
+
+  def replica_apply(gradients):
+    # Copies made on this replica's device: a multi-worker strategy's
+    # all-reduce needs tensors placed on one.
+    gradients = [tf.identity(g) for g in gradients]
+    optimizer.apply_gradients(zip(gradients, variables))
+    step.assign_add(1)
+
+  @tf.function
+  def forward_backward(examples, labels):
+    loss, gradients, bad = strategy.run(replica_gradients,
+                                        args=(examples, labels))
+    sum_ = tf.distribute.ReduceOp.SUM
+    return (strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None),
+            gradients, strategy.reduce(sum_, bad, axis=None) == 0)
+
+  @tf.function
+  def apply(gradients):
+    strategy.run(replica_apply, args=(gradients,))
+
+  def train_step(examples, labels):
+    loss, gradients, finite = forward_backward(examples, labels)
     # A non-finite step is not applied, so the weights stay those of the last
-    # good step and no NaN ever reaches a checkpoint.
+    # good step and no NaN ever reaches a checkpoint. (The decision is taken
+    # here, between two compiled functions, because a distribution strategy
+    # cannot branch around the optimizer's cross-replica update inside one.)
     if finite:
-      optimizer.apply_gradients(zip(gradients, variables))
-      step.assign_add(1)
+      apply(gradients)
     return loss, finite
 
   return train_step
+
+
+def make_stop_agreement(strategy):
+  """A function (stop wanted here) -> (stop wanted by any worker), so that
+  the workers of a cluster stop at the same step; None on one worker."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return None
+
+  @tf.function
+  def agree(flag):
+    wanted = strategy.run(lambda: tf.identity(flag))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, wanted, axis=None) > 0
+
+  return lambda wanted: bool(agree(tf.constant(float(wanted))))
 
 
 def warm_start(variables, checkpoint_path, include_scopes, exclude_scopes,
@@ -144,13 +199,37 @@ def _duration(seconds):
   return str(datetime.timedelta(seconds=int(seconds)))
 
 
+@contextlib.contextmanager
+def _precision(policy):
+  """Layers built within take the Keras dtype policy for the precision
+  hparam ('float32' is the default policy)."""
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(policy)
+  try:
+    yield
+  finally:
+    keras.config.set_dtype_policy(previous)
+
+
 class TrainingState:
   """What a training run updates and checkpoints: the model, the MFoM head
   (if any), the optimizer and the step, and the loss that drives them; and,
   unless bn_stats=moving, the precise batch-norm statistics saved with each
-  checkpoint."""
+  checkpoint. Built in the distribution strategy's scope (variables
+  mirrored on every replica) and with the precision hparam's policy."""
 
-  def __init__(self, model_name, hparams, num_classes, epoch_num_batches):
+  def __init__(self, model_name, hparams, num_classes, epoch_num_batches,
+               strategy=None):
+    self.strategy = strategy or tf.distribute.get_strategy()
+    # The run's --model and hparams, so that eval, inference and a resumed
+    # run use the ones the weights were trained with. (Outside the strategy:
+    # a multi-worker strategy cannot broadcast a string variable.)
+    self.record = tf.Variable(params.to_json(model_name, hparams),
+                              trainable=False)
+    with self.strategy.scope(), _precision(hparams.precision):
+      self._build(model_name, hparams, num_classes, epoch_num_batches)
+
+  def _build(self, model_name, hparams, num_classes, epoch_num_batches):
     self.model = model_lib.build_model(model_name, num_classes, hparams)
     self.loss_fn, self.head = make_loss(hparams, num_classes)
     self.variables = self.model.trainable_variables + (
@@ -160,15 +239,15 @@ class TrainingState:
     self.learning_rate = None if isinstance(
         self.optimizer._learning_rate,
         keras.optimizers.schedules.LearningRateSchedule) else hparams.lr
+    if hparams.precision == 'mixed_float16':
+      # float16 gradients underflow without it.
+      self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
     self.optimizer.build(self.variables)
-    self.step = tf.Variable(0, dtype=tf.int64, trainable=False,
-                            name='global_step')
+    self.step = tf.Variable(
+        0, dtype=tf.int64, trainable=False, name='global_step',
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     saved = dict(step=self.step, optimizer=self.optimizer,
                  weights=checkpoints.checkpoint_weights(self.model, self.head))
-    # The run's --model and hparams, so that eval, inference and a resumed
-    # run use the ones the weights were trained with.
-    self.record = tf.Variable(params.to_json(model_name, hparams),
-                              trainable=False)
     # What a resumed run restores; the precise statistics are recomputed
     # before every save, so a checkpoint without them resumes all the same.
     self.restorable = tf.train.Checkpoint(**saved)
@@ -223,7 +302,7 @@ def restore_or_warm_start(state, train_dir, model_name, hparams,
     except checkpoints.DamagedCheckpoint as e:
       print('warning: %s; resuming from an earlier checkpoint' % e)
       continue
-    print('Resuming from %s at step %d' % (prefix, int(state.step)))
+    print('Resuming from %s at step %d' % (prefix, int(state.step.numpy())))
     return True
   if found:
     raise UserError('%s: none of its %d checkpoints can be read; move them '
@@ -243,32 +322,45 @@ def restore_or_warm_start(state, train_dir, model_name, hparams,
 
 
 def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
-             statistics_batches=None, save_first=False):
+             statistics_batches=None, save_first=False, chief=True):
   """Steps through the dataset until max_steps (or its end), saving every
   CHECKPOINT_EVERY steps, at the end, and when a signal stops the run; first
   too if save_first (a fresh run's starting point, as the original's step-0
   checkpoint). Each save first recomputes the precise batch-norm statistics
-  over statistics_batches, if the state keeps them."""
+  over statistics_batches, if the state keeps them. Only the chief writes
+  into train_dir (the other workers of a cluster save to a folder of their
+  own, emptied after each save)."""
   train_step = make_train_step(state.model, state.loss_fn, state.variables,
-                               state.optimizer, state.step)
+                               state.optimizer, state.step, state.strategy)
+  agree = make_stop_agreement(state.strategy)
 
   def save():
     if state.precise is not None:
       state.precise.update(statistics_batches)
-    # What a save killed half-way left behind.
+    # What a save killed half-way left behind (the chief only: another
+    # worker would delete the chief's save in progress).
     for leftover in glob.glob(os.path.join(glob.escape(train_dir),
                                            checkpoints.NAME + '-*_temp*')):
-      shutil.rmtree(leftover, ignore_errors=True)
-    path = manager.save(checkpoint_number=int(state.step))
-    print('Saved checkpoint %s' % path)
+      if chief:
+        shutil.rmtree(leftover, ignore_errors=True)
+    path = manager.save(checkpoint_number=int(state.step.numpy()))
+    if chief:
+      print('Saved checkpoint %s' % path)
+    else:
+      shutil.rmtree(manager.directory, ignore_errors=True)
 
-  writer = tf.summary.create_file_writer(train_dir)
-  current = saved = int(state.step)
+  def finish(step):
+    if chief:
+      files.write_atomically(os.path.join(train_dir, FINISHED_FILE),
+                             '%d\n' % step)
+
+  writer = (tf.summary.create_file_writer(train_dir) if chief else
+            tf.summary.create_noop_writer())
+  current = saved = int(state.step.numpy())
   if max_steps is not None and current >= max_steps:
     print('Already at step %d of --max_steps=%d; nothing to do' % (
         current, max_steps))
-    files.write_atomically(os.path.join(train_dir, FINISHED_FILE),
-                           '%d\n' % current)
+    finish(current)
     return
   if save_first:
     save()
@@ -282,7 +374,7 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
             'training diverged at step %d: loss %s or its gradients are not '
             'finite; the last good checkpoint in %s is kept (try a lower lr)'
             % (current + 1, loss, train_dir))
-      current = int(state.step)
+      current = int(state.step.numpy())
       rate = (current - start_step) / max(time.time() - start_time, 1e-9)
       left = ('' if max_steps is None else ', %s left' % _duration(
           (max_steps - current) / max(rate, 1e-9)))
@@ -295,12 +387,18 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
       if current % CHECKPOINT_EVERY == 0:
         save()
         saved = current
-      if stop.signum is not None:
+      stopping = stop.signum is not None
+      if agree is not None:
+        stopping = agree(stopping)
+      if stopping:
+        # Every worker stops at the same step (the flag is summed over all).
         if saved != current:
           save()
+        signum = stop.signum or signal.SIGTERM
         raise Interrupted(
             'stopped by %s at step %d; run the same command to resume' % (
-                signal.Signals(stop.signum).name, current), stop.signum)
+                signal.Signals(signum).name if stop.signum else
+                'another worker', current), signum)
       if max_steps is not None and current >= max_steps:
         break
     if current == start_step:
@@ -309,35 +407,63 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
     if saved != current:
       save()
   writer.flush()
-  files.write_atomically(os.path.join(train_dir, FINISHED_FILE),
-                         '%d\n' % current)
+  finish(current)
   print('Training finished at step %d' % current)
+
+
+def _dataset(strategy, train_csv_path, train_clip_dir, class_names, hparams,
+             num_clips, epochs):
+  """The training batches: on one device the pipeline itself; under a
+  strategy with several replicas or workers, each worker reads its share
+  of the clips and each replica gets batch_size / replicas examples."""
+  if strategy.num_replicas_in_sync == 1 and distribution.is_chief(strategy):
+    return inputs.train_dataset(train_csv_path, train_clip_dir, class_names,
+                                hparams, num_clips, epochs=epochs)
+
+  def worker_dataset(context):
+    shard = ((context.num_input_pipelines, context.input_pipeline_id)
+             if context.num_input_pipelines > 1 else None)
+    return inputs.train_dataset(
+        train_csv_path, train_clip_dir, class_names, hparams, num_clips,
+        epochs=epochs, shard=shard,
+        batch_size=context.get_per_replica_batch_size(hparams.batch_size))
+
+  return strategy.distribute_datasets_from_function(worker_dataset)
 
 
 def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
           num_clips, train_dir, epoch_num_batches=None, max_steps=None,
           warmstart_checkpoint=None, warmstart_include_scopes=(),
-          warmstart_exclude_scopes=()):
+          warmstart_exclude_scopes=(), strategy=None):
   """Trains until max_steps (counting a resumed run's steps) or, without it,
-  for the original's 1000 epochs."""
+  for the original's 1000 epochs; on the devices of `strategy` (a
+  tf.distribute strategy, default: this device)."""
+  strategy = strategy or tf.distribute.get_strategy()
+  replicas = strategy.num_replicas_in_sync
+  if hparams.batch_size % replicas:
+    raise UserError('hparam batch_size=%d: must be a multiple of the %d '
+                    'replicas training it' % (hparams.batch_size, replicas))
+  chief = distribution.is_chief(strategy)
+  if replicas > 1 or not chief:
+    print('Training on %s' % distribution.describe(strategy))
   if max_steps is None and epoch_num_batches:
     max_steps = DEFAULT_EPOCHS * epoch_num_batches
-  dataset = inputs.train_dataset(
-      train_csv_path, train_clip_dir, class_names, hparams, num_clips,
-      epochs=None if max_steps else DEFAULT_EPOCHS)
+  dataset = _dataset(strategy, train_csv_path, train_clip_dir, class_names,
+                     hparams, num_clips, None if max_steps else DEFAULT_EPOCHS)
   state = TrainingState(model_name, hparams, len(class_names),
-                        epoch_num_batches)
+                        epoch_num_batches, strategy)
   os.makedirs(train_dir, exist_ok=True)
-  finished = os.path.join(train_dir, FINISHED_FILE)
-  if os.path.exists(finished):
-    os.remove(finished)
-  # The run's record, readable without TensorFlow (each checkpoint holds it
-  # too, under `run`).
-  files.write_atomically(os.path.join(train_dir, RECORD_FILE),
-                         params.to_json(model_name, hparams) + '\n')
+  if chief:
+    finished = os.path.join(train_dir, FINISHED_FILE)
+    if os.path.exists(finished):
+      os.remove(finished)
+    # The run's record, readable without TensorFlow (each checkpoint holds
+    # it too, under `run`).
+    files.write_atomically(os.path.join(train_dir, RECORD_FILE),
+                           params.to_json(model_name, hparams) + '\n')
   manager = tf.train.CheckpointManager(
-      state.checkpoint, train_dir, max_to_keep=None,
-      checkpoint_name=checkpoints.NAME)
+      state.checkpoint, distribution.worker_save_dir(strategy, train_dir),
+      max_to_keep=None, checkpoint_name=checkpoints.NAME)
   resumed = restore_or_warm_start(state, train_dir, model_name, hparams,
                                   warmstart_checkpoint,
                                   warmstart_include_scopes,
@@ -348,4 +474,4 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
         train_csv_path, train_clip_dir, class_names, hparams,
         hparams.bn_stats_batches)
   run_loop(state, dataset, manager, train_dir, hparams.batch_size, max_steps,
-           statistics_batches, save_first=not resumed)
+           statistics_batches, save_first=not resumed, chief=chief)

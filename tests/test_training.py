@@ -519,8 +519,9 @@ def _snapshot_first_step(monkeypatch, snapshots):
   import train
   real = train.make_train_step
 
-  def make_train_step(model, loss_fn, variables, optimizer, step):
-    train_step = real(model, loss_fn, variables, optimizer, step)
+  def make_train_step(model, loss_fn, variables, optimizer, step,
+                      strategy=None):
+    train_step = real(model, loss_fn, variables, optimizer, step, strategy)
 
     def first_recorded(examples, labels):
       if not snapshots:

@@ -1,0 +1,229 @@
+"""Training with tf.distribute on CPU: two logical devices under
+MirroredStrategy give the single-device numbers; two worker processes on
+localhost (MultiWorkerMirroredStrategy) train, save and resume like one; mixed
+precision trains and scores in float32."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import (CLASS_MAP, check_ok, popen_main, read_csv_rows,
+                      run_main, subprocess_env, train_args)
+from test_cli_errors import _Run, assert_one_error
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Smooth activations and no dropout: with ReLU, float rounding that differs
+# between the two runs flips an occasional unit on or off, which moves
+# MobileNet's gradients by a few percent; the CRNN's ELU has no such edge.
+CRNN = 'batch_size=4,crnn_filters=4,crnn_dropout=0'
+
+
+def two_devices(*args):
+  result = subprocess.run([sys.executable, os.path.join(HERE, 'two_devices.py')]
+                          + list(args), env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+  return result
+
+
+def steps(model_name, text, mode):
+  return json.loads(two_devices('steps', model_name, text,
+                                mode).stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize('optimizer', ['opt=sgd,lr=0.1,momentum=0.9',
+                                       'lr=0.001'])
+def test_mirrored_steps_equal_one_device(optimizer):
+  """Three steps on two replicas (two examples each) equal three steps on
+  one device with the four examples: same losses, same weights, moving
+  statistics included. Tolerance: float32 rounding of sums taken in another
+  order (1e-6 on losses); with Adam, whose update divides by the root of the
+  squared gradient, rounding in near-zero gradients moves a weight by up to
+  ~lr, hence 3e-3 (3 steps at lr 1e-3) there."""
+  text = CRNN + ',' + optimizer
+  one, two = steps('crnn', text, 'none'), steps('crnn', text, 'mirrored')
+  assert one['step'] == two['step'] == 3
+  np.testing.assert_allclose(two['losses'], one['losses'], rtol=1e-6)
+  atol = 1e-5 if 'sgd' in optimizer else 3e-3
+  moved = 0
+  for path, value in one['weights'].items():
+    np.testing.assert_allclose(two['weights'][path], value, atol=atol,
+                               rtol=0, err_msg=path)
+    moved += path.endswith('moving_mean') and np.abs(value).max() > 1e-3
+  assert moved == 5  # every batch norm's statistics took part
+
+
+def test_unsynchronized_batch_norm_is_not_the_single_device_run():
+  """bn_sync=0: each replica normalises with its own two examples, so even
+  the first loss differs from the single-device one (which bn_sync=1
+  matches, above)."""
+  one = steps('crnn', CRNN + ',bn_sync=0', 'none')
+  two = steps('crnn', CRNN + ',bn_sync=0', 'mirrored')
+  assert abs(one['losses'][0] - two['losses'][0]) > 1e-4
+
+
+def test_mirrored_mobilenet_first_step():
+  one = steps('mobilenet-v1', 'batch_size=4', 'none')
+  two = steps('mobilenet-v1', 'batch_size=4', 'mirrored')
+  np.testing.assert_allclose(two['losses'][0], one['losses'][0], rtol=1e-5)
+
+
+def test_mirrored_training_run_and_eval(tmp_path, dataset):
+  train_dir = str(tmp_path / 'train')
+  out = two_devices('train', dataset['train_csv'], dataset['train_clip_dir'],
+                    train_dir, CRNN, '3').stdout
+  assert 'Training on MirroredStrategy: 2 replica(s)' in out
+  assert re.findall(r'^step (\d+) loss', out, re.M) == ['1', '2', '3']
+  assert sorted(n for n in os.listdir(train_dir) if n.endswith('.index')) == [
+      'model.ckpt-0.index', 'model.ckpt-3.index']
+  result = check_ok(run_main(
+      ['--mode', 'eval', '--class_map_path', CLASS_MAP,
+       '--eval_clip_dir', dataset['train_clip_dir'],
+       '--eval_csv_path', dataset['validation_csv'], '--train_dir', train_dir,
+       '--eval_dir', str(tmp_path / 'eval')]))
+  assert len(re.findall(r'^Overall lwlrap = ', result.stdout, re.M)) == 2
+  # batch_size must split evenly over the replicas.
+  failed = subprocess.run(
+      [sys.executable, os.path.join(HERE, 'two_devices.py'), 'train',
+       dataset['train_csv'], dataset['train_clip_dir'],
+       str(tmp_path / 'odd'), 'batch_size=3,crnn_filters=4', '1'],
+      env=subprocess_env(), capture_output=True, text=True, timeout=600)
+  assert failed.returncode == 1
+  assert 'batch_size=3: must be a multiple of the 2 replicas' in failed.stdout
+
+
+def free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(('localhost', 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def start_workers(dataset, train_dir, max_steps, ports):
+  cluster = {'worker': ['localhost:%d' % p for p in ports]}
+  runs = []
+  for index in range(len(ports)):
+    os.environ['TF_CONFIG'] = json.dumps(
+        {'cluster': cluster, 'task': {'type': 'worker', 'index': index}})
+    try:
+      runs.append(_Run(train_args(
+          'crnn', dataset['train_clip_dir'], dataset['train_csv'], train_dir,
+          max_steps, hparams=CRNN, extra=['--distribution=multi_worker'])))
+    finally:
+      del os.environ['TF_CONFIG']
+  return runs
+
+
+def test_two_workers_train_save_and_resume(tmp_path, dataset):
+  train_dir = str(tmp_path / 'train')
+  runs = start_workers(dataset, train_dir, 3, free_ports(2))
+  results = [run.finish(timeout=600) for run in runs]
+  for rc, out, err in results:
+    assert rc == 0, out[-2000:] + err[-2000:]
+    assert 'Training on CollectiveAllReduceStrategy: 2 replica(s) on 2 ' \
+        'worker(s)' in out
+  # Both workers report the same loss (the mean over the whole batch).
+  losses = [re.findall(r'^step \d+ loss (\S+)', out, re.M)
+            for _, out, _ in results]
+  assert len(losses[0]) == 3 and losses[0] == losses[1]
+  # Only the chief (worker 0) writes train_dir's checkpoints and files.
+  assert 'Saved checkpoint' in results[0][1]
+  assert 'Saved checkpoint' not in results[1][1]
+  names = sorted(os.listdir(train_dir))
+  assert [n for n in names if n.endswith('.index')] == [
+      'model.ckpt-0.index', 'model.ckpt-3.index']
+  assert not [n for n in names if n.startswith('.worker')]
+  assert len([n for n in names if n.startswith('events.')]) == 1
+
+  # Eval and inference on the chief's checkpoints.
+  check_ok(run_main(
+      ['--mode', 'eval', '--class_map_path', CLASS_MAP,
+       '--eval_clip_dir', dataset['train_clip_dir'],
+       '--eval_csv_path', dataset['validation_csv'], '--train_dir', train_dir,
+       '--eval_dir', str(tmp_path / 'eval')]))
+  csv_path = str(tmp_path / 'submission.csv')
+  check_ok(run_main(
+      ['--mode', 'inference', '--class_map_path', CLASS_MAP,
+       '--inference_clip_dir', dataset['test_clip_dir'],
+       '--inference_checkpoint', os.path.join(train_dir, 'model.ckpt-3'),
+       '--predictions_csv_path', csv_path]))
+  values = np.array([[float(v) for v in r[1:]]
+                     for r in read_csv_rows(csv_path)[1:]])
+  assert values.shape[1] == 80 and np.all(np.isfinite(values))
+
+  # Kill worker 1 mid-run, then worker 0 (which would wait for it), and
+  # start both again: they resume from the last checkpoint, step 3.
+  runs = start_workers(dataset, train_dir, 100000, free_ports(2))
+  runs[1].wait_for(r'step 6 loss')
+  runs[1].finish(signal.SIGKILL)
+  runs[0].finish(signal.SIGKILL)
+  runs = start_workers(dataset, train_dir, 5, free_ports(2))
+  for rc, out, err in [run.finish(timeout=600) for run in runs]:
+    assert rc == 0, out[-2000:] + err[-2000:]
+    assert 'Resuming from %s at step 3' % os.path.join(
+        train_dir, 'model.ckpt-3') in out
+    assert re.findall(r'^step (\d+) loss', out, re.M) == ['4', '5']
+  assert os.path.exists(os.path.join(train_dir, 'model.ckpt-5.index'))
+
+  # SIGTERM to one worker stops both at the same step, the chief saving it.
+  runs = start_workers(dataset, train_dir, 100000, free_ports(2))
+  runs[1].wait_for(r'step 7 loss')
+  results = [runs[1].finish(signal.SIGTERM), runs[0].finish(timeout=600)]
+  stops = []
+  for rc, out, err in results:
+    assert rc == 143, out[-2000:] + err[-2000:]
+    stops.append(re.search(r'stopped by (SIGTERM|another worker) at step '
+                           r'(\d+)', err).groups())
+  assert stops[0][0] == 'SIGTERM' and stops[1][0] == 'another worker'
+  assert stops[0][1] == stops[1][1]
+  assert os.path.exists(os.path.join(train_dir,
+                                     'model.ckpt-%s.index' % stops[0][1]))
+
+
+def test_multi_worker_needs_a_cluster(dataset, tmp_path):
+  env_free = {k: v for k, v in os.environ.items() if k != 'TF_CONFIG'}
+  assert 'TF_CONFIG' not in env_free
+  assert_one_error(run_main(train_args(
+      'crnn', dataset['train_clip_dir'], dataset['train_csv'],
+      str(tmp_path / 'train'), 1, extra=['--distribution=multi_worker'])),
+                   '--distribution=multi_worker', 'TF_CONFIG')
+
+
+@pytest.mark.parametrize('precision', ['mixed_float16', 'mixed_bfloat16'])
+def test_mixed_precision_trains_and_scores_float32(tmp_path, dataset,
+                                                   precision):
+  import tensorflow as tf
+  train_dir = str(tmp_path / 'train')
+  out = check_ok(run_main(train_args(
+      'crnn', dataset['train_clip_dir'], dataset['train_csv'], train_dir, 3,
+      hparams='batch_size=4,crnn_filters=4,precision=' + precision))).stdout
+  losses = [float(l) for l in re.findall(r'^step \d+ loss (\S+)', out, re.M)]
+  assert len(losses) == 3 and all(np.isfinite(losses))
+  prefix = os.path.join(train_dir, 'model.ckpt-3')
+  dtypes = tf.train.load_checkpoint(prefix).get_variable_to_dtype_map()
+  weights = {k: d for k, d in dtypes.items() if k.startswith('weights/')}
+  assert weights and set(weights.values()) == {tf.float32}
+  import params
+  import scoring
+  from conftest import read_class_names
+  scorer = scoring.Scorer('crnn', 80, params.parse_hparams(
+      'crnn_filters=4,precision=' + precision))
+  scorer.load(prefix)
+  clip = os.path.join(dataset['test_clip_dir'],
+                      sorted(os.listdir(dataset['test_clip_dir']))[0])
+  import files
+  scores = scorer.score([clip], files.check_wavs([clip]))
+  assert scores.dtype == np.float64 and np.all(np.isfinite(scores))
+  examples = np.zeros((2, 100, 96), np.float32)
+  assert scorer.inference_model(examples).dtype == tf.float32
+  assert len(read_class_names()) == 80
