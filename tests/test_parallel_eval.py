@@ -236,17 +236,42 @@ def test_stale_claim_taken_over_live_claim_respected(tmp_path, dataset,
 
 # --- claims while scoring (in-process) --------------------------------------
 
+class _TimedOut(Exception):
+  pass
+
+
+def _evaluate_in_process(dataset, train_dir, eval_dir, **options):
+  """evaluation.evaluate on the validation clips; fails the test if it
+  has not returned within LONG seconds."""
+  import evaluation
+  import files
+  import params
+  from conftest import HPARAMS, labeled_rows, read_class_names
+  rows = labeled_rows(dataset['validation_csv'])
+  samples = files.check_wavs([os.path.join(dataset['train_clip_dir'], f)
+                              for f, _ in rows])
+
+  def time_out(signum, frame):
+    raise _TimedOut('evaluate did not return within %d s' % LONG)
+
+  previous = signal.signal(signal.SIGALRM, time_out)
+  signal.alarm(LONG)
+  try:
+    evaluation.evaluate('mobilenet-v1', params.parse_hparams(HPARAMS),
+                        read_class_names(), rows, dataset['train_clip_dir'],
+                        samples, train_dir, eval_dir, **options)
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
 def test_claim_kept_fresh_lost_and_released(tmp_path, dataset,
                                             make_train_dir, monkeypatch,
                                             capsys):
   """While a checkpoint is scored its claim exists, names this process and
   is refreshed; a claim taken over meanwhile (a higher generation appears)
   leaves the checkpoint to its new holder; Ctrl-C lets the claim go."""
-  import evaluation
-  import files
-  import params
   import scoring
-  from conftest import HPARAMS, labeled_rows, read_class_names
   train_dir = make_train_dir([1, 2, 3])
   eval_dir = str(tmp_path / 'eval')
   original = scoring.Scorer.score
@@ -273,14 +298,9 @@ def test_claim_kept_fresh_lost_and_released(tmp_path, dataset,
     return original(self, paths, samples, label, on_progress)
 
   monkeypatch.setattr(scoring.Scorer, 'score', score)
-  rows = labeled_rows(dataset['validation_csv'])
-  samples = files.check_wavs([os.path.join(dataset['train_clip_dir'], f)
-                              for f, _ in rows])
   with pytest.raises(KeyboardInterrupt):
-    evaluation.evaluate('mobilenet-v1', params.parse_hparams(HPARAMS),
-                        read_class_names(), rows, dataset['train_clip_dir'],
-                        samples, train_dir, eval_dir,
-                        claim_timeout_seconds=0.4)
+    _evaluate_in_process(dataset, train_dir, eval_dir,
+                         claim_timeout_seconds=0.4)
   out = capsys.readouterr().out
   assert len(seen) == 3
   for text in seen:
@@ -382,19 +402,6 @@ def test_continuous_eval_stops_on_sigterm(tmp_path, dataset):
   assert lines == ['main.py: stopped: stopped by SIGTERM; files written so '
                    'far are complete, run the same command to do the rest']
   assert 'Traceback' not in out + err
-
-
-def _evaluate_in_process(dataset, train_dir, eval_dir, **options):
-  import evaluation
-  import files
-  import params
-  from conftest import HPARAMS, labeled_rows, read_class_names
-  rows = labeled_rows(dataset['validation_csv'])
-  samples = files.check_wavs([os.path.join(dataset['train_clip_dir'], f)
-                              for f, _ in rows])
-  evaluation.evaluate('mobilenet-v1', params.parse_hparams(HPARAMS),
-                      read_class_names(), rows, dataset['train_clip_dir'],
-                      samples, train_dir, eval_dir, **options)
 
 
 def test_continuous_eval_retries_a_checkpoint_being_written(
