@@ -345,6 +345,67 @@ def test_claim_generations(tmp_path):
   assert evaluation.claims_of(eval_dir, 7) == {}
 
 
+def test_claim_races_are_decided_by_the_exclusive_create(tmp_path,
+                                                          monkeypatch):
+  """Another process makes its claim between this one's look at the claims
+  and its create (simulated by a look that returns what was there just
+  before): this process must not hold the checkpoint too, whether it meant
+  to make the first claim or to take a stale one over. And a checkpoint
+  finished just before a claim is made is not evaluated again."""
+  import evaluation
+  eval_dir = str(tmp_path)
+  real = evaluation.claims_of
+
+  def look_too_early(before):
+    looks = []
+
+    def claims_of(folder, step):
+      looks.append(step)
+      return dict(before) if len(looks) == 1 else real(folder, step)
+
+    monkeypatch.setattr(evaluation, 'claims_of', claims_of)
+
+  first = evaluation.claim_path(eval_dir, 5)
+  with open(first, 'w') as f:
+    f.write('otherhost pid 22 since now\n')
+  look_too_early({})  # saw no claim
+  state, detail = evaluation.try_claim(eval_dir, 5, timeout=60)
+  assert state == evaluation.HELD and 'otherhost pid 22' in detail, detail
+
+  os.utime(first, (0, 0))  # its holder died
+  second = evaluation.claim_path(eval_dir, 5, 1)
+  with open(second, 'w') as f:
+    f.write('thirdhost pid 33 since now\n')
+  look_too_early({0: first})  # saw the stale claim, not its successor
+  state, detail = evaluation.try_claim(eval_dir, 5, timeout=60)
+  assert state == evaluation.HELD and 'thirdhost pid 33' in detail, detail
+
+  assert sorted(real(eval_dir, 5)) == [0, 1]
+  with open(first) as f:
+    assert f.read() == 'otherhost pid 22 since now\n'
+  with open(second) as f:
+    assert f.read() == 'thirdhost pid 33 since now\n'
+
+  # Checkpoint 6 was finished, and its claims removed, between this
+  # process's look for the marker and its look at the claims: the claim it
+  # then makes must be let go.
+  with open(evaluation.marker_path(eval_dir, 6), 'w') as f:
+    f.write('done')
+  real_marker = evaluation.marker_path
+  looks = []
+
+  def marker_path(folder, step):
+    looks.append(step)
+    return real_marker(folder, step) + ('.not-yet' if len(looks) == 1
+                                        else '')
+
+  monkeypatch.setattr(evaluation, 'marker_path', marker_path)
+  monkeypatch.setattr(evaluation, 'claims_of', real)
+  assert evaluation.try_claim(eval_dir, 6, timeout=60) == (evaluation.DONE,
+                                                           None)
+  assert real(eval_dir, 6) == {}
+
+
 def test_finished_file_is_the_one_training_writes():
   import evaluation
   import train
