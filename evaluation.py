@@ -310,13 +310,12 @@ class _Waiter:
     self.train_dir = train_dir
     self.poll_seconds = poll_seconds
     self.idle_timeout_seconds = idle_timeout_seconds
-    self.said = None
+    self.said = None  # the last message printed, not printed again
     self.news()
 
   def news(self):
     """A new checkpoint appeared or one was evaluated."""
     self.since = time.monotonic()
-    self.said = None
 
   def wait(self, message, evaluated):
     if (self.idle_timeout_seconds is not None and
