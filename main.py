@@ -9,6 +9,7 @@ imported); a problem is reported as one line naming the flag, file or value,
 with exit status 1.
 """
 
+import math
 import os
 import re
 import signal
@@ -70,6 +71,25 @@ flags.DEFINE_string('eval_csv_path', None,
                     'Evaluation CSV with header "fname,labels".')
 flags.DEFINE_string('eval_dir', None,
                     'Folder for eval-N.txt results and eval TensorBoard logs.')
+flags.DEFINE_bool('eval_continuous', False,
+                  'Keep evaluating new checkpoints as training writes them, '
+                  'polling train_dir every --eval_poll_seconds; stop once '
+                  'train_dir/training_finished exists and every checkpoint '
+                  'has its eval-N.txt. Default: one pass over the '
+                  'checkpoints there now.')
+flags.DEFINE_float('eval_poll_seconds', 30.0,
+                   'With --eval_continuous: seconds between looks at '
+                   'train_dir for new checkpoints.')
+flags.DEFINE_float('eval_idle_timeout_seconds', None,
+                   'With --eval_continuous: stop with an error when no new '
+                   'checkpoint has appeared for this many seconds and '
+                   'training has not finished (default: wait as long as it '
+                   'takes).')
+flags.DEFINE_float('eval_claim_timeout_seconds', 600.0,
+                   'Eval processes sharing an eval_dir claim each checkpoint '
+                   'in eval-N.claim while they score it, refreshing the '
+                   'claim every few seconds; a claim not refreshed for this '
+                   'many seconds (its process was killed) is taken over.')
 flags.DEFINE_string('inference_checkpoint', None,
                     'Checkpoint (model.ckpt-N prefix) to run inference with.')
 flags.DEFINE_string('inference_clip_dir', None,
@@ -78,6 +98,13 @@ flags.DEFINE_string('predictions_csv_path', None,
                     'Where to write the Kaggle submission CSV.')
 
 FLAGS = flags.FLAGS
+
+for _name in ('eval_poll_seconds', 'eval_idle_timeout_seconds',
+              'eval_claim_timeout_seconds'):
+  flags.register_validator(
+      _name, lambda value: value is None or (math.isfinite(value) and
+                                             value > 0),
+      message='--%s must be a positive number of seconds' % _name)
 
 _REQUIRED = {
     'train': ('train_clip_dir', 'train_csv_path', 'train_dir'),
@@ -116,6 +143,8 @@ def _check_flags():
     if hparams.warmstart:
       checkpoints.require(FLAGS.warmstart_checkpoint,
                           '--warmstart_checkpoint')
+  if FLAGS.mode == 'eval':
+    _check_eval_flags()
   for flag in _output_dirs():
     path = getattr(FLAGS, flag)
     if os.path.exists(path) and not os.path.isdir(path):
@@ -125,6 +154,13 @@ def _check_flags():
     files.check_writable(FLAGS.predictions_csv_path,
                          '--predictions_csv_path')
   return hparams
+
+
+def _check_eval_flags():
+  if not FLAGS.eval_continuous:
+    for name in ('eval_poll_seconds', 'eval_idle_timeout_seconds'):
+      if FLAGS[name].present:
+        raise UserError('--%s is only used with --eval_continuous' % name)
 
 
 def _check_decay_flags(hparams):
@@ -214,6 +250,13 @@ def run():
     # Before anything else runs: a multi-worker strategy sets up the
     # collective ops of the TensorFlow runtime.
     strategy = distribution.make_strategy(FLAGS.distribution)
+  if FLAGS.mode == 'eval' and FLAGS.eval_continuous:
+    import evaluation
+    # Started before training: the first checkpoint's record gives the model
+    # and hparams to score with.
+    evaluation.wait_for_first_checkpoint(FLAGS.train_dir,
+                                         FLAGS.eval_poll_seconds,
+                                         FLAGS.eval_idle_timeout_seconds)
   model_name, hparams = _recorded_run(hparams)
   try:
     if FLAGS.mode == 'train':
@@ -228,9 +271,13 @@ def run():
                   strategy=strategy)
     elif FLAGS.mode == 'eval':
       import evaluation
-      evaluation.evaluate(model_name, hparams, class_names, rows,
-                          FLAGS.eval_clip_dir, samples, FLAGS.train_dir,
-                          FLAGS.eval_dir)
+      evaluation.evaluate(
+          model_name, hparams, class_names, rows, FLAGS.eval_clip_dir,
+          samples, FLAGS.train_dir, FLAGS.eval_dir,
+          continuous=FLAGS.eval_continuous,
+          poll_seconds=FLAGS.eval_poll_seconds,
+          claim_timeout_seconds=FLAGS.eval_claim_timeout_seconds,
+          idle_timeout_seconds=FLAGS.eval_idle_timeout_seconds)
     else:
       import inference
       inference.infer(model_name, hparams, class_names,

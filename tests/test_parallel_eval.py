@@ -1,0 +1,512 @@
+"""Parallel and continuous eval: several `--mode eval` processes share the
+checkpoints of one train_dir through claims in eval_dir (no checkpoint
+scored twice, none left out, a dead process's claim taken over), and
+--eval_continuous follows a training run until it has finished.
+
+Every assertion holds whatever the scheduling: processes are started
+together and the tests wait for their output lines, never for fixed times.
+"""
+
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import CLASS_MAP, run_main
+from test_cli_errors import _Run, assert_one_error
+
+LONG = 600  # seconds a test waits for a process before failing
+
+
+def _copy_checkpoint(source, train_dir, step):
+  """Copies the checkpoint `source` to train_dir/model.ckpt-<step>, its
+  .index last and by a rename, so that it appears whole (as a listing
+  finds checkpoints by their .index)."""
+  folder, base = os.path.split(source)
+  for name in os.listdir(folder):
+    if name.startswith(base + '.') and not name.endswith('.index'):
+      shutil.copy(os.path.join(folder, name), os.path.join(
+          train_dir, 'model.ckpt-%d' % step + name[len(base):]))
+  temporary = os.path.join(train_dir, '.copying')
+  shutil.copy(source + '.index', temporary)
+  os.replace(temporary, os.path.join(train_dir, 'model.ckpt-%d.index' % step))
+
+
+@pytest.fixture
+def make_train_dir(tmp_path, mobilenet_train):
+  """make_train_dir(steps): a train_dir holding model.ckpt-N for each step,
+  all copies of the mobilenet run's last checkpoint."""
+
+  def make(steps, name='train'):
+    train_dir = tmp_path / name
+    train_dir.mkdir()
+    for step in steps:
+      _copy_checkpoint(mobilenet_train['checkpoint'], str(train_dir), step)
+    return str(train_dir)
+
+  return make
+
+
+def _eval_args(dataset, train_dir, eval_dir, *extra):
+  # No --model or --hparams: eval reads them from the checkpoints' record.
+  return ['--mode', 'eval', '--class_map_path', CLASS_MAP,
+          '--eval_clip_dir', dataset['train_clip_dir'],
+          '--eval_csv_path', dataset['validation_csv'],
+          '--train_dir', train_dir, '--eval_dir', eval_dir] + list(extra)
+
+
+def _prefixes(train_dir, steps):
+  return [os.path.join(train_dir, 'model.ckpt-%d' % s) for s in steps]
+
+
+def _evaluated(stdout):
+  """The checkpoints a process evaluated, in order, from its report lines."""
+  return re.findall(r'^Checkpoint (\S+) \(', stdout, re.M)
+
+
+def _markers(eval_dir):
+  return sorted(n for n in os.listdir(eval_dir)
+                if re.fullmatch(r'eval-\d+\.txt', n))
+
+
+def _claims(eval_dir):
+  return sorted(n for n in os.listdir(eval_dir) if '.claim' in n)
+
+
+def _check_ok(rc, out, err):
+  assert rc == 0, 'rc=%s\nstdout:\n%s\nstderr:\n%s' % (rc, out[-3000:], err)
+  assert 'Traceback' not in out + err
+
+
+def _check_shared(train_dir, eval_dir, steps, outputs):
+  """Every checkpoint evaluated by exactly one process, with one marker
+  each, and no claim left behind."""
+  evaluated = [_evaluated(out) for out in outputs]
+  for one in evaluated:
+    assert len(one) == len(set(one)), one
+  everything = [p for one in evaluated for p in one]
+  assert sorted(everything) == sorted(_prefixes(train_dir, steps)), evaluated
+  assert _markers(eval_dir) == sorted('eval-%d.txt' % s for s in steps)
+  assert _claims(eval_dir) == []
+  # The same weights everywhere: the same report from every process.
+  reports = set()
+  for step in steps:
+    with open(os.path.join(eval_dir, 'eval-%d.txt' % step)) as f:
+      reports.add(f.read())
+  assert len(reports) == 1
+
+
+def test_two_processes_share_the_checkpoints(tmp_path, dataset,
+                                             make_train_dir):
+  steps = [0, 100, 200, 300, 400, 500]
+  train_dir = make_train_dir(steps)
+  eval_dir = str(tmp_path / 'eval')
+  runs = [_Run(_eval_args(dataset, train_dir, eval_dir)) for _ in range(2)]
+  results = [run.finish(timeout=LONG) for run in runs]
+  for result in results:
+    _check_ok(*result)
+  outputs = [out for _, out, _ in results]
+  _check_shared(train_dir, eval_dir, steps, outputs)
+  # Each process accounts for every checkpoint: evaluated by it, marked
+  # before it started, or reported as skipped.
+  for out in outputs:
+    already = int(re.search(r'^6 checkpoints in .*, (\d) already evaluated$',
+                            out, re.M).group(1))
+    skipped = re.findall(r'^Skipped (\S+): ', out, re.M)
+    assert len(_evaluated(out)) + len(skipped) + already == len(steps), out
+
+
+def test_processes_started_before_training_share_its_checkpoints(
+    tmp_path, dataset, make_train_dir, mobilenet_train):
+  """Two continuous evals wait for an empty train_dir; the checkpoints
+  arrive while both are polling, so both go for the same ones at once. Both
+  stop by themselves once training_finished is written and every
+  checkpoint is evaluated."""
+  steps = [0, 100, 200, 300, 400, 500]
+  train_dir = make_train_dir([])
+  eval_dir = str(tmp_path / 'eval')
+  runs = [_Run(_eval_args(dataset, train_dir, eval_dir, '--eval_continuous',
+                          '--eval_poll_seconds=0.05'))
+          for _ in range(2)]
+  for run in runs:
+    run.wait_for(r'Waiting for new checkpoints in %s \(0 evaluated so far\)$'
+                 % re.escape(train_dir), timeout=LONG)
+  for step in steps:
+    _copy_checkpoint(mobilenet_train['checkpoint'], train_dir, step)
+  with open(os.path.join(train_dir, 'training_finished'), 'w') as f:
+    f.write('500\n')
+  results = [run.finish(timeout=LONG) for run in runs]
+  for result in results:
+    _check_ok(*result)
+  outputs = [out for _, out, _ in results]
+  _check_shared(train_dir, eval_dir, steps, outputs)
+  for out in outputs:
+    assert re.search(r'^Training finished at step 500; every checkpoint in '
+                     r'%s is evaluated \(\d by this process\)$'
+                     % re.escape(train_dir), out, re.M), out
+
+
+def test_continuous_eval_follows_training_and_stops(tmp_path, dataset,
+                                                    make_train_dir,
+                                                    mobilenet_train):
+  train_dir = make_train_dir([0, 3])
+  eval_dir = str(tmp_path / 'eval')
+  run = _Run(_eval_args(dataset, train_dir, eval_dir, '--eval_continuous',
+                        '--eval_poll_seconds=0.05'))
+  # Both checkpoints evaluated, and no training_finished: it waits.
+  run.wait_for(r'Waiting for new checkpoints in %s \(2 evaluated so far\)$'
+               % re.escape(train_dir), timeout=LONG)
+  assert _markers(eval_dir) == ['eval-0.txt', 'eval-3.txt']
+  # Training saves one more checkpoint and finishes.
+  _copy_checkpoint(mobilenet_train['checkpoint'], train_dir, 6)
+  with open(os.path.join(train_dir, 'training_finished'), 'w') as f:
+    f.write('6\n')
+  rc, out, err = run.finish(timeout=LONG)  # by itself: no signal
+  _check_ok(rc, out, err)
+  assert _evaluated(out) == _prefixes(train_dir, [0, 3, 6])
+  assert re.search(r'^Training finished at step 6; every checkpoint in %s '
+                   r'is evaluated \(3 by this process\)$'
+                   % re.escape(train_dir), out, re.M), out
+  assert _markers(eval_dir) == ['eval-0.txt', 'eval-3.txt', 'eval-6.txt']
+  assert _claims(eval_dir) == []
+
+
+class _LiveHolder:
+  """Another process's claim, kept fresh from a thread as a live holder
+  does."""
+
+  def __init__(self, path, text):
+    self.path = path
+    with open(path, 'w') as f:
+      f.write(text)
+    self.stop = threading.Event()
+    self.thread = threading.Thread(target=self._keep, daemon=True)
+    self.thread.start()
+
+  def _keep(self):
+    while not self.stop.wait(0.2):
+      os.utime(self.path)
+
+  def close(self):
+    self.stop.set()
+    self.thread.join()
+
+
+def test_stale_claim_taken_over_live_claim_respected(tmp_path, dataset,
+                                                     make_train_dir):
+  """eval-1.claim was left 300 s ago by a killed process: with a 60 s claim
+  timeout it is taken over (with the default 600 s it would not be).
+  eval-2.claim is held by a live process: checkpoint 2 is skipped."""
+  train_dir = make_train_dir([1, 2, 3])
+  eval_dir = tmp_path / 'eval'
+  eval_dir.mkdir()
+  stale = str(eval_dir / 'eval-1.claim')
+  with open(stale, 'w') as f:
+    f.write('deadhost pid 11 since long ago\n')
+  old = time.time() - 300
+  os.utime(stale, (old, old))
+  live = _LiveHolder(str(eval_dir / 'eval-2.claim'),
+                     'otherhost pid 22 since now\n')
+  try:
+    rc, out, err = _Run(_eval_args(
+        dataset, train_dir, str(eval_dir),
+        '--eval_claim_timeout_seconds=60')).finish(timeout=LONG)
+  finally:
+    live.close()
+  _check_ok(rc, out, err)
+  assert _evaluated(out) == _prefixes(train_dir, [1, 3])
+  one, two = _prefixes(train_dir, [1, 2])
+  assert re.search(r'^Taking over %s: its claim \(eval-1\.claim, held by '
+                   r'deadhost pid 11 since long ago, refreshed \d+ s ago\) '
+                   r'is older than the 60 s timeout$' % re.escape(one),
+                   out, re.M), out
+  assert re.search(r'^Skipped %s: being evaluated by another process '
+                   r'\(eval-2\.claim, held by otherhost pid 22 since now, '
+                   r'refreshed \d+ s ago\)$' % re.escape(two), out, re.M), out
+  assert _markers(str(eval_dir)) == ['eval-1.txt', 'eval-3.txt']
+  # The live claim is untouched; the stale one and its successor are gone.
+  assert _claims(str(eval_dir)) == ['eval-2.claim']
+  with open(str(eval_dir / 'eval-2.claim')) as f:
+    assert f.read() == 'otherhost pid 22 since now\n'
+
+
+# --- claims while scoring (in-process) --------------------------------------
+
+class _TimedOut(Exception):
+  pass
+
+
+def _evaluate_in_process(dataset, train_dir, eval_dir, **options):
+  """evaluation.evaluate on the validation clips; fails the test if it
+  has not returned within LONG seconds."""
+  import evaluation
+  import files
+  import params
+  from conftest import HPARAMS, labeled_rows, read_class_names
+  rows = labeled_rows(dataset['validation_csv'])
+  samples = files.check_wavs([os.path.join(dataset['train_clip_dir'], f)
+                              for f, _ in rows])
+
+  def time_out(signum, frame):
+    raise _TimedOut('evaluate did not return within %d s' % LONG)
+
+  previous = signal.signal(signal.SIGALRM, time_out)
+  signal.alarm(LONG)
+  try:
+    evaluation.evaluate('mobilenet-v1', params.parse_hparams(HPARAMS),
+                        read_class_names(), rows, dataset['train_clip_dir'],
+                        samples, train_dir, eval_dir, **options)
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_claim_kept_fresh_lost_and_released(tmp_path, dataset,
+                                            make_train_dir, monkeypatch,
+                                            capsys):
+  """While a checkpoint is scored its claim exists, names this process and
+  is refreshed; a claim taken over meanwhile (a higher generation appears)
+  leaves the checkpoint to its new holder; Ctrl-C lets the claim go."""
+  import scoring
+  train_dir = make_train_dir([1, 2, 3])
+  eval_dir = str(tmp_path / 'eval')
+  original = scoring.Scorer.score
+  seen = []
+
+  def score(self, paths, samples, label, on_progress=None):
+    step = int(re.search(r'model\.ckpt-(\d+)$', label).group(1))
+    claim = os.path.join(eval_dir, 'eval-%d.claim' % step)
+    with open(claim) as f:
+      seen.append(f.read())
+    if step == 1:
+      # Refreshed by its holder: an mtime set far back moves forward again.
+      os.utime(claim, (1000, 1000))
+      deadline = time.monotonic() + LONG
+      while os.stat(claim).st_mtime == 1000:
+        assert time.monotonic() < deadline, 'claim not refreshed'
+        time.sleep(0.01)
+    if step == 2:
+      # Another process found the claim stale and took it over.
+      with open(claim + '.1', 'w') as f:
+        f.write('otherhost pid 22 since now\n')
+    if step == 3:
+      raise KeyboardInterrupt
+    return original(self, paths, samples, label, on_progress)
+
+  monkeypatch.setattr(scoring.Scorer, 'score', score)
+  with pytest.raises(KeyboardInterrupt):
+    _evaluate_in_process(dataset, train_dir, eval_dir,
+                         claim_timeout_seconds=0.4)
+  out = capsys.readouterr().out
+  assert len(seen) == 3
+  for text in seen:
+    assert re.fullmatch(r'\S+ pid %d since [-0-9]+ [:0-9]+\n' % os.getpid(),
+                        text), text
+  assert _evaluated(out) == _prefixes(train_dir, [1])
+  assert re.search(r'^warning: %s was taken over by another process while '
+                   r'this one scored it' % re.escape(
+                       _prefixes(train_dir, [2])[0]), out, re.M), out
+  assert _markers(eval_dir) == ['eval-1.txt']
+  assert not os.path.exists(os.path.join(eval_dir, 'metrics-2.txt'))
+  # Only the claim of the process that took checkpoint 2 over is left.
+  assert _claims(eval_dir) == ['eval-2.claim.1']
+
+
+def test_claim_generations(tmp_path):
+  """try_claim on its own: a first claim, a live one, a stale one taken
+  over by the next generation, and a marker that ends it all."""
+  import evaluation
+  eval_dir = str(tmp_path)
+  state, claim = evaluation.try_claim(eval_dir, 7, timeout=60)
+  assert state == evaluation.OWNED and claim.generation == 0
+  assert evaluation.try_claim(eval_dir, 7, timeout=60)[0] == evaluation.HELD
+  os.utime(claim.path, (0, 0))  # its holder died long ago
+  state, successor = evaluation.try_claim(eval_dir, 7, timeout=60)
+  assert state == evaluation.OWNED and successor.generation == 1
+  assert successor.taken_over.startswith('eval-7.claim, held by ')
+  claim.refresh()
+  assert claim.lost and not successor.lost
+  assert evaluation.try_claim(eval_dir, 7, timeout=60)[0] == evaluation.HELD
+  # The eval-N.claim* of other checkpoints are not this one's.
+  assert evaluation.try_claim(eval_dir, 70, timeout=60)[0] == (
+      evaluation.OWNED)
+  assert sorted(evaluation.claims_of(eval_dir, 7)) == [0, 1]
+  with open(evaluation.marker_path(eval_dir, 7), 'w') as f:
+    f.write('done')
+  successor.finished = True
+  successor.release()
+  assert evaluation.claims_of(eval_dir, 7) == {}
+  assert evaluation.try_claim(eval_dir, 7, timeout=60) == (
+      evaluation.DONE, None)
+  assert evaluation.claims_of(eval_dir, 7) == {}
+
+
+def test_claim_races_are_decided_by_the_exclusive_create(tmp_path,
+                                                          monkeypatch):
+  """Another process makes its claim between this one's look at the claims
+  and its create (simulated by a look that returns what was there just
+  before): this process must not hold the checkpoint too, whether it meant
+  to make the first claim or to take a stale one over. And a checkpoint
+  finished just before a claim is made is not evaluated again."""
+  import evaluation
+  eval_dir = str(tmp_path)
+  real = evaluation.claims_of
+
+  def look_too_early(before):
+    looks = []
+
+    def claims_of(folder, step):
+      looks.append(step)
+      return dict(before) if len(looks) == 1 else real(folder, step)
+
+    monkeypatch.setattr(evaluation, 'claims_of', claims_of)
+
+  first = evaluation.claim_path(eval_dir, 5)
+  with open(first, 'w') as f:
+    f.write('otherhost pid 22 since now\n')
+  look_too_early({})  # saw no claim
+  state, detail = evaluation.try_claim(eval_dir, 5, timeout=60)
+  assert state == evaluation.HELD and 'otherhost pid 22' in detail, detail
+
+  os.utime(first, (0, 0))  # its holder died
+  second = evaluation.claim_path(eval_dir, 5, 1)
+  with open(second, 'w') as f:
+    f.write('thirdhost pid 33 since now\n')
+  look_too_early({0: first})  # saw the stale claim, not its successor
+  state, detail = evaluation.try_claim(eval_dir, 5, timeout=60)
+  assert state == evaluation.HELD and 'thirdhost pid 33' in detail, detail
+
+  assert sorted(real(eval_dir, 5)) == [0, 1]
+  with open(first) as f:
+    assert f.read() == 'otherhost pid 22 since now\n'
+  with open(second) as f:
+    assert f.read() == 'thirdhost pid 33 since now\n'
+
+  # Checkpoint 6 was finished, and its claims removed, between this
+  # process's look for the marker and its look at the claims: the claim it
+  # then makes must be let go.
+  with open(evaluation.marker_path(eval_dir, 6), 'w') as f:
+    f.write('done')
+  real_marker = evaluation.marker_path
+  looks = []
+
+  def marker_path(folder, step):
+    looks.append(step)
+    return real_marker(folder, step) + ('.not-yet' if len(looks) == 1
+                                        else '')
+
+  monkeypatch.setattr(evaluation, 'marker_path', marker_path)
+  monkeypatch.setattr(evaluation, 'claims_of', real)
+  assert evaluation.try_claim(eval_dir, 6, timeout=60) == (evaluation.DONE,
+                                                           None)
+  assert real(eval_dir, 6) == {}
+
+
+def test_finished_file_is_the_one_training_writes():
+  import evaluation
+  import train
+  assert evaluation.FINISHED_FILE == train.FINISHED_FILE
+
+
+# --- flags, waiting and stopping --------------------------------------------
+
+@pytest.mark.parametrize('flag,needles', [
+    ('--eval_poll_seconds=0', ['--eval_poll_seconds', 'positive']),
+    ('--eval_claim_timeout_seconds=-5', ['--eval_claim_timeout_seconds',
+                                         'positive']),
+    ('--eval_idle_timeout_seconds=inf', ['--eval_idle_timeout_seconds',
+                                         'positive']),
+    ('--eval_poll_seconds=soon', ['--eval_poll_seconds', 'soon']),
+    ('--eval_idle_timeout_seconds=5', ['--eval_idle_timeout_seconds',
+                                       '--eval_continuous']),
+], ids=['poll-0', 'claim-negative', 'idle-inf', 'poll-text',
+        'idle-without-continuous'])
+def test_bad_eval_flags(tmp_path, dataset, flag, needles):
+  assert_one_error(run_main(_eval_args(dataset, str(tmp_path / 'train'),
+                                       str(tmp_path / 'eval'), flag)),
+                   *needles)
+  assert not (tmp_path / 'eval').exists()
+
+
+def test_help_documents_the_eval_flags():
+  result = run_main(['--help'])
+  assert result.returncode == 0
+  for flag in ('eval_continuous', 'eval_poll_seconds',
+               'eval_idle_timeout_seconds', 'eval_claim_timeout_seconds'):
+    assert re.search(r'--(\[no\])?%s: \S' % flag,
+                     result.stdout + result.stderr), flag
+
+
+def test_continuous_eval_gives_up_without_new_checkpoints(tmp_path, dataset):
+  train_dir = str(tmp_path / 'train')  # training has not even started
+  result = run_main(_eval_args(
+      dataset, train_dir, str(tmp_path / 'eval'), '--eval_continuous',
+      '--eval_poll_seconds=0.05', '--eval_idle_timeout_seconds=0.5'))
+  assert_one_error(result, train_dir, 'no new checkpoint for 0.5 seconds',
+                   'training_finished')
+  assert re.search(r'^Waiting for new checkpoints in %s \(0 evaluated so '
+                   r'far\)$' % re.escape(train_dir), result.stdout, re.M)
+
+
+def test_continuous_eval_stops_on_sigterm(tmp_path, dataset):
+  train_dir = str(tmp_path / 'train')
+  run = _Run(_eval_args(dataset, train_dir, str(tmp_path / 'eval'),
+                        '--eval_continuous', '--eval_poll_seconds=0.05'))
+  run.wait_for(r'Waiting for new checkpoints', timeout=LONG)
+  rc, out, err = run.finish(signal.SIGTERM, timeout=LONG)
+  assert rc == 128 + signal.SIGTERM
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert lines == ['main.py: stopped: stopped by SIGTERM; files written so '
+                   'far are complete, run the same command to do the rest']
+  assert 'Traceback' not in out + err
+
+
+def test_continuous_eval_retries_a_checkpoint_being_written(
+    tmp_path, dataset, make_train_dir, mobilenet_train, monkeypatch, capsys):
+  """A checkpoint whose .index is incomplete when first read (TensorFlow
+  writes it in place) is read again at the next look; one that stays
+  unreadable is reported as damaged."""
+  import checkpoints
+  import evaluation
+  import scoring
+  monkeypatch.setattr(evaluation, 'SETTLE_SECONDS', 0.2)
+  good_index = mobilenet_train['checkpoint'] + '.index'
+  with open(good_index, 'rb') as f:
+    data = f.read()
+  original = scoring.Scorer.load
+  fixed = []
+
+  def load_then_finish_writing(self, prefix):
+    try:
+      return original(self, prefix)
+    except checkpoints.DamagedCheckpoint:
+      if not fixed and os.path.basename(os.path.dirname(prefix)) == 'slow':
+        fixed.append(prefix)
+        shutil.copy(good_index, prefix + '.index')  # the write completes
+      raise
+
+  monkeypatch.setattr(scoring.Scorer, 'load', load_then_finish_writing)
+  for name, outcome in (('slow', 'evaluated'), ('damaged', 'reported')):
+    train_dir = make_train_dir([1, 2], name=name)
+    with open(os.path.join(train_dir, 'model.ckpt-2.index'), 'wb') as f:
+      f.write(data[:len(data) // 2])
+    with open(os.path.join(train_dir, 'training_finished'), 'w') as f:
+      f.write('2\n')
+    eval_dir = str(tmp_path / (name + '_eval'))
+    options = dict(continuous=True, poll_seconds=0.05)
+    if outcome == 'evaluated':
+      _evaluate_in_process(dataset, train_dir, eval_dir, **options)
+      assert _markers(eval_dir) == ['eval-1.txt', 'eval-2.txt']
+    else:
+      with pytest.raises(checkpoints.DamagedCheckpoint,
+                         match='model.ckpt-2: unreadable checkpoint'):
+        _evaluate_in_process(dataset, train_dir, eval_dir, **options)
+      assert _markers(eval_dir) == ['eval-1.txt']
+    assert _claims(eval_dir) == []
+    out = capsys.readouterr().out
+    assert re.search(r'^note: %s cannot be read yet \(.*\); trying again'
+                     % re.escape(_prefixes(train_dir, [2])[0]), out, re.M)
