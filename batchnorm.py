@@ -110,13 +110,13 @@ def use_precise(model, reader, prefix):
   return 'precise'
 
 
-def build_inference_model(model_name, num_classes, hparams):
+def build_inference_model(model_name, num_classes, hparams, static=False):
   """A model for scoring only: where the architecture allows it, a twin
   without batch norm whose convolutions carry biases for the folded scale
   and shift (see fold_batch_norm); otherwise the model itself."""
   if model_lib.architecture(model_name).FOLDS_BATCH_NORM and hparams.bn:
     hparams = dataclasses.replace(hparams, bn=0, dropout=0.0)
-  return model_lib.build_model(model_name, num_classes, hparams)
+  return model_lib.build_model(model_name, num_classes, hparams, static)
 
 
 def fold_batch_norm(trained, inference):

@@ -29,8 +29,10 @@ def keras2_hard_sigmoid(x):
   return ops.clip(0.2 * x + 0.5, 0.0, 1.0)
 
 
-def build(x, hparams):
-  """[batch, frames, bands, 1] -> [batch, GRU_UNITS] GRU output."""
+def build(x, hparams, static=False):
+  """[batch, frames, bands, 1] -> [batch, GRU_UNITS] GRU output. static:
+  the GRU unrolled over its 25 steps (same numbers), for converters that
+  cannot take a loop over a batch of unknown size (TFLite)."""
   # Batch norm over the frequency axis of the input, as the seed's bn_0_freq.
   # Batch norm momentum crnn_bndecay: Keras 2's default 0.99 in the seed.
   x = BatchNorm(axis=2, momentum=hparams.crnn_bndecay, epsilon=hparams.bneps,
@@ -47,7 +49,7 @@ def build(x, hparams):
   _, steps, bands, channels = x.shape
   x = keras.layers.Reshape((steps, bands * channels), name='to_sequence')(x)
   # reset_after=False is the Keras 2 GRU of the seed (9,312 weights).
-  x = keras.layers.GRU(GRU_UNITS, reset_after=False,
+  x = keras.layers.GRU(GRU_UNITS, reset_after=False, unroll=static,
                        recurrent_activation=keras2_hard_sigmoid,
                        kernel_initializer=initializer(hparams), name='gru')(x)
   return keras.layers.Dropout(hparams.crnn_dropout, name='gru_dropout')(x)

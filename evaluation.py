@@ -414,7 +414,6 @@ class _Evaluator:
   def _score(self, step, prefix, claim, retry_unreadable):
     import tensorflow as tf  # here so that the claims above need no TF
     import scoring
-    import summary
 
     if self.scorer is None:
       self.scorer = scoring.Scorer(self.model_name, len(self.class_names),
@@ -450,12 +449,22 @@ class _Evaluator:
     print('Checkpoint %s (%d clips, batch-norm statistics: %s)\n%s\n%s\n' % (
         prefix, len(self.rows), statistics, lwlrap, report))
     with self.writer.as_default():
-      summary.scalar('Lwlrap', lwlrap.overall_lwlrap(), step)
-      summary.scalar('Lwlrap-5%', partial_lwlrap.overall_lwlrap(), step)
-      summary.scalar('Micro-F1', result['micro_f1'], step)
+      tf.summary.scalar('Lwlrap', lwlrap.overall_lwlrap(), step=step)
+      tf.summary.scalar('Lwlrap-5%', partial_lwlrap.overall_lwlrap(),
+                        step=step)
+      tf.summary.scalar('Micro-F1', result['micro_f1'], step=step)
       for name in ('mean_eer', 'pooled_eer'):
         if result[name] is not None:
-          summary.scalar('EER-' + name.split('_')[0], result[name], step)
+          tf.summary.scalar('EER-' + name.split('_')[0], result[name],
+                            step=step)
+      # Each class with labels in the eval set, and the sorted table.
+      per_class = lwlrap.per_class_lwlrap()
+      for name, value, weight in zip(self.class_names, per_class,
+                                     lwlrap.per_class_weight()):
+        if weight > 0:
+          tf.summary.scalar('Lwlrap/' + name, value, step=step)
+      tf.summary.text('Lwlrap per class', '\n\n'.join(
+          '    ' + line for line in str(lwlrap).split('\n')), step=step)
     self.writer.flush()
     write_atomically(metrics_path(self.eval_dir, step), report + '\n')
     # The marker last: its presence means the checkpoint is done.

@@ -27,9 +27,11 @@ import params
 import runtime
 from files import UserError
 
-flags.DEFINE_enum('mode', None, ['train', 'eval', 'inference'],
+flags.DEFINE_enum('mode', None, ['train', 'eval', 'inference', 'export'],
                   'What to do: train a model, evaluate every checkpoint of a '
-                  'training run, or write predictions for a folder of clips.')
+                  'training run, write predictions for a folder of clips, '
+                  'or export a checkpoint as a SavedModel and a TFLite '
+                  'model.')
 flags.DEFINE_enum('model', 'mobilenet-v1', list(model.MODELS),
                   'Model architecture.')
 flags.DEFINE_string('hparams', '',
@@ -96,6 +98,9 @@ flags.DEFINE_string('inference_clip_dir', None,
                     'Folder of WAV clips to predict (every .wav in it).')
 flags.DEFINE_string('predictions_csv_path', None,
                     'Where to write the Kaggle submission CSV.')
+flags.DEFINE_string('export_dir', None,
+                    'Folder (new or empty) to write the export of '
+                    '--inference_checkpoint into (--mode export).')
 
 FLAGS = flags.FLAGS
 
@@ -111,6 +116,7 @@ _REQUIRED = {
     'eval': ('eval_clip_dir', 'eval_csv_path', 'train_dir', 'eval_dir'),
     'inference': ('inference_checkpoint', 'inference_clip_dir',
                   'predictions_csv_path'),
+    'export': ('inference_checkpoint', 'export_dir'),
 }
 
 
@@ -149,6 +155,13 @@ def _check_flags():
     path = getattr(FLAGS, flag)
     if os.path.exists(path) and not os.path.isdir(path):
       raise UserError('--%s: %s exists and is not a folder' % (flag, path))
+  if FLAGS.mode == 'export':
+    checkpoints.require(FLAGS.inference_checkpoint, '--inference_checkpoint')
+    path = FLAGS.export_dir
+    if os.path.exists(path) and not (os.path.isdir(path) and
+                                     not os.listdir(path)):
+      raise UserError('--export_dir: %s exists and is not an empty folder' %
+                      path)
   if FLAGS.mode == 'inference':
     checkpoints.require(FLAGS.inference_checkpoint, '--inference_checkpoint')
     files.check_writable(FLAGS.predictions_csv_path,
@@ -172,7 +185,8 @@ def _starting_record():
   """(checkpoint, its record) of the checkpoint this mode starts from: the
   one to score (inference), else the newest readable one of train_dir (the
   one a resumed run or eval starts from); (None, None) if there is none."""
-  if FLAGS.mode == 'inference':
+  single = FLAGS.mode in ('inference', 'export')
+  if single:
     candidates = [FLAGS.inference_checkpoint]
   else:
     candidates = [p for _, p in reversed(checkpoints.list_checkpoints(
@@ -182,7 +196,7 @@ def _starting_record():
       return prefix, checkpoints.read_record(
           checkpoints.open_checkpoint(prefix), prefix)
     except checkpoints.DamagedCheckpoint:
-      if FLAGS.mode == 'inference':
+      if single:
         raise
       # Training falls back past it (and says so); eval reports it.
   return None, None
@@ -232,7 +246,9 @@ def _make_output_dirs():
 def run():
   hparams = _check_flags()
   class_names = files.read_class_map(FLAGS.class_map_path)
-  if FLAGS.mode == 'inference':
+  if FLAGS.mode == 'export':
+    clip_dir, fnames = '', []
+  elif FLAGS.mode == 'inference':
     clip_dir = FLAGS.inference_clip_dir
     fnames = files.list_wavs(clip_dir)
   else:
@@ -278,6 +294,10 @@ def run():
           poll_seconds=FLAGS.eval_poll_seconds,
           claim_timeout_seconds=FLAGS.eval_claim_timeout_seconds,
           idle_timeout_seconds=FLAGS.eval_idle_timeout_seconds)
+    elif FLAGS.mode == 'export':
+      import export
+      export.export(model_name, hparams, class_names, FLAGS.class_map_path,
+                    FLAGS.inference_checkpoint, FLAGS.export_dir)
     else:
       import inference
       inference.infer(model_name, hparams, class_names,

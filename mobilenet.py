@@ -47,8 +47,9 @@ def _slim_scopes():
 SCOPE_ALIASES = _slim_scopes()
 
 
-def build(x, hparams):
-  """[batch, frames, bands, 1] -> [batch, 1024] pooled features."""
+def build(x, hparams, static=False):
+  """[batch, frames, bands, 1] -> [batch, 1024] pooled features. (static:
+  see crnn.build; nothing to do here.)"""
   bias = not hparams.bn  # batch norm's beta makes a conv bias redundant
   for scope, kind, stride, depth in MOBILENET_V1:
     if kind == 'conv':

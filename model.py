@@ -28,9 +28,9 @@ def architecture(model_name):
   return importlib.import_module(ARCHITECTURES[model_name])
 
 
-def build_model(model_name, num_classes, hparams):
+def build_model(model_name, num_classes, hparams, static=False):
   """Keras model: [batch, frames, bands] log-mel examples -> [batch, classes]
-  logits."""
+  logits. static: no loops over the batch (for TFLite; same numbers)."""
   import keras
   import features
   from layers import initializer
@@ -42,5 +42,5 @@ def build_model(model_name, num_classes, hparams):
   # float32 logits whatever the precision policy: the sigmoid and the loss
   # need its range.
   logits = keras.layers.Dense(num_classes, kernel_initializer=initializer(
-      hparams), dtype='float32', name='logits')(build(x, hparams))
+      hparams), dtype='float32', name='logits')(build(x, hparams, static))
   return keras.Model(examples, logits, name=model_name)

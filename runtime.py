@@ -1,24 +1,36 @@
 """How TensorFlow runs in this process: a quiet import and one op at a time."""
 
+import contextlib
 import os
+import warnings
 
 
-def import_tensorflow():
-  """Imports TensorFlow with its start-up chatter (CUDA probing, oneDNN
-  notices) kept off stderr, so that the run's own output stays readable,
-  and runs one op at a time (see use_one_inter_op_thread)."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+@contextlib.contextmanager
+def quiet_stderr():
+  """Keeps what native code prints to stderr (CUDA probing, oneDNN and
+  TFLite notices) and Python warnings out of the run's own output."""
   saved = os.dup(2)
   devnull = os.open(os.devnull, os.O_WRONLY)
   try:
     os.dup2(devnull, 2)
-    import tensorflow as tf
-    use_one_inter_op_thread()
-    tf.config.list_physical_devices()
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      yield
   finally:
     os.dup2(saved, 2)
     os.close(saved)
     os.close(devnull)
+
+
+def import_tensorflow():
+  """Imports TensorFlow with its start-up chatter kept off stderr, so that
+  the run's own output stays readable, and runs one op at a time (see
+  use_one_inter_op_thread)."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  with quiet_stderr():
+    import tensorflow as tf
+    use_one_inter_op_thread()
+    tf.config.list_physical_devices()
   tf.get_logger().setLevel('ERROR')
   return tf
 

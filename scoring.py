@@ -31,13 +31,15 @@ GPU_BATCH_SIZE = 64
 class Scorer:
   """Holds a model; `load` a checkpoint, then `score` clips with it."""
 
-  def __init__(self, model_name, num_classes, hparams):
+  def __init__(self, model_name, num_classes, hparams, static=False):
+    """static: the inference model without loops over the batch, as TFLite
+    needs (model.build_model)."""
     self.model_name = model_name
     self.hparams = hparams
     self.num_classes = num_classes
     self.model = model_lib.build_model(model_name, num_classes, hparams)
     self.inference_model = batchnorm.build_inference_model(
-        model_name, num_classes, hparams)
+        model_name, num_classes, hparams, static)
     frames, _ = features.example_geometry(hparams)
     self.batch_size = (GPU_BATCH_SIZE if tf.config.list_logical_devices('GPU')
                        else BATCH_SIZE)

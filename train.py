@@ -20,7 +20,6 @@ import mfom
 import model as model_lib
 import params
 import files
-import summary
 from files import UserError
 
 CHECKPOINT_EVERY = 100
@@ -195,6 +194,20 @@ class _StopSignals:
       signal.signal(s, handler)
 
 
+def _log_mel_images(examples, step, count=3):
+  """The first examples of a run's first batch as TensorBoard images (what
+  the model sees): frequency upwards, time to the right, each scaled to its
+  own range."""
+  if hasattr(examples, 'values'):  # a distributed batch: the first share
+    examples = examples.values[0]
+  images = tf.reverse(tf.transpose(examples[:count], [0, 2, 1]), [1])
+  low = tf.reduce_min(images, axis=[1, 2], keepdims=True)
+  high = tf.reduce_max(images, axis=[1, 2], keepdims=True)
+  images = (images - low) / tf.maximum(high - low, 1e-6)
+  tf.summary.image('log_mel_examples', images[..., None], step=step,
+                   max_outputs=count)
+
+
 def _duration(seconds):
   return str(datetime.timedelta(seconds=int(seconds)))
 
@@ -367,6 +380,8 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
   start_time, start_step = time.time(), current
   with _StopSignals() as stop, writer.as_default():
     for examples, labels in dataset:
+      if current == start_step:
+        _log_mel_images(examples, current)
       loss, finite = train_step(examples, labels)
       loss = float(loss)
       if not finite:
@@ -381,9 +396,9 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
       print('step %d loss %.6f (%.2f steps/s, %.1f examples/s%s)' % (
           current, loss, rate, rate * batch_size, left), flush=True)
       if current % SUMMARY_EVERY == 0:
-        summary.scalar('loss', loss, current)
-        summary.scalar('learning_rate', state.optimizer.learning_rate,
-                       current)
+        tf.summary.scalar('loss', loss, step=current)
+        tf.summary.scalar('learning_rate', state.optimizer.learning_rate,
+                          step=current)
       if current % CHECKPOINT_EVERY == 0:
         save()
         saved = current

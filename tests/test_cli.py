@@ -140,10 +140,30 @@ def _eval_scalars(eval_dir):
   for path in glob.glob(os.path.join(eval_dir, 'events.out.tfevents.*')):
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
+        if '/' in value.tag or value.metadata.plugin_data.plugin_name == (
+            'text'):
+          continue  # per class, see _eval_per_class
         key = (value.tag, event.step)
         assert key not in scalars, key
         scalars[key] = float(tf.make_ndarray(value.tensor))
   return scalars
+
+
+def _eval_per_class(eval_dir, step):
+  """({class: lwlrap} scalars, table text) at `step` from the event files."""
+  import tensorflow as tf
+  per_class, text = {}, None
+  for path in glob.glob(os.path.join(eval_dir, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if event.step != step:
+          continue
+        if value.tag.startswith('Lwlrap/'):
+          per_class[value.tag[len('Lwlrap/'):]] = float(
+              tf.make_ndarray(value.tensor))
+        elif value.metadata.plugin_data.plugin_name == 'text':
+          text = tf.make_ndarray(value.tensor).item().decode()
+  return per_class, text
 
 
 def _check_eval_scalars(scalars, step, truth, scores):
@@ -385,6 +405,16 @@ def test_eval_scalars_on_41_clips(crnn_train, crnn_eval_41_clips,
         os.path.join(crnn_eval_41_clips['eval_dir'], 'eval-%d.txt' % step),
         truth, scores, class_names)
     assert 'Overall lwlrap' in text
+    # Each class with labels as a scalar, equal to its line in the report
+    # (checked independently above), and the report's table as text.
+    per_class, table = _eval_per_class(crnn_eval_41_clips['eval_dir'], step)
+    reported = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^Lwlrap\((.+)\) = ([0-9.]+)$', text, re.M)}
+    with_labels = [c for i, c in enumerate(class_names) if truth[:, i].any()]
+    assert sorted(per_class) == sorted(with_labels)
+    for name, value in per_class.items():
+      assert abs(value - reported[name]) <= 5e-7 + 1e-7, name
+    assert [l.strip() for l in table.split('\n\n')] == text.split('\n')
 
 
 def test_crnn_inference(tmp_path, crnn_train, dataset, parse_hparams):

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import (CLASS_MAP, check_ok, popen_main, read_csv_rows,
+from conftest import (CLASS_MAP, check_ok, read_csv_rows,
                       run_main, subprocess_env, train_args)
 from test_cli_errors import _Run, assert_one_error
 

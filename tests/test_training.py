@@ -309,13 +309,24 @@ def test_lr_decay_in_training_summaries(tmp_path, dataset):
   out = _train(dataset, 'crnn', 'batch_size=4,lr=0.01,lrdecay=0.5,'
                'decay_epochs=1', tmp_path, 10, epoch_num_batches=3)
   assert [s for s, _ in _losses(out)] == list(range(1, 11))
-  scalars = {}
+  scalars, images = {}, {}
   for path in glob.glob(str(tmp_path / 'events.out.tfevents.*')):
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == 'images':
+          images[(value.tag, event.step)] = tf.make_ndarray(value.tensor)
+          continue
         scalars[(value.tag, event.step)] = float(
             tf.make_ndarray(value.tensor))
   assert sorted(scalars) == [('learning_rate', 10), ('loss', 10)]
+  # The run's first examples as images at its start: width, height, then
+  # three encoded images (of 100 frames by 96 bands).
+  assert sorted(images) == [('log_mel_examples', 0)]
+  encoded = images[('log_mel_examples', 0)]
+  assert [int(v) for v in encoded[:2]] == [100, 96] and len(encoded) == 5
+  decoded = tf.io.decode_png(encoded[2]).numpy()
+  assert decoded.shape == (96, 100, 1) and decoded.max() == 255 and (
+      decoded.min() == 0)
   assert scalars[('learning_rate', 10)] == pytest.approx(0.01 * 0.5 ** 3,
                                                          rel=1e-6)
   assert scalars[('loss', 10)] == pytest.approx(_losses(out)[-1][1],

@@ -1,0 +1,201 @@
+"""--mode export: the SavedModel reproduces --mode inference in a process that
+imports only TensorFlow, the TFLite model matches it with built-in ops only,
+embeddings are the model's pooled features, and a failed self-check leaves
+nothing behind."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import (CLASS_MAP, HPARAMS, check_ok, read_class_names,
+                      read_csv_rows, run_main, subprocess_env)
+from test_cli_errors import assert_one_error
+
+# Runs in a fresh interpreter with nothing of this project on its path.
+PLAIN_TENSORFLOW = r'''
+import json, sys, wave
+import numpy as np
+import tensorflow as tf
+export_dir, clips = sys.argv[1], sys.argv[2:]
+model = tf.saved_model.load(export_dir + '/saved_model')
+names = [n.decode() for n in
+         model.signatures['class_names']()['class_names'].numpy()]
+serve = model.signatures['serving_default']
+out = {'class_names': names, 'clips': {}}
+for path in clips:
+  with wave.open(path) as w:
+    pcm = np.frombuffer(w.readframes(w.getnframes()), '<i2')
+  result = serve(waveform=tf.constant(pcm.astype(np.float32) / 32768.0))
+  out['clips'][path] = {k: v.numpy().tolist() for k, v in result.items()}
+out['modules'] = sorted(m for m in sys.modules if m.split('.')[0] in (
+    'model', 'features', 'inputs', 'scoring', 'export', 'params'))
+print(json.dumps(out))
+'''
+
+
+def export_args(checkpoint, export_dir, extra=()):
+  return ['--mode', 'export', '--class_map_path', CLASS_MAP,
+          '--inference_checkpoint', checkpoint, '--export_dir',
+          export_dir] + list(extra)
+
+
+@pytest.fixture(scope='module')
+def mobilenet_export(tmp_path_factory, mobilenet_train):
+  export_dir = str(tmp_path_factory.mktemp('export') / 'mn')
+  result = check_ok(run_main(export_args(mobilenet_train['checkpoint'],
+                                         export_dir)))
+  return {'dir': export_dir, 'result': result}
+
+
+def read_pcm(path):
+  import wave
+  with wave.open(path) as w:
+    return np.frombuffer(w.readframes(w.getnframes()), '<i2').astype(
+        np.float32) / 32768.0
+
+
+def test_export_files_and_report(mobilenet_export):
+  assert sorted(os.listdir(mobilenet_export['dir'])) == [
+      'class_map.csv', 'model.tflite', 'saved_model']
+  out = mobilenet_export['result'].stdout
+  assert re.search(r'SavedModel: scores of a [0-9.]+ s clip within', out)
+  assert re.search(r'TFLite: [0-9]+ examples/s', out)
+  with open(os.path.join(mobilenet_export['dir'], 'class_map.csv')) as f, \
+      open(CLASS_MAP) as g:
+    assert f.read() == g.read()
+
+
+def test_plain_tensorflow_reproduces_inference(mobilenet_export,
+                                               mobilenet_inference,
+                                               inference_clips):
+  fnames = sorted(n for n in os.listdir(inference_clips)
+                  if n.endswith('.wav'))
+  paths = [os.path.join(inference_clips, n) for n in fnames]
+  result = subprocess.run(
+      [sys.executable, '-c', PLAIN_TENSORFLOW, mobilenet_export['dir']] +
+      paths, capture_output=True, text=True, timeout=600,
+      env=subprocess_env(), cwd='/')
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.splitlines()[-1])
+  assert out['modules'] == []  # nothing of this project was imported
+  assert out['class_names'] == read_class_names()
+  rows = read_csv_rows(mobilenet_inference['csv'])
+  submitted = {r[0]: np.array([float(v) for v in r[1:]]) for r in rows[1:]}
+  for name, path in zip(fnames, paths):
+    clip = out['clips'][path]
+    np.testing.assert_allclose(clip['clip_scores'], submitted[name],
+                               atol=1e-5, rtol=0, err_msg=name)
+    scores = np.array(clip['scores'])
+    np.testing.assert_allclose(scores.mean(axis=0), clip['clip_scores'],
+                               atol=1e-6)
+    assert np.array(clip['embeddings']).shape == (scores.shape[0], 1024)
+    assert np.array(clip['log_mel']).shape[1] == 96
+  # The clips differ, so the comparison is not trivially satisfied.
+  assert np.ptp(np.array([out['clips'][p]['clip_scores'] for p in paths]),
+                axis=0).max() > 1e-4
+
+
+def test_tflite_matches_saved_model_with_builtin_ops(mobilenet_export,
+                                                     inference_clips):
+  import tensorflow as tf
+  interpreter = tf.lite.Interpreter(model_path=os.path.join(
+      mobilenet_export['dir'], 'model.tflite'))
+  ops = {op['op_name'] for op in interpreter._get_ops_details()}
+  assert not [op for op in ops if op.startswith('Flex') or op == 'CUSTOM']
+  assert 'VAR_HANDLE' not in ops  # weights are constants
+  runner = interpreter.get_signature_runner('serving_default')
+  serve = tf.saved_model.load(os.path.join(
+      mobilenet_export['dir'], 'saved_model')).signatures['serving_default']
+  for name in sorted(os.listdir(inference_clips)):
+    waveform = read_pcm(os.path.join(inference_clips, name))
+    want = serve(waveform=tf.constant(waveform))
+    got = runner(waveform=waveform)
+    for key in ('scores', 'clip_scores', 'embeddings'):
+      np.testing.assert_allclose(got[key], want[key].numpy(), atol=1e-4,
+                                 rtol=1e-4, err_msg=(name, key))
+    np.testing.assert_allclose(got['log_mel'], want['log_mel'].numpy(),
+                               atol=1e-4)
+
+
+def test_embeddings_are_the_pooled_features_and_batch_signature(
+    mobilenet_export, mobilenet_train, inference_clips, parse_hparams):
+  """Against a plain Keras model: its global-pool output on NumPy features
+  (precise batch-norm statistics, as scoring)."""
+  import keras
+  import tensorflow as tf
+  import plain_models
+  import reference
+  hparams = parse_hparams(HPARAMS)
+  plain = plain_models.load_checkpoint(
+      plain_models.plain_model('mobilenet-v1', 80, hparams),
+      mobilenet_train['checkpoint'])
+  pooled = keras.Model(plain.input, plain.layers[-2].output)
+  model = tf.saved_model.load(os.path.join(mobilenet_export['dir'],
+                                           'saved_model'))
+  name = sorted(os.listdir(inference_clips))[0]
+  waveform = read_pcm(os.path.join(inference_clips, name))
+  got = model.signatures['serving_default'](waveform=tf.constant(waveform))
+  examples = reference.np_examples(waveform, hparams).astype(np.float32)
+  np.testing.assert_allclose(got['embeddings'].numpy(),
+                             pooled(examples).numpy(), atol=1e-4, rtol=1e-3)
+  # Two equal-length waveforms at once give each one's own outputs.
+  other = waveform[::-1].copy()
+  batch = model.signatures['batch'](waveforms=tf.constant(
+      np.stack([waveform, other])))
+  single = model.signatures['serving_default'](waveform=tf.constant(other))
+  assert batch['scores'].shape[0] == 2
+  for key in ('scores', 'clip_scores', 'embeddings', 'log_mel'):
+    np.testing.assert_allclose(batch[key].numpy()[0], got[key].numpy(),
+                               atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(batch[key].numpy()[1], single[key].numpy(),
+                               atol=1e-5, err_msg=key)
+
+
+def test_crnn_export(tmp_path, crnn_train, dataset):
+  export_dir = str(tmp_path / 'crnn')
+  checkpoint = os.path.join(crnn_train['train_dir'], 'model.ckpt-101')
+  check_ok(run_main(export_args(checkpoint, export_dir)))
+  import tensorflow as tf
+  model = tf.saved_model.load(os.path.join(export_dir, 'saved_model'))
+  clip = os.path.join(dataset['test_clip_dir'],
+                      sorted(os.listdir(dataset['test_clip_dir']))[0])
+  waveform = read_pcm(clip)
+  out = model.signatures['serving_default'](waveform=tf.constant(waveform))
+  assert out['embeddings'].shape[1] == 32  # the GRU's output
+  import files
+  import params
+  import scoring
+  scorer = scoring.Scorer('crnn', 80, params.parse_hparams(
+      crnn_train['hparams']))
+  scorer.load(checkpoint)
+  np.testing.assert_allclose(out['clip_scores'].numpy(),
+                             scorer.score([clip], files.check_wavs([clip]))[0],
+                             atol=1e-5)
+
+
+def test_failed_self_check_leaves_nothing(tmp_path, mobilenet_train,
+                                          monkeypatch, parse_hparams):
+  import export
+  import files
+  monkeypatch.setattr(export, 'TFLITE_TOLERANCE', -1.0)
+  export_dir = str(tmp_path / 'out')
+  with pytest.raises(files.UserError, match='TFLite scores a clip'):
+    export.export('mobilenet-v1', parse_hparams(HPARAMS), read_class_names(),
+                  CLASS_MAP, mobilenet_train['checkpoint'], export_dir)
+  assert os.listdir(str(tmp_path)) == []
+
+
+def test_export_dir_must_be_new_or_empty(tmp_path, mobilenet_train):
+  taken = tmp_path / 'taken'
+  taken.mkdir()
+  (taken / 'something').write_text('x')
+  assert_one_error(run_main(export_args(mobilenet_train['checkpoint'],
+                                        str(taken))),
+                   '--export_dir', str(taken), 'not an empty folder')
+
+
