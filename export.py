@@ -68,8 +68,7 @@ class Tagger(tf.Module):
   @tf.function(input_signature=[tf.TensorSpec([None], tf.float32,
                                               name='waveform')])
   def serve(self, waveform):
-    log_mel = features.log_compress(
-        features.waveform_to_mel(waveform, self.hparams), self.hparams)
+    log_mel = features.waveform_to_features(waveform, self.hparams)
     examples = features.log_mel_to_examples(log_mel, self.hparams)
     embeddings, scores = self._outputs(examples)
     return {'scores': scores, 'clip_scores': tf.reduce_mean(scores, axis=0),
@@ -78,8 +77,7 @@ class Tagger(tf.Module):
   @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32,
                                               name='waveforms')])
   def serve_batch(self, waveforms):
-    log_mel = features.log_compress(
-        features.waveform_to_mel(waveforms, self.hparams), self.hparams)
+    log_mel = features.waveform_to_features(waveforms, self.hparams)
     examples = features.log_mel_to_examples(log_mel, self.hparams)
     shape = tf.shape(examples)  # [clips, examples, frames, bands]
     embeddings, scores = self._outputs(

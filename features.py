@@ -14,6 +14,7 @@ CPU inside tf.data; LogMelExamples calls the same functions inside a model.
 import functools
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from params import example_geometry, stft_geometry  # noqa: F401  (geometry)
@@ -81,10 +82,67 @@ def log_mel_to_examples(log_mel, hparams):
                          pad_end=True, pad_value=0.0, axis=-2)
 
 
+def waveform_to_features(waveform, hparams):
+  """[..., samples] -> [..., frames, bands]: what the model's input
+  examples are made of: the log mel (frontend=logmel, the baseline), or the
+  mel energies that the model's PCEN layer compresses (frontend=pcen)."""
+  mel = waveform_to_mel(waveform, hparams)
+  return log_compress(mel, hparams) if hparams.frontend == 'logmel' else mel
+
+
 def waveform_to_examples(waveform, hparams):
   """[..., samples] -> [..., num_examples(samples), frames, bands]."""
-  return log_mel_to_examples(
-      log_compress(waveform_to_mel(waveform, hparams), hparams), hparams)
+  return log_mel_to_examples(waveform_to_features(waveform, hparams),
+                             hparams)
+
+
+class PCEN(keras.layers.Layer):
+  """Per-channel energy normalisation (Wang et al., "Trainable Frontend For
+  Robust and Far-Field Keyword Spotting", ICASSP 2017) of [batch, frames,
+  bands] mel energies E, per example:
+
+    M(t) = (1 - s) M(t - 1) + s E(t),   M(-1) = E(0)
+    PCEN(t) = (E(t) / (eps + M(t))^alpha + delta)^r - delta^r
+
+  The smoother starts from the example's first frame (so M(0) = E(0)) and
+  runs over the example's own frames only, so an example's features do not
+  depend on where a long clip was cut. alpha, delta and r are per band and
+  held in log space; they train with trainable=1. The smoother is a
+  [frames, frames] matrix product (no loop), which any converter takes.
+  """
+
+  def __init__(self, hparams, **kwargs):
+    super().__init__(trainable=bool(hparams.pcen_trainable), **kwargs)
+    self.hparams = hparams
+
+  def build(self, input_shape):
+    frames, bands = input_shape[-2], input_shape[-1]
+    hp = self.hparams
+
+    def per_band(name, value):
+      return self.add_weight(
+          name=name, shape=(bands,),
+          initializer=keras.initializers.Constant(np.log(value)))
+
+    self.log_alpha = per_band('log_alpha', hp.pcen_alpha)
+    self.log_delta = per_band('log_delta', hp.pcen_delta)
+    self.log_r = per_band('log_r', hp.pcen_r)
+    # M = K^T E: M(t) = sum over u <= t of s (1 - s)^(t - u) E(u), plus
+    # (1 - s)^(t + 1) E(0) from M(-1) = E(0).
+    s = hp.pcen_s
+    t = np.arange(frames)
+    kernel = np.where(t[:, None] <= t[None, :],
+                      s * (1 - s) ** (t[None, :] - t[:, None]), 0.0)
+    kernel[0, :] += (1 - s) ** (t + 1)
+    self.smoother = tf.constant(kernel, tf.float32)  # [u, t]
+
+  def call(self, energies):
+    smooth = tf.einsum('...uf,ut->...tf', energies, self.smoother)
+    alpha = tf.exp(self.log_alpha)
+    delta = tf.exp(self.log_delta)
+    r = tf.exp(self.log_r)
+    gain = tf.pow(self.hparams.pcen_eps + smooth, -alpha)
+    return tf.pow(energies * gain + delta, r) - tf.pow(delta, r)
 
 
 class LogMelExamples(keras.layers.Layer):

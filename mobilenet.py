@@ -47,11 +47,18 @@ def _slim_scopes():
 SCOPE_ALIASES = _slim_scopes()
 
 
+def scaled_depth(depth, width):
+  """A layer's depth under the width multiplier, as TF-Slim's MobileNet
+  scales it: int(depth * width), at least 8."""
+  return max(8, int(depth * width))
+
+
 def build(x, hparams, static=False):
   """[batch, frames, bands, 1] -> [batch, 1024] pooled features. (static:
   see crnn.build; nothing to do here.)"""
   bias = not hparams.bn  # batch norm's beta makes a conv bias redundant
   for scope, kind, stride, depth in MOBILENET_V1:
+    depth = scaled_depth(depth, hparams.width)
     if kind == 'conv':
       units = [('conv', keras.layers.Conv2D(
           depth, 3, strides=stride, padding='same', use_bias=bias,

@@ -37,8 +37,11 @@ def build_model(model_name, num_classes, hparams, static=False):
   build = architecture(model_name).build
   frames, _ = features.example_geometry(hparams)
   examples = keras.Input((frames, hparams.mel_bands), name='log_mel')
-  x = keras.layers.Reshape((frames, hparams.mel_bands, 1), name='to_image')(
-      examples)
+  x = examples
+  if hparams.frontend == 'pcen':
+    # The model owns the compression of the mel energies.
+    x = features.PCEN(hparams, name='pcen')(x)
+  x = keras.layers.Reshape((frames, hparams.mel_bands, 1), name='to_image')(x)
   # float32 logits whatever the precision policy: the sigmoid and the loss
   # need its range.
   logits = keras.layers.Dense(num_classes, kernel_initializer=initializer(

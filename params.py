@@ -83,6 +83,32 @@ class HParams:
   # momentum as in the MFoM project (MobileNet uses bndecay).
   crnn_bndecay: float = 0.99
 
+  # --- Beyond the baseline (all off by default) ---
+  # The front end: 'logmel' (the baseline's log(mel + mel_log_offset)) or
+  # 'pcen', per-channel energy normalisation of the mel energies (Wang et
+  # al., ICASSP 2017) as the model's first layer, with the paper's smoother
+  # coefficient s and initial alpha, delta, r, eps; pcen_trainable=1 learns
+  # per-band alpha, delta and r (in log space, as in the paper).
+  frontend: str = 'logmel'
+  pcen_s: float = 0.025
+  pcen_alpha: float = 0.98
+  pcen_delta: float = 2.0
+  pcen_r: float = 0.5
+  pcen_eps: float = 1e-6
+  pcen_trainable: int = 0
+  # SpecAugment in training: this many frequency (time) masks per example,
+  # each of a width drawn uniformly from 0 to the maximum, in bands (frames).
+  specaug_freq_masks: int = 0
+  specaug_freq_width: int = 0
+  specaug_time_masks: int = 0
+  specaug_time_width: int = 0
+  # mixup in training: examples and labels mixed within the batch with
+  # weights drawn from Beta(mixup, mixup); 0 is off. BCE only.
+  mixup: float = 0.0
+  # MobileNet's width multiplier: every layer's depth times this (at least
+  # 8), as TF-Slim's depth_multiplier.
+  width: float = 1.0
+
 
 _CHOICES = {
     'global_pool': ('mean', 'max'),
@@ -90,12 +116,14 @@ _CHOICES = {
     'loss': LOSSES,
     'bn_stats': ('precise', 'moving'),
     'precision': ('float32', 'mixed_float16', 'mixed_bfloat16'),
+    'frontend': ('logmel', 'pcen'),
 }
 _UNIT_INTERVAL = ('dropout', 'lsmooth', 'bndecay', 'crnn_bndecay', 'momentum')
 _POSITIVE = ('stft_window_seconds', 'stft_hop_seconds', 'mel_bands',
              'mel_log_offset', 'example_window_seconds', 'example_hop_seconds',
              'batch_size', 'lr', 'decay_epochs', 'crnn_filters',
-             'bn_stats_batches')
+             'bn_stats_batches', 'width', 'pcen_s', 'pcen_alpha',
+             'pcen_delta', 'pcen_r', 'pcen_eps')
 
 
 # The hparams that define what a trained model computes from a waveform: its
@@ -105,7 +133,8 @@ _POSITIVE = ('stft_window_seconds', 'stft_hop_seconds', 'mel_bands',
 MODEL_DEFINING = ('stft_window_seconds', 'stft_hop_seconds', 'mel_bands',
                   'mel_min_hz', 'mel_max_hz', 'mel_log_offset',
                   'example_window_seconds', 'example_hop_seconds',
-                  'global_pool', 'bn', 'bneps', 'crnn_filters')
+                  'global_pool', 'bn', 'bneps', 'crnn_filters', 'frontend',
+                  'width')
 
 # Bounds of the feature geometry: beyond them a run would fail deep inside
 # TensorFlow (or crash) instead of doing anything useful.
@@ -194,7 +223,17 @@ def _check(hparams):
                      'learning-rate decay')
   if hparams.opt != 'sgd' and (hparams.momentum or hparams.nesterov):
     raise ValueError('hparams momentum and nesterov apply to opt=sgd only')
-  for name in ('nesterov', 'bn_sync', 'bn', 'warmstart'):
+  for name in ('specaug_freq_masks', 'specaug_freq_width',
+               'specaug_time_masks', 'specaug_time_width', 'mixup'):
+    if getattr(hparams, name) < 0:
+      raise ValueError('hparam %s=%s: must not be negative' % (
+          name, getattr(hparams, name)))
+  if hparams.mixup > 0 and hparams.loss != 'bce':
+    raise ValueError('hparam mixup=%s: mixed labels are not 0/1, which the '
+                     'MFoM objectives need; use loss=bce' % hparams.mixup)
+  if hparams.pcen_s >= 1:
+    raise ValueError('hparam pcen_s=%s: must be below 1' % hparams.pcen_s)
+  for name in ('nesterov', 'bn_sync', 'bn', 'warmstart', 'pcen_trainable'):
     if getattr(hparams, name) not in (0, 1):
       raise ValueError('hparam %s=%s: must be 0 or 1' % (
           name, getattr(hparams, name)))

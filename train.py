@@ -12,6 +12,7 @@ import time
 import keras
 import tensorflow as tf
 
+import augment
 import batchnorm
 import checkpoints
 import distribution
@@ -77,16 +78,19 @@ def make_optimizer(hparams, epoch_num_batches):
 
 
 def make_train_step(model, loss_fn, variables, optimizer, step,
-                    strategy=None):
+                    strategy=None, augment=None):
   """The training step: (examples, labels) -> (loss, finite). Under a
   distribution strategy, examples and labels are a distributed batch (a
   replica's share each); loss is the mean over the whole batch, and finite
-  whether every replica's loss and gradients were."""
+  whether every replica's loss and gradients were. augment (from
+  augment.make) transforms each replica's examples and labels first."""
   strategy = strategy or tf.distribute.get_strategy()
   replicas = strategy.num_replicas_in_sync
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
   def replica_gradients(examples, labels):
+    if augment is not None:
+      examples, labels = augment(examples, labels)
     with tf.GradientTape() as tape:
       loss = loss_fn(labels, model(examples, training=True))
       # Gradients are summed over replicas: each contributes its share of
@@ -244,6 +248,7 @@ class TrainingState:
 
   def _build(self, model_name, hparams, num_classes, epoch_num_batches):
     self.model = model_lib.build_model(model_name, num_classes, hparams)
+    self.augment = augment.make(hparams)
     self.loss_fn, self.head = make_loss(hparams, num_classes)
     self.variables = self.model.trainable_variables + (
         self.head.trainable_variables if self.head else [])
@@ -344,7 +349,8 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
   into train_dir (the other workers of a cluster save to a folder of their
   own, emptied after each save)."""
   train_step = make_train_step(state.model, state.loss_fn, state.variables,
-                               state.optimizer, state.step, state.strategy)
+                               state.optimizer, state.step, state.strategy,
+                               state.augment)
   agree = make_stop_agreement(state.strategy)
 
   def save():

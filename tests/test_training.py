@@ -530,9 +530,8 @@ def _snapshot_first_step(monkeypatch, snapshots):
   import train
   real = train.make_train_step
 
-  def make_train_step(model, loss_fn, variables, optimizer, step,
-                      strategy=None):
-    train_step = real(model, loss_fn, variables, optimizer, step, strategy)
+  def make_train_step(model, loss_fn, variables, optimizer, step, *args):
+    train_step = real(model, loss_fn, variables, optimizer, step, *args)
 
     def first_recorded(examples, labels):
       if not snapshots:

@@ -1,0 +1,236 @@
+"""The opt-in improvements: the PCEN front end against a NumPy reading of the
+paper's equations, SpecAugment's and mixup's statistics, the width
+multiplier's sizes, and what they refuse."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from scipy import stats  # noqa: E402
+
+import augment  # noqa: E402
+import features  # noqa: E402
+import params  # noqa: E402
+
+from conftest import check_ok, run_main, train_args  # noqa: E402
+from test_cli_errors import assert_one_error  # noqa: E402
+
+
+# --- PCEN --------------------------------------------------------------------
+
+def np_pcen(energies, s, alpha, delta, r, eps):
+  """Wang et al. (2017), eq. 1-2, frame by frame, per example; the smoother
+  starts from the example's first frame."""
+  out = np.zeros_like(energies)
+  for b, example in enumerate(energies):
+    m = example[0]
+    for t, e in enumerate(example):
+      m = (1 - s) * m + s * e
+      out[b, t] = (e / (eps + m) ** alpha + delta) ** r - delta ** r
+  return out
+
+
+@pytest.mark.parametrize('text', ['', 'pcen_s=0.1,pcen_alpha=0.8,'
+                                  'pcen_delta=0.5,pcen_r=0.25,pcen_eps=1e-3'])
+def test_pcen_matches_the_paper(text):
+  hparams = params.parse_hparams('frontend=pcen,' + text)
+  rng = np.random.default_rng(0)
+  # Mel energies with loud and quiet stretches, as the pipeline gives.
+  energies = rng.gamma(0.5, 2.0, (3, 100, 96)) * np.repeat(
+      [1e-3, 1.0, 30.0, 0.01], 25)[None, :, None]
+  layer = features.PCEN(hparams)
+  got = layer(tf.constant(energies, tf.float32)).numpy()
+  expected = np_pcen(energies, hparams.pcen_s, hparams.pcen_alpha,
+                     hparams.pcen_delta, hparams.pcen_r, hparams.pcen_eps)
+  np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5)
+
+
+def test_pcen_per_band_parameters_in_log_space():
+  hparams = params.parse_hparams('frontend=pcen,pcen_trainable=1')
+  rng = np.random.default_rng(1)
+  energies = rng.gamma(0.5, 2.0, (2, 100, 96))
+  layer = features.PCEN(hparams)
+  layer(tf.constant(energies, tf.float32))
+  alpha = rng.uniform(0.5, 1.0, 96)
+  delta = rng.uniform(0.5, 3.0, 96)
+  r = rng.uniform(0.2, 0.8, 96)
+  layer.log_alpha.assign(np.log(alpha))
+  layer.log_delta.assign(np.log(delta))
+  layer.log_r.assign(np.log(r))
+  assert len(layer.trainable_weights) == 3
+  got = layer(tf.constant(energies, tf.float32)).numpy()
+  expected = np_pcen(energies, 0.025, alpha, delta, r, 1e-6)
+  np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5)
+  fixed = features.PCEN(params.parse_hparams('frontend=pcen'))
+  fixed(tf.constant(energies, tf.float32))
+  assert not fixed.trainable_weights and len(fixed.weights) == 3
+
+
+def test_pcen_pipeline_gives_mel_energies(tmp_path):
+  """With frontend=pcen the pipeline's examples are the mel energies (the
+  model compresses them): the exponential of the log-mel examples, less the
+  offset, where the clip has frames; zero padding stays zero."""
+  import inputs
+  import make_demo_data
+  samples = np.random.default_rng(2).uniform(-0.5, 0.5, 2 * 44100 + 5000)
+  make_demo_data.write_wav(str(tmp_path / 'c.wav'), samples)
+  logmel = inputs.clip_to_log_mel_examples(
+      'c.wav', str(tmp_path), params.parse_hparams()).numpy()
+  energies = inputs.clip_to_log_mel_examples(
+      'c.wav', str(tmp_path), params.parse_hparams('frontend=pcen')).numpy()
+  real = logmel != 0
+  np.testing.assert_allclose(energies[real], np.exp(logmel[real]) - 0.001,
+                             rtol=1e-4, atol=1e-5)
+  assert np.all(energies[~real] == 0)
+
+
+# --- SpecAugment -------------------------------------------------------------
+
+def _mask_runs(masked):
+  """Start and width of the one run of True in each row (width 0: none)."""
+  widths = masked.sum(axis=1)
+  starts = np.where(widths > 0, masked.argmax(axis=1), -1)
+  for row, start, width in zip(masked, starts, widths):
+    if width:
+      assert row[start:start + width].all()  # one contiguous run
+  return starts, widths
+
+
+@pytest.mark.parametrize('axis', ['freq', 'time'])
+def test_spec_augment_mask_widths_and_positions(axis):
+  max_width = 10
+  hparams = params.parse_hparams('specaug_%s_masks=1,specaug_%s_width=%d' % (
+      axis, axis, max_width))
+  rng = np.random.default_rng(3)
+  examples = rng.normal(0, 1, (4000, 100, 96)).astype(np.float32)
+  got = augment.spec_augment(tf.constant(examples), hparams).numpy()
+  mean = examples.mean(axis=(1, 2), keepdims=True)
+  changed = got != examples
+  # Masked cells hold the example's mean; a mask spans whole bands (frames).
+  np.testing.assert_allclose(np.where(changed, got, mean), np.broadcast_to(
+      mean, got.shape), rtol=1e-5, atol=1e-6)
+  along = changed.any(axis=1) if axis == 'freq' else changed.any(axis=2)
+  other = changed.all(axis=1) if axis == 'freq' else changed.all(axis=2)
+  np.testing.assert_array_equal(along, other)
+  starts, widths = _mask_runs(along)
+  length = 96 if axis == 'freq' else 100
+  # Widths uniform on 0..max_width (chi-square), masks inside the example.
+  counts = np.bincount(widths, minlength=max_width + 1)
+  assert len(counts) == max_width + 1
+  assert stats.chisquare(counts).pvalue > 1e-3
+  assert np.all(starts[widths > 0] + widths[widths > 0] <= length)
+  # Starts uniform where the mask fits: for width 5, 0..length-5.
+  fives = starts[widths == 5]
+  assert fives.min() >= 0 and fives.max() <= length - 5
+  assert abs(fives.mean() - (length - 5) / 2) < 6
+
+
+def test_spec_augment_counts_both_axes():
+  hparams = params.parse_hparams('specaug_freq_masks=2,specaug_freq_width=96,'
+                                 'specaug_time_masks=3,specaug_time_width=0')
+  examples = np.random.default_rng(4).normal(size=(50, 100, 96)).astype(
+      np.float32)
+  got = augment.spec_augment(tf.constant(examples), hparams).numpy()
+  # Time masks of width 0 change nothing; two wide frequency masks do.
+  assert not (got != examples).all(axis=2).any()
+  assert (got != examples).all(axis=1).any(axis=1).mean() > 0.9
+
+
+# --- mixup -------------------------------------------------------------------
+
+def test_mixup_weights_partners_and_labels():
+  alpha = 0.4
+  batch, classes = 32, 80
+  weights, partners_ok = [], []
+  for seed in range(60):
+    tf.random.set_seed(seed)
+    # Example i is one-hot at cell i; its label one-hot at class i.
+    examples = np.zeros((batch, 100, 96), np.float32)
+    examples[np.arange(batch), 0, np.arange(batch)] = 1.0
+    labels = np.eye(batch, classes, dtype=np.float32)
+    mixed, mixed_labels = augment.mixup(tf.constant(examples),
+                                        tf.constant(labels), alpha)
+    mixed = mixed.numpy()[:, 0, :batch]
+    mixed_labels = mixed_labels.numpy()[:, :batch]
+    # The same weights and partner for example and labels.
+    np.testing.assert_allclose(mixed, mixed_labels, atol=1e-6)
+    np.testing.assert_allclose(mixed.sum(axis=1), 1.0, atol=1e-5)
+    own = mixed[np.arange(batch), np.arange(batch)]
+    others = mixed.copy()
+    others[np.arange(batch), np.arange(batch)] = 0
+    partner = np.where(others.max(axis=1) > 0, others.argmax(axis=1),
+                       np.arange(batch))
+    # Each example is someone's partner once: a permutation.
+    partners_ok.append(sorted(partner) == list(range(batch)))
+    single = partner != np.arange(batch)
+    weights.extend(own[single])
+  assert all(partners_ok)
+  weights = np.array(weights)
+  assert stats.kstest(weights, stats.beta(alpha, alpha).cdf).pvalue > 1e-3
+  assert abs(weights.mean() - 0.5) < 0.03
+
+
+def test_mixup_is_refused_with_mfom():
+  with pytest.raises(ValueError, match='mixup=0.2.*loss=bce'):
+    params.parse_hparams('mixup=0.2,loss=mfom_microf1')
+
+
+# --- width multiplier --------------------------------------------------------
+
+TABLE = [(1, 16, 'conv'), (1, 64, 'sep'), (2, 128, 'sep'), (1, 128, 'sep'),
+         (2, 256, 'sep'), (1, 256, 'sep'), (2, 512, 'sep')] + [
+             (1, 512, 'sep')] * 5 + [(2, 1024, 'sep'), (1, 1024, 'sep')]
+
+
+def counts(width, classes=80):
+  """Kernel weights and multiplies of MobileNet v1 at a width multiplier,
+  from the layer table (depths int(d * width), at least 8)."""
+  h, w, cin = 100, 96, 1
+  weights = multiplies = 0
+  for stride, depth, kind in TABLE:
+    depth = max(8, int(depth * width))
+    h, w = -(-h // stride), -(-w // stride)
+    if kind == 'conv':
+      weights += 9 * cin * depth
+      multiplies += h * w * 9 * cin * depth
+    else:
+      weights += 9 * cin + cin * depth
+      multiplies += h * w * (9 * cin + cin * depth)
+    cin = depth
+  return weights + cin * classes, multiplies + cin * classes
+
+
+@pytest.mark.parametrize('width', [0.5, 1.0, 2.0])
+def test_width_multiplier_sizes(width):
+  import model
+  net = model.build_model('mobilenet-v1', 80, params.parse_hparams(
+      'width=%s' % width))
+  kernels = sum(int(np.prod(v.shape)) for v in net.weights
+                if v.path.endswith('/kernel'))
+  weights, _ = counts(width)
+  assert kernels == weights
+  if width == 1.0:
+    assert weights == 3265120  # the baseline's table
+
+
+def test_width_multiplier_readme_figures():
+  assert counts(0.5) == (847920, 111494656)
+  assert counts(2.0) == (12807360, 1702303744)
+
+
+def test_warm_start_between_widths_is_refused(tmp_path, dataset):
+  source = str(tmp_path / 'half')
+  check_ok(run_main(train_args(
+      'mobilenet-v1', dataset['train_clip_dir'], dataset['train_csv'],
+      source, 1, hparams='batch_size=4,width=0.5')))
+  assert_one_error(run_main(train_args(
+      'mobilenet-v1', dataset['train_clip_dir'], dataset['train_csv'],
+      str(tmp_path / 'full'), 1, hparams='batch_size=4,warmstart=1',
+      extra=['--warmstart_checkpoint', os.path.join(source, 'model.ckpt-1')])),
+                   '--warmstart_checkpoint', 'width=0.5', 'not 1.0')
+
