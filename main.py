@@ -1,4 +1,4 @@
-r"""Driver for the DCASE 2019 Task 2 baseline: train, eval or inference.
+r"""Driver for the DCASE 2019 Task 2 baseline: train, eval, inference or tag.
 
   python main.py --mode train --model mobilenet-v1 \
       --class_map_path class_map.csv --train_clip_dir train_curated \
@@ -27,11 +27,12 @@ import params
 import runtime
 from files import UserError
 
-flags.DEFINE_enum('mode', None, ['train', 'eval', 'inference', 'export'],
+flags.DEFINE_enum('mode', None,
+                  ['train', 'eval', 'inference', 'export', 'tag'],
                   'What to do: train a model, evaluate every checkpoint of a '
                   'training run, write predictions for a folder of clips, '
-                  'or export a checkpoint as a SavedModel and a TFLite '
-                  'model.')
+                  'export a checkpoint as a SavedModel and a TFLite model, or '
+                  'print the top classes of any WAV files.')
 flags.DEFINE_enum('model', 'mobilenet-v1', list(model.MODELS),
                   'Model architecture.')
 flags.DEFINE_string('hparams', '',
@@ -101,6 +102,14 @@ flags.DEFINE_string('predictions_csv_path', None,
 flags.DEFINE_string('export_dir', None,
                     'Folder (new or empty) to write the export of '
                     '--inference_checkpoint into (--mode export).')
+flags.DEFINE_list('tag_paths', None,
+                  'Tag mode: comma-separated WAV files and folders (every '
+                  '.wav directly in them) to tag with --inference_checkpoint.')
+flags.DEFINE_integer('top_k', 3, 'Tag mode: classes printed per file.',
+                     lower_bound=1)
+flags.DEFINE_string('timeline_csv_path', None,
+                    'Tag mode: where to write the scores of every example '
+                    '(fname,start_seconds,<classes>), if wanted.')
 
 FLAGS = flags.FLAGS
 
@@ -117,13 +126,14 @@ _REQUIRED = {
     'inference': ('inference_checkpoint', 'inference_clip_dir',
                   'predictions_csv_path'),
     'export': ('inference_checkpoint', 'export_dir'),
+    'tag': ('inference_checkpoint', 'tag_paths'),
 }
 
 
 def _check_flags():
   """Checks flag combinations; returns the parsed hparams."""
   if FLAGS.mode is None:
-    raise UserError('--mode is required (train, eval or inference)')
+    raise UserError('--mode is required (train, eval, inference or tag)')
   for name in ('inference_checkpoint', 'warmstart_checkpoint'):
     if getattr(FLAGS, name):
       # A checkpoint given by one of its files is taken as its prefix.
@@ -166,6 +176,10 @@ def _check_flags():
     checkpoints.require(FLAGS.inference_checkpoint, '--inference_checkpoint')
     files.check_writable(FLAGS.predictions_csv_path,
                          '--predictions_csv_path')
+  if FLAGS.mode == 'tag':
+    checkpoints.require(FLAGS.inference_checkpoint, '--inference_checkpoint')
+    if FLAGS.timeline_csv_path:
+      files.check_writable(FLAGS.timeline_csv_path, '--timeline_csv_path')
   return hparams
 
 
@@ -185,7 +199,7 @@ def _starting_record():
   """(checkpoint, its record) of the checkpoint this mode starts from: the
   one to score (inference), else the newest readable one of train_dir (the
   one a resumed run or eval starts from); (None, None) if there is none."""
-  single = FLAGS.mode in ('inference', 'export')
+  single = FLAGS.mode in ('inference', 'export', 'tag')
   if single:
     candidates = [FLAGS.inference_checkpoint]
   else:
@@ -220,8 +234,10 @@ def _recorded_run(hparams):
   except ValueError as e:
     raise UserError('--hparams: %s' % e) from None
   changed = params.describe(hparams)
+  # Tag mode keeps stdout for the files' lines.
   print('Using --model %s and the hparams recorded in %s%s' % (
-      model_name, prefix, ': ' + changed if changed else ' (the defaults)'))
+      model_name, prefix, ': ' + changed if changed else ' (the defaults)'),
+        file=sys.stderr if FLAGS.mode == 'tag' else sys.stdout)
   if FLAGS.mode == 'train':
     _check_decay_flags(hparams)
   return model_name, hparams
@@ -248,6 +264,9 @@ def run():
   class_names = files.read_class_map(FLAGS.class_map_path)
   if FLAGS.mode == 'export':
     clip_dir, fnames = '', []
+  elif FLAGS.mode == 'tag':
+    import tagging
+    tag_files = tagging.list_files(FLAGS.tag_paths)
   elif FLAGS.mode == 'inference':
     clip_dir = FLAGS.inference_clip_dir
     fnames = files.list_wavs(clip_dir)
@@ -256,7 +275,9 @@ def run():
         FLAGS, FLAGS.mode + '_clip_dir')
     rows = files.read_labeled_csv(csv_path, clip_dir, class_names)
     fnames = [f for f, _ in rows]
-  samples = files.check_wavs([os.path.join(clip_dir, f) for f in fnames])
+  if FLAGS.mode != 'tag':
+    # Tag mode reads any WAV, and reports each unreadable one on its own.
+    samples = files.check_wavs([os.path.join(clip_dir, f) for f in fnames])
 
   _make_output_dirs()
   tf = runtime.import_tensorflow()
@@ -298,6 +319,13 @@ def run():
       import export
       export.export(model_name, hparams, class_names, FLAGS.class_map_path,
                     FLAGS.inference_checkpoint, FLAGS.export_dir)
+    elif FLAGS.mode == 'tag':
+      failed = tagging.tag(model_name, hparams, class_names, tag_files,
+                           FLAGS.inference_checkpoint, FLAGS.top_k,
+                           FLAGS.timeline_csv_path)
+      if failed:
+        raise UserError('%d of %d files could not be tagged (see above)' % (
+            failed, len(tag_files)))
     else:
       import inference
       inference.infer(model_name, hparams, class_names,

@@ -1,13 +1,21 @@
-"""The engine that scores clips, shared by eval and inference.
+"""The engine that scores clips, shared by eval, inference and tagging.
 
 A clip's score is the mean of the sigmoid scores of all its examples.
 Examples are batched across clips (tf.data decodes and computes features in
 parallel with the model), and the model runs with batch norm folded into its
 convolutions, which gives the same scores with less arithmetic.
+
+Eval and inference give it 16-bit 44.1 kHz mono files, which tf.data reads
+itself (Scorer.score); tagging gives it waveform chunks it reads, mixes down
+and resamples in Python (Scorer.score_waveforms). Both become the same
+examples, batches and model calls.
 """
 
 import datetime
+import gc
+import sys
 import time
+import traceback
 
 import numpy as np
 import tensorflow as tf
@@ -26,6 +34,23 @@ PROGRESS_EVERY_SECONDS = 10.0
 BATCH_SIZE = 16
 # On a GPU activations stay in device memory and small batches underuse it.
 GPU_BATCH_SIZE = 64
+
+
+def waveform_examples(chunks, hparams):
+  """(clip index, first example index, samples, example count) chunks (see
+  Scorer.score_waveforms) -> (example, clip index, example index), one
+  element per example, in no particular order."""
+  def chunk_examples(clip_index, first_example, samples, count):
+    # As inputs.py makes a chunk's examples: the chunk's own framing holds
+    # examples of the next chunk after `count`; they are made there.
+    examples = features.waveform_to_examples(samples, hparams)[:count]
+    return (examples, tf.fill([count], clip_index),
+            first_example + tf.range(count))
+
+  return (chunks
+          .map(chunk_examples, num_parallel_calls=tf.data.AUTOTUNE,
+               deterministic=False)
+          .unbatch())
 
 
 class Scorer:
@@ -76,11 +101,52 @@ class Scorer:
     progress counts finished clips exactly. on_progress(finished, scores), if
     given, returns extra text for the progress line (e.g. a running lwlrap).
     """
+    return self._score(
+        inputs.scoring_dataset(clip_paths, self.hparams, self.batch_size),
+        clip_paths, clip_samples, label, on_progress=on_progress)
+
+  def score_waveforms(self, chunks, names, clip_samples, label='Scoring',
+                      on_examples=None, on_clip=None, failed=None,
+                      out=None):
+    """Scores clips whose waveforms are made outside tf.data (tagging reads,
+    mixes down and resamples them in Python); returns [num_clips,
+    num_classes] float64 clip scores, NaN for the clips in `failed`.
+
+    chunks: a tf.data.Dataset of (clip index int32, index of the chunk's
+    first example int32, [samples] float32 44.1 kHz mono waveform, example
+    count int32), one element per chunk of inputs._chunk_bounds(clip_samples
+    of the clip): the samples [start, end) of the clip, of which `count`
+    examples are kept, exactly what inputs.scoring_dataset makes from a
+    16-bit file, so the examples are those of the whole-clip framing.
+    Producing them one chunk at a time keeps memory bounded by a few chunks,
+    however long the clip.
+
+    on_examples(clip_indices, example_indices, scores) sees every batch's
+    example scores (in no particular order); on_clip(index, score) is
+    called once per clip as soon as all its examples are scored (scores
+    checked finite). failed is a dict {clip index: message} that the chunk
+    producer fills for clips it could not finish; they are left out of the
+    checks. Progress lines go to `out` (default stdout).
+    """
+    batches = (waveform_examples(chunks, self.hparams)
+               .batch(self.batch_size)
+               .prefetch(tf.data.AUTOTUNE))
+    return self._score(batches, names, clip_samples, label,
+                       on_examples=on_examples, on_clip=on_clip,
+                       failed=failed, out=out)
+
+  def _score(self, batches, names, clip_samples, label, on_progress=None,
+             on_examples=None, on_clip=None, failed=None, out=None):
+    """The loop: batches of (examples, clip index[, example index]) ->
+    [num_clips, num_classes] mean scores, checked complete and finite."""
     expected = np.array([features.num_examples(n, self.hparams)
-                         for n in clip_samples])
-    total = int(expected.sum())
-    sums = np.zeros((len(clip_paths), self.num_classes))
-    counts = np.zeros(len(clip_paths), dtype=np.int64)
+                         for n in clip_samples], dtype=np.int64)
+    failed = {} if failed is None else failed
+    # Clips known to have failed before scoring starts have no examples.
+    total = int(sum(e for i, e in enumerate(expected) if i not in failed))
+    sums = np.zeros((len(names), self.num_classes))
+    counts = np.zeros(len(names), dtype=np.int64)
+    reported = np.zeros(len(names), dtype=bool)
     start = last_report = time.time()
     done = 0
 
@@ -90,29 +156,56 @@ class Scorer:
       extra = on_progress(finished, sums / np.maximum(counts, 1)[:, None]) \
           if on_progress else ''
       print('%s: %d/%d clips, %d/%d examples, %.1f examples/s, %s left%s' % (
-          label, finished.sum(), len(clip_paths), done, total, rate,
+          label, finished.sum(), len(names), done, total, rate,
           datetime.timedelta(seconds=int((total - done) / max(rate, 1e-9))),
-          extra), flush=True)
+          extra), file=out or sys.stdout, flush=True)
 
-    for examples, clip_index in inputs.scoring_dataset(
-        clip_paths, self.hparams, self.batch_size):
-      scores = self._score_batch(examples).numpy()
-      clip_index = clip_index.numpy()
-      np.add.at(sums, clip_index, scores)
-      counts += np.bincount(clip_index, minlength=len(clip_paths))
-      done += len(clip_index)
-      if time.time() - last_report >= PROGRESS_EVERY_SECONDS:
-        report()
-        last_report = time.time()
+    iterator = iter(batches)
+    try:
+      for batch in iterator:
+        scores = self._score_batch(batch[0]).numpy()
+        clip_index = batch[1].numpy()
+        np.add.at(sums, clip_index, scores)
+        counts += np.bincount(clip_index, minlength=len(names))
+        done += len(clip_index)
+        if on_examples:
+          on_examples(clip_index, batch[2].numpy(), scores)
+        if on_clip:
+          for i in np.unique(clip_index):
+            if counts[i] == expected[i] and not reported[i]:
+              reported[i] = True
+              on_clip(int(i), self._finite(sums[i] / counts[i], names[i]))
+        if time.time() - last_report >= PROGRESS_EVERY_SECONDS:
+          report()
+          last_report = time.time()
+    except BaseException as e:
+      # Stopped by an error or Ctrl-C, maybe inside the iterator's own
+      # frames: the iterator is released now, while tf.data's threads can
+      # still run Python (tagging's chunks come from a Python generator).
+      # Kept alive by the traceback until the interpreter exits, it would be
+      # destroyed when a generator call in flight can no longer finish, and
+      # the exit would hang.
+      traceback.clear_frames(e.__traceback__)
+      del iterator
+      gc.collect()
+      raise
     report()
-    if not np.array_equal(counts, expected):
-      bad = int(np.flatnonzero(counts != expected)[0])
+    scored = np.array([i not in failed for i in range(len(names))], bool)
+    wrong = scored & (counts != expected)
+    if wrong.any():
+      bad = int(np.flatnonzero(wrong)[0])
       raise UserError('%s: got %d examples, expected %d (did the file change '
-                      'during the run?)' % (clip_paths[bad], counts[bad],
+                      'during the run?)' % (names[bad], counts[bad],
                                             expected[bad]))
-    clip_scores = sums / counts[:, None]
-    if not np.all(np.isfinite(clip_scores)):
-      bad = int(np.flatnonzero(~np.all(np.isfinite(clip_scores), axis=1))[0])
-      raise UserError('%s: scores are not finite (is the checkpoint '
-                      'diverged?)' % clip_paths[bad])
+    clip_scores = np.full((len(names), self.num_classes), np.nan)
+    clip_scores[scored] = sums[scored] / counts[scored, None]
+    for i in np.flatnonzero(scored):
+      self._finite(clip_scores[i], names[i])
     return clip_scores
+
+  @staticmethod
+  def _finite(clip_score, name):
+    if not np.all(np.isfinite(clip_score)):
+      raise UserError('%s: scores are not finite (is the checkpoint '
+                      'diverged?)' % name)
+    return clip_score
