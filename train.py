@@ -433,20 +433,21 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
 
 
 def _dataset(strategy, train_csv_path, train_clip_dir, class_names, hparams,
-             num_clips, epochs):
+             num_clips, epochs, cache_examples=False):
   """The training batches: on one device the pipeline itself; under a
   strategy with several replicas or workers, each worker reads its share
   of the clips and each replica gets batch_size / replicas examples."""
   if strategy.num_replicas_in_sync == 1 and distribution.is_chief(strategy):
     return inputs.train_dataset(train_csv_path, train_clip_dir, class_names,
-                                hparams, num_clips, epochs=epochs)
+                                hparams, num_clips, epochs=epochs,
+                                cache_examples=cache_examples)
 
   def worker_dataset(context):
     shard = ((context.num_input_pipelines, context.input_pipeline_id)
              if context.num_input_pipelines > 1 else None)
     return inputs.train_dataset(
         train_csv_path, train_clip_dir, class_names, hparams, num_clips,
-        epochs=epochs, shard=shard,
+        epochs=epochs, shard=shard, cache_examples=cache_examples,
         batch_size=context.get_per_replica_batch_size(hparams.batch_size))
 
   return strategy.distribute_datasets_from_function(worker_dataset)
@@ -455,10 +456,11 @@ def _dataset(strategy, train_csv_path, train_clip_dir, class_names, hparams,
 def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
           num_clips, train_dir, epoch_num_batches=None, max_steps=None,
           warmstart_checkpoint=None, warmstart_include_scopes=(),
-          warmstart_exclude_scopes=(), strategy=None):
+          warmstart_exclude_scopes=(), strategy=None, cache_examples=False):
   """Trains until max_steps (counting a resumed run's steps) or, without it,
   for the original's 1000 epochs; on the devices of `strategy` (a
-  tf.distribute strategy, default: this device)."""
+  tf.distribute strategy, default: this device); cache_examples: see
+  inputs.train_dataset."""
   strategy = strategy or tf.distribute.get_strategy()
   replicas = strategy.num_replicas_in_sync
   if hparams.batch_size % replicas:
@@ -469,8 +471,12 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
     print('Training on %s' % distribution.describe(strategy))
   if max_steps is None and epoch_num_batches:
     max_steps = DEFAULT_EPOCHS * epoch_num_batches
+  if cache_examples:
+    print('Training examples are kept in memory after the first epoch '
+          '(--train_cache_examples)')
   dataset = _dataset(strategy, train_csv_path, train_clip_dir, class_names,
-                     hparams, num_clips, None if max_steps else DEFAULT_EPOCHS)
+                     hparams, num_clips, None if max_steps else DEFAULT_EPOCHS,
+                     cache_examples)
   state = TrainingState(model_name, hparams, len(class_names),
                         epoch_num_batches, strategy)
   os.makedirs(train_dir, exist_ok=True)

@@ -68,12 +68,14 @@ def _identify(example, labels, clips):
   return clip, index
 
 
-def test_every_example_once_per_epoch_in_a_new_order(clips):
+@pytest.mark.parametrize('cache_examples', [False, True])
+def test_every_example_once_per_epoch_in_a_new_order(clips, cache_examples):
   hparams = params.parse_hparams('batch_size=1')
   epochs = 3
   dataset = inputs.train_dataset(clips['csv'], clips['clip_dir'],
                                  clips['class_names'], hparams,
-                                 len(clips['rows']), epochs=epochs)
+                                 len(clips['rows']), epochs=epochs,
+                                 cache_examples=cache_examples)
   seen = []
   for examples, labels in dataset:
     assert examples.shape == (1, 100, 96) and labels.shape == (1, 80)
@@ -96,6 +98,41 @@ def test_every_example_once_per_epoch_in_a_new_order(clips):
     together += order[at:at + 3] == [(long_clip, 0), (long_clip, 1),
                                      (long_clip, 2)]
   assert together < epochs
+
+
+def test_cached_examples_are_not_read_again(clips, tmp_path):
+  """With cache_examples, epochs after the first come from memory: the clips
+  can be gone, and the examples are still the NumPy features."""
+  import shutil
+  clip_dir = tmp_path / 'clips'
+  shutil.copytree(clips['clip_dir'], clip_dir)
+  hparams = params.parse_hparams('batch_size=1')
+  per_epoch = len(clips['examples'])
+  iterator = iter(inputs.train_dataset(
+      clips['csv'], str(clip_dir), clips['class_names'], hparams,
+      len(clips['rows']), epochs=5, cache_examples=True))
+  first = [_identify(e.numpy()[0], l.numpy()[0], clips)
+           for e, l in (next(iterator) for _ in range(per_epoch))]
+  shutil.rmtree(clip_dir)
+  # Epoch 2 may have been read ahead already; the later ones cannot have.
+  later = [_identify(e.numpy()[0], l.numpy()[0], clips) for e, l in iterator]
+  assert len(later) == 4 * per_epoch
+  assert sorted(first) == sorted(later[-per_epoch:]) == sorted(
+      (c, e) for c, e, _, _ in clips['examples'])
+
+
+def test_cached_examples_are_sharded_like_clips(clips):
+  """Each of two workers gets the examples of its own clips, all of them."""
+  hparams = params.parse_hparams('batch_size=1')
+  seen = []
+  for index in (0, 1):
+    dataset = inputs.train_dataset(
+        clips['csv'], clips['clip_dir'], clips['class_names'], hparams,
+        len(clips['rows']), epochs=1, shard=(2, index), cache_examples=True)
+    got = [_identify(e.numpy()[0], l.numpy()[0], clips) for e, l in dataset]
+    assert {c for c, _ in got} == set(range(index, len(clips['rows']), 2))
+    seen.extend(got)
+  assert sorted(seen) == sorted((c, e) for c, e, _, _ in clips['examples'])
 
 
 @pytest.mark.parametrize('batch_size,epochs,batches', [

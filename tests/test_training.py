@@ -606,3 +606,19 @@ def test_resume_uses_the_lr_of_the_command(tmp_path, dataset, crnn_bce3,
   out = _train(dataset, 'crnn', 'batch_size=4,lr=2e-5', train_dir, 4)
   assert 'Resuming from' in out
   assert snapshots[0]['learning_rate'] == pytest.approx(2e-5, rel=1e-6)
+
+
+def test_train_cache_examples_flag_trains(tmp_path, dataset):
+  """--train_cache_examples reaches the pipeline (the run says so) and a
+  run through main.py trains and checkpoints with it."""
+  from conftest import check_ok, run_main, train_args
+  train_dir = tmp_path / 'cached'
+  result = check_ok(run_main(train_args(
+      'crnn', dataset['train_clip_dir'], dataset['train_csv'],
+      str(train_dir), 3, hparams='batch_size=4,crnn_filters=8',
+      extra=['--train_cache_examples'])))
+  assert 'kept in memory after the first epoch' in result.stdout
+  losses = _losses(result.stdout)
+  assert [s for s, _ in losses] == [1, 2, 3]
+  assert all(np.isfinite(l) for _, l in losses)
+  assert (train_dir / 'model.ckpt-3.index').exists()
