@@ -7,6 +7,7 @@ files that only exercise main.py's pre-flight checks stay fast.
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import wave
@@ -47,10 +48,18 @@ def run_main(args, cwd=None, timeout=300):
                         timeout=timeout)
 
 
+def _default_sigint():
+  # A suite started in the background (`cmd &` in a script) inherits SIGINT
+  # ignored, and Python then never raises KeyboardInterrupt; the tests that
+  # send SIGINT need it as an interactive run has it.
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def popen_main(args, cwd=None):
   return subprocess.Popen([sys.executable, MAIN] + list(args), cwd=cwd,
                           env=subprocess_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True,
+                          preexec_fn=_default_sigint)
 
 
 def check_ok(result):
