@@ -47,9 +47,13 @@ def _same_start(hparams):
 
 
 def test_training_step_matches_plain_model(data):
-  # The baseline's default Adam (lr 1e-4): a large lr lets Adam's first steps
-  # amplify float rounding in near-zero gradients.
-  hparams = params.parse_hparams('batch_size=4,bndecay=0.1')
+  # The baseline's lr (1e-4) with adam_eps=1e-3 in both optimizers: with the
+  # default 1e-8, Adam's first steps move a weight by about +-lr whatever
+  # the size of its gradient, so float rounding in near-zero gradients
+  # becomes lr-sized weight differences between the two models (scores then
+  # differed by up to 7e-3 after 3 steps); a larger epsilon keeps updates of
+  # tiny gradients proportional to them.
+  hparams = params.parse_hparams('batch_size=4,bndecay=0.1,adam_eps=1e-3')
   class_names = files.read_class_map(os.path.join(
       os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
       'class_map.csv'))
@@ -65,7 +69,7 @@ def test_training_step_matches_plain_model(data):
   fast_step = train.make_train_step(ours, loss_fn, ours.trainable_variables,
                                     optimizer, step)
 
-  plain_optimizer = tf.keras.optimizers.Adam(1e-4, epsilon=1e-8)
+  plain_optimizer = tf.keras.optimizers.Adam(1e-4, epsilon=1e-3)
 
   def plain_step(examples, labels):
     with tf.GradientTape() as tape:
@@ -94,8 +98,8 @@ def test_training_step_matches_plain_model(data):
                                                    'moving_variance'))]
   assert len(moving) == 2 * 27
   for path in moving:
-    # Within 1% of the layer's largest statistic: Adam's rounding noise
-    # (below) reaches the batch statistics of the deeper layers (measured up
+    # Within 1% of the layer's largest statistic: rounding noise (below)
+    # reaches the batch statistics of the deeper layers (measured up
     # to 0.2%); a decay used as 1 - decay would be off by ~70%.
     scale = max(np.abs(plain_weights[path]).max(), 0.01)
     np.testing.assert_allclose(ours_weights[path], plain_weights[path],
@@ -105,9 +109,8 @@ def test_training_step_matches_plain_model(data):
   examples = tf.concat([e for e, _ in batches], 0)
   want = tf.sigmoid(plain(examples, training=False)).numpy()
   got = tf.sigmoid(ours(examples, training=False)).numpy()
-  # Adam's first steps turn float rounding in near-zero gradients into +-lr
-  # weight differences between the two models (the losses above agree to
-  # 1e-4): the scores agree to ~1e-3.
+  # Float rounding still differs between the two models (the losses above
+  # agree to 1e-4): the scores differed by 4e-4 to 7e-4 in repeated runs.
   np.testing.assert_allclose(got, want, atol=5e-3, rtol=0)
   assert np.ptp(want, axis=0).max() > 0.05  # examples are told apart
 
