@@ -6,6 +6,7 @@ files that only exercise main.py's pre-flight checks stay fast.
 """
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,19 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import make_demo_data  # noqa: E402
+
+
+
+@pytest.fixture(autouse=True)
+def _same_random_state():
+  """Every test starts from the same random state, whichever tests ran
+  before it: Python's (Keras draws its initialisers' and dropout's seeds
+  from it), NumPy's and, once loaded, TensorFlow's global seed."""
+  random.seed(0)
+  np.random.seed(0)
+  if 'tensorflow' in sys.modules:
+    sys.modules['tensorflow'].random.set_seed(0)
+
 
 MAIN = os.path.join(REPO, 'main.py')
 CLASS_MAP = os.path.join(REPO, 'class_map.csv')

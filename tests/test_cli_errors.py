@@ -299,7 +299,7 @@ class _Run:
     if to_queue:
       self.lines.put(None)
 
-  def wait_for(self, pattern, timeout=120):
+  def wait_for(self, pattern, timeout=600):
     """Returns the match of the first stdout line matching pattern."""
     while True:
       try:
@@ -316,7 +316,7 @@ class _Run:
       if match:
         return match
 
-  def finish(self, sig=None, timeout=120):
+  def finish(self, sig=None, timeout=600):
     if sig is not None:
       self.process.send_signal(sig)
     try:

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from conftest import (CLASS_MAP, check_ok, independent_clip_scores,
-                      independent_lwlrap, labeled_rows, read_class_names,
+                      labeled_rows, read_class_names,
                       read_csv_rows, run_main, train_args, truth_matrix,
                       write_pcm_wav)
+from test_cli import _lwlrap_bounds, _within
 from test_cli_errors import _Run, assert_one_error
 
 # A tiny CRNN with the seed's 64 bands: features and architecture differ
@@ -93,7 +94,8 @@ def test_eval_and_inference_use_the_recorded_hparams(remembered, dataset,
         dataset['train_clip_dir'], [f for f, _ in rows])
     with open(os.path.join(eval_dir, 'eval-%d.txt' % step)) as f:
       overall = float(f.read().rsplit(' = ', 1)[1])
-    assert abs(overall - independent_lwlrap(truth, scores)) < 1e-4
+    # Near-tied scores may rank either way (features differ by ~1e-5).
+    assert _within(overall, _lwlrap_bounds(truth, scores))
 
   # Inference, given the checkpoint by its .index file; a training-only
   # hparam may differ.
@@ -414,7 +416,9 @@ def test_ctrl_c_in_eval_stops_cleanly(tmp_path, remembered, dataset):
                                                  step)))
   eval_dir = tmp_path / 'eval'
   run = _Run(_eval_args(str(train_dir), str(eval_dir), dataset))
-  run.wait_for(r'40 checkpoints in ')
+  # After the first checkpoint's report: the model is built and eval is in
+  # its loop (a signal during start-up could land where Python drops it).
+  run.wait_for(r'Checkpoint ')
   rc, out, err = run.finish(signal.SIGINT)
   assert rc == 130, (out[-2000:], err)
   lines = [l for l in err.splitlines() if l.strip()]

@@ -459,7 +459,7 @@ def test_a_long_file_is_tagged_in_bounded_memory(tagger, tmp_path):
   """A 30-minute 48 kHz stereo file (3600 examples) is tagged with a peak
   resident memory within a margin of a 5-second file's. Measured: +42 to
   +48 MiB (tf.data's autotuned buffers and allocator caches, not the file:
-  ~700 MiB for both). The bound, 120 MiB, is far below what holding the
+  ~700 MiB for both). The bound, 160 MiB, is far below what holding the
   file would take: its samples alone are 303 MiB as float32 at 44.1 kHz
   mono (330 MiB of bytes as stored, 1.3 GiB as float64 frames)."""
   long_path = str(tmp_path / 'long.wav')
@@ -473,7 +473,7 @@ def test_a_long_file_is_tagged_in_bounded_memory(tagger, tmp_path):
     assert result.stdout.startswith(path + ': ')
     peaks[path] = peak
   growth = peaks[long_path] - peaks[short_path]
-  assert growth < 120, peaks
+  assert growth < 160, peaks
 
 
 def test_ctrl_c_stops_tagging_cleanly(tagger, tmp_path):
