@@ -150,13 +150,11 @@ def train_dataset(csv_path, clip_dir, class_names, hparams, num_clips,
   if shard is not None:
     clips = clips.shard(*shard)
   if cache_examples:
-    examples_per_clip = [features.num_examples(int(n), hparams)
-                         for n in headers[1]]
-    if shard is not None:
-      examples_per_clip = examples_per_clip[shard[1]::shard[0]]
+    # A buffer of every clip's examples (a worker holds its share of them):
+    # a uniform shuffle of the whole cache each epoch.
+    total = sum(features.num_examples(int(n), hparams) for n in headers[1])
     examples = (_examples(clips, hparams).cache()
-                .shuffle(max(sum(examples_per_clip), 1),
-                         reshuffle_each_iteration=True))
+                .shuffle(max(total, 1), reshuffle_each_iteration=True))
   else:
     clips = clips.shuffle(num_clips, reshuffle_each_iteration=True)
     examples = _examples(clips, hparams).shuffle(EXAMPLE_SHUFFLE_BUFFER)

@@ -100,17 +100,24 @@ def _check_shared(train_dir, eval_dir, steps, outputs):
   assert len(reports) == 1
 
 
+def _finish_shared(runs, train_dir, eval_dir, steps):
+  """Waits for every run, checks each exited cleanly and that together they
+  evaluated each checkpoint once; returns their stdouts."""
+  results = [run.finish(timeout=LONG) for run in runs]
+  for result in results:
+    _check_ok(*result)
+  outputs = [out for _, out, _ in results]
+  _check_shared(train_dir, eval_dir, steps, outputs)
+  return outputs
+
+
 def test_two_processes_share_the_checkpoints(tmp_path, dataset,
                                              make_train_dir):
   steps = [0, 100, 200, 300, 400, 500]
   train_dir = make_train_dir(steps)
   eval_dir = str(tmp_path / 'eval')
   runs = [_Run(_eval_args(dataset, train_dir, eval_dir)) for _ in range(2)]
-  results = [run.finish(timeout=LONG) for run in runs]
-  for result in results:
-    _check_ok(*result)
-  outputs = [out for _, out, _ in results]
-  _check_shared(train_dir, eval_dir, steps, outputs)
+  outputs = _finish_shared(runs, train_dir, eval_dir, steps)
   # Each process accounts for every checkpoint: evaluated by it, marked
   # before it started, or reported as skipped.
   for out in outputs:
@@ -139,11 +146,7 @@ def test_processes_started_before_training_share_its_checkpoints(
     _copy_checkpoint(mobilenet_train['checkpoint'], train_dir, step)
   with open(os.path.join(train_dir, 'training_finished'), 'w') as f:
     f.write('500\n')
-  results = [run.finish(timeout=LONG) for run in runs]
-  for result in results:
-    _check_ok(*result)
-  outputs = [out for _, out, _ in results]
-  _check_shared(train_dir, eval_dir, steps, outputs)
+  outputs = _finish_shared(runs, train_dir, eval_dir, steps)
   for out in outputs:
     assert re.search(r'^Training finished at step 500; every checkpoint in '
                      r'%s is evaluated \(\d by this process\)$'
