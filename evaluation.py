@@ -12,7 +12,6 @@ import contextlib
 import glob
 import os
 import re
-import signal
 import socket
 import threading
 import time
@@ -21,6 +20,7 @@ import numpy as np
 
 import checkpoints
 import files
+import stopping
 from files import UserError, write_atomically
 from metrics import Lwlrap, mfom_metrics  # noqa: F401  (evaluation.Lwlrap)
 
@@ -239,56 +239,6 @@ def kept_fresh(claim, interval):
     claim.release()
 
 
-@contextlib.contextmanager
-def signals_deferred():
-  """Holds SIGINT and SIGTERM back while the block runs, then acts on
-  them as their handlers would have."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  caught = []
-  previous = {signum: signal.signal(signum, lambda n, frame: caught.append(n))
-              for signum in (signal.SIGINT, signal.SIGTERM)}
-  try:
-    yield
-  finally:
-    for signum, handler in previous.items():
-      signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-    if caught:
-      handler = previous[caught[0]]
-      if callable(handler):
-        handler(caught[0], None)
-      elif handler == signal.SIG_DFL:
-        os.kill(os.getpid(), caught[0])
-
-
-class Stopped(UserError):
-  """Eval was stopped by a signal; main.py reports it as `stopped`."""
-
-  def __init__(self, message, signum):
-    super().__init__(message)
-    self.exit_code = 128 + signum
-
-
-@contextlib.contextmanager
-def stop_on_sigterm():
-  """SIGTERM stops eval as Ctrl-C does, through the same clean-up (claims
-  let go, no partial file)."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-
-  def stop(signum, frame):
-    raise Stopped('stopped by SIGTERM; files written so far are complete, '
-                  'run the same command to do the rest', signum)
-
-  previous = signal.signal(signal.SIGTERM, stop)
-  try:
-    yield
-  finally:
-    signal.signal(signal.SIGTERM, previous)
-
-
 # --- Continuous eval --------------------------------------------------------
 
 def training_finished(train_dir):
@@ -328,7 +278,7 @@ class _Waiter:
     if message != self.said:
       print(message, flush=True)
       self.said = message
-    time.sleep(self.poll_seconds)
+    stopping.sleep(self.poll_seconds)
 
 
 def waiting_message(train_dir, evaluated, held=0, retrying=0, final=None):
@@ -351,7 +301,7 @@ def wait_for_first_checkpoint(train_dir, poll_seconds=POLL_SECONDS,
   """Continuous eval started before training: waits until train_dir holds a
   checkpoint (its record gives the model and hparams to score with)."""
   waiter = _Waiter(train_dir, poll_seconds, idle_timeout_seconds)
-  with stop_on_sigterm():
+  with stopping.requests():
     while True:
       final = training_finished(train_dir)  # first: see evaluate()
       if checkpoints.list_checkpoints(train_dir):
@@ -397,15 +347,11 @@ class _Evaluator:
     retry_unreadable, (UNREADABLE, the error) for a checkpoint that cannot
     be read (else that raises)."""
     interval = max(min(REFRESH_SECONDS, self.claim_timeout / 4), 0.01)
-    with contextlib.ExitStack() as holding:
-      # A claim is never made without the code that lets it go: Ctrl-C or
-      # SIGTERM waits until that is in place.
-      with signals_deferred():
-        state, claim = try_claim(self.eval_dir, step, self.claim_timeout)
-        if state == OWNED:
-          holding.enter_context(kept_fresh(claim, interval))
-      if state != OWNED:
-        return state, claim
+    stopping.check()
+    state, claim = try_claim(self.eval_dir, step, self.claim_timeout)
+    if state != OWNED:
+      return state, claim
+    with kept_fresh(claim, interval):
       if claim.taken_over:
         print('Taking over %s: its claim (%s) is older than the %g s timeout'
               % (prefix, claim.taken_over, self.claim_timeout), flush=True)
@@ -421,8 +367,6 @@ class _Evaluator:
       self.writer = tf.summary.create_file_writer(self.eval_dir)
     try:
       statistics = self.scorer.load(prefix)
-    except Stopped:
-      raise
     except UserError as e:
       if not checkpoints.exists(prefix):
         # Deleted since the listing, e.g. by a training run's clean-up.
@@ -505,7 +449,7 @@ def evaluate(model_name, hparams, class_names, rows, clip_dir, clip_samples,
   os.makedirs(eval_dir, exist_ok=True)
   evaluator = _Evaluator(model_name, hparams, class_names, rows, clip_dir,
                          clip_samples, eval_dir, claim_timeout_seconds)
-  with stop_on_sigterm():
+  with stopping.requests():
     try:
       if continuous:
         _evaluate_continuously(evaluator, train_dir, poll_seconds,

@@ -1,4 +1,5 @@
-r"""Driver for the DCASE 2019 Task 2 baseline: train, eval, inference or tag.
+r"""Driver for the DCASE 2019 Task 2 baseline: train, eval, inference,
+export or tag.
 
   python main.py --mode train --model mobilenet-v1 \
       --class_map_path class_map.csv --train_clip_dir train_curated \
@@ -25,6 +26,7 @@ import files
 import model
 import params
 import runtime
+import stopping
 from files import UserError
 
 flags.DEFINE_enum('mode', None,
@@ -37,8 +39,11 @@ flags.DEFINE_enum('model', 'mobilenet-v1', list(model.MODELS),
                   'Model architecture.')
 flags.DEFINE_string('hparams', '',
                     'Hyperparameter overrides as comma-separated name=value '
-                    'pairs, e.g. batch_size=32,lr=0.01. Use the same values '
-                    'for train, eval and inference.')
+                    'pairs, e.g. batch_size=32,lr=0.01. A run records its '
+                    'hparams: eval, inference, export, tag and a resumed run '
+                    'start from the recorded ones and apply these on top '
+                    '(those defining the features and architecture cannot '
+                    'change).')
 flags.DEFINE_string('class_map_path', None,
                     'CSV of "index,name" rows mapping class indices to names.')
 flags.DEFINE_string('train_clip_dir', None, 'Folder of training WAV clips.')
@@ -138,7 +143,9 @@ _REQUIRED = {
 def _check_flags():
   """Checks flag combinations; returns the parsed hparams."""
   if FLAGS.mode is None:
-    raise UserError('--mode is required (train, eval, inference or tag)')
+    modes = FLAGS['mode'].enum_values
+    raise UserError('--mode is required (%s or %s)' % (', '.join(modes[:-1]),
+                                                       modes[-1]))
   for name in ('inference_checkpoint', 'warmstart_checkpoint'):
     if getattr(FLAGS, name):
       # A checkpoint given by one of its files is taken as its prefix.
@@ -358,14 +365,13 @@ def main(argv):
   if len(argv) > 1:
     _fail('unexpected arguments: %s' % ' '.join(argv[1:]))
   try:
-    run()
+    with stopping.requests():
+      run()
   except UserError as e:
     _fail(str(e), getattr(e, 'exit_code', 1))
   except KeyboardInterrupt:
-    # Ctrl-C outside training (which saves and stops on its own): eval
-    # markers and submissions are written whole or not at all.
-    _fail('stopped by SIGINT; files written so far are complete, run the '
-          'same command to do the rest', 128 + signal.SIGINT)
+    # Ctrl-C before the stop handlers are in place.
+    _fail('stopped by SIGINT; ' + stopping.RERUN, 128 + signal.SIGINT)
   except OSError as e:
     # A file system fault in the middle of a run (disk full, permissions).
     _fail('%s: %s' % (e.filename, e.strerror) if e.filename else str(e))

@@ -25,6 +25,7 @@ import checkpoints
 import features
 import inputs
 import model as model_lib
+import stopping
 from files import UserError
 
 PROGRESS_EVERY_SECONDS = 10.0
@@ -163,6 +164,7 @@ class Scorer:
     iterator = iter(batches)
     try:
       for batch in iterator:
+        stopping.check()
         scores = self._score_batch(batch[0]).numpy()
         clip_index = batch[1].numpy()
         np.add.at(sums, clip_index, scores)
@@ -189,6 +191,7 @@ class Scorer:
       del iterator
       gc.collect()
       raise
+    stopping.check()  # a stop may have ended tagging's chunks early
     report()
     scored = np.array([i not in failed for i in range(len(names))], bool)
     wrong = scored & (counts != expected)

@@ -25,6 +25,7 @@ import sys
 import numpy as np
 
 import files
+import stopping
 import wav
 from files import UserError
 
@@ -147,13 +148,16 @@ def _sources(paths):
 def _chunks(sources, bounds, failed):
   """(clip index, first example index, samples, example count) of every
   chunk of every readable file, read when tf.data asks for it. A file that
-  fails while being read is recorded in `failed` and left."""
+  fails while being read is recorded in `failed` and left. A stop request
+  ends the chunks (the scorer then stops)."""
   for i, source in enumerate(sources):
     if source is None:
       continue
     first = 0
     try:
       for start, end, count in zip(*bounds[i]):
+        if stopping.requested():
+          return
         samples = source.read(int(start), int(end))
         yield np.int32(i), np.int32(first), samples, np.int32(count)
         first += int(count)

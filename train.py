@@ -21,6 +21,7 @@ import mfom
 import model as model_lib
 import params
 import files
+import stopping
 from files import UserError
 
 CHECKPOINT_EVERY = 100
@@ -31,14 +32,6 @@ RECORD_FILE = 'hparams.json'  # the run's --model and hparams, in train_dir
 # that a continuous eval knows no checkpoint will follow; removed when a run
 # (re)starts.
 FINISHED_FILE = 'training_finished'
-
-
-class Interrupted(UserError):
-  """Training was stopped by a signal after saving a checkpoint."""
-
-  def __init__(self, message, signum):
-    super().__init__(message)
-    self.exit_code = 128 + signum
 
 
 def make_loss(hparams, num_classes):
@@ -177,25 +170,6 @@ def warm_start(variables, checkpoint_path, include_scopes, exclude_scopes,
   for name in restored:
     print('  ' + name)
   return restored
-
-
-class _StopSignals:
-  """Turns SIGINT / SIGTERM into a flag the loop checks after each step."""
-
-  def __init__(self):
-    self.signum = None
-
-  def __enter__(self):
-    self._previous = {s: signal.signal(s, self._handle)
-                      for s in (signal.SIGINT, signal.SIGTERM)}
-    return self
-
-  def _handle(self, signum, frame):
-    self.signum = signum
-
-  def __exit__(self, *exc):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
 
 
 def _log_mel_images(examples, step, count=3):
@@ -384,7 +358,7 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
   if save_first:
     save()
   start_time, start_step = time.time(), current
-  with _StopSignals() as stop, writer.as_default():
+  with stopping.requests(), writer.as_default():
     for examples, labels in dataset:
       if current == start_step:
         _log_mel_images(examples, current)
@@ -408,18 +382,18 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
       if current % CHECKPOINT_EVERY == 0:
         save()
         saved = current
-      stopping = stop.signum is not None
+      signum = stopping.requested()
+      stop = signum is not None
       if agree is not None:
-        stopping = agree(stopping)
-      if stopping:
+        stop = agree(stop)
+      if stop:
         # Every worker stops at the same step (the flag is summed over all).
         if saved != current:
           save()
-        signum = stop.signum or signal.SIGTERM
-        raise Interrupted(
+        raise stopping.Stopped(
             'stopped by %s at step %d; run the same command to resume' % (
-                signal.Signals(signum).name if stop.signum else
-                'another worker', current), signum)
+                stopping.name(signum) if signum else 'another worker',
+                current), signum or signal.SIGTERM)
       if max_steps is not None and current >= max_steps:
         break
     if current == start_step:
