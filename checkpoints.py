@@ -35,6 +35,18 @@ def exists(prefix):
   return os.path.isfile(prefix + '.index')
 
 
+def files_of(prefix):
+  """The paths of a checkpoint's files (its .index and data shards)."""
+  folder, base = os.path.split(prefix)
+  try:
+    names = os.listdir(folder or '.')
+  except OSError:
+    return []
+  return [os.path.join(folder, name) for name in names
+          if re.fullmatch(re.escape(base) + r'\.(index|data-\d+-of-\d+)',
+                          name)]
+
+
 def require(prefix, flag=None):
   """Raises UserError unless `prefix` names a checkpoint; the message starts
   with the flag that gave it, if any."""

@@ -81,9 +81,13 @@ def worker_save_dir(strategy, train_dir):
                                              resolver.task_id))
 
 
+def num_workers(strategy):
+  """The number of machines (processes) the strategy trains on."""
+  return getattr(strategy.extended, '_num_workers', 1)
+
+
 def describe(strategy):
   """One line on the devices a run trains on."""
-  workers = strategy.extended._num_workers if hasattr(
-      strategy.extended, '_num_workers') else 1
   return '%s: %d replica(s) on %d worker(s)' % (
-      type(strategy).__name__, strategy.num_replicas_in_sync, workers)
+      type(strategy).__name__, strategy.num_replicas_in_sync,
+      num_workers(strategy))

@@ -37,14 +37,21 @@ def _clip_headers(paths):
       raise files.UserError('%s: %s' % (path, problem))
     offsets.append(header.data_offset)
     counts.append(header.num_frames)
-  return np.array(offsets, np.int32), np.array(counts, np.int32)
+  # int64: the byte offsets of a 16-bit file longer than 6.8 hours pass
+  # 2**31.
+  return np.array(offsets, np.int64), np.array(counts, np.int64)
+
+
+def byte_range(data_offset, start, end):
+  """(position, length) in the file of the 16-bit samples [start, end)."""
+  return data_offset + 2 * start, 2 * (end - start)
 
 
 def _samples(contents, data_offset, start, end):
   """Samples [start, end) of 16-bit PCM as floats in [-1, 1), scaled as
   tf.audio.decode_wav does (int16 / 32768)."""
   pcm = tf.io.decode_raw(
-      tf.strings.substr(contents, data_offset + 2 * start, 2 * (end - start)),
+      tf.strings.substr(contents, *byte_range(data_offset, start, end)),
       tf.int16)
   return tf.cast(pcm, tf.float32) * (1.0 / 32768.0)
 
@@ -55,7 +62,8 @@ def _read(path, data_offset, num_samples):
   run; the error reads `path: what` once main.py has formatted it)."""
   contents = tf.io.read_file(path)
   tf.debugging.Assert(
-      tf.strings.length(contents) >= data_offset + 2 * num_samples,
+      tf.cast(tf.strings.length(contents), tf.int64) >=
+      data_offset + 2 * num_samples,
       [path, 'is truncated'])
   return contents
 
@@ -71,14 +79,15 @@ def _chunk_bounds(num_samples, hparams):
   # Frames a full chunk needs: its examples' hops plus the last one's tail.
   chunk_frames = (EXAMPLES_PER_CHUNK - 1) * example_hop + example_window
   ends = tf.minimum(starts + (chunk_frames - 1) * hop + window, num_samples)
-  counts = tf.minimum(EXAMPLES_PER_CHUNK, total - first_example)
+  counts = tf.minimum(total - first_example, EXAMPLES_PER_CHUNK)
   return starts, ends, counts
 
 
-def _examples(clips, hparams):
+def _examples(clips, hparams, deterministic=False):
   """(key, path, data offset, num samples) clips -> (example, key) pairs,
   one per example. `key` rides along unchanged: the multi-hot labels when
-  training, the clip's index when scoring."""
+  training, the clip's index when scoring. deterministic: in clip order
+  (else in the order the parallel reads finish, which is faster)."""
   def chunks(key, path, data_offset, num_samples):
     contents = _read(path, data_offset, num_samples)
     starts, ends, counts = _chunk_bounds(num_samples, hparams)
@@ -94,9 +103,9 @@ def _examples(clips, hparams):
 
   return (clips
           .interleave(chunks, num_parallel_calls=tf.data.AUTOTUNE,
-                      deterministic=False)
+                      deterministic=deterministic)
           .map(chunk_examples, num_parallel_calls=tf.data.AUTOTUNE,
-               deterministic=False)
+               deterministic=deterministic)
           .unbatch())
 
 
@@ -127,6 +136,16 @@ def parse_csv_records(csv_path, clip_dir, class_names):
   """A dataset of (multi-hot labels, clip path), one per CSV row."""
   return tf.data.Dataset.from_tensor_slices(
       _labeled_clips(csv_path, clip_dir, class_names))
+
+
+def example_cache_size(csv_path, clip_dir, class_names, hparams):
+  """(examples, bytes) that --train_cache_examples keeps in memory: each
+  example's float32 log-mel values and multi-hot labels."""
+  _, paths = _labeled_clips(csv_path, clip_dir, class_names)
+  count = sum(features.num_examples(int(n), hparams)
+              for n in _clip_headers(paths)[1])
+  frames, _ = features.example_geometry(hparams)
+  return count, count * 4 * (frames * hparams.mel_bands + len(class_names))
 
 
 def train_dataset(csv_path, clip_dir, class_names, hparams, num_clips,
@@ -165,20 +184,31 @@ def train_dataset(csv_path, clip_dir, class_names, hparams, num_clips,
 
 
 def statistics_dataset(csv_path, clip_dir, class_names, hparams,
-                       num_batches):
+                       num_batches, seed=0):
   """A fixed set of num_batches training batches of examples (no labels),
-  for batch-norm statistics: clips and examples shuffled once with a fixed
-  seed, and kept in memory after the first pass. A training set smaller
-  than that many batches is repeated."""
+  for batch-norm statistics: the first num_batches x batch_size examples
+  of the clips in a seeded order (repeated if the set is smaller), in a
+  seeded order, kept in memory after the first pass. The order comes from
+  NumPy, not from TensorFlow's seeds (which depend on the process's global
+  seed), so every process of a run (a resumed one too) uses the same
+  examples."""
   labels, paths = _labeled_clips(csv_path, clip_dir, class_names)
+  offsets, counts = _clip_headers(paths)
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(len(paths))
   clips = tf.data.Dataset.from_tensor_slices(
-      (labels, paths) + _clip_headers(paths)).shuffle(len(paths), seed=0)
-  return (_examples(clips, hparams)
+      (labels[order], np.asarray(paths)[order], offsets[order],
+       counts[order]))
+  total = num_batches * hparams.batch_size
+  shuffled = rng.permutation(total)
+  return (_examples(clips, hparams, deterministic=True)
           .map(lambda examples, _: examples)
           .repeat()
-          .shuffle(num_batches * hparams.batch_size, seed=0)
+          .take(total)
+          .batch(total)
+          .map(lambda examples: tf.gather(examples, shuffled))
+          .unbatch()
           .batch(hparams.batch_size, drop_remainder=True)
-          .take(num_batches)
           .cache())
 
 

@@ -10,6 +10,7 @@ imported); a problem is reported as one line naming the flag, file or value,
 with exit status 1.
 """
 
+import dataclasses
 import math
 import os
 import re
@@ -130,13 +131,37 @@ for _name in ('eval_poll_seconds', 'eval_idle_timeout_seconds',
                                              value > 0),
       message='--%s must be a positive number of seconds' % _name)
 
-_REQUIRED = {
-    'train': ('train_clip_dir', 'train_csv_path', 'train_dir'),
-    'eval': ('eval_clip_dir', 'eval_csv_path', 'train_dir', 'eval_dir'),
-    'inference': ('inference_checkpoint', 'inference_clip_dir',
-                  'predictions_csv_path'),
-    'export': ('inference_checkpoint', 'export_dir'),
-    'tag': ('inference_checkpoint', 'tag_paths'),
+@dataclasses.dataclass(frozen=True)
+class _Mode:
+  """What a mode needs and writes, declared once for the checks and the
+  dispatch."""
+  required: tuple  # flags that must be given
+  inputs: tuple  # flags naming the files and folders it reads
+  output_dirs: tuple = ()  # folders it writes into, made after the checks
+  output_files: tuple = ()  # files or folders it creates
+
+
+_MODES = {
+    'train': _Mode(required=('train_clip_dir', 'train_csv_path', 'train_dir'),
+                   inputs=('class_map_path', 'train_clip_dir',
+                           'train_csv_path', 'warmstart_checkpoint'),
+                   output_dirs=('train_dir',)),
+    'eval': _Mode(required=('eval_clip_dir', 'eval_csv_path', 'train_dir',
+                            'eval_dir'),
+                  inputs=('class_map_path', 'eval_clip_dir', 'eval_csv_path',
+                          'train_dir'),
+                  output_dirs=('eval_dir',)),
+    'inference': _Mode(required=('inference_checkpoint', 'inference_clip_dir',
+                                 'predictions_csv_path'),
+                       inputs=('class_map_path', 'inference_checkpoint',
+                               'inference_clip_dir'),
+                       output_files=('predictions_csv_path',)),
+    'export': _Mode(required=('inference_checkpoint', 'export_dir'),
+                    inputs=('class_map_path', 'inference_checkpoint'),
+                    output_files=('export_dir',)),
+    'tag': _Mode(required=('inference_checkpoint', 'tag_paths'),
+                 inputs=('class_map_path', 'inference_checkpoint'),
+                 output_files=('timeline_csv_path',)),
 }
 
 
@@ -150,15 +175,11 @@ def _check_flags():
     if getattr(FLAGS, name):
       # A checkpoint given by one of its files is taken as its prefix.
       setattr(FLAGS, name, checkpoints.prefix_of(getattr(FLAGS, name)))
-  for name in ('class_map_path',) + _REQUIRED[FLAGS.mode]:
+  for name in ('class_map_path',) + _MODES[FLAGS.mode].required:
     if not getattr(FLAGS, name):
       raise UserError('--%s is required with --mode %s' % (name, FLAGS.mode))
-  try:
-    hparams = params.parse_hparams(FLAGS.hparams)
-  except ValueError as e:
-    raise UserError('--hparams: %s' % e) from None
+  hparams = _hparams_from_flags()
   if FLAGS.mode == 'train':
-    _check_decay_flags(hparams)
     try:
       spec, _ = distribution.cluster()
     except ValueError:
@@ -166,14 +187,11 @@ def _check_flags():
     if FLAGS.distribution == 'multi_worker' and not spec:
       raise UserError('--distribution=multi_worker needs the cluster in the '
                       'TF_CONFIG environment variable (see README)')
-    if hparams.warmstart and not FLAGS.warmstart_checkpoint:
-      raise UserError('--warmstart_checkpoint is required when warmstart=1')
-    if hparams.warmstart:
-      checkpoints.require(FLAGS.warmstart_checkpoint,
-                          '--warmstart_checkpoint')
+    if hparams is not None:
+      _check_train_hparams(hparams)
   if FLAGS.mode == 'eval':
     _check_eval_flags()
-  for flag in _output_dirs():
+  for flag in _MODES[FLAGS.mode].output_dirs:
     path = getattr(FLAGS, flag)
     if os.path.exists(path) and not os.path.isdir(path):
       raise UserError('--%s: %s exists and is not a folder' % (flag, path))
@@ -202,9 +220,39 @@ def _check_eval_flags():
         raise UserError('--%s is only used with --eval_continuous' % name)
 
 
-def _check_decay_flags(hparams):
+def _hparams_from_flags():
+  """The defaults with --hparams applied, checked; or None when the values
+  can only be judged once merged with a run's record (an override valid on
+  the recorded hparams, e.g. momentum on an SGD run, may be invalid on the
+  defaults). The names and the syntax are checked either way."""
+  try:
+    params.parse_overrides(FLAGS.hparams)
+  except ValueError as e:
+    raise UserError('--hparams: %s' % e) from None
+  try:
+    return params.parse_hparams(FLAGS.hparams)
+  except ValueError as e:
+    if _may_resume_a_record():
+      return None
+    raise UserError('--hparams: %s' % e) from None
+
+
+def _may_resume_a_record():
+  """Whether this mode may start from a checkpoint that holds a record
+  (continuous eval may wait for its first one)."""
+  if FLAGS.mode in ('inference', 'export', 'tag'):
+    return checkpoints.exists(FLAGS.inference_checkpoint)
+  return FLAGS.mode == 'eval' or bool(
+      checkpoints.list_checkpoints(FLAGS.train_dir))
+
+
+def _check_train_hparams(hparams):
   if hparams.lrdecay > 0 and not FLAGS.epoch_num_batches:
     raise UserError('--epoch_num_batches is required when lrdecay > 0')
+  if hparams.warmstart and not FLAGS.warmstart_checkpoint:
+    raise UserError('--warmstart_checkpoint is required when warmstart=1')
+  if hparams.warmstart:
+    checkpoints.require(FLAGS.warmstart_checkpoint, '--warmstart_checkpoint')
 
 
 def _starting_record():
@@ -236,6 +284,13 @@ def _recorded_run(hparams):
   from before runs were recorded runs with the flags as given."""
   prefix, record = _starting_record()
   if record is None:
+    if hparams is None:  # no record after all: the flags as given
+      try:
+        hparams = params.parse_hparams(FLAGS.hparams)
+      except ValueError as e:
+        raise UserError('--hparams: %s' % e) from None
+      if FLAGS.mode == 'train':
+        _check_train_hparams(hparams)
     return FLAGS.model, hparams
   model_name, recorded = record
   if FLAGS['model'].present and FLAGS.model != model_name:
@@ -251,18 +306,35 @@ def _recorded_run(hparams):
       model_name, prefix, ': ' + changed if changed else ' (the defaults)'),
         file=sys.stderr if FLAGS.mode == 'tag' else sys.stdout)
   if FLAGS.mode == 'train':
-    _check_decay_flags(hparams)
+    _check_train_hparams(hparams)
   return model_name, hparams
 
 
-def _output_dirs():
-  """Flags of the folders this mode writes into."""
-  return {'train': ('train_dir',), 'eval': ('eval_dir',)}.get(FLAGS.mode, ())
+def _check_outputs(read_paths):
+  """Refuses an output that is one of the mode's inputs (a flag's file or
+  folder, a checkpoint's files, or one of `read_paths`): it would be
+  overwritten, or mixed with what it holds."""
+  mode = _MODES[FLAGS.mode]
+  inputs = {}
+  for flag in mode.inputs:
+    path = getattr(FLAGS, flag)
+    if path:
+      inputs[os.path.realpath(path)] = '--' + flag
+      if flag.endswith('checkpoint'):
+        for name in checkpoints.files_of(path):
+          inputs[os.path.realpath(name)] = '--' + flag
+  for path in read_paths:
+    inputs.setdefault(os.path.realpath(path), 'an input')
+  for flag in mode.output_dirs + mode.output_files:
+    path = getattr(FLAGS, flag)
+    if path and os.path.realpath(path) in inputs:
+      raise UserError('--%s: %s is %s of this run; choose another path' % (
+          flag, path, inputs[os.path.realpath(path)]))
 
 
 def _make_output_dirs():
   """Creates the output folders, once every input has passed its checks."""
-  for flag in _output_dirs():
+  for flag in _MODES[FLAGS.mode].output_dirs:
     path = getattr(FLAGS, flag)
     try:
       os.makedirs(path, exist_ok=True)
@@ -287,9 +359,13 @@ def run():
         FLAGS, FLAGS.mode + '_clip_dir')
     rows = files.read_labeled_csv(csv_path, clip_dir, class_names)
     fnames = [f for f, _ in rows]
-  if FLAGS.mode != 'tag':
+  if FLAGS.mode == 'tag':
+    _check_outputs(list(FLAGS.tag_paths) + tag_files)
+  else:
+    clip_paths = [os.path.join(clip_dir, f) for f in fnames]
+    _check_outputs(clip_paths)
     # Tag mode reads any WAV, and reports each unreadable one on its own.
-    samples = files.check_wavs([os.path.join(clip_dir, f) for f in fnames])
+    samples = files.check_wavs(clip_paths)
 
   _make_output_dirs()
   tf = runtime.import_tensorflow()

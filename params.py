@@ -127,14 +127,15 @@ _POSITIVE = ('stft_window_seconds', 'stft_hop_seconds', 'mel_bands',
 
 
 # The hparams that define what a trained model computes from a waveform: its
-# features and its architecture. A checkpoint can only be resumed, scored or
+# features and its architecture (PCEN's alpha, delta and r are weights of the
+# checkpoint; its smoother s and eps are not). A checkpoint can only be resumed, scored or
 # exported with its own values of these; the others (lr, dropout, lsmooth,
 # bn_stats, ...) only steer training or scoring and may change between runs.
 MODEL_DEFINING = ('stft_window_seconds', 'stft_hop_seconds', 'mel_bands',
                   'mel_min_hz', 'mel_max_hz', 'mel_log_offset',
                   'example_window_seconds', 'example_hop_seconds',
                   'global_pool', 'bn', 'bneps', 'crnn_filters', 'frontend',
-                  'width')
+                  'pcen_s', 'pcen_eps', 'width')
 
 # Bounds of the feature geometry: beyond them a run would fail deep inside
 # TensorFlow (or crash) instead of doing anything useful.

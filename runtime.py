@@ -22,6 +22,30 @@ def quiet_stderr():
     os.close(devnull)
 
 
+def available_memory():
+  """Bytes of memory this process can still take: the kernel's
+  MemAvailable, or less if a cgroup (v2) limit leaves less; None where
+  neither can be read."""
+  found = []
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          found.append(int(line.split()[1]) * 1024)
+  except (OSError, ValueError, IndexError):
+    pass
+  try:
+    with open('/sys/fs/cgroup/memory.max') as f:
+      limit = f.read().strip()
+    with open('/sys/fs/cgroup/memory.current') as f:
+      used = int(f.read())
+    if limit != 'max':
+      found.append(int(limit) - used)
+  except (OSError, ValueError):
+    pass
+  return min(found) if found else None
+
+
 def import_tensorflow():
   """Imports TensorFlow with its start-up chatter kept off stderr, so that
   the run's own output stays readable, and runs one op at a time (see

@@ -21,6 +21,7 @@ import mfom
 import model as model_lib
 import params
 import files
+import runtime
 import stopping
 from files import UserError
 
@@ -427,6 +428,27 @@ def _dataset(strategy, train_csv_path, train_clip_dir, class_names, hparams,
   return strategy.distribute_datasets_from_function(worker_dataset)
 
 
+def _check_cache_fits(train_csv_path, train_clip_dir, class_names, hparams,
+                      workers):
+  """Says what --train_cache_examples will hold; refuses before training
+  when this worker's share is more than the memory available now (the
+  model, the pipeline and TensorFlow need more on top, so even a cache
+  that passes can be too much, but one that fails surely is)."""
+  count, size = inputs.example_cache_size(train_csv_path, train_clip_dir,
+                                          class_names, hparams)
+  share = size // workers
+  available = runtime.available_memory()
+  print('Training examples are kept in memory after the first epoch '
+        '(--train_cache_examples): %d examples, %.2f GB%s' % (
+            count, share / 1e9, ' on this worker' if workers > 1 else ''))
+  if available is not None and share > available:
+    raise UserError(
+        '--train_cache_examples: the %d training examples take %.1f GB%s, '
+        'more than the %.1f GB of memory available; train without it' % (
+            count, share / 1e9, ' on this worker' if workers > 1 else '',
+            available / 1e9))
+
+
 def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
           num_clips, train_dir, epoch_num_batches=None, max_steps=None,
           warmstart_checkpoint=None, warmstart_include_scopes=(),
@@ -446,8 +468,8 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
   if max_steps is None and epoch_num_batches:
     max_steps = DEFAULT_EPOCHS * epoch_num_batches
   if cache_examples:
-    print('Training examples are kept in memory after the first epoch '
-          '(--train_cache_examples)')
+    _check_cache_fits(train_csv_path, train_clip_dir, class_names, hparams,
+                      distribution.num_workers(strategy))
   dataset = _dataset(strategy, train_csv_path, train_clip_dir, class_names,
                      hparams, num_clips, None if max_steps else DEFAULT_EPOCHS,
                      cache_examples)

@@ -92,6 +92,49 @@ def test_output_path_of_the_wrong_kind(tmp_path, dataset, mobilenet_train,
   assert_one_error(run_main(args), str(bad))
 
 
+@pytest.mark.parametrize('case', ['tag-timeline', 'inference-class-map',
+                                  'inference-clip', 'eval-dir', 'train-dir',
+                                  'inference-checkpoint'])
+def test_an_output_that_is_an_input_is_refused(tmp_path, dataset,
+                                               fake_checkpoint, case):
+  """Every mode refuses to write over what it reads: one line naming the
+  output flag, before any work, the input untouched."""
+  clips = tmp_path / 'clips'
+  shutil.copytree(dataset['test_clip_dir'], str(clips))
+  clip = str(clips / sorted(os.listdir(str(clips)))[0])
+  class_map = str(tmp_path / 'class_map.csv')
+  shutil.copy(CLASS_MAP, class_map)
+  flag, victim, args = {
+      'tag-timeline': ('--timeline_csv_path', clip, [
+          '--mode', 'tag', '--inference_checkpoint', fake_checkpoint,
+          '--tag_paths', clip, '--timeline_csv_path', clip]),
+      'inference-class-map': ('--predictions_csv_path', class_map,
+                              _inference_args(str(clips), fake_checkpoint,
+                                              class_map)),
+      'inference-clip': ('--predictions_csv_path', clip,
+                         _inference_args(str(clips), fake_checkpoint, clip)),
+      'inference-checkpoint': ('--predictions_csv_path',
+                               fake_checkpoint + '.index',
+                               _inference_args(str(clips), fake_checkpoint,
+                                               fake_checkpoint + '.index')),
+      'eval-dir': ('--eval_dir', None, [
+          '--mode', 'eval', '--eval_clip_dir', dataset['train_clip_dir'],
+          '--eval_csv_path', dataset['validation_csv'],
+          '--train_dir', str(tmp_path), '--eval_dir', str(tmp_path)]),
+      'train-dir': ('--train_dir', None, _train_flags(
+          dataset, train_dir=dataset['train_clip_dir'])),
+  }[case]
+  args = [class_map if a == CLASS_MAP else a for a in args]
+  if class_map not in args:
+    args = args + ['--class_map_path', class_map]
+  before = open(victim, 'rb').read() if victim else None
+  assert_one_error(run_main(args), flag, 'is ')
+  if victim:
+    assert open(victim, 'rb').read() == before
+  assert not [n for n in os.listdir(dataset['train_clip_dir'])
+              if not n.endswith('.wav')]
+
+
 # --- bad CSVs and clips -----------------------------------------------------
 
 @pytest.fixture(scope='module')

@@ -181,6 +181,106 @@ def test_mixup_weights_partners_and_labels():
   assert abs(weights.mean() - 0.5) < 0.03
 
 
+# Large initial weights: the first loss then depends clearly on the inputs.
+AUGMENTED = ('batch_size=4,lr=0.001,crnn_filters=4,crnn_dropout=0,'
+             'crnn_bndecay=0.9,weights_init_stddev=0.3,'
+             'specaug_time_masks=2,specaug_time_width=40,'
+             'specaug_freq_masks=2,specaug_freq_width=30,mixup=0.4')
+
+
+@pytest.fixture(scope='module')
+def augmented_run(tmp_path_factory, dataset):
+  """One training step with SpecAugment and mixup, the augmentation's
+  inputs and outputs captured in variables as the step computes them."""
+  import contextlib
+  import io
+  import train
+  from conftest import read_class_names
+  seen = {name: tf.Variable(tf.zeros(shape)) for name, shape in (
+      ('pipeline', [4, 100, 96]), ('masked', [4, 100, 96]),
+      ('mixed', [4, 100, 96]), ('labels', [4, 80]),
+      ('mixed_labels', [4, 80]))}
+  real_masks, real_mixup = augment.spec_augment, augment.mixup
+
+  def spec_augment(examples, hparams):
+    masked = real_masks(examples, hparams)
+    seen['pipeline'].assign(examples)
+    seen['masked'].assign(masked)
+    return masked
+
+  def mixup(examples, labels, alpha):
+    mixed, mixed_labels = real_mixup(examples, labels, alpha)
+    for name, value in (('mixed', mixed), ('labels', labels),
+                        ('mixed_labels', mixed_labels)):
+      seen[name].assign(value)
+    return mixed, mixed_labels
+
+  train_dir = str(tmp_path_factory.mktemp('augmented') / 'train')
+  patch = pytest.MonkeyPatch()
+  patch.setattr(augment, 'spec_augment', spec_augment)
+  patch.setattr(augment, 'mixup', mixup)
+  out = io.StringIO()
+  try:
+    with contextlib.redirect_stdout(out):
+      train.train('crnn', params.parse_hparams(AUGMENTED),
+                  read_class_names(), dataset['train_csv'],
+                  dataset['train_clip_dir'], 8, train_dir, max_steps=1)
+  finally:
+    patch.undo()
+  return {'train_dir': train_dir, 'out': out.getvalue(),
+          'seen': {k: v.numpy() for k, v in seen.items()}}
+
+
+def test_the_training_step_trains_on_augmented_examples(augmented_run):
+  """The step's loss is the loss of the masked and mixed batch under the
+  step-0 weights (a plain model of stock layers), not of the pipeline's."""
+  import re
+  from conftest import load_model_from_checkpoint
+  seen = augmented_run['seen']
+  pipeline, masked = seen['pipeline'], seen['masked']
+  assert np.abs(pipeline).max() > 1
+  changed = pipeline != masked
+  assert 0.05 < changed.mean() < 0.9
+  # A masked value is its example's mean; the rest is the pipeline's.
+  means = pipeline.mean(axis=(1, 2), keepdims=True)
+  np.testing.assert_allclose(masked[changed],
+                             np.broadcast_to(means, masked.shape)[changed],
+                             rtol=1e-5)
+  assert not np.array_equal(seen['mixed'], masked)
+  assert set(np.unique(seen['labels'])) <= {0.0, 1.0}
+  assert len(np.unique(seen['mixed_labels'])) > 2
+  hparams = params.parse_hparams(AUGMENTED)
+  net = load_model_from_checkpoint(
+      'crnn', hparams, os.path.join(augmented_run['train_dir'],
+                                    'model.ckpt-0'))
+  logits = net(seen['mixed'], training=True)
+  expected = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
+      labels=seen['mixed_labels'], logits=logits))
+  (loss,) = re.findall(r'^step 1 loss (\S+) ', augmented_run['out'], re.M)
+  assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+  plain = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
+      labels=seen['labels'], logits=net(pipeline, training=True)))
+  assert abs(float(plain) - float(expected)) > 1e-3  # 100x the match
+
+
+def test_scoring_ignores_the_training_augmentation(augmented_run, dataset):
+  """A model trained with masks and mixup is scored on the examples as
+  they are: the engine's scores equal a plain model's on NumPy features."""
+  import files
+  import scoring
+  from conftest import independent_clip_scores
+  prefix = os.path.join(augmented_run['train_dir'], 'model.ckpt-1')
+  hparams = params.parse_hparams(AUGMENTED)
+  fnames = sorted(os.listdir(dataset['test_clip_dir']))
+  paths = [os.path.join(dataset['test_clip_dir'], f) for f in fnames]
+  scorer = scoring.Scorer('crnn', 80, hparams)
+  scorer.load(prefix)
+  got = scorer.score(paths, files.check_wavs(paths))
+  expected = independent_clip_scores('crnn', hparams, prefix,
+                                     dataset['test_clip_dir'], fnames)
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_mixup_is_refused_with_mfom():
   with pytest.raises(ValueError, match='mixup=0.2.*loss=bce'):
     params.parse_hparams('mixup=0.2,loss=mfom_microf1')

@@ -201,7 +201,74 @@ def test_scoring_uses_precise_statistics_unless_told_otherwise(tmp_path):
   np.testing.assert_allclose(got_moving, expected(with_precise, 'moving'),
                              atol=1e-5)
   assert np.abs(got - got_moving).max() > 1e-3
-  # A checkpoint without precise statistics falls back to the moving ones.
+  # A checkpoint without precise statistics falls back to the moving ones;
+  # so does one with only part of them (no layer mixes the two kinds).
   used, got_fallback = _scores('mobilenet-v1', hparams, without, examples)
   assert used == 'moving'
   np.testing.assert_array_equal(got_fallback, got_moving)
+  part = dict(list(precise.variables.items())[:-1])
+  partial = tf.train.Checkpoint(
+      weights=checkpoints.checkpoint_weights(ours),
+      precise_bn=part).write(str(tmp_path / 'model.ckpt-3'))
+  used, got_partial = _scores('mobilenet-v1', hparams, partial, examples)
+  assert used == 'moving'
+  np.testing.assert_array_equal(got_partial, got_moving)
+
+
+def _statistics_examples(dataset, hparams, count):
+  import inputs
+  from conftest import read_class_names
+  return [b.numpy() for b in inputs.statistics_dataset(
+      dataset['train_csv'], dataset['train_clip_dir'], read_class_names(),
+      hparams, count)]
+
+
+def test_statistics_batches_are_fixed_training_examples(dataset):
+  """bn_stats_batches batches of batch_size examples of the training clips,
+  as the pipeline makes them (no SpecAugment or mixup even when training
+  uses them), the same in every process: a fixed shuffle. 7 batches of 4
+  are more than the 26 examples: the set repeats, shuffled in a buffer of
+  the 28 examples taken."""
+  import reference
+  from conftest import labeled_rows
+  hparams = params.parse_hparams(
+      'batch_size=4,specaug_time_masks=2,specaug_time_width=60,mixup=1')
+  batches = _statistics_examples(dataset, hparams, 7)
+  assert [b.shape for b in batches] == [(4, 100, 96)] * 7
+  per_clip = [reference.np_clip_examples(
+      os.path.join(dataset['train_clip_dir'], f), hparams)
+               for f, _ in labeled_rows(dataset['train_csv'])]
+  reference_examples = np.concatenate(per_clip)
+  clip_of = np.repeat(np.arange(len(per_clip)), [len(e) for e in per_clip])
+  found = []
+  for example in np.concatenate(batches):
+    distance = np.abs(reference_examples - example).max(axis=(1, 2))
+    assert distance.min() < 1e-3
+    found.append(int(distance.argmin()))
+  assert len(set(found)) > 15 and found[:8] != sorted(found[:8])
+  # Batches mix clips as training's do (in clip order, two neighbours
+  # would mostly share a clip: ~3 examples each).
+  same = np.mean(clip_of[found[1:]] == clip_of[found[:-1]])
+  assert same < 0.35
+  again = _statistics_examples(dataset, hparams, 7)
+  for a, b in zip(batches, again):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_training_saves_the_statistics_of_those_batches(crnn_train, dataset):
+  """The precise statistics a CLI training run saved (another process)
+  are those of the model's weights over inputs.statistics_dataset with the
+  run's bn_stats_batches, here recomputed."""
+  from conftest import read_class_names
+  hparams = params.parse_hparams(crnn_train['hparams'])
+  prefix = os.path.join(crnn_train['train_dir'], 'model.ckpt-101')
+  ours = model_lib.build_model('crnn', len(read_class_names()), hparams)
+  reader = tf.train.load_checkpoint(prefix)
+  checkpoints.assign_from_checkpoint(ours.weights, reader, prefix)
+  expected = batchnorm.PreciseStatistics(ours).compute(_statistics_examples(
+      dataset, hparams, hparams.bn_stats_batches))
+  assert len(expected) == 10
+  for path, value in expected.items():
+    np.testing.assert_allclose(
+        reader.get_tensor(checkpoints.checkpoint_key(path, 'precise_bn')),
+        value, rtol=1e-4, atol=1e-5, err_msg=path)

@@ -177,6 +177,96 @@ def test_checkpoint_from_before_records_works_with_explicit_hparams(
   np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def _rerecorded(remembered, folder, **changes):
+  """The remembered checkpoint's weights under a record with `changes` to
+  its training hparams (a run as if trained with them)."""
+  import dataclasses
+  import tensorflow as tf
+  import checkpoints
+  import model
+  import params
+  hparams = params.parse_hparams(RUN_HPARAMS)
+  net = model.build_model('crnn', 80, hparams)
+  source = _plain_copy(remembered['checkpoint'], str(folder / 'source'))
+  checkpoints.assign_from_checkpoint(
+      net.weights, tf.train.load_checkpoint(source), source)
+  record = params.to_json('crnn', dataclasses.replace(hparams, **changes))
+  return tf.train.Checkpoint(
+      run=tf.Variable(record), weights=checkpoints.checkpoint_weights(
+          net)).write(str(folder / 'sgd' / 'model.ckpt-1'))
+
+
+def test_overrides_are_checked_on_the_recorded_hparams(remembered, dataset,
+                                                       tmp_path):
+  """--hparams applies on top of the record: momentum is valid on a run
+  recorded with opt=sgd, though not on the defaults (opt=adam); the merged
+  values are still range-checked."""
+  prefix = _rerecorded(remembered, tmp_path, opt='sgd')
+  csv_path = str(tmp_path / 'submission.csv')
+  result = check_ok(run_main(_inference_args(
+      prefix, dataset['test_clip_dir'], csv_path,
+      ['--hparams', 'momentum=0.5'])))
+  assert 'opt=sgd' in result.stdout and 'momentum=0.5' in result.stdout
+  assert len(read_csv_rows(csv_path)) == 4
+  assert_one_error(run_main(_inference_args(
+      prefix, dataset['test_clip_dir'], str(tmp_path / 'no.csv'),
+      ['--hparams', 'momentum=1.5'])), 'momentum=1.5', 'between 0 and 1')
+  assert_one_error(run_main(_inference_args(
+      prefix, dataset['test_clip_dir'], str(tmp_path / 'no.csv'),
+      ['--hparams', 'momentun=0.5'])), 'unknown hparam', 'momentun')
+  assert not os.path.exists(str(tmp_path / 'no.csv'))
+
+
+def test_every_hparam_is_classified_as_model_defining_or_not():
+  """MODEL_DEFINING decides which hparams a checkpoint must be scored,
+  exported and resumed with. Every hparam is either in it or below, with
+  the reason it cannot change what a trained model computes from a
+  waveform; a new hparam must be placed before this passes."""
+  import dataclasses
+  import params
+  steering = {
+      # Training only.
+      'batch_size', 'dropout', 'lsmooth', 'weights_init_stddev', 'bndecay',
+      'crnn_dropout', 'crnn_bndecay', 'bn_sync', 'precision', 'warmstart',
+      'opt', 'lr', 'adam_eps', 'momentum', 'nesterov', 'lrdecay',
+      'decay_epochs', 'inverse_time_decay', 'loss', 'specaug_freq_masks',
+      'specaug_freq_width', 'specaug_time_masks', 'specaug_time_width',
+      'mixup', 'bn_stats_batches',
+      # Initial values of weights the checkpoint holds, or whether they
+      # train.
+      'pcen_alpha', 'pcen_delta', 'pcen_r', 'pcen_trainable',
+      # Which of the checkpoint's batch-norm statistics scoring uses.
+      'bn_stats',
+  }
+  names = {f.name for f in dataclasses.fields(params.HParams)}
+  assert not steering & set(params.MODEL_DEFINING)
+  assert names == steering | set(params.MODEL_DEFINING), (
+      names ^ (steering | set(params.MODEL_DEFINING)))
+
+
+@pytest.mark.parametrize('override', ['pcen_s=0.5', 'pcen_eps=0.01'])
+def test_pcen_smoother_and_eps_are_part_of_the_model(override):
+  """They change the scores of the same weights on the same waveform, so a
+  run can only be scored (or exported, or resumed) with its own."""
+  import dataclasses
+  import tensorflow as tf
+  import features
+  import params
+  trained = params.parse_hparams('frontend=pcen')
+  other = params.parse_hparams('frontend=pcen,' + override)
+  rng = np.random.default_rng(5)
+  # Loud, then quiet: eps matters where the energies are small.
+  waveform = tf.constant(rng.uniform(-0.5, 0.5, 44100) * np.repeat(
+      [1.0, 1e-3], 22050), tf.float32)
+  outputs = []
+  for hparams in (trained, other):
+    examples = features.waveform_to_examples(waveform, hparams)
+    outputs.append(features.PCEN(hparams)(examples).numpy())
+  assert np.abs(outputs[0] - outputs[1]).max() > 0.01
+  with pytest.raises(ValueError, match=override.split('=')[0]):
+    params.merge(dataclasses.asdict(trained), override, 'model.ckpt-1')
+
+
 # --- CSVs and class maps ----------------------------------------------------
 
 @pytest.mark.parametrize('newline,bom', [('\r', ''), ('\r\n', ''),
@@ -259,19 +349,38 @@ def test_damaged_checkpoint_is_one_line(damaged_run, dataset, tmp_path,
 @pytest.mark.parametrize('what', ['data', 'index'])
 def test_resume_falls_back_to_the_newest_readable_checkpoint(
     damaged_run, dataset, what):
+  """Three checkpoints, the newest damaged: resume takes the next newest by
+  step, not by name (model.ckpt-1000 sorts before model.ckpt-200 as text)
+  and not the oldest."""
+  for step, source in ((200, 1), (1000, 1)):
+    for name in os.listdir(damaged_run):
+      if name.startswith('model.ckpt-%d.' % source):
+        shutil.copy(os.path.join(damaged_run, name), os.path.join(
+            damaged_run, name.replace('ckpt-%d.' % source, 'ckpt-%d.' % step)))
   os.mkdir(os.path.join(damaged_run, 'model.ckpt-9_temp'))  # a failed save
-  _damage(os.path.join(damaged_run, 'model.ckpt-1'), what)
+  _damage(os.path.join(damaged_run, 'model.ckpt-1000'), what)
   result = check_ok(run_main(train_args(
       'crnn', dataset['train_clip_dir'], dataset['train_csv'], damaged_run, 2,
       hparams=RUN_HPARAMS)))
   warning = [l for l in result.stdout.splitlines()
              if l.startswith('warning:')]
-  assert len(warning) == 1 and 'model.ckpt-1' in warning[0]
+  assert len(warning) == 1 and 'model.ckpt-1000' in warning[0]
   assert 'unreadable checkpoint' in warning[0]
-  assert 'Resuming from %s at step 0' % os.path.join(
-      damaged_run, 'model.ckpt-0') in result.stdout
-  assert re.findall(r'^step (\d+) loss', result.stdout, re.M) == ['1', '2']
+  # model.ckpt-200 holds step 1 (a copy of model.ckpt-1).
+  assert 'Resuming from %s at step 1' % os.path.join(
+      damaged_run, 'model.ckpt-200') in result.stdout
+  assert re.findall(r'^step (\d+) loss', result.stdout, re.M) == ['2']
   assert not os.path.exists(os.path.join(damaged_run, 'model.ckpt-9_temp'))
+
+
+def test_checkpoints_are_listed_by_step(tmp_path):
+  import checkpoints
+  for step in (1000, 30, 200, 4):
+    (tmp_path / ('model.ckpt-%d.index' % step)).write_bytes(b'')
+  (tmp_path / 'model.ckpt-7_temp.index').write_bytes(b'')
+  assert checkpoints.list_checkpoints(str(tmp_path)) == [
+      (step, str(tmp_path / ('model.ckpt-%d' % step)))
+      for step in (4, 30, 200, 1000)]
 
 
 def test_resume_with_every_checkpoint_damaged_is_an_error(damaged_run,
@@ -293,6 +402,38 @@ def test_dangling_link_among_inference_clips(tmp_path, remembered):
   assert_one_error(run_main(_inference_args(
       remembered['checkpoint'], str(folder), str(tmp_path / 'p.csv'))),
                    str(folder / 'b.wav'), 'cannot read')
+
+
+def write_sparse_wav(path, hours):
+  """A 16-bit mono 44.1 kHz WAV header promising `hours` of samples, the
+  samples a hole in the file (no disk blocks, zeros when read)."""
+  frames = int(hours * 3600 * 44100)
+  header = struct.pack('<4sI4s4sIHHIIHH4sI', b'RIFF', 36 + 2 * frames,
+                       b'WAVE', b'fmt ', 16, 1, 1, 44100, 88200, 2, 16,
+                       b'data', 2 * frames)
+  with open(path, 'wb') as f:
+    f.write(header)
+    f.truncate(len(header) + 2 * frames)
+  return frames
+
+
+def test_byte_offsets_of_a_seven_hour_clip(tmp_path):
+  """Past 6.8 hours a 16-bit file's byte offsets pass 2**31: the last
+  chunk of a 7-hour clip is read where the header says it is."""
+  import tensorflow as tf
+  import inputs
+  import params
+  path = str(tmp_path / 'long.wav')
+  frames = write_sparse_wav(path, 7)
+  offsets, counts = inputs._clip_headers([path])
+  assert (offsets[0], counts[0]) == (44, frames)
+  hparams = params.parse_hparams()
+  starts, ends, _ = inputs._chunk_bounds(tf.constant(counts[0]), hparams)
+  position, length = inputs.byte_range(tf.constant(offsets[0]), starts[-1],
+                                       ends[-1])
+  assert int(ends[-1]) == frames
+  assert int(position) == 44 + 2 * int(starts[-1]) > 2 ** 31
+  assert int(position) + int(length) == 44 + 2 * frames
 
 
 def test_streamed_wav_is_read_to_the_end(tmp_path):

@@ -608,17 +608,71 @@ def test_resume_uses_the_lr_of_the_command(tmp_path, dataset, crnn_bce3,
   assert snapshots[0]['learning_rate'] == pytest.approx(2e-5, rel=1e-6)
 
 
-def test_train_cache_examples_flag_trains(tmp_path, dataset):
-  """--train_cache_examples reaches the pipeline (the run says so) and a
-  run through main.py trains and checkpoints with it."""
-  from conftest import check_ok, run_main, train_args
+def test_train_cache_examples_reads_each_clip_once(tmp_path, dataset):
+  """Through main.py on one device: with --train_cache_examples the clips
+  can be deleted once training has started (the first batch waits for the
+  whole first epoch to be cached) and later epochs still train."""
+  from conftest import check_ok, train_args
+  from test_cli_errors import _Run
+  clips = tmp_path / 'clips'
+  shutil.copytree(dataset['train_clip_dir'], str(clips))
   train_dir = tmp_path / 'cached'
-  result = check_ok(run_main(train_args(
-      'crnn', dataset['train_clip_dir'], dataset['train_csv'],
-      str(train_dir), 3, hparams='batch_size=4,crnn_filters=8',
-      extra=['--train_cache_examples'])))
-  assert 'kept in memory after the first epoch' in result.stdout
-  losses = _losses(result.stdout)
-  assert [s for s, _ in losses] == [1, 2, 3]
+  run = _Run(train_args(
+      'crnn', str(clips), dataset['train_csv'], str(train_dir), 30,
+      hparams='batch_size=4,crnn_filters=4',
+      extra=['--train_cache_examples']))
+  run.wait_for(r'step 2 loss')
+  shutil.rmtree(str(clips))
+  rc, out, err = run.finish(timeout=300)
+  assert rc == 0, err[-3000:]
+  match = re.search(r'kept in memory after the first epoch '
+                    r'\(--train_cache_examples\): (\d+) examples, (\S+) GB',
+                    out)
+  # Each example: 100 frames x 96 bands and 80 labels, float32.
+  import params
+  hparams = params.parse_hparams()
+  examples = sum(int(reference.np_num_examples(n, hparams))
+                 for n in _clip_lengths(dataset))
+  assert int(match.group(1)) == examples
+  assert float(match.group(2)) == pytest.approx(
+      examples * 4 * (100 * 96 + 80) / 1e9, abs=0.006)
+  losses = _losses(out)
+  # 30 steps of 4 examples are several epochs of the ~20 examples.
+  assert [s for s, _ in losses] == list(range(1, 31)) and 30 * 4 > 3 * examples
   assert all(np.isfinite(l) for _, l in losses)
-  assert (train_dir / 'model.ckpt-3.index').exists()
+  assert (train_dir / 'model.ckpt-30.index').exists()
+
+
+def _clip_lengths(dataset):
+  import wav
+  from conftest import labeled_rows
+  return [wav.read_header(os.path.join(dataset['train_clip_dir'],
+                                       fname)).num_frames
+          for fname, _ in labeled_rows(dataset['train_csv'])]
+
+
+def test_a_cache_larger_than_memory_is_refused(tmp_path):
+  """Sparse 13.5-hour clips (their samples a hole in the file) whose
+  examples would take more memory than the machine has: one line with the
+  size, before any training."""
+  from conftest import CLASS_MAP, run_main, train_args
+  from test_cli_errors import assert_one_error
+  from test_robustness import write_sparse_wav
+  import runtime
+  per_clip = int(13.5 * 3600 * 2) * 4 * (100 * 96 + 80)  # ~3.7 GB
+  count = runtime.available_memory() // per_clip + 2
+  clips = tmp_path / 'clips'
+  clips.mkdir()
+  with open(str(tmp_path / 'train.csv'), 'w') as f:
+    f.write('fname,labels\n')
+    for i in range(count):
+      write_sparse_wav(str(clips / ('%d.wav' % i)), 13.5)
+      f.write('%d.wav,Bark\n' % i)
+  train_dir = tmp_path / 'train'
+  line = assert_one_error(run_main(train_args(
+      'crnn', str(clips), str(tmp_path / 'train.csv'), str(train_dir), 1,
+      extra=['--train_cache_examples'])), '--train_cache_examples',
+                          'memory available')
+  size = float(re.search(r'take (\S+) GB', line).group(1))
+  assert size == pytest.approx(count * per_clip / 1e9, rel=0.01)
+  assert not list(train_dir.glob('model.ckpt-*'))
