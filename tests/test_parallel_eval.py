@@ -468,6 +468,41 @@ def test_continuous_eval_stops_on_sigterm(tmp_path, dataset):
   assert 'Traceback' not in out + err
 
 
+@pytest.mark.parametrize('moment', ['tracing', 'loading'])
+def test_sigterm_always_stops_eval(tmp_path, dataset, make_train_dir,
+                                   monkeypatch, moment):
+  """SIGTERM while tf.data traces the feature function (where an exception
+  raised by a signal handler is caught and the run goes on), or while a
+  checkpoint loads: eval stops with 143 before its next batch, writes no
+  marker for the checkpoint it was scoring and lets its claim go."""
+  import features
+  import scoring
+  import stopping
+  sent = []
+
+  def stop_once(function):
+    def wrapped(*args):
+      if not sent:
+        sent.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs here
+      return function(*args)
+    return wrapped
+
+  if moment == 'tracing':
+    monkeypatch.setattr(features, 'waveform_to_examples',
+                        stop_once(features.waveform_to_examples))
+  else:
+    monkeypatch.setattr(scoring.Scorer, 'load', stop_once(scoring.Scorer.load))
+  train_dir = make_train_dir([1, 2])
+  eval_dir = str(tmp_path / 'eval')
+  with pytest.raises(stopping.Stopped) as stopped:
+    _evaluate_in_process(dataset, train_dir, eval_dir)
+  assert stopped.value.exit_code == 143 and sent
+  assert str(stopped.value).startswith('stopped by SIGTERM; ')
+  assert _markers(eval_dir) == [] and _claims(eval_dir) == []
+
+
 def test_continuous_eval_retries_a_checkpoint_being_written(
     tmp_path, dataset, make_train_dir, mobilenet_train, monkeypatch, capsys):
   """A checkpoint whose .index is incomplete when first read (TensorFlow

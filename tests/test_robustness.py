@@ -244,6 +244,31 @@ def test_every_hparam_is_classified_as_model_defining_or_not():
       names ^ (steering | set(params.MODEL_DEFINING)))
 
 
+def test_every_hparam_is_set_to_another_value_by_some_test():
+  """README's claim about the suite: each hparam appears in a test's
+  hparams string with a value other than its default (a new hparam needs
+  its test)."""
+  import dataclasses
+  import glob
+  import params
+  text = ''.join(open(path).read() for path in glob.glob(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), '*.py')))
+  defaults = params.HParams()
+  untested = []
+  for field in dataclasses.fields(params.HParams):
+    values = re.findall(r'\b%s=([-\w.]+)' % field.name, text)
+    kind = type(getattr(defaults, field.name))
+    others = []
+    for value in values:
+      try:
+        others.append(kind(value) != getattr(defaults, field.name))
+      except ValueError:
+        pass
+    if not any(others):
+      untested.append(field.name)
+  assert not untested
+
+
 @pytest.mark.parametrize('override', ['pcen_s=0.5', 'pcen_eps=0.01'])
 def test_pcen_smoother_and_eps_are_part_of_the_model(override):
   """They change the scores of the same weights on the same waveform, so a
