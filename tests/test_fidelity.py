@@ -59,15 +59,43 @@ def test_report_orders_ties_as_the_original():
 
 
 def test_partial_lwlrap_clips_are_a_seeded_random_five_percent():
-  import evaluation
+  import reports
   for n in (1, 19, 20, 101, 4481):
-    chosen = evaluation.partial_clips(n)
+    chosen = reports.partial_clips(n)
     assert len(chosen) == int(0.05 * n) + 1
     assert len(set(chosen.tolist())) == len(chosen)
     assert chosen.min() >= 0 and chosen.max() < n
-    np.testing.assert_array_equal(chosen, evaluation.partial_clips(n))
+    np.testing.assert_array_equal(chosen, reports.partial_clips(n))
   # Random, not the first clips of the CSV.
-  assert sorted(evaluation.partial_clips(4481).tolist()) != list(range(225))
+  assert sorted(reports.partial_clips(4481).tolist()) != list(range(225))
+
+
+def test_eval_report_of_a_hand_worked_case():
+  """Three clips, three classes. Clip 0: Purr (true) ranked 2nd behind
+  Bark -> precision 1/2; clip 1: Bark ranked 1st -> 1; clip 2: Bark 1st
+  and Hiss 3rd of its two labels -> 1 and 2/3. Per class: Bark 1, Purr
+  1/2, Hiss 2/3; overall (4 labels) (1 + 1 + 1/2 + 2/3) / 4 = 19/24. One
+  clip (int(0.05 * 3) + 1) makes Lwlrap-5%."""
+  import reports
+  classes = ['Bark', 'Purr', 'Hiss']
+  truth = np.array([[0, 1, 0], [1, 0, 0], [1, 0, 1]])
+  scores = np.array([[0.9, 0.5, 0.1], [0.8, 0.3, 0.2], [0.7, 0.6, 0.4]])
+  result = reports.report(100, truth, scores, classes)
+  assert result.step == 100
+  assert result.lwlrap_text.split('\n')[-1] == 'Overall lwlrap = %f' % (
+      19 / 24)
+  assert result.scalars['Lwlrap'] == pytest.approx(19 / 24)
+  assert result.scalars['Lwlrap/Bark'] == pytest.approx(1.0)
+  assert result.scalars['Lwlrap/Purr'] == pytest.approx(0.5)
+  assert result.scalars['Lwlrap/Hiss'] == pytest.approx(2 / 3)
+  (clip,) = reports.partial_clips(3)
+  per_clip = [0.5, 1.0, (1 + 2 / 3) / 2]
+  assert result.scalars['Lwlrap-5%'] == pytest.approx(per_clip[clip])
+  # Micro-F1 at 0.5: predicted Bark x3, Purr x2 (0.5, 0.6 >= 0.5);
+  # true positives Bark x2, Purr x1 of 4 labels: P = 3/5, R = 3/4.
+  assert result.scalars['Micro-F1'] == pytest.approx(2 * 0.6 * 0.75 / 1.35)
+  assert 'EER-mean' in result.scalars and 'Micro' in result.metrics_text
+  assert result.table.splitlines()[0].startswith('    Lwlrap(')
 
 
 # --- warm-start scope names of the original --------------------------------
