@@ -150,7 +150,7 @@ def example_cache_size(csv_path, clip_dir, class_names, hparams):
 
 def train_dataset(csv_path, clip_dir, class_names, hparams, num_clips,
                   epochs=None, batch_size=None, shard=None,
-                  cache_examples=False):
+                  cache_examples=False, seed=None):
   """Shuffled, repeated batches of (examples, multi-hot labels) for training:
   clips shuffled (in a buffer of num_clips) every epoch, their examples
   shuffled in a buffer of EXAMPLE_SHUFFLE_BUFFER.
@@ -162,21 +162,29 @@ def train_dataset(csv_path, clip_dir, class_names, hparams, num_clips,
 
   batch_size (default hparams.batch_size) and shard = (count, index) serve
   distributed training: a worker reads every count-th clip from the index-th
-  and batches a replica's share of the batch."""
+  and batches a replica's share of the batch.
+
+  seed: the shuffles are seeded and the examples come in an order that
+  depends on the clips' order only, so that a run repeats exactly."""
   labels, paths = _labeled_clips(csv_path, clip_dir, class_names)
   headers = _clip_headers(paths)
   clips = tf.data.Dataset.from_tensor_slices((labels, paths) + headers)
   if shard is not None:
     clips = clips.shard(*shard)
+  deterministic = seed is not None
+  clip_seed, example_seed = (None, None) if seed is None else (seed, seed + 1)
   if cache_examples:
     # A buffer of every clip's examples (a worker holds its share of them):
     # a uniform shuffle of the whole cache each epoch.
     total = sum(features.num_examples(int(n), hparams) for n in headers[1])
-    examples = (_examples(clips, hparams).cache()
-                .shuffle(max(total, 1), reshuffle_each_iteration=True))
+    examples = (_examples(clips, hparams, deterministic).cache()
+                .shuffle(max(total, 1), seed=example_seed,
+                         reshuffle_each_iteration=True))
   else:
-    clips = clips.shuffle(num_clips, reshuffle_each_iteration=True)
-    examples = _examples(clips, hparams).shuffle(EXAMPLE_SHUFFLE_BUFFER)
+    clips = clips.shuffle(num_clips, seed=clip_seed,
+                          reshuffle_each_iteration=True)
+    examples = _examples(clips, hparams, deterministic).shuffle(
+        EXAMPLE_SHUFFLE_BUFFER, seed=example_seed)
   return (examples
           .repeat(epochs)
           .batch(batch_size or hparams.batch_size, drop_remainder=True)

@@ -59,6 +59,11 @@ class HParams:
   precision: str = 'float32'
   # Whether to warm-start from --warmstart_checkpoint.
   warmstart: int = 0
+  # Seeds everything random in training: weight initialisation, clip and
+  # example shuffling, the PreciseBN batches, SpecAugment and mixup draws,
+  # dropout. 0: a seed is drawn, printed and recorded with the run's
+  # hparams, so that any run can be repeated.
+  seed: int = 0
   # Optimizer (sgd, adam), learning rate and Adam's epsilon.
   opt: str = 'adam'
   lr: float = 1e-4
@@ -232,6 +237,9 @@ def _check(hparams):
   if hparams.mixup > 0 and hparams.loss != 'bce':
     raise ValueError('hparam mixup=%s: mixed labels are not 0/1, which the '
                      'MFoM objectives need; use loss=bce' % hparams.mixup)
+  if not 0 <= hparams.seed < 2 ** 31:
+    raise ValueError('hparam seed=%s: must be between 0 and 2**31 - 1' %
+                     hparams.seed)
   if hparams.pcen_s >= 1:
     raise ValueError('hparam pcen_s=%s: must be below 1' % hparams.pcen_s)
   for name in ('nesterov', 'bn_sync', 'bn', 'warmstart', 'pcen_trainable'):

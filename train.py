@@ -2,14 +2,17 @@
 warm start, TensorBoard summaries, and a clean stop on SIGINT / SIGTERM."""
 
 import contextlib
+import dataclasses
 import datetime
 import glob
 import os
+import random
 import shutil
 import signal
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import augment
@@ -408,14 +411,14 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
 
 
 def _dataset(strategy, train_csv_path, train_clip_dir, class_names, hparams,
-             num_clips, epochs, cache_examples=False):
+             num_clips, epochs, cache_examples=False, seed=None):
   """The training batches: on one device the pipeline itself; under a
   strategy with several replicas or workers, each worker reads its share
   of the clips and each replica gets batch_size / replicas examples."""
   if strategy.num_replicas_in_sync == 1 and distribution.is_chief(strategy):
     return inputs.train_dataset(train_csv_path, train_clip_dir, class_names,
                                 hparams, num_clips, epochs=epochs,
-                                cache_examples=cache_examples)
+                                cache_examples=cache_examples, seed=seed)
 
   def worker_dataset(context):
     shard = ((context.num_input_pipelines, context.input_pipeline_id)
@@ -423,7 +426,8 @@ def _dataset(strategy, train_csv_path, train_clip_dir, class_names, hparams,
     return inputs.train_dataset(
         train_csv_path, train_clip_dir, class_names, hparams, num_clips,
         epochs=epochs, shard=shard, cache_examples=cache_examples,
-        batch_size=context.get_per_replica_batch_size(hparams.batch_size))
+        batch_size=context.get_per_replica_batch_size(hparams.batch_size),
+        seed=None if seed is None else seed + 2 * context.input_pipeline_id)
 
   return strategy.distribute_datasets_from_function(worker_dataset)
 
@@ -449,6 +453,28 @@ def _check_cache_fits(train_csv_path, train_clip_dir, class_names, hparams,
             available / 1e9))
 
 
+def draw_seed(hparams):
+  """The hparams with a seed: the given one, or one drawn now and printed
+  (a run records its hparams, so the drawn seed repeats it)."""
+  if hparams.seed:
+    return hparams
+  seed = random.SystemRandom().randrange(1, 2 ** 31)
+  print('Seed %d drawn for this run (recorded with its hparams; '
+        '--hparams seed=%d repeats it)' % (seed, seed))
+  return dataclasses.replace(hparams, seed=seed)
+
+
+def stream_seed(seed, start_step):
+  """The seed of a run's data order and augmentation draws from
+  start_step on: the run's seed for a fresh run; for a run resumed at step
+  N another one, so that a resumed run does not repeat its first steps'
+  order (and two resumes of the same checkpoint give the same run)."""
+  if not start_step:
+    return seed
+  return int(np.random.SeedSequence([seed, start_step]).generate_state(1)[0]
+             % (2 ** 31 - 1)) + 1
+
+
 def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
           num_clips, train_dir, epoch_num_batches=None, max_steps=None,
           warmstart_checkpoint=None, warmstart_include_scopes=(),
@@ -470,9 +496,10 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
   if cache_examples:
     _check_cache_fits(train_csv_path, train_clip_dir, class_names, hparams,
                       distribution.num_workers(strategy))
-  dataset = _dataset(strategy, train_csv_path, train_clip_dir, class_names,
-                     hparams, num_clips, None if max_steps else DEFAULT_EPOCHS,
-                     cache_examples)
+  hparams = draw_seed(hparams)
+  # Python's, NumPy's and TensorFlow's global seeds: the initial weights,
+  # dropout's seed generators, the augmentation ops' seeds.
+  keras.utils.set_random_seed(hparams.seed)
   state = TrainingState(model_name, hparams, len(class_names),
                         epoch_num_batches, strategy)
   os.makedirs(train_dir, exist_ok=True)
@@ -491,10 +518,17 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
                                   warmstart_checkpoint,
                                   warmstart_include_scopes,
                                   warmstart_exclude_scopes)
+  seed = stream_seed(hparams.seed, int(state.step.numpy()))
+  keras.utils.set_random_seed(seed)
+  dataset = _dataset(strategy, train_csv_path, train_clip_dir, class_names,
+                     hparams, num_clips, None if max_steps else DEFAULT_EPOCHS,
+                     cache_examples, seed)
   statistics_batches = None
   if state.precise is not None:
+    # The run's seed, whatever step: every checkpoint's statistics come from
+    # the same examples.
     statistics_batches = inputs.statistics_dataset(
         train_csv_path, train_clip_dir, class_names, hparams,
-        hparams.bn_stats_batches)
+        hparams.bn_stats_batches, seed=hparams.seed)
   run_loop(state, dataset, manager, train_dir, hparams.batch_size, max_steps,
            statistics_batches, save_first=not resumed, chief=chief)

@@ -676,3 +676,82 @@ def test_a_cache_larger_than_memory_is_refused(tmp_path):
   size = float(re.search(r'take (\S+) GB', line).group(1))
   assert size == pytest.approx(count * per_clip / 1e9, rel=0.01)
   assert not list(train_dir.glob('model.ckpt-*'))
+
+
+# --- seeds ------------------------------------------------------------------
+
+SEEDED = ('batch_size=4,crnn_filters=4,crnn_dropout=0.3,bn_stats_batches=2,'
+          'specaug_time_masks=1,specaug_time_width=30,mixup=0.4')
+
+
+def _checkpoint_values(prefix):
+  """Every saved value (not the object graph, which names the optimizer by a
+  process-wide counter)."""
+  reader = _reader(prefix)
+  return {key: reader.get_tensor(key)
+          for key in reader.get_variable_to_shape_map()
+          if key != '_CHECKPOINTABLE_OBJECT_GRAPH'}
+
+
+def test_a_seed_repeats_a_run_bit_for_bit(tmp_path, dataset):
+  """A run without a seed draws one, prints it and records it; a run given
+  that seed writes the same checkpoints, every value equal (weights,
+  optimizer slots, moving and precise batch-norm statistics), with dropout,
+  SpecAugment and mixup on and shuffled data; another seed does not."""
+  import json
+  from conftest import check_ok, run_main, train_args
+
+  def run(name, hparams):
+    train_dir = str(tmp_path / name)
+    out = check_ok(run_main(train_args(
+        'crnn', dataset['train_clip_dir'], dataset['train_csv'], train_dir,
+        3, hparams=hparams))).stdout
+    return train_dir, out
+
+  drawn_dir, out = run('drawn', SEEDED)
+  seed = int(re.search(r'^Seed (\d+) drawn for this run', out, re.M).group(1))
+  with open(os.path.join(drawn_dir, 'hparams.json')) as f:
+    assert json.load(f)['hparams']['seed'] == seed
+  again_dir, again_out = run('again', SEEDED + ',seed=%d' % seed)
+  assert 'drawn' not in again_out
+  assert _losses(again_out) == _losses(out)
+  for step in (0, 3):
+    first = _checkpoint_values(os.path.join(drawn_dir, 'model.ckpt-%d' % step))
+    second = _checkpoint_values(os.path.join(again_dir,
+                                             'model.ckpt-%d' % step))
+    assert sorted(first) == sorted(second) and len(first) > 50
+    for key, value in first.items():
+      np.testing.assert_array_equal(second[key], value, err_msg=key)
+  other_dir, other_out = run('other', SEEDED + ',seed=%d' % (seed % 1000 + 1))
+  assert _losses(other_out) != _losses(out)
+  import checkpoints
+  key = checkpoints.checkpoint_key('logits/kernel')
+  initial = _checkpoint_values(os.path.join(drawn_dir, 'model.ckpt-0'))
+  other = _checkpoint_values(os.path.join(other_dir, 'model.ckpt-0'))
+  assert np.abs(other[key] - initial[key]).max() > 0.01
+
+
+def test_two_resumes_of_a_checkpoint_are_the_same_run(tmp_path, dataset):
+  """A run resumed at step 2 continues with streams seeded by its seed and
+  the step: resuming the same checkpoint twice gives the same weights."""
+  hparams = SEEDED + ',seed=123'
+  first = tmp_path / 'first'
+  _train(dataset, 'crnn', hparams, first, 2)
+  shutil.copytree(str(first), str(tmp_path / 'second'))
+  outs = [_train(dataset, 'crnn', hparams, tmp_path / name, 4)
+          for name in ('first', 'second')]
+  assert [s for s, _ in _losses(outs[0])] == [3, 4]
+  assert _losses(outs[0]) == _losses(outs[1])
+  a = _checkpoint_values(str(first / 'model.ckpt-4'))
+  b = _checkpoint_values(str(tmp_path / 'second' / 'model.ckpt-4'))
+  for key, value in a.items():
+    np.testing.assert_array_equal(b[key], value, err_msg=key)
+
+
+def test_stream_seeds_differ_by_resume_step():
+  import train
+  assert train.stream_seed(123, 0) == 123
+  seeds = {train.stream_seed(123, step) for step in (0, 100, 200, 300)}
+  assert len(seeds) == 4 and all(0 < s < 2 ** 31 for s in seeds)
+  assert train.stream_seed(124, 100) != train.stream_seed(123, 100)
+  assert train.stream_seed(123, 100) == train.stream_seed(123, 100)
