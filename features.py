@@ -7,8 +7,15 @@ and 10 ms hop (FFT length the next power of two), 96 mel bands from 20 Hz to
 padded with zeros. A waveform shorter than one STFT window is zero-padded to
 one window, so every clip yields at least one example.
 
-The training and scoring pipelines (inputs.py) call these functions on the
-CPU inside tf.data; LogMelExamples calls the same functions inside a model.
+A clip is cut into chunks of EXAMPLES_PER_CHUNK examples (chunk_bounds),
+each carrying the extra samples its last example needs, so that memory
+stays bounded however long the clip while every example equals the one
+whole-clip framing would give. The training and scoring pipelines
+(inputs.py), tagging and the exported model all cut clips this way and
+make a chunk's examples with chunk_examples: on the CPU inside tf.data, or
+inside a model. With --features_on device, training ships each example's
+samples (a crop, chunk_crops) and the model makes the example from it
+(crops_to_examples), which gives the same example.
 """
 
 import functools
@@ -20,6 +27,8 @@ import tensorflow as tf
 from params import example_geometry, stft_geometry  # noqa: F401  (geometry)
 from wav import SAMPLE_RATE
 
+EXAMPLES_PER_CHUNK = 16
+
 
 def num_examples(num_samples, hparams):
   """How many examples a clip of num_samples yields (at least one).
@@ -28,11 +37,72 @@ def num_examples(num_samples, hparams):
   the STFT frames of the (padded) clip, framed with the example hop and the
   end padded.
   """
+  example_hop = example_geometry(hparams)[1]
+  return (num_frames(num_samples, hparams) + example_hop - 1) // example_hop
+
+
+def num_frames(num_samples, hparams):
+  """STFT frames of a clip of num_samples (zero-padded to one window)."""
   window, hop, _ = stft_geometry(hparams)
   maximum = tf.maximum if tf.is_tensor(num_samples) else max
-  num_frames = 1 + (maximum(num_samples, window) - window) // hop
-  example_hop = example_geometry(hparams)[1]
-  return (num_frames + example_hop - 1) // example_hop
+  return 1 + (maximum(num_samples, window) - window) // hop
+
+
+def chunk_bounds(num_samples, hparams):
+  """Splits a clip of num_samples (an int tensor) into chunks of
+  EXAMPLES_PER_CHUNK examples: per chunk, its start and end sample and the
+  number of examples it contributes."""
+  window, hop, _ = stft_geometry(hparams)
+  example_window, example_hop = example_geometry(hparams)
+  total = num_examples(num_samples, hparams)
+  first_example = tf.range(0, total, EXAMPLES_PER_CHUNK)
+  starts = first_example * example_hop * hop
+  # Frames a full chunk needs: its examples' hops plus the last one's tail.
+  chunk_frames = (EXAMPLES_PER_CHUNK - 1) * example_hop + example_window
+  ends = tf.minimum(starts + (chunk_frames - 1) * hop + window, num_samples)
+  counts = tf.minimum(total - first_example, EXAMPLES_PER_CHUNK)
+  return starts, ends, counts
+
+
+def chunk_examples(chunk, count, hparams):
+  """[..., chunk samples] -> its first `count` examples. The chunk's own
+  framing holds examples of the next chunk after `count`; they are made
+  there, from their full context."""
+  return waveform_to_examples(chunk, hparams)[..., :count, :, :]
+
+
+def crop_length(hparams):
+  """The samples one example is made of: its frames' hops and a window."""
+  window, hop, _ = stft_geometry(hparams)
+  return (example_geometry(hparams)[0] - 1) * hop + window
+
+
+def chunk_crops(chunk, count, hparams):
+  """[chunk samples] (any dtype) -> [count, crop_length] the samples of the
+  chunk's first `count` examples, zero-padded past the chunk's end."""
+  _, hop, _ = stft_geometry(hparams)
+  step = example_geometry(hparams)[1] * hop
+  return tf.signal.frame(chunk, crop_length(hparams), step,
+                         pad_end=True)[:count]
+
+
+def crop_frames(num_samples, first_example, count, hparams):
+  """[count] frames of the clip's framing that examples first_example ...
+  first_example + count - 1 hold; the rest of an example is padding."""
+  example_window, example_hop = example_geometry(hparams)
+  index = tf.cast(first_example, tf.int64) + tf.range(count, dtype=tf.int64)
+  frames = num_frames(tf.cast(num_samples, tf.int64), hparams)
+  return tf.cast(tf.clip_by_value(frames - index * example_hop, 0,
+                                  example_window), tf.int32)
+
+
+def crops_to_examples(crops, frames, hparams):
+  """[batch, crop_length] float waveforms and [batch] frame counts (from
+  crop_frames) -> [batch, example_window, bands]: the examples
+  chunk_examples makes, frames past the clip's end zero as its padding."""
+  features = waveform_to_features(crops, hparams)
+  kept = tf.range(tf.shape(features)[1])[None, :] < frames[:, None]
+  return tf.where(kept[:, :, None], features, tf.zeros_like(features))
 
 
 @functools.lru_cache(maxsize=None)

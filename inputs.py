@@ -19,7 +19,8 @@ import features
 import files
 import wav
 
-EXAMPLES_PER_CHUNK = 16
+from features import EXAMPLES_PER_CHUNK  # noqa: F401  (inputs.EXAMPLES_...)
+
 EXAMPLE_SHUFFLE_BUFFER = 20000
 
 
@@ -47,13 +48,22 @@ def byte_range(data_offset, start, end):
   return data_offset + 2 * start, 2 * (end - start)
 
 
-def _samples(contents, data_offset, start, end):
-  """Samples [start, end) of 16-bit PCM as floats in [-1, 1), scaled as
-  tf.audio.decode_wav does (int16 / 32768)."""
-  pcm = tf.io.decode_raw(
+def _pcm(contents, data_offset, start, end):
+  """Samples [start, end) of 16-bit PCM, int16."""
+  return tf.io.decode_raw(
       tf.strings.substr(contents, *byte_range(data_offset, start, end)),
       tf.int16)
+
+
+def to_float(pcm):
+  """16-bit samples as floats in [-1, 1), scaled as tf.audio.decode_wav
+  does (int16 / 32768)."""
   return tf.cast(pcm, tf.float32) * (1.0 / 32768.0)
+
+
+def _samples(contents, data_offset, start, end):
+  """Samples [start, end) of 16-bit PCM as floats in [-1, 1)."""
+  return to_float(_pcm(contents, data_offset, start, end))
 
 
 def _read(path, data_offset, num_samples):
@@ -68,19 +78,21 @@ def _read(path, data_offset, num_samples):
   return contents
 
 
-def _chunk_bounds(num_samples, hparams):
-  """Splits a clip into chunks of EXAMPLES_PER_CHUNK examples: per chunk,
-  its start and end sample and the number of examples it contributes."""
-  window, hop, _ = features.stft_geometry(hparams)
-  example_window, example_hop = features.example_geometry(hparams)
-  total = features.num_examples(num_samples, hparams)
-  first_example = tf.range(0, total, EXAMPLES_PER_CHUNK)
-  starts = first_example * example_hop * hop
-  # Frames a full chunk needs: its examples' hops plus the last one's tail.
-  chunk_frames = (EXAMPLES_PER_CHUNK - 1) * example_hop + example_window
-  ends = tf.minimum(starts + (chunk_frames - 1) * hop + window, num_samples)
-  counts = tf.minimum(total - first_example, EXAMPLES_PER_CHUNK)
-  return starts, ends, counts
+def _chunks(clips, hparams, deterministic):
+  """(key, path, data offset, num samples) clips -> (key, 16-bit samples of
+  a chunk, example count, index of its first example, clip samples), one
+  per chunk of features.chunk_bounds."""
+  def chunks(key, path, data_offset, num_samples):
+    contents = _read(path, data_offset, num_samples)
+    starts, ends, counts = features.chunk_bounds(num_samples, hparams)
+    firsts = tf.range(tf.size(starts, tf.int64)) * features.EXAMPLES_PER_CHUNK
+    return tf.data.Dataset.from_tensor_slices(
+        (starts, ends, counts, firsts)).map(
+            lambda s, e, c, f: (key, _pcm(contents, data_offset, s, e), c, f,
+                                num_samples))
+
+  return clips.interleave(chunks, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=deterministic)
 
 
 def _examples(clips, hparams, deterministic=False):
@@ -88,23 +100,28 @@ def _examples(clips, hparams, deterministic=False):
   one per example. `key` rides along unchanged: the multi-hot labels when
   training, the clip's index when scoring. deterministic: in clip order
   (else in the order the parallel reads finish, which is faster)."""
-  def chunks(key, path, data_offset, num_samples):
-    contents = _read(path, data_offset, num_samples)
-    starts, ends, counts = _chunk_bounds(num_samples, hparams)
-    return tf.data.Dataset.from_tensor_slices((starts, ends, counts)).map(
-        lambda s, e, c: (key, _samples(contents, data_offset, s, e), c))
+  def chunk_examples(key, pcm, count, first, num_samples):
+    del first, num_samples
+    examples = features.chunk_examples(to_float(pcm), count, hparams)
+    return examples, tf.repeat(key[None], count, axis=0)
 
-  def chunk_examples(key, chunk, count):
-    # The chunk's own framing holds examples of the next chunk after
-    # `count`; they are made there, from their full context.
-    examples = features.waveform_to_examples(chunk, hparams)[:count]
-    keys = tf.repeat(tf.expand_dims(key, 0), count, axis=0)
-    return examples, keys
-
-  return (clips
-          .interleave(chunks, num_parallel_calls=tf.data.AUTOTUNE,
-                      deterministic=deterministic)
+  return (_chunks(clips, hparams, deterministic)
           .map(chunk_examples, num_parallel_calls=tf.data.AUTOTUNE,
+               deterministic=deterministic)
+          .unbatch())
+
+
+def _crops(clips, hparams, deterministic=False):
+  """As _examples, but ((16-bit crop, frames), key) pairs: the samples each
+  example is made of and how many of its frames the clip holds, for
+  features.crops_to_examples on the training device."""
+  def chunk_crops(key, pcm, count, first, num_samples):
+    crops = features.chunk_crops(pcm, count, hparams)
+    frames = features.crop_frames(num_samples, first, count, hparams)
+    return (crops, frames), tf.repeat(key[None], count, axis=0)
+
+  return (_chunks(clips, hparams, deterministic)
+          .map(chunk_crops, num_parallel_calls=tf.data.AUTOTUNE,
                deterministic=deterministic)
           .unbatch())
 
@@ -118,10 +135,9 @@ def clip_to_log_mel_examples(clip, clip_dir, hparams):
   path = os.path.join(clip_dir, clip)
   (offset,), (num_samples,) = _clip_headers([path])
   contents = _read(path, offset, num_samples)
-  starts, ends, counts = _chunk_bounds(num_samples, hparams)
+  starts, ends, counts = features.chunk_bounds(num_samples, hparams)
   return tf.concat([
-      features.waveform_to_examples(_samples(contents, offset, s, e),
-                                    hparams)[:c]
+      features.chunk_examples(_samples(contents, offset, s, e), c, hparams)
       for s, e, c in zip(starts.numpy(), ends.numpy(), counts.numpy())], 0)
 
 
@@ -138,19 +154,23 @@ def parse_csv_records(csv_path, clip_dir, class_names):
       _labeled_clips(csv_path, clip_dir, class_names))
 
 
-def example_cache_size(csv_path, clip_dir, class_names, hparams):
+def example_cache_size(csv_path, clip_dir, class_names, hparams,
+                       crops=False):
   """(examples, bytes) that --train_cache_examples keeps in memory: each
-  example's float32 log-mel values and multi-hot labels."""
+  example's float32 log-mel values (or, with crops, its 16-bit samples and
+  frame count) and float32 multi-hot labels."""
   _, paths = _labeled_clips(csv_path, clip_dir, class_names)
   count = sum(features.num_examples(int(n), hparams)
               for n in _clip_headers(paths)[1])
   frames, _ = features.example_geometry(hparams)
-  return count, count * 4 * (frames * hparams.mel_bands + len(class_names))
+  each = (2 * features.crop_length(hparams) + 4 if crops else
+          4 * frames * hparams.mel_bands)
+  return count, count * (each + 4 * len(class_names))
 
 
 def train_dataset(csv_path, clip_dir, class_names, hparams, num_clips,
                   epochs=None, batch_size=None, shard=None,
-                  cache_examples=False, seed=None):
+                  cache_examples=False, seed=None, crops=False):
   """Shuffled, repeated batches of (examples, multi-hot labels) for training:
   clips shuffled (in a buffer of num_clips) every epoch, their examples
   shuffled in a buffer of EXAMPLE_SHUFFLE_BUFFER.
@@ -165,7 +185,12 @@ def train_dataset(csv_path, clip_dir, class_names, hparams, num_clips,
   and batches a replica's share of the batch.
 
   seed: the shuffles are seeded and the examples come in an order that
-  depends on the clips' order only, so that a run repeats exactly."""
+  depends on the clips' order only, so that a run repeats exactly.
+
+  crops: each example comes as the 16-bit samples it is made of and its
+  frame count ((crop, frames), labels; see _crops), for the training step
+  to make the example on the device; in the same order, for the same
+  seed, as the examples themselves."""
   labels, paths = _labeled_clips(csv_path, clip_dir, class_names)
   headers = _clip_headers(paths)
   clips = tf.data.Dataset.from_tensor_slices((labels, paths) + headers)
@@ -173,17 +198,18 @@ def train_dataset(csv_path, clip_dir, class_names, hparams, num_clips,
     clips = clips.shard(*shard)
   deterministic = seed is not None
   clip_seed, example_seed = (None, None) if seed is None else (seed, seed + 1)
+  make = _crops if crops else _examples
   if cache_examples:
     # A buffer of every clip's examples (a worker holds its share of them):
     # a uniform shuffle of the whole cache each epoch.
     total = sum(features.num_examples(int(n), hparams) for n in headers[1])
-    examples = (_examples(clips, hparams, deterministic).cache()
+    examples = (make(clips, hparams, deterministic).cache()
                 .shuffle(max(total, 1), seed=example_seed,
                          reshuffle_each_iteration=True))
   else:
     clips = clips.shuffle(num_clips, seed=clip_seed,
                           reshuffle_each_iteration=True)
-    examples = _examples(clips, hparams, deterministic).shuffle(
+    examples = make(clips, hparams, deterministic).shuffle(
         EXAMPLE_SHUFFLE_BUFFER, seed=example_seed)
   return (examples
           .repeat(epochs)

@@ -80,6 +80,12 @@ flags.DEFINE_bool('train_cache_examples', False,
                   'epoch (about 38.4 KB each with the default hparams), so '
                   'that later epochs need no WAV decoding or features: for '
                   'an accelerator faster than the CPU cores make examples.')
+flags.DEFINE_enum('features_on', 'cpu', ['cpu', 'device'],
+                  'Where training makes its log-mel examples: in the input '
+                  'pipeline on the CPU (cpu), or on the training device '
+                  '(device: the pipeline ships each example\'s 16-bit '
+                  'samples, and the training step computes the same '
+                  'example), for an accelerator the CPU cores cannot feed.')
 flags.DEFINE_string('eval_clip_dir', None, 'Folder of evaluation WAV clips.')
 flags.DEFINE_string('eval_csv_path', None,
                     'Evaluation CSV with header "fname,labels".')
@@ -394,7 +400,8 @@ def run():
                   warmstart_include_scopes=FLAGS.warmstart_include_scopes,
                   warmstart_exclude_scopes=FLAGS.warmstart_exclude_scopes,
                   strategy=strategy,
-                  cache_examples=FLAGS.train_cache_examples)
+                  cache_examples=FLAGS.train_cache_examples,
+                  features_on=FLAGS.features_on)
     elif FLAGS.mode == 'eval':
       import evaluation
       evaluation.evaluate(

@@ -42,9 +42,7 @@ def waveform_examples(chunks, hparams):
   Scorer.score_waveforms) -> (example, clip index, example index), one
   element per example, in no particular order."""
   def chunk_examples(clip_index, first_example, samples, count):
-    # As inputs.py makes a chunk's examples: the chunk's own framing holds
-    # examples of the next chunk after `count`; they are made there.
-    examples = features.waveform_to_examples(samples, hparams)[:count]
+    examples = features.chunk_examples(samples, count, hparams)
     return (examples, tf.fill([count], clip_index),
             first_example + tf.range(count))
 
@@ -115,7 +113,7 @@ class Scorer:
 
     chunks: a tf.data.Dataset of (clip index int32, index of the chunk's
     first example int32, [samples] float32 44.1 kHz mono waveform, example
-    count int32), one element per chunk of inputs._chunk_bounds(clip_samples
+    count int32), one element per chunk of features.chunk_bounds(clip_samples
     of the clip): the samples [start, end) of the clip, of which `count`
     examples are kept, exactly what inputs.scoring_dataset makes from a
     16-bit file, so the examples are those of the whole-clip framing.

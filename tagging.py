@@ -4,7 +4,7 @@ optionally a timeline of the scores of each of its examples.
 Each file is read a block at a time (wav.read_samples: 8/16/24/32-bit PCM
 or 32/64-bit float, any number of channels, mixed down to mono), resampled
 to 44.1 kHz block by block (Source), and cut into the chunks the scoring
-pipeline cuts a 16-bit clip into (inputs._chunk_bounds). The chunks go to
+pipeline cuts a 16-bit clip into (features.chunk_bounds). The chunks go to
 the scoring engine (scoring.Scorer.score_waveforms): the folded model, the
 checkpoint's batch-norm statistics and batches across files, as in eval and
 inference. Only a few chunks of ~8.5 s are in memory at a time, however long
@@ -168,13 +168,13 @@ def _chunks(sources, bounds, failed):
 def chunk_dataset(sources, hparams, failed):
   """A tf.data.Dataset of (clip index, first example index, samples,
   example count) for Scorer.score_waveforms: the chunks the scoring
-  pipeline cuts a 44.1 kHz clip into (inputs._chunk_bounds), read from each
+  pipeline cuts a 44.1 kHz clip into (features.chunk_bounds), read from each
   Source (None: skipped) when tf.data asks for them. A file that fails
   while being read is recorded in `failed` ({index: message}) and left."""
   import tensorflow as tf
-  import inputs
+  import features
   # int64: a day-long file has more samples than an int32 holds.
-  bounds = {i: [b.numpy() for b in inputs._chunk_bounds(
+  bounds = {i: [b.numpy() for b in features.chunk_bounds(
       tf.constant(s.num_samples, tf.int64), hparams)]
             for i, s in enumerate(sources) if s}
   return tf.data.Dataset.from_generator(

@@ -19,6 +19,7 @@ import augment
 import batchnorm
 import checkpoints
 import distribution
+import features
 import inputs
 import mfom
 import model as model_lib
@@ -176,12 +177,37 @@ def warm_start(variables, checkpoint_path, include_scopes, exclude_scopes,
   return restored
 
 
+def device_features(hparams):
+  """With --features_on device, the step's inputs are (16-bit crops, frame
+  counts) batches: this makes the examples from them on the device."""
+  def examples(batch):
+    crops, frames = batch
+    return features.crops_to_examples(inputs.to_float(crops), frames,
+                                      hparams)
+  return examples
+
+
+def _chain(first, then):
+  """The step's per-replica preparation: first(examples) (None: as they
+  are), then then(examples, labels) (None: as they are)."""
+  if first is None:
+    return then
+  if then is None:
+    return lambda examples, labels: (first(examples), labels)
+  return lambda examples, labels: then(first(examples), labels)
+
+
+def _first_share(batch):
+  """A distributed batch's first replica's share (the batch itself on one
+  device)."""
+  return tf.nest.map_structure(
+      lambda t: t.values[0] if hasattr(t, 'values') else t, batch)
+
+
 def _log_mel_images(examples, step, count=3):
   """The first examples of a run's first batch as TensorBoard images (what
   the model sees): frequency upwards, time to the right, each scaled to its
   own range."""
-  if hasattr(examples, 'values'):  # a distributed batch: the first share
-    examples = examples.values[0]
   images = tf.reverse(tf.transpose(examples[:count], [0, 2, 1]), [1])
   low = tf.reduce_min(images, axis=[1, 2], keepdims=True)
   high = tf.reduce_max(images, axis=[1, 2], keepdims=True)
@@ -214,15 +240,20 @@ class TrainingState:
   mirrored on every replica) and with the precision hparam's policy."""
 
   def __init__(self, model_name, hparams, num_classes, epoch_num_batches,
-               strategy=None):
+               strategy=None, features_on='cpu'):
     self.strategy = strategy or tf.distribute.get_strategy()
     # The run's --model and hparams, so that eval, inference and a resumed
     # run use the ones the weights were trained with. (Outside the strategy:
     # a multi-worker strategy cannot broadcast a string variable.)
     self.record = tf.Variable(params.to_json(model_name, hparams),
                               trainable=False)
+    self.to_examples = (device_features(hparams) if features_on == 'device'
+                        else None)
     with self.strategy.scope(), _precision(hparams.precision):
       self._build(model_name, hparams, num_classes, epoch_num_batches)
+    # What each replica does to a batch before the model: examples from
+    # crops (on the device), then augmentation.
+    self.prepare = _chain(self.to_examples, self.augment)
 
   def _build(self, model_name, hparams, num_classes, epoch_num_batches):
     self.model = model_lib.build_model(model_name, num_classes, hparams)
@@ -328,7 +359,7 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
   own, emptied after each save)."""
   train_step = make_train_step(state.model, state.loss_fn, state.variables,
                                state.optimizer, state.step, state.strategy,
-                               state.augment)
+                               state.prepare)
   agree = make_stop_agreement(state.strategy)
 
   def save():
@@ -365,7 +396,9 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
   with stopping.requests(), writer.as_default():
     for examples, labels in dataset:
       if current == start_step:
-        _log_mel_images(examples, current)
+        first = _first_share(examples)
+        _log_mel_images(state.to_examples(first) if state.to_examples
+                        else first, current)
       loss, finite = train_step(examples, labels)
       loss = float(loss)
       if not finite:
@@ -411,14 +444,16 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
 
 
 def _dataset(strategy, train_csv_path, train_clip_dir, class_names, hparams,
-             num_clips, epochs, cache_examples=False, seed=None):
+             num_clips, epochs, cache_examples=False, seed=None,
+             features_on='cpu'):
   """The training batches: on one device the pipeline itself; under a
   strategy with several replicas or workers, each worker reads its share
   of the clips and each replica gets batch_size / replicas examples."""
   if strategy.num_replicas_in_sync == 1 and distribution.is_chief(strategy):
     return inputs.train_dataset(train_csv_path, train_clip_dir, class_names,
                                 hparams, num_clips, epochs=epochs,
-                                cache_examples=cache_examples, seed=seed)
+                                cache_examples=cache_examples, seed=seed,
+                                crops=features_on == 'device')
 
   def worker_dataset(context):
     shard = ((context.num_input_pipelines, context.input_pipeline_id)
@@ -427,19 +462,20 @@ def _dataset(strategy, train_csv_path, train_clip_dir, class_names, hparams,
         train_csv_path, train_clip_dir, class_names, hparams, num_clips,
         epochs=epochs, shard=shard, cache_examples=cache_examples,
         batch_size=context.get_per_replica_batch_size(hparams.batch_size),
-        seed=None if seed is None else seed + 2 * context.input_pipeline_id)
+        seed=None if seed is None else seed + 2 * context.input_pipeline_id,
+        crops=features_on == 'device')
 
   return strategy.distribute_datasets_from_function(worker_dataset)
 
 
 def _check_cache_fits(train_csv_path, train_clip_dir, class_names, hparams,
-                      workers):
+                      workers, crops):
   """Says what --train_cache_examples will hold; refuses before training
   when this worker's share is more than the memory available now (the
   model, the pipeline and TensorFlow need more on top, so even a cache
   that passes can be too much, but one that fails surely is)."""
   count, size = inputs.example_cache_size(train_csv_path, train_clip_dir,
-                                          class_names, hparams)
+                                          class_names, hparams, crops)
   share = size // workers
   available = runtime.available_memory()
   print('Training examples are kept in memory after the first epoch '
@@ -478,11 +514,13 @@ def stream_seed(seed, start_step):
 def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
           num_clips, train_dir, epoch_num_batches=None, max_steps=None,
           warmstart_checkpoint=None, warmstart_include_scopes=(),
-          warmstart_exclude_scopes=(), strategy=None, cache_examples=False):
+          warmstart_exclude_scopes=(), strategy=None, cache_examples=False,
+          features_on='cpu'):
   """Trains until max_steps (counting a resumed run's steps) or, without it,
   for the original's 1000 epochs; on the devices of `strategy` (a
   tf.distribute strategy, default: this device); cache_examples: see
-  inputs.train_dataset."""
+  inputs.train_dataset; features_on 'device': the pipeline ships crops of
+  waveform and the training step makes the examples."""
   strategy = strategy or tf.distribute.get_strategy()
   replicas = strategy.num_replicas_in_sync
   if hparams.batch_size % replicas:
@@ -495,13 +533,14 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
     max_steps = DEFAULT_EPOCHS * epoch_num_batches
   if cache_examples:
     _check_cache_fits(train_csv_path, train_clip_dir, class_names, hparams,
-                      distribution.num_workers(strategy))
+                      distribution.num_workers(strategy),
+                      features_on == 'device')
   hparams = draw_seed(hparams)
   # Python's, NumPy's and TensorFlow's global seeds: the initial weights,
   # dropout's seed generators, the augmentation ops' seeds.
   keras.utils.set_random_seed(hparams.seed)
   state = TrainingState(model_name, hparams, len(class_names),
-                        epoch_num_batches, strategy)
+                        epoch_num_batches, strategy, features_on)
   os.makedirs(train_dir, exist_ok=True)
   if chief:
     finished = os.path.join(train_dir, FINISHED_FILE)
@@ -522,7 +561,7 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
   keras.utils.set_random_seed(seed)
   dataset = _dataset(strategy, train_csv_path, train_clip_dir, class_names,
                      hparams, num_clips, None if max_steps else DEFAULT_EPOCHS,
-                     cache_examples, seed)
+                     cache_examples, seed, features_on)
   statistics_batches = None
   if state.precise is not None:
     # The run's seed, whatever step: every checkpoint's statistics come from

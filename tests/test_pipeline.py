@@ -165,3 +165,75 @@ def test_repeats_without_end_by_default(clips):
     assert examples.shape == (4, 100, 96)
     count += 1
   assert count == 30
+
+
+# --- features on the training device -----------------------------------------
+
+@pytest.mark.parametrize('text', ['', 'frontend=pcen',
+                                  'example_hop_seconds=0.3,mel_bands=64'])
+def test_crops_make_the_pipelines_examples(tmp_path, text):
+  """--features_on device: each example's 16-bit samples, made into an
+  example by the training step, equal the CPU pipeline's example within
+  1e-5, for a clip shorter than one STFT window, short clips and a clip of
+  several chunks (whose last examples are padded)."""
+  import tensorflow as tf
+  import features
+  hparams = params.parse_hparams(text)
+  rng = np.random.default_rng(4)
+  paths = []
+  for i, samples in enumerate((600, 13000, 44100 * 11 + 777)):
+    path = str(tmp_path / ('%d.wav' % i))
+    write_pcm_wav(path, rng.integers(-20000, 20000, samples))
+    paths.append(path)
+  offsets, counts = inputs._clip_headers(paths)
+  clips = tf.data.Dataset.from_tensor_slices(
+      (np.arange(3), np.array(paths), offsets, counts))
+  expected = np.stack([e.numpy() for e, _ in inputs._examples(
+      clips, hparams, deterministic=True)])
+  crops, frames, keys = [], [], []
+  for (crop, count), key in inputs._crops(clips, hparams, deterministic=True):
+    crops.append(crop.numpy())
+    frames.append(count.numpy())
+    keys.append(int(key))
+  assert len(crops) == len(expected) > features.EXAMPLES_PER_CHUNK
+  assert crops[0].dtype == np.int16
+  assert crops[0].shape == (features.crop_length(hparams),)
+  got = features.crops_to_examples(inputs.to_float(np.stack(crops)),
+                                   np.array(frames), hparams).numpy()
+  scale = max(1.0, np.abs(expected).max())
+  np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * scale)
+  # The padded frames are where the clips end.
+  assert frames[0] == 1 and min(frames) < max(frames) == expected.shape[1]
+  assert keys == sorted(keys)
+
+
+def test_device_features_train_as_the_cpu_pipeline(dataset, tmp_path):
+  """The same seed trains the same run with either pipeline: the same
+  batches in the same order, so the same losses and weights. (SGD: Adam's
+  first steps move a weight by ~lr whatever the sign of a near-zero
+  gradient, which float rounding can flip.)"""
+  import contextlib
+  import io
+  import re
+  import tensorflow as tf
+  import train
+  hparams = params.parse_hparams('batch_size=4,crnn_filters=4,seed=77,'
+                                 'crnn_dropout=0,bn_stats_batches=2,'
+                                 'opt=sgd,lr=0.1,momentum=0.9')
+  runs = {}
+  for where in ('cpu', 'device'):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+      train.train('crnn', hparams, read_class_names(), dataset['train_csv'],
+                  dataset['train_clip_dir'], 8, str(tmp_path / where),
+                  max_steps=3, features_on=where)
+    runs[where] = [float(l) for l in re.findall(r'^step \d+ loss (\S+)',
+                                                 out.getvalue(), re.M)]
+  assert len(runs['cpu']) == 3
+  np.testing.assert_allclose(runs['device'], runs['cpu'], rtol=1e-5)
+  cpu = tf.train.load_checkpoint(str(tmp_path / 'cpu' / 'model.ckpt-3'))
+  device = tf.train.load_checkpoint(str(tmp_path / 'device' / 'model.ckpt-3'))
+  for key in cpu.get_variable_to_shape_map():
+    if key.startswith('weights/'):
+      np.testing.assert_allclose(device.get_tensor(key), cpu.get_tensor(key),
+                                 rtol=1e-4, atol=1e-5, err_msg=key)
