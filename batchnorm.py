@@ -92,21 +92,22 @@ class PreciseStatistics:
       self.variables[path].assign(value.astype(np.float32))
 
 
-def use_precise(model, reader, prefix):
+def use_precise(model, reader, prefix, group=PRECISE):
   """Replaces the moving averages of `model` (just loaded from the
-  checkpoint at `prefix`) by the checkpoint's precise statistics, if it has
-  them all; returns the statistics now in use: 'precise', 'moving', or
-  'none' for a model without batch norm."""
+  checkpoint at `prefix`) by the checkpoint's precise statistics (those of
+  `group`: of the raw weights, or averaging.PRECISE_GROUP of the averaged
+  ones), if it has them all; returns the statistics now in use: 'precise',
+  'moving', or 'none' for a model without batch norm."""
   moving = [v for layer in batch_norm_layers(model)
             for v in (layer.moving_mean, layer.moving_variance)]
   if not moving:
     return 'none'
   keys = reader.get_variable_to_shape_map()
-  if not all(checkpoints.checkpoint_key(v.path, PRECISE) in keys
-                           for v in moving):
+  if not all(checkpoints.checkpoint_key(v.path, group) in keys
+             for v in moving):
     return 'moving'
   for v in moving:
-    v.assign(reader.get_tensor(checkpoints.checkpoint_key(v.path, PRECISE)))
+    v.assign(reader.get_tensor(checkpoints.checkpoint_key(v.path, group)))
   return 'precise'
 
 

@@ -77,6 +77,19 @@ class HParams:
   decay_epochs: float = 2.5
   # Keras 2's inverse-time decay: lr / (1 + inverse_time_decay * step).
   inverse_time_decay: float = 0.0
+  # A linear warm-up of the learning rate from 0 over warmup_steps; then,
+  # with cosine_decay=1, a cosine decay to lr_floor x lr at decay_horizon
+  # steps (0: --max_steps). Neither with lrdecay or inverse_time_decay.
+  warmup_steps: int = 0
+  cosine_decay: int = 0
+  lr_floor: float = 0.0
+  decay_horizon: int = 0
+  # Weight averaging: an exponential moving average of the weights with
+  # this decay, kept in training and saved in every checkpoint (0: off);
+  # scoring uses a checkpoint's averaged weights when it has them, unless
+  # score_averaged=0.
+  ema_decay: float = 0.0
+  score_averaged: int = 1
   # Training objective: binary cross-entropy or one of the MFoM objectives.
   loss: str = 'bce'
   # CRNN only: filters of the first conv block (the blocks use 1x, 1x, 2x, 2x)
@@ -123,7 +136,8 @@ _CHOICES = {
     'precision': ('float32', 'mixed_float16', 'mixed_bfloat16'),
     'frontend': ('logmel', 'pcen'),
 }
-_UNIT_INTERVAL = ('dropout', 'lsmooth', 'bndecay', 'crnn_bndecay', 'momentum')
+_UNIT_INTERVAL = ('dropout', 'lsmooth', 'bndecay', 'crnn_bndecay', 'momentum',
+                  'lr_floor')
 _POSITIVE = ('stft_window_seconds', 'stft_hop_seconds', 'mel_bands',
              'mel_log_offset', 'example_window_seconds', 'example_hop_seconds',
              'batch_size', 'lr', 'decay_epochs', 'crnn_filters',
@@ -227,6 +241,17 @@ def _check(hparams):
   if hparams.lrdecay > 0 and hparams.inverse_time_decay > 0:
     raise ValueError('hparams lrdecay and inverse_time_decay: choose one '
                      'learning-rate decay')
+  if (hparams.cosine_decay or hparams.warmup_steps) and (
+      hparams.lrdecay > 0 or hparams.inverse_time_decay > 0):
+    raise ValueError('hparams warmup_steps and cosine_decay: not with '
+                     'lrdecay or inverse_time_decay (choose one schedule)')
+  for name in ('warmup_steps', 'decay_horizon'):
+    if getattr(hparams, name) < 0:
+      raise ValueError('hparam %s=%s: must not be negative' % (
+          name, getattr(hparams, name)))
+  if not 0.0 <= hparams.ema_decay < 1.0:
+    raise ValueError('hparam ema_decay=%s: must be in [0, 1) (0 is off)' %
+                     hparams.ema_decay)
   if hparams.opt != 'sgd' and (hparams.momentum or hparams.nesterov):
     raise ValueError('hparams momentum and nesterov apply to opt=sgd only')
   for name in ('specaug_freq_masks', 'specaug_freq_width',
@@ -242,7 +267,8 @@ def _check(hparams):
                      hparams.seed)
   if hparams.pcen_s >= 1:
     raise ValueError('hparam pcen_s=%s: must be below 1' % hparams.pcen_s)
-  for name in ('nesterov', 'bn_sync', 'bn', 'warmstart', 'pcen_trainable'):
+  for name in ('nesterov', 'bn_sync', 'bn', 'warmstart', 'pcen_trainable',
+               'cosine_decay', 'score_averaged'):
     if getattr(hparams, name) not in (0, 1):
       raise ValueError('hparam %s=%s: must be 0 or 1' % (
           name, getattr(hparams, name)))

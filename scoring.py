@@ -20,6 +20,7 @@ import traceback
 import numpy as np
 import tensorflow as tf
 
+import averaging
 import batchnorm
 import checkpoints
 import features
@@ -74,9 +75,11 @@ class Scorer:
         input_signature=[spec])
 
   def load(self, checkpoint_path):
-    """Loads a checkpoint; returns the batch-norm statistics the scores will
-    use: 'precise' (bn_stats=precise and the checkpoint has them), 'moving'
-    or 'none' (no batch norm)."""
+    """Loads a checkpoint: its averaged weights if it has them (unless
+    score_averaged=0), else its raw ones. Returns what the scores will use:
+    the batch-norm statistics, 'precise' (bn_stats=precise and the
+    checkpoint has them for these weights), 'moving' or 'none' (no batch
+    norm), followed by ' of the averaged weights' for those."""
     reader = checkpoints.open_checkpoint(checkpoint_path)
     mismatch = checkpoints.record_mismatch(reader, checkpoint_path,
                                            self.model_name,
@@ -85,13 +88,19 @@ class Scorer:
       raise UserError('%s: %s' % (checkpoint_path, mismatch))
     checkpoints.assign_from_checkpoint(self.model.weights, reader,
                                        checkpoint_path)
+    averaged = self.hparams.score_averaged and averaging.has_average(
+        reader, self.model.trainable_variables)
+    if averaged:
+      averaging.load_average(self.model.trainable_variables, reader)
     if self.hparams.bn_stats == 'precise':
-      statistics = batchnorm.use_precise(self.model, reader, checkpoint_path)
+      statistics = batchnorm.use_precise(
+          self.model, reader, checkpoint_path,
+          averaging.PRECISE_GROUP if averaged else batchnorm.PRECISE)
     else:
       statistics = 'moving' if batchnorm.batch_norm_layers(self.model) else (
           'none')
     batchnorm.fold_batch_norm(self.model, self.inference_model)
-    return statistics
+    return statistics + (' of the averaged weights' if averaged else '')
 
   def score(self, clip_paths, clip_samples, label='Scoring', on_progress=None):
     """Returns [num_clips, num_classes] float64 clip scores.

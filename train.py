@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 import augment
+import averaging
 import batchnorm
 import checkpoints
 import distribution
@@ -58,30 +59,52 @@ def make_loss(hparams, num_classes):
   return (lambda labels, logits: head(labels, tf.sigmoid(logits))), head
 
 
-def make_optimizer(hparams, epoch_num_batches):
-  learning_rate = hparams.lr
+def learning_rate(hparams, epoch_num_batches, max_steps=None):
+  """The learning rate or its schedule: constant; the original's staircase
+  decay every decay_epochs epochs; Keras 2's inverse-time decay; or a linear
+  warm-up from 0 over warmup_steps, then (cosine_decay=1) a cosine decay to
+  lr_floor x lr at decay_horizon (default: max_steps)."""
   if hparams.lrdecay > 0:
-    learning_rate = keras.optimizers.schedules.ExponentialDecay(
+    return keras.optimizers.schedules.ExponentialDecay(
         hparams.lr, decay_steps=max(1, int(epoch_num_batches *
                                            hparams.decay_epochs)),
         decay_rate=hparams.lrdecay, staircase=True)
-  elif hparams.inverse_time_decay > 0:
+  if hparams.inverse_time_decay > 0:
     # Keras 2's `decay`: lr / (1 + decay * iterations), every step.
-    learning_rate = keras.optimizers.schedules.InverseTimeDecay(
+    return keras.optimizers.schedules.InverseTimeDecay(
         hparams.lr, decay_steps=1, decay_rate=hparams.inverse_time_decay)
+  if not (hparams.cosine_decay or hparams.warmup_steps):
+    return hparams.lr
+  warmup = hparams.warmup_steps
+  decay_steps, floor = 1, 1.0  # warm-up alone: then the constant lr
+  if hparams.cosine_decay:
+    horizon = hparams.decay_horizon or max_steps
+    if not horizon or horizon <= warmup:
+      raise UserError('hparam cosine_decay=1: the decay needs a horizon past '
+                      'the warm-up (warmup_steps=%d): set decay_horizon or '
+                      '--max_steps' % warmup)
+    decay_steps, floor = horizon - warmup, hparams.lr_floor
+  return keras.optimizers.schedules.CosineDecay(
+      0.0 if warmup else hparams.lr, decay_steps, alpha=floor,
+      warmup_target=hparams.lr if warmup else None, warmup_steps=warmup)
+
+
+def make_optimizer(hparams, epoch_num_batches, max_steps=None):
+  rate = learning_rate(hparams, epoch_num_batches, max_steps)
   if hparams.opt == 'sgd':
-    return keras.optimizers.SGD(learning_rate, momentum=hparams.momentum,
+    return keras.optimizers.SGD(rate, momentum=hparams.momentum,
                                 nesterov=bool(hparams.nesterov))
-  return keras.optimizers.Adam(learning_rate, epsilon=hparams.adam_eps)
+  return keras.optimizers.Adam(rate, epsilon=hparams.adam_eps)
 
 
 def make_train_step(model, loss_fn, variables, optimizer, step,
-                    strategy=None, augment=None):
+                    strategy=None, augment=None, after_apply=None):
   """The training step: (examples, labels) -> (loss, finite). Under a
   distribution strategy, examples and labels are a distributed batch (a
   replica's share each); loss is the mean over the whole batch, and finite
   whether every replica's loss and gradients were. augment (from
-  augment.make) transforms each replica's examples and labels first."""
+  augment.make) transforms each replica's examples and labels first;
+  after_apply() runs after each applied update (the weight average)."""
   strategy = strategy or tf.distribute.get_strategy()
   replicas = strategy.num_replicas_in_sync
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
@@ -109,6 +132,8 @@ def make_train_step(model, loss_fn, variables, optimizer, step,
     # all-reduce needs tensors placed on one.
     gradients = [tf.identity(g) for g in gradients]
     optimizer.apply_gradients(zip(gradients, variables))
+    if after_apply is not None:
+      after_apply()
     step.assign_add(1)
 
   @tf.function
@@ -234,13 +259,14 @@ def _precision(policy):
 
 class TrainingState:
   """What a training run updates and checkpoints: the model, the MFoM head
-  (if any), the optimizer and the step, and the loss that drives them; and,
-  unless bn_stats=moving, the precise batch-norm statistics saved with each
-  checkpoint. Built in the distribution strategy's scope (variables
-  mirrored on every replica) and with the precision hparam's policy."""
+  (if any), the optimizer and the step, and the loss that drives them; the
+  weight average (ema_decay > 0); and, unless bn_stats=moving, the precise
+  batch-norm statistics saved with each checkpoint. Built in the
+  distribution strategy's scope (variables mirrored on every replica) and
+  with the precision hparam's policy."""
 
   def __init__(self, model_name, hparams, num_classes, epoch_num_batches,
-               strategy=None, features_on='cpu'):
+               strategy=None, features_on='cpu', max_steps=None):
     self.strategy = strategy or tf.distribute.get_strategy()
     # The run's --model and hparams, so that eval, inference and a resumed
     # run use the ones the weights were trained with. (Outside the strategy:
@@ -250,19 +276,25 @@ class TrainingState:
     self.to_examples = (device_features(hparams) if features_on == 'device'
                         else None)
     with self.strategy.scope(), _precision(hparams.precision):
-      self._build(model_name, hparams, num_classes, epoch_num_batches)
+      self._build_model(model_name, hparams, num_classes)
+      self._build_optimizer(hparams, epoch_num_batches, max_steps)
+      self._build_averages(hparams)
     # What each replica does to a batch before the model: examples from
     # crops (on the device), then augmentation.
     self.prepare = _chain(self.to_examples, self.augment)
+    self._checkpoint_layout()
 
-  def _build(self, model_name, hparams, num_classes, epoch_num_batches):
+  def _build_model(self, model_name, hparams, num_classes):
     self.model = model_lib.build_model(model_name, num_classes, hparams)
     self.augment = augment.make(hparams)
     self.loss_fn, self.head = make_loss(hparams, num_classes)
     self.variables = self.model.trainable_variables + (
         self.head.trainable_variables if self.head else [])
-    self.optimizer = make_optimizer(hparams, epoch_num_batches or 0)
-    # The constant rate to train with (None with a decay schedule).
+
+  def _build_optimizer(self, hparams, epoch_num_batches, max_steps):
+    self.optimizer = make_optimizer(hparams, epoch_num_batches or 0,
+                                    max_steps)
+    # The constant rate to train with (None with a schedule).
     self.learning_rate = None if isinstance(
         self.optimizer._learning_rate,
         keras.optimizers.schedules.LearningRateSchedule) else hparams.lr
@@ -273,19 +305,42 @@ class TrainingState:
     self.step = tf.Variable(
         0, dtype=tf.int64, trainable=False, name='global_step',
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+  def _build_averages(self, hparams):
+    """The weight average and the precise statistics (of the raw weights,
+    and of the averaged ones)."""
+    self.average = (averaging.WeightAverage(self.model.trainable_variables,
+                                            hparams.ema_decay)
+                    if hparams.ema_decay > 0 else None)
+    self.precise = self.precise_average = None
+    if hparams.bn_stats == 'precise' and batchnorm.batch_norm_layers(
+        self.model):
+      self.precise = batchnorm.PreciseStatistics(self.model)
+      if self.average is not None:
+        self.precise_average = batchnorm.PreciseStatistics(self.model)
+
+  def _checkpoint_layout(self):
     saved = dict(step=self.step, optimizer=self.optimizer,
                  weights=checkpoints.checkpoint_weights(self.model, self.head))
+    if self.average is not None:
+      saved[averaging.GROUP] = self.average.saved()
     # What a resumed run restores; the precise statistics are recomputed
     # before every save, so a checkpoint without them resumes all the same.
     self.restorable = tf.train.Checkpoint(**saved)
-    self.precise = None
-    if hparams.bn_stats == 'precise':
-      self.precise = batchnorm.PreciseStatistics(self.model)
-      if self.precise.layers:
-        saved[batchnorm.PRECISE] = self.precise.variables
-      else:
-        self.precise = None
+    if self.precise is not None:
+      saved[batchnorm.PRECISE] = self.precise.variables
+    if self.precise_average is not None:
+      saved[averaging.PRECISE_GROUP] = self.precise_average.variables
     self.checkpoint = tf.train.Checkpoint(run=self.record, **saved)
+
+  def update_statistics(self, batches):
+    """The precise statistics of the current weights (and of their average)
+    over `batches`."""
+    if self.precise is not None:
+      self.precise.update(batches)
+    if self.precise_average is not None:
+      with self.average.swapped_in():
+        self.precise_average.update(batches)
 
 
 def _resume(state, prefix, model_name, hparams):
@@ -348,51 +403,97 @@ def restore_or_warm_start(state, train_dir, model_name, hparams,
   return False
 
 
-def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
-             statistics_batches=None, save_first=False, chief=True):
+class Checkpointer:
+  """The work at each checkpoint: the precise batch-norm statistics of the
+  weights being saved (and of their average) recomputed, what a save killed
+  half-way left removed, then the save. Only the chief writes into
+  train_dir: another worker of a cluster saves into a folder of its own,
+  emptied after each save (saving takes every worker)."""
+
+  def __init__(self, state, manager, train_dir, statistics_batches=None,
+               chief=True):
+    self.state, self.manager, self.train_dir = state, manager, train_dir
+    self.statistics_batches = statistics_batches
+    self.chief = chief
+    self.saved_step = None
+
+  def save(self):
+    if self.statistics_batches is not None:
+      self.state.update_statistics(self.statistics_batches)
+    if self.chief:
+      for leftover in glob.glob(os.path.join(glob.escape(self.train_dir),
+                                             checkpoints.NAME + '-*_temp*')):
+        shutil.rmtree(leftover, ignore_errors=True)
+    step = int(self.state.step.numpy())
+    path = self.manager.save(checkpoint_number=step)
+    if self.chief:
+      print('Saved checkpoint %s' % path)
+    else:
+      shutil.rmtree(self.manager.directory, ignore_errors=True)
+    self.saved_step = step
+
+  def save_unless_saved(self):
+    if self.saved_step != int(self.state.step.numpy()):
+      self.save()
+
+  def finish(self, step):
+    """Marks the run finished (for a continuous eval)."""
+    if self.chief:
+      files.write_atomically(os.path.join(self.train_dir, FINISHED_FILE),
+                             '%d\n' % step)
+
+
+def _progress(step, loss, start_step, start_time, batch_size, max_steps):
+  """The line each step prints: loss, rate and time left."""
+  rate = (step - start_step) / max(time.time() - start_time, 1e-9)
+  left = ('' if max_steps is None else ', %s left' % _duration(
+      (max_steps - step) / max(rate, 1e-9)))
+  return 'step %d loss %.6f (%.2f steps/s, %.1f examples/s%s)' % (
+      step, loss, rate, rate * batch_size, left)
+
+
+def _summaries(state, step, loss):
+  tf.summary.scalar('loss', loss, step=step)
+  tf.summary.scalar('learning_rate', state.optimizer.learning_rate, step=step)
+
+
+def _stop_if_asked(agree, checkpointer, step):
+  """Saves and raises Stopped if a stop was asked for here (or, in a
+  cluster, on any worker: every worker then stops at the same step)."""
+  signum = stopping.requested()
+  stop = signum is not None
+  if agree is not None:
+    stop = agree(stop)
+  if stop:
+    checkpointer.save_unless_saved()
+    raise stopping.Stopped(
+        'stopped by %s at step %d; run the same command to resume' % (
+            stopping.name(signum) if signum else 'another worker', step),
+        signum or signal.SIGTERM)
+
+
+def run_loop(state, dataset, checkpointer, batch_size, max_steps,
+             save_first=False):
   """Steps through the dataset until max_steps (or its end), saving every
   CHECKPOINT_EVERY steps, at the end, and when a signal stops the run; first
   too if save_first (a fresh run's starting point, as the original's step-0
-  checkpoint). Each save first recomputes the precise batch-norm statistics
-  over statistics_batches, if the state keeps them. Only the chief writes
-  into train_dir (the other workers of a cluster save to a folder of their
-  own, emptied after each save)."""
-  train_step = make_train_step(state.model, state.loss_fn, state.variables,
-                               state.optimizer, state.step, state.strategy,
-                               state.prepare)
+  checkpoint)."""
+  train_step = make_train_step(
+      state.model, state.loss_fn, state.variables, state.optimizer,
+      state.step, state.strategy, state.prepare,
+      state.average.update if state.average is not None else None)
   agree = make_stop_agreement(state.strategy)
-
-  def save():
-    if state.precise is not None:
-      state.precise.update(statistics_batches)
-    # What a save killed half-way left behind (the chief only: another
-    # worker would delete the chief's save in progress).
-    for leftover in glob.glob(os.path.join(glob.escape(train_dir),
-                                           checkpoints.NAME + '-*_temp*')):
-      if chief:
-        shutil.rmtree(leftover, ignore_errors=True)
-    path = manager.save(checkpoint_number=int(state.step.numpy()))
-    if chief:
-      print('Saved checkpoint %s' % path)
-    else:
-      shutil.rmtree(manager.directory, ignore_errors=True)
-
-  def finish(step):
-    if chief:
-      files.write_atomically(os.path.join(train_dir, FINISHED_FILE),
-                             '%d\n' % step)
-
-  writer = (tf.summary.create_file_writer(train_dir) if chief else
-            tf.summary.create_noop_writer())
-  current = saved = int(state.step.numpy())
+  writer = (tf.summary.create_file_writer(checkpointer.train_dir)
+            if checkpointer.chief else tf.summary.create_noop_writer())
+  current = start_step = int(state.step.numpy())
   if max_steps is not None and current >= max_steps:
     print('Already at step %d of --max_steps=%d; nothing to do' % (
         current, max_steps))
-    finish(current)
+    checkpointer.finish(current)
     return
   if save_first:
-    save()
-  start_time, start_step = time.time(), current
+    checkpointer.save()
+  start_time = time.time()
   with stopping.requests(), writer.as_default():
     for examples, labels in dataset:
       if current == start_step:
@@ -400,46 +501,27 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
         _log_mel_images(state.to_examples(first) if state.to_examples
                         else first, current)
       loss, finite = train_step(examples, labels)
-      loss = float(loss)
       if not finite:
         raise UserError(
             'training diverged at step %d: loss %s or its gradients are not '
             'finite; the last good checkpoint in %s is kept (try a lower lr)'
-            % (current + 1, loss, train_dir))
+            % (current + 1, float(loss), checkpointer.train_dir))
       current = int(state.step.numpy())
-      rate = (current - start_step) / max(time.time() - start_time, 1e-9)
-      left = ('' if max_steps is None else ', %s left' % _duration(
-          (max_steps - current) / max(rate, 1e-9)))
-      print('step %d loss %.6f (%.2f steps/s, %.1f examples/s%s)' % (
-          current, loss, rate, rate * batch_size, left), flush=True)
+      print(_progress(current, float(loss), start_step, start_time,
+                      batch_size, max_steps), flush=True)
       if current % SUMMARY_EVERY == 0:
-        tf.summary.scalar('loss', loss, step=current)
-        tf.summary.scalar('learning_rate', state.optimizer.learning_rate,
-                          step=current)
+        _summaries(state, current, float(loss))
       if current % CHECKPOINT_EVERY == 0:
-        save()
-        saved = current
-      signum = stopping.requested()
-      stop = signum is not None
-      if agree is not None:
-        stop = agree(stop)
-      if stop:
-        # Every worker stops at the same step (the flag is summed over all).
-        if saved != current:
-          save()
-        raise stopping.Stopped(
-            'stopped by %s at step %d; run the same command to resume' % (
-                stopping.name(signum) if signum else 'another worker',
-                current), signum or signal.SIGTERM)
+        checkpointer.save()
+      _stop_if_asked(agree, checkpointer, current)
       if max_steps is not None and current >= max_steps:
         break
     if current == start_step:
       raise UserError('no training examples: the training data gave not one '
                       'batch of %d examples' % batch_size)
-    if saved != current:
-      save()
+    checkpointer.save_unless_saved()
   writer.flush()
-  finish(current)
+  checkpointer.finish(current)
   print('Training finished at step %d' % current)
 
 
@@ -540,7 +622,7 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
   # dropout's seed generators, the augmentation ops' seeds.
   keras.utils.set_random_seed(hparams.seed)
   state = TrainingState(model_name, hparams, len(class_names),
-                        epoch_num_batches, strategy, features_on)
+                        epoch_num_batches, strategy, features_on, max_steps)
   os.makedirs(train_dir, exist_ok=True)
   if chief:
     finished = os.path.join(train_dir, FINISHED_FILE)
@@ -569,5 +651,7 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
     statistics_batches = inputs.statistics_dataset(
         train_csv_path, train_clip_dir, class_names, hparams,
         hparams.bn_stats_batches, seed=hparams.seed)
-  run_loop(state, dataset, manager, train_dir, hparams.batch_size, max_steps,
-           statistics_batches, save_first=not resumed, chief=chief)
+  checkpointer = Checkpointer(state, manager, train_dir, statistics_batches,
+                              chief)
+  run_loop(state, dataset, checkpointer, hparams.batch_size, max_steps,
+           save_first=not resumed)

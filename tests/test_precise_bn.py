@@ -120,7 +120,7 @@ def trained(tmp_path_factory, dataset):
   hparams = params.parse_hparams('batch_size=4,lr=0.01,bn_stats_batches=2')
   patch = pytest.MonkeyPatch()
   patch.setattr(inputs, 'statistics_dataset',
-                lambda *args: [tf.constant(b) for b in batches])
+                lambda *args, **kwargs: [tf.constant(b) for b in batches])
   patch.setattr(train, 'CHECKPOINT_EVERY', 2)
   try:
     with contextlib.redirect_stdout(io.StringIO()):
@@ -215,12 +215,12 @@ def test_scoring_uses_precise_statistics_unless_told_otherwise(tmp_path):
   np.testing.assert_array_equal(got_partial, got_moving)
 
 
-def _statistics_examples(dataset, hparams, count):
+def _statistics_examples(dataset, hparams, count, seed=0):
   import inputs
   from conftest import read_class_names
   return [b.numpy() for b in inputs.statistics_dataset(
       dataset['train_csv'], dataset['train_clip_dir'], read_class_names(),
-      hparams, count)]
+      hparams, count, seed)]
 
 
 def test_statistics_batches_are_fixed_training_examples(dataset):
@@ -258,15 +258,20 @@ def test_statistics_batches_are_fixed_training_examples(dataset):
 def test_training_saves_the_statistics_of_those_batches(crnn_train, dataset):
   """The precise statistics a CLI training run saved (another process)
   are those of the model's weights over inputs.statistics_dataset with the
-  run's bn_stats_batches, here recomputed."""
+  run's bn_stats_batches and seed (drawn by the run and recorded), here
+  recomputed."""
+  import json
   from conftest import read_class_names
+  with open(os.path.join(crnn_train['train_dir'], 'hparams.json')) as f:
+    seed = json.load(f)['hparams']['seed']
   hparams = params.parse_hparams(crnn_train['hparams'])
+  assert seed
   prefix = os.path.join(crnn_train['train_dir'], 'model.ckpt-101')
   ours = model_lib.build_model('crnn', len(read_class_names()), hparams)
   reader = tf.train.load_checkpoint(prefix)
   checkpoints.assign_from_checkpoint(ours.weights, reader, prefix)
   expected = batchnorm.PreciseStatistics(ours).compute(_statistics_examples(
-      dataset, hparams, hparams.bn_stats_batches))
+      dataset, hparams, hparams.bn_stats_batches, seed))
   assert len(expected) == 10
   for path, value in expected.items():
     np.testing.assert_allclose(

@@ -231,12 +231,14 @@ def test_every_hparam_is_classified_as_model_defining_or_not():
       'opt', 'lr', 'adam_eps', 'momentum', 'nesterov', 'lrdecay',
       'decay_epochs', 'inverse_time_decay', 'loss', 'specaug_freq_masks',
       'specaug_freq_width', 'specaug_time_masks', 'specaug_time_width',
-      'mixup', 'bn_stats_batches', 'seed',
+      'mixup', 'bn_stats_batches', 'seed', 'warmup_steps', 'cosine_decay',
+      'lr_floor', 'decay_horizon', 'ema_decay',
       # Initial values of weights the checkpoint holds, or whether they
       # train.
       'pcen_alpha', 'pcen_delta', 'pcen_r', 'pcen_trainable',
-      # Which of the checkpoint's batch-norm statistics scoring uses.
-      'bn_stats',
+      # Which of the checkpoint's batch-norm statistics and weights scoring
+      # uses.
+      'bn_stats', 'score_averaged',
   }
   names = {f.name for f in dataclasses.fields(params.HParams)}
   assert not steering & set(params.MODEL_DEFINING)

@@ -755,3 +755,168 @@ def test_stream_seeds_differ_by_resume_step():
   assert len(seeds) == 4 and all(0 < s < 2 ** 31 for s in seeds)
   assert train.stream_seed(124, 100) != train.stream_seed(123, 100)
   assert train.stream_seed(123, 100) == train.stream_seed(123, 100)
+
+
+# --- warm-up, cosine decay, weight averaging ---------------------------------
+
+@pytest.mark.parametrize('text,max_steps', [
+    ('warmup_steps=200,cosine_decay=1,lr_floor=0.1', 1000),
+    ('warmup_steps=200,cosine_decay=1,decay_horizon=600', None),
+    ('cosine_decay=1', 1000),
+    ('warmup_steps=200', None),
+])
+def test_schedule_against_the_closed_form(text, max_steps):
+  """lr(t) = lr * t / W during the warm-up, then lr * (f + (1 - f) *
+  (1 + cos(pi * (t - W) / (H - W))) / 2) up to the horizon H and lr * f
+  after it; without cosine_decay the warm-up ends at the constant lr. The
+  rate the optimizer of a training run applies at each step."""
+  import math
+  import params
+  import train
+  hparams = params.parse_hparams('lr=0.003,' + text)
+  state = train.TrainingState('crnn', hparams, 80, None, max_steps=max_steps)
+  warmup, floor = hparams.warmup_steps, hparams.lr_floor
+  horizon = hparams.decay_horizon or max_steps
+
+  def closed_form(t):
+    if t < warmup:
+      return 0.003 * t / warmup
+    if not hparams.cosine_decay:
+      return 0.003
+    done = min(t, horizon) - warmup
+    return 0.003 * (floor + (1 - floor) * 0.5 * (
+        1 + math.cos(math.pi * done / (horizon - warmup))))
+
+  for t in (0, 50, 199, 200, 201, 400, 599, 600, 999, 1000, 1500):
+    state.optimizer.iterations.assign(t)
+    assert float(state.optimizer.learning_rate) == pytest.approx(
+        closed_form(t), rel=1e-5, abs=1e-9), t
+
+
+def test_cosine_decay_needs_a_horizon():
+  import params
+  import train
+  import files
+  with pytest.raises(files.UserError, match='decay_horizon or --max_steps'):
+    train.TrainingState('crnn', params.parse_hparams(
+        'cosine_decay=1,warmup_steps=50'), 80, None, max_steps=40)
+  with pytest.raises(ValueError, match='not with lrdecay'):
+    params.parse_hparams('cosine_decay=1,lrdecay=0.9')
+
+
+AVERAGED = 'batch_size=4,crnn_filters=4,crnn_dropout=0,lr=0.01,seed=5,' \
+    'ema_decay=0.5,bn_stats_batches=2'
+
+
+@pytest.fixture(scope='module')
+def averaged_run(tmp_path_factory, dataset):
+  """crnn, 4 steps with a checkpoint after each, weights averaged."""
+  import train
+  train_dir = tmp_path_factory.mktemp('averaged') / 'train'
+  patch = pytest.MonkeyPatch()
+  patch.setattr(train, 'CHECKPOINT_EVERY', 1)
+  try:
+    _train(dataset, 'crnn', AVERAGED, train_dir, 4)
+  finally:
+    patch.undo()
+  return train_dir
+
+
+def test_weight_average_is_the_recurrence(averaged_run):
+  """ema_t = d_t ema_{t-1} + (1 - d_t) w_t from the initial weights, with
+  d_t = min(ema_decay, (1 + t) / (10 + t)), over the raw weights of each
+  step's checkpoint, in NumPy."""
+  import checkpoints
+  paths = _trainable_paths('crnn', AVERAGED)
+  raw = [_reader(str(averaged_run / ('model.ckpt-%d' % t))) for t in range(5)]
+  last = raw[-1]
+  assert last.get_tensor('ema/updates/.ATTRIBUTES/VARIABLE_VALUE') == 4
+  moved = 0
+  for path in paths:
+    average = _weight(raw[0], path).astype(np.float64)
+    for t in range(1, 5):
+      d = min(0.5, (1 + t) / (10 + t))
+      average = d * average + (1 - d) * _weight(raw[t], path)
+    got = last.get_tensor(checkpoints.checkpoint_key(path, 'ema'))
+    np.testing.assert_allclose(got, average, rtol=1e-5, atol=1e-7,
+                               err_msg=path)
+    moved += not np.allclose(got, _weight(last, path), atol=1e-6)
+  assert moved > len(paths) // 2  # the average is not the raw weights
+
+
+def test_scoring_uses_the_averaged_weights_unless_told(averaged_run,
+                                                         dataset):
+  """A checkpoint with averaged weights is scored with them and their own
+  precise statistics; score_averaged=0 scores its raw weights. Each against
+  a plain model loaded independently."""
+  import files
+  import params
+  import scoring
+  import tensorflow as tf
+  import plain_models
+  import checkpoints
+  prefix = str(averaged_run / 'model.ckpt-4')
+  reader = _reader(prefix)
+  clip = os.path.join(dataset['test_clip_dir'],
+                      sorted(os.listdir(dataset['test_clip_dir']))[0])
+  examples = reference.np_clip_examples(clip, params.parse_hparams(
+      AVERAGED)).astype(np.float32)
+
+  def expected(group, statistics):
+    net = plain_models.plain_model('crnn', 80, params.parse_hparams(
+        AVERAGED))
+    plain_models.load_checkpoint(net, prefix, bn_stats='moving')
+    for v in net.weights:
+      path = plain_models.project_path(v)
+      if v.trainable and group:
+        v.assign(reader.get_tensor(checkpoints.checkpoint_key(path, group)))
+      if path.endswith(('moving_mean', 'moving_variance')):
+        v.assign(reader.get_tensor(checkpoints.checkpoint_key(path,
+                                                              statistics)))
+    return tf.sigmoid(net(examples, training=False)).numpy().mean(axis=0)
+
+  got = {}
+  for flag in (1, 0):
+    scorer = scoring.Scorer('crnn', 80, params.parse_hparams(
+        AVERAGED + ',score_averaged=%d' % flag))
+    got[flag] = (scorer.load(prefix),
+                 scorer.score([clip], files.check_wavs([clip]))[0])
+  assert got[1][0] == 'precise of the averaged weights'
+  assert got[0][0] == 'precise'
+  np.testing.assert_allclose(got[1][1], expected('ema', 'ema_precise_bn'),
+                             atol=1e-5)
+  np.testing.assert_allclose(got[0][1], expected(None, 'precise_bn'),
+                             atol=1e-5)
+  assert np.abs(got[1][1] - got[0][1]).max() > 1e-4
+
+
+def test_averaged_weights_have_their_own_precise_statistics(averaged_run,
+                                                            dataset):
+  """ema_precise_bn holds the batch-norm statistics of the averaged
+  weights over the run's statistics batches, recomputed here; they differ
+  from the raw weights' (precise_bn)."""
+  import averaging
+  import batchnorm
+  import checkpoints
+  import inputs
+  import model as model_lib
+  import params
+  hparams = params.parse_hparams(AVERAGED)
+  prefix = str(averaged_run / 'model.ckpt-4')
+  reader = _reader(prefix)
+  ours = model_lib.build_model('crnn', 80, hparams)
+  checkpoints.assign_from_checkpoint(ours.weights, reader, prefix)
+  averaging.load_average(ours.trainable_variables, reader)
+  batches = inputs.statistics_dataset(
+      dataset['train_csv'], dataset['train_clip_dir'], read_class_names(),
+      hparams, hparams.bn_stats_batches, seed=5)
+  expected = batchnorm.PreciseStatistics(ours).compute(batches)
+  differ = 0
+  for path, value in expected.items():
+    saved = reader.get_tensor(checkpoints.checkpoint_key(path,
+                                                         'ema_precise_bn'))
+    np.testing.assert_allclose(saved, value, rtol=1e-4, atol=1e-5,
+                               err_msg=path)
+    raw = reader.get_tensor(checkpoints.checkpoint_key(path, 'precise_bn'))
+    differ += not np.allclose(raw, value, rtol=1e-4, atol=1e-5)
+  assert differ >= 4
