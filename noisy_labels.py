@@ -1,4 +1,4 @@
-"""Losses for training sources with noisy labels.
+"""Losses and relabelling rules for training sources with noisy labels.
 
 Each loss takes [batch, classes] labels (0/1 or soft) and sigmoid logits and
 returns a [batch] tensor: every example's loss, averaged over its classes.
@@ -10,6 +10,7 @@ Every class is its own binary problem, so the losses written for a softmax
 to the probability of the class being present, p = sigmoid(z).
 """
 
+import numpy as np
 import tensorflow as tf
 
 import params
@@ -99,3 +100,34 @@ def make_noisy_loss(hparams):
   raise ValueError('hparam noisy_loss=%s: must be one of %s' % (
       name, ', '.join(params.NOISY_LOSSES)))
 
+
+def relabel(given, scores, keep_threshold, add_threshold):
+  """New multi-hot labels of clips from their given labels and a model's
+  scores (both [clips, classes]).
+
+  A given label is kept where score >= keep_threshold and dropped
+  elsewhere; a label not given is added where score >= add_threshold. A
+  clip left with no label although it had some keeps its highest-scoring
+  given label (counted as kept; ties go to the lowest class index), so that
+  every clip still trains toward something. Returns (float32 labels,
+  {'kept': n, 'dropped': n, 'added': n}).
+  """
+  _check_range('keep_threshold', keep_threshold, 0.0, 1.0)
+  _check_range('add_threshold', add_threshold, 0.0, 1.0)
+  given, scores = np.asarray(given), np.asarray(scores, np.float64)
+  if given.ndim != 2 or given.shape != scores.shape:
+    raise ValueError('labels %s and scores %s: want the same [clips, '
+                     'classes] shape' % (given.shape, scores.shape))
+  if not np.isin(given, (0, 1)).all():
+    raise ValueError('labels: want multi-hot 0/1 values')
+  if not np.isfinite(scores).all():
+    raise ValueError('scores: not all finite')
+  given = given == 1
+  kept = given & (scores >= keep_threshold)
+  added = ~given & (scores >= add_threshold)
+  emptied = given.any(axis=1) & ~kept.any(axis=1) & ~added.any(axis=1)
+  best = np.argmax(np.where(given, scores, -np.inf), axis=1)
+  kept[np.flatnonzero(emptied), best[emptied]] = True
+  counts = {'kept': int(kept.sum()), 'dropped': int((given & ~kept).sum()),
+            'added': int(added.sum())}
+  return (kept | added).astype(np.float32), counts

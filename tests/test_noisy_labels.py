@@ -1,6 +1,6 @@
-"""Noisy-label losses against NumPy written from the papers' formulas, on
-fixed labels and logits (hard and soft labels, logits of +-30 and exactly
-0)."""
+"""Noisy-label losses and relabelling rules against NumPy written from the
+papers' formulas (the losses: fixed labels and logits, hard and soft labels,
+logits of +-30 and exactly 0) and a hand-worked case."""
 
 import os
 import sys
@@ -306,3 +306,70 @@ def test_loss_arguments_out_of_range(call, name):
   with pytest.raises(ValueError, match='^%s' % name):
     call()
 
+
+# -------------------------------------------------------------- relabel
+
+# keep_threshold 0.5, add_threshold 0.75 (both exact in binary, so that the
+# scores equal to them test >=).
+GIVEN = np.array([[1, 1, 0, 0],
+                  [0, 1, 0, 0],
+                  [1, 0, 1, 0],
+                  [1, 1, 0, 1],
+                  [0, 0, 1, 0]], np.float32)
+SCORES = np.array([[0.9, 0.2, 0.85, 0.1],   # keep 0, drop 1, add 2
+                   [0.1, 0.5, 0.3, 0.75],   # keep 1 and add 3 at the bounds
+                   [0.3, 0.95, 0.4, 0.2],   # drop both, add 1: no rescue
+                   [0.2, 0.45, 0.7, 0.3],   # all dropped: rescue 1, not 2
+                   [0.7, 0.1, 0.49, 0.0]])  # all dropped: rescue 2
+WANT = np.array([[1, 0, 1, 0],
+                 [0, 1, 0, 1],
+                 [0, 1, 0, 0],
+                 [0, 1, 0, 0],
+                 [0, 0, 1, 0]], np.float32)
+
+
+def test_relabel_keeps_drops_and_adds():
+  given, scores = GIVEN.copy(), SCORES.copy()
+  labels, counts = noisy_labels.relabel(given, scores, 0.5, 0.75)
+  np.testing.assert_array_equal(labels, WANT)
+  assert labels.dtype == np.float32
+  # kept: 1 + 1 + 0 + 1 + 1 (two rescued); dropped: 1 + 0 + 2 + 2 + 0.
+  assert counts == {'kept': 4, 'dropped': 5, 'added': 3}
+  np.testing.assert_array_equal(given, GIVEN)
+  np.testing.assert_array_equal(scores, SCORES)
+
+
+def test_relabel_thresholds_at_the_ends_of_the_interval():
+  given = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]])
+  scores = np.array([[0.0, 1.0, 0.5], [0.2, 0.3, 0.3], [0.1, 0.2, 0.3]])
+  # Keep every given label (score >= 0), add only a score of 1.
+  labels, counts = noisy_labels.relabel(given, scores, 0.0, 1.0)
+  np.testing.assert_array_equal(labels, [[1, 1, 0], [0, 1, 1], [0, 0, 0]])
+  assert counts == {'kept': 3, 'dropped': 0, 'added': 1}
+  # Keep nothing below 1: each labelled clip keeps its best given label
+  # (the first of a tie); a clip without labels stays without.
+  labels, counts = noisy_labels.relabel(given, scores * 0.99, 1.0, 1.0)
+  np.testing.assert_array_equal(labels, [[1, 0, 0], [0, 1, 0], [0, 0, 0]])
+  assert counts == {'kept': 2, 'dropped': 1, 'added': 0}
+
+
+@pytest.mark.parametrize('keep,add,message', [
+    (1.5, 0.5, 'keep_threshold=1.5: must be in [0, 1]'),
+    (-0.1, 0.5, 'keep_threshold=-0.1: must be in [0, 1]'),
+    (0.5, -0.01, 'add_threshold=-0.01: must be in [0, 1]'),
+    (0.5, 1.01, 'add_threshold=1.01: must be in [0, 1]'),
+    (float('nan'), 0.5, 'keep_threshold=nan: must be in [0, 1]'),
+])
+def test_relabel_thresholds_out_of_range(keep, add, message):
+  with pytest.raises(ValueError) as error:
+    noisy_labels.relabel(GIVEN, SCORES, keep, add)
+  assert str(error.value) == message
+
+
+def test_relabel_rejects_bad_inputs():
+  with pytest.raises(ValueError, match='same'):
+    noisy_labels.relabel(GIVEN, SCORES[:, :3], 0.5, 0.5)
+  with pytest.raises(ValueError, match='0/1'):
+    noisy_labels.relabel(GIVEN * 0.5, SCORES, 0.5, 0.5)
+  with pytest.raises(ValueError, match='finite'):
+    noisy_labels.relabel(GIVEN, SCORES * np.nan, 0.5, 0.5)
