@@ -12,6 +12,7 @@ from wav import SAMPLE_RATE
 
 LOSSES = ('bce', 'mfom_eer_embed', 'mfom_microf1', 'mfom_eer_normalized',
           'mfom_cprim')
+NOISY_LOSSES = ('bce', 'lq', 'bootstrap_soft', 'bootstrap_hard')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +127,19 @@ class HParams:
   # MobileNet's width multiplier: every layer's depth times this (at least
   # 8), as TF-Slim's depth_multiplier.
   width: float = 1.0
+  # The loss of the examples of a training source marked noisy (see
+  # noisy_labels.py; these change nothing in a run without one): 'bce' with
+  # its own label smoothing noisy_lsmooth; 'lq', the generalized
+  # cross-entropy with exponent lq_q (Zhang and Sabuncu's 0.7); or Reed et
+  # al.'s 'bootstrap_soft' / 'bootstrap_hard', whose weights of the given
+  # labels are two hparams so that each defaults to the paper's value for
+  # its variant (0.95, 0.8) and choosing a variant alone runs it as
+  # published.
+  noisy_loss: str = 'bce'
+  noisy_lsmooth: float = 0.0
+  lq_q: float = 0.7
+  bootstrap_soft_beta: float = 0.95
+  bootstrap_hard_beta: float = 0.8
 
 
 _CHOICES = {
@@ -135,9 +149,11 @@ _CHOICES = {
     'bn_stats': ('precise', 'moving'),
     'precision': ('float32', 'mixed_float16', 'mixed_bfloat16'),
     'frontend': ('logmel', 'pcen'),
+    'noisy_loss': NOISY_LOSSES,
 }
 _UNIT_INTERVAL = ('dropout', 'lsmooth', 'bndecay', 'crnn_bndecay', 'momentum',
-                  'lr_floor')
+                  'lr_floor', 'noisy_lsmooth', 'bootstrap_soft_beta',
+                  'bootstrap_hard_beta')
 _POSITIVE = ('stft_window_seconds', 'stft_hop_seconds', 'mel_bands',
              'mel_log_offset', 'example_window_seconds', 'example_hop_seconds',
              'batch_size', 'lr', 'decay_epochs', 'crnn_filters',
@@ -262,6 +278,11 @@ def _check(hparams):
   if hparams.mixup > 0 and hparams.loss != 'bce':
     raise ValueError('hparam mixup=%s: mixed labels are not 0/1, which the '
                      'MFoM objectives need; use loss=bce' % hparams.mixup)
+  if not 0.0 < hparams.lq_q <= 1.0:
+    raise ValueError('hparam lq_q=%s: must be in (0, 1]' % hparams.lq_q)
+  if hparams.noisy_lsmooth > 0 and hparams.noisy_loss != 'bce':
+    raise ValueError('hparam noisy_lsmooth=%s: smooths noisy_loss=bce only'
+                     % hparams.noisy_lsmooth)
   if not 0 <= hparams.seed < 2 ** 31:
     raise ValueError('hparam seed=%s: must be between 0 and 2**31 - 1' %
                      hparams.seed)
