@@ -254,6 +254,35 @@ def test_failing_command_is_one_line_and_exit_1(tmp_path, capsys):
                  'main.py: error: boom); see %s\n' % log)
 
 
+def test_only_and_summarize_only(tmp_path, capsys):
+  spec = _spec(tmp_path, CONFIGS)
+  out = str(tmp_path / 'out')
+  runner = FakeMain()
+  assert study.main(['--spec', spec.path, '--study_dir', out, '--only',
+                     'fast'], runner=runner) == 0
+  assert [c[:2] for c in runner.calls] == [
+      ('train', 'fast/seed-1'), ('eval', 'fast/seed-1'),
+      ('train', 'fast/seed-2'), ('eval', 'fast/seed-2')]
+  for name in ('results.csv', 'table.csv', 'table.md', 'lwlrap.png'):
+    os.remove(os.path.join(out, name))
+  capsys.readouterr()
+
+  def refuse(*args):
+    raise AssertionError('ran %s' % (args,))
+
+  assert study.main(['--spec', spec.path, '--study_dir', out,
+                     '--summarize_only'], runner=refuse) == 0
+  assert capsys.readouterr().out == '2 results; summary in %s\n' % out
+  with open(os.path.join(out, 'table.csv')) as f:
+    (row,) = list(csv.DictReader(f))
+  assert (row['config'], row['step'], row['seeds']) == ('fast', '100', '2')
+  assert os.path.exists(os.path.join(out, 'lwlrap.png'))
+  assert study.main(['--spec', spec.path, '--study_dir', out, '--only',
+                     'slow'], runner=refuse) == 1
+  assert capsys.readouterr().err.startswith(
+      'study.py: error: --only: slow is not a configuration of ')
+
+
 @pytest.mark.parametrize('change, message', [
     ({'hparams': 'lr=0.1,seed=3'}, 'configs.base.hparams: seed is set by the'
      ' study'),
@@ -277,22 +306,34 @@ def test_spec_errors(tmp_path, capsys, change, message):
                                                      message))
 
 
-# A main.py that waits to be stopped, and says which signals it got.
+# A main.py that says its process group, waits to be stopped, and writes
+# down every signal it gets until it exits, half a second after the first.
 STAND_IN = '''
 import os, signal, sys, time
-def stop(signum, frame):
+got = []
+def note(signum, frame):
+  got.append(signum)
   with open(os.environ['STUDY_TEST_MARK'], 'a') as f:
     f.write('%d\\n' % signum)
-  sys.exit(128 + signum)
-signal.signal(signal.SIGINT, stop)
-signal.signal(signal.SIGTERM, stop)
-open(os.environ['STUDY_TEST_MARK'] + '.ready', 'w').close()
-time.sleep(20)
+signal.signal(signal.SIGINT, note)
+signal.signal(signal.SIGTERM, note)
+with open(os.environ['STUDY_TEST_MARK'] + '.tmp', 'w') as f:
+  f.write(str(os.getpgid(0)))
+os.replace(os.environ['STUDY_TEST_MARK'] + '.tmp',
+           os.environ['STUDY_TEST_MARK'] + '.ready')
+deadline = time.monotonic() + 20
+while not got and time.monotonic() < deadline:
+  time.sleep(0.01)
+time.sleep(0.5)
+sys.exit(128 + got[0] if got else 0)
 '''
 
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_stop_is_passed_to_the_command(tmp_path, signum):
+  """The signal goes to the study's process group, as Ctrl-C in a terminal
+  sends it; the command, in a group of its own, gets it once, from the
+  study."""
   spec = _spec(tmp_path, CONFIGS)
   stand_in = tmp_path / 'stand_in.py'
   stand_in.write_text(STAND_IN)
@@ -305,19 +346,25 @@ def test_stop_is_passed_to_the_command(tmp_path, signum):
       [sys.executable, '-c', code, str(stand_in), '--spec', spec.path,
        '--study_dir', str(tmp_path / 'out')], env=env, text=True,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      preexec_fn=_default_sigint)
-  deadline = time.monotonic() + 60
-  while not os.path.exists(mark + '.ready'):
-    assert time.monotonic() < deadline and process.poll() is None
-    time.sleep(0.05)
-  process.send_signal(signum)
-  out, err = process.communicate(timeout=15)
+      preexec_fn=lambda: (os.setpgid(0, 0), _default_sigint()))
+  try:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(mark + '.ready'):
+      assert time.monotonic() < deadline and process.poll() is None
+      time.sleep(0.05)
+    with open(mark + '.ready') as f:
+      assert int(f.read()) != process.pid  # the study's group
+    os.killpg(process.pid, signum)
+    out, err = process.communicate(timeout=15)
+  finally:
+    process.kill()
+    process.wait()
   assert process.returncode == 128 + signum
   assert err == ('study.py: stopped by %s during base/seed-1 (training); '
                  'what is done is kept, run the same command to continue\n'
                  % signal.Signals(signum).name)
   with open(mark) as f:
-    assert f.read() == '%d\n' % signum  # once, from the study
+    assert f.read() == '%d\n' % signum
   assert '[1/4] base/seed-1: training to step 200' in out
 
 
