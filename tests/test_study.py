@@ -1,0 +1,439 @@
+"""study.py: the summary's statistics against hand-worked values, the plot,
+resuming, failures and stops with stand-in commands, and one real study of
+two seeds on the tiny dataset."""
+
+import csv
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import CLASS_MAP, REPO, _default_sigint, subprocess_env
+import study
+
+# Student t 97.5% quantiles from a printed table, not from scipy.
+T975 = {1: 12.706205, 2: 4.302653}
+
+
+def _rows_by_key(rows):
+  return {(r['config'], r['step']): r for r in rows}
+
+
+# --- Statistics -------------------------------------------------------------
+
+# base is the reference. wide has every seed; short lacks seed 2; once has
+# one seed.
+RESULTS = [
+    ('base', 1, 100, 0.50), ('base', 2, 100, 0.55), ('base', 3, 100, 0.75),
+    ('wide', 1, 100, 0.60), ('wide', 2, 100, 0.70), ('wide', 3, 100, 0.80),
+    ('short', 1, 100, 0.62), ('short', 3, 100, 0.90),
+    ('once', 2, 100, 0.40),
+]
+
+
+def test_table_means_intervals_and_paired_differences():
+  rows = _rows_by_key(study.summarize(RESULTS, 'base'))
+  # wide: mean 0.7, sd 0.1, so half width t(2) * 0.1 / sqrt(3).
+  wide = rows[('wide', 100)]
+  half = T975[2] * 0.1 / 3 ** 0.5
+  assert wide['seeds'] == 3
+  assert wide['mean'] == pytest.approx(0.70)
+  assert (wide['low'], wide['high']) == pytest.approx((0.70 - half,
+                                                       0.70 + half), abs=1e-6)
+  # Paired differences 0.10, 0.15, 0.05: mean 0.10, sd 0.05.
+  half = T975[2] * 0.05 / 3 ** 0.5
+  assert wide['paired'] == 3
+  assert wide['diff'] == pytest.approx(0.10)
+  assert (wide['diff_low'], wide['diff_high']) == pytest.approx(
+      (0.10 - half, 0.10 + half), abs=1e-6)
+  # short: seeds 1 and 3, mean 0.76, sd 0.28 / sqrt(2); its differences to
+  # the reference's seeds 1 and 3 are 0.12 and 0.15 (unpaired: 0.76 - 0.6).
+  short = rows[('short', 100)]
+  half = T975[1] * 0.28 / 2 ** 0.5 / 2 ** 0.5
+  assert short['seeds'] == 2 and short['mean'] == pytest.approx(0.76)
+  assert (short['low'], short['high']) == pytest.approx((0.76 - half,
+                                                         0.76 + half),
+                                                        abs=1e-5)
+  half = T975[1] * (0.03 / 2 ** 0.5) / 2 ** 0.5
+  assert short['paired'] == 2 and short['diff'] == pytest.approx(0.135)
+  assert (short['diff_low'], short['diff_high']) == pytest.approx(
+      (0.135 - half, 0.135 + half), abs=1e-5)
+  # One seed: a mean, no interval; one paired seed: a difference, no interval.
+  once = rows[('once', 100)]
+  assert (once['seeds'], once['mean'], once['low']) == (1, 0.40, None)
+  assert once['paired'] == 1 and once['diff'] == pytest.approx(-0.15)
+  assert once['diff_low'] is None
+  base = rows[('base', 100)]
+  assert base['mean'] == pytest.approx(0.60) and base.get('diff') is None
+
+
+def test_table_files(tmp_path):
+  spec = _spec(tmp_path, {'base': {'max_steps': 100},
+                          'wide': {'max_steps': 100},
+                          'short': {'max_steps': 100},
+                          'once': {'max_steps': 100}}, seeds=[1, 2, 3])
+  rows = study.summarize(RESULTS, 'base')
+  table = list(csv.DictReader(study.table_csv(rows).splitlines()))
+  wide = [r for r in table if r['config'] == 'wide'][0]
+  assert float(wide['diff']) == pytest.approx(0.10)
+  assert float(wide['high']) == pytest.approx(0.70 + T975[2] * 0.1 / 3 ** 0.5,
+                                              abs=1e-6)
+  assert [r['diff'] for r in table if r['config'] == 'base'] == ['']
+  text = study.table_md(spec, rows)
+  assert '| wide | 3 | 0.7000 | [0.4516, 0.9484] | +0.1000 | ' \
+         '[-0.0242, +0.2242] | 3 |' in text
+  assert '| base | 3 | 0.6000 |' in text and '| reference |' in text
+  assert '| once | 1 | 0.4000 | – | -0.1500 | – | 1 |' in text
+
+
+# --- Stand-in runs ----------------------------------------------------------
+
+def _spec(tmp_path, configs, seeds=(1, 2), **extra):
+  data = tmp_path / 'data'
+  data.mkdir(exist_ok=True)
+  for name in ('class_map.csv', 'train.csv', 'test.csv'):
+    (data / name).write_text('')
+  raw = dict(class_map='data/class_map.csv', train_csv='data/train.csv',
+             train_clip_dir='data', test_csv='data/test.csv',
+             test_clip_dir='data', seeds=list(seeds), configs=configs)
+  raw.update(extra)
+  path = tmp_path / 'study.json'
+  path.write_text(json.dumps(raw))
+  return study.load_spec(str(path))
+
+
+def fake_lwlrap(folder, step):
+  """A value for each run and step, known to the test."""
+  config, seed = folder.split(os.sep)[-2:]
+  return round(0.1 * int(seed[len('seed-'):]) + step / 1000 +
+               (0.05 if config == 'fast' else 0), 6)
+
+
+class FakeMain:
+  """Stands in for main.py: training writes the checkpoint files of the
+  steps not yet saved, eval writes eval-N.txt for the linked checkpoints.
+  Records (mode, run, steps) of every call."""
+
+  def __init__(self, fail=None):
+    self.calls = []
+    self.fail = fail  # (mode, its last log line): fail that mode
+
+  def __call__(self, argv, log_path, cwd):
+    assert argv[:2] == [sys.executable, study.MAIN] and os.path.isdir(cwd)
+    flags = dict(zip(argv[2::2], argv[3::2]))
+    mode = flags['--mode']
+    if self.fail and self.fail[0] == mode:
+      with open(log_path, 'a') as log:
+        log.write('starting\n%s\n' % self.fail[1])
+      return 1
+    if mode == 'train':
+      folder = os.path.dirname(flags['--train_dir'])
+      steps = study.checkpoint_steps(int(flags['--max_steps']))
+      os.makedirs(flags['--train_dir'], exist_ok=True)
+      for step in steps:
+        prefix = os.path.join(flags['--train_dir'], 'model.ckpt-%d' % step)
+        for suffix in ('.index', '.data-00000-of-00001'):
+          if not os.path.exists(prefix + suffix):
+            with open(prefix + suffix, 'w') as f:
+              f.write(flags['--hparams'])
+    else:
+      folder = os.path.dirname(flags['--eval_dir'])
+      links = flags['--train_dir']
+      steps = sorted(int(n[len('model.ckpt-'):-len('.index')])
+                     for n in os.listdir(links) if n.endswith('.index'))
+      os.makedirs(flags['--eval_dir'], exist_ok=True)
+      for step in steps:
+        assert os.path.exists(os.path.join(links, 'model.ckpt-%d.data-00000-'
+                                           'of-00001' % step))
+        with open(os.path.join(flags['--eval_dir'], 'eval-%d.txt' % step),
+                  'w') as f:
+          f.write('Lwlrap(a) = 0.5\nOverall lwlrap = %.6f\n' %
+                  fake_lwlrap(folder, step))
+    self.calls.append((mode, '/'.join(folder.split(os.sep)[-2:]), steps))
+    return 0
+
+
+CONFIGS = {'base': {'hparams': 'lr=0.01', 'max_steps': 200},
+           'fast': {'max_steps': 100, 'eval_steps': [100]}}
+
+
+def _remove(folder, *names):
+  for name in names:
+    os.remove(os.path.join(folder, name))
+
+
+def test_resume_runs_only_what_is_left(tmp_path):
+  spec = _spec(tmp_path, CONFIGS)
+  out = str(tmp_path / 'out')
+  first = FakeMain()
+  study.run_study(spec, out, runner=first, say=lambda line: None)
+  assert [c[:2] for c in first.calls] == [
+      ('train', 'base/seed-1'), ('eval', 'base/seed-1'),
+      ('train', 'fast/seed-1'), ('eval', 'fast/seed-1'),
+      ('train', 'base/seed-2'), ('eval', 'base/seed-2'),
+      ('train', 'fast/seed-2'), ('eval', 'fast/seed-2')]
+  assert first.calls[1][2] == [0, 100, 200] and first.calls[3][2] == [100]
+  with open(os.path.join(out, 'runs/base/seed-1/train/model.ckpt-0.index')) \
+      as f:
+    assert f.read() == 'lr=0.01,seed=1'
+  # base/seed-1 stopped in training after step 100, base/seed-2 in eval
+  # after scoring steps 0 and 100, fast/seed-2 never started.
+  runs = os.path.join(out, 'runs')
+  _remove(os.path.join(runs, 'base/seed-1/train'), 'model.ckpt-200.index',
+          'model.ckpt-200.data-00000-of-00001')
+  _remove(os.path.join(runs, 'base/seed-1/eval'), 'eval-200.txt')
+  _remove(os.path.join(runs, 'base/seed-2/eval'), 'eval-200.txt')
+  for root, dirs, names in os.walk(os.path.join(runs, 'fast/seed-2'),
+                                   topdown=False):
+    for name in names:
+      os.remove(os.path.join(root, name))
+    os.rmdir(root)
+  lines = []
+  second = FakeMain()
+  study.run_study(spec, out, runner=second, say=lines.append)
+  assert second.calls == [
+      ('train', 'base/seed-1', [0, 100, 200]), ('eval', 'base/seed-1', [200]),
+      ('eval', 'base/seed-2', [200]),
+      ('train', 'fast/seed-2', [0, 100]), ('eval', 'fast/seed-2', [100])]
+  assert lines[0].endswith('4 runs (2 configurations x 2 seeds) in %s, 1 '
+                           'finished already' % out)
+  assert lines[1].startswith('[2/4] base/seed-1: training to step 200')
+  assert lines[-2].startswith('[4/4] fast/seed-2: done in ')
+  assert 'elapsed' in lines[-2] and 'left' in lines[-2]
+  third = FakeMain()
+  study.run_study(spec, out, runner=third, say=lambda line: None)
+  assert third.calls == []
+  # results.csv holds every chosen step of every run, read from its file.
+  with open(os.path.join(out, 'results.csv')) as f:
+    results = list(csv.DictReader(f))
+  expected = [(c, s, st) for s in (1, 2) for c, st in [
+      ('base', 0), ('base', 100), ('base', 200), ('fast', 100)]]
+  assert sorted((r['config'], int(r['seed']), int(r['step']))
+                for r in results) == sorted(expected)
+  for r in results:
+    assert float(r['lwlrap']) == fake_lwlrap(
+        os.path.join(runs, r['config'], 'seed-' + r['seed']), int(r['step']))
+    assert study.read_lwlrap(os.path.join(out, r['eval_file'])) == float(
+        r['lwlrap'])
+
+
+def test_a_run_refuses_other_settings(tmp_path):
+  out = str(tmp_path / 'out')
+  study.run_study(_spec(tmp_path, CONFIGS), out, runner=FakeMain(),
+                  say=lambda line: None)
+  changed = dict(CONFIGS, base=dict(CONFIGS['base'], max_steps=300,
+                                    hparams='lr=0.02'))
+  with pytest.raises(study.StudyError, match='base/seed-1 was started with '
+                     'hparams "lr=0.01,seed=1", the spec now says '
+                     '"lr=0.02,seed=1"'):
+    study.run_study(_spec(tmp_path, changed), out, runner=FakeMain(),
+                    say=lambda line: None)
+  # More steps of the same recipe resume it.
+  more = dict(CONFIGS, base=dict(CONFIGS['base'], max_steps=300))
+  runner = FakeMain()
+  study.run_study(_spec(tmp_path, more), out, runner=runner,
+                  say=lambda line: None)
+  assert runner.calls[:2] == [('train', 'base/seed-1', [0, 100, 200, 300]),
+                              ('eval', 'base/seed-1', [300])]
+
+
+def test_failing_command_is_one_line_and_exit_1(tmp_path, capsys):
+  spec = _spec(tmp_path, CONFIGS)
+  out = str(tmp_path / 'out')
+  code = study.main(['--spec', spec.path, '--study_dir', out],
+                    runner=FakeMain(fail=('eval', 'main.py: error: boom')))
+  err = capsys.readouterr().err
+  log = os.path.join(out, 'runs', 'base', 'seed-1', 'eval.log')
+  assert code == 1
+  assert err == ('study.py: error: base/seed-1: eval failed (exit status 1: '
+                 'main.py: error: boom); see %s\n' % log)
+
+
+def test_only_and_summarize_only(tmp_path, capsys):
+  spec = _spec(tmp_path, CONFIGS)
+  out = str(tmp_path / 'out')
+  runner = FakeMain()
+  assert study.main(['--spec', spec.path, '--study_dir', out, '--only',
+                     'fast'], runner=runner) == 0
+  assert [c[:2] for c in runner.calls] == [
+      ('train', 'fast/seed-1'), ('eval', 'fast/seed-1'),
+      ('train', 'fast/seed-2'), ('eval', 'fast/seed-2')]
+  for name in ('results.csv', 'table.csv', 'table.md', 'lwlrap.png'):
+    os.remove(os.path.join(out, name))
+  capsys.readouterr()
+
+  def refuse(*args):
+    raise AssertionError('ran %s' % (args,))
+
+  assert study.main(['--spec', spec.path, '--study_dir', out,
+                     '--summarize_only'], runner=refuse) == 0
+  assert capsys.readouterr().out == '2 results; summary in %s\n' % out
+  with open(os.path.join(out, 'table.csv')) as f:
+    (row,) = list(csv.DictReader(f))
+  assert (row['config'], row['step'], row['seeds']) == ('fast', '100', '2')
+  assert os.path.exists(os.path.join(out, 'lwlrap.png'))
+  assert study.main(['--spec', spec.path, '--study_dir', out, '--only',
+                     'slow'], runner=refuse) == 1
+  assert capsys.readouterr().err.startswith(
+      'study.py: error: --only: slow is not a configuration of ')
+
+
+@pytest.mark.parametrize('change, message', [
+    ({'hparams': 'lr=0.1,seed=3'}, 'configs.base.hparams: seed is set by the'
+     ' study'),
+    ({'eval_steps': [150]}, 'configs.base.eval_steps: 150 is not a '
+     'checkpoint step'),
+    ({'train_flags': ['--max_steps=5']}, 'configs.base.train_flags: '
+     '--max_steps=5 is set by the study'),
+    ({'hparams': 'lr=fast'}, 'configs.base.hparams: hparam lr=fast'),
+    ({'epochs': 3}, "configs.base.unknown key 'epochs'"),
+])
+def test_spec_errors(tmp_path, capsys, change, message):
+  _spec(tmp_path, CONFIGS)
+  raw = json.loads((tmp_path / 'study.json').read_text())
+  raw['configs']['base'].update(change)
+  (tmp_path / 'study.json').write_text(json.dumps(raw))
+  code = study.main(['--spec', str(tmp_path / 'study.json'), '--study_dir',
+                     str(tmp_path / 'out')], runner=FakeMain())
+  err = capsys.readouterr().err
+  assert code == 1 and err.count('\n') == 1
+  assert err.startswith('study.py: error: %s: %s' % (tmp_path / 'study.json',
+                                                     message))
+
+
+# A main.py that says its process group, waits to be stopped, and writes
+# down every signal it gets until it exits, half a second after the first.
+STAND_IN = '''
+import os, signal, sys, time
+got = []
+def note(signum, frame):
+  got.append(signum)
+  with open(os.environ['STUDY_TEST_MARK'], 'a') as f:
+    f.write('%d\\n' % signum)
+signal.signal(signal.SIGINT, note)
+signal.signal(signal.SIGTERM, note)
+with open(os.environ['STUDY_TEST_MARK'] + '.tmp', 'w') as f:
+  f.write(str(os.getpgid(0)))
+os.replace(os.environ['STUDY_TEST_MARK'] + '.tmp',
+           os.environ['STUDY_TEST_MARK'] + '.ready')
+deadline = time.monotonic() + 20
+while not got and time.monotonic() < deadline:
+  time.sleep(0.01)
+time.sleep(0.5)
+sys.exit(128 + got[0] if got else 0)
+'''
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_stop_is_passed_to_the_command(tmp_path, signum):
+  """The signal goes to the study's process group, as Ctrl-C in a terminal
+  sends it; the command, in a group of its own, gets it once, from the
+  study."""
+  spec = _spec(tmp_path, CONFIGS)
+  stand_in = tmp_path / 'stand_in.py'
+  stand_in.write_text(STAND_IN)
+  mark = str(tmp_path / 'mark')
+  env = dict(subprocess_env(), STUDY_TEST_MARK=mark)
+  code = ('import sys; sys.path.insert(0, %r); import study; '
+          'study.MAIN = sys.argv[1]; sys.exit(study.main(sys.argv[2:]))' %
+          REPO)
+  process = subprocess.Popen(
+      [sys.executable, '-c', code, str(stand_in), '--spec', spec.path,
+       '--study_dir', str(tmp_path / 'out')], env=env, text=True,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      preexec_fn=lambda: (os.setpgid(0, 0), _default_sigint()))
+  try:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(mark + '.ready'):
+      assert time.monotonic() < deadline and process.poll() is None
+      time.sleep(0.05)
+    with open(mark + '.ready') as f:
+      assert int(f.read()) != process.pid  # the study's group
+    os.killpg(process.pid, signum)
+    out, err = process.communicate(timeout=15)
+  finally:
+    process.kill()
+    process.wait()
+  assert process.returncode == 128 + signum
+  assert err == ('study.py: stopped by %s during base/seed-1 (training); '
+                 'what is done is kept, run the same command to continue\n'
+                 % signal.Signals(signum).name)
+  with open(mark) as f:
+    assert f.read() == '%d\n' % signum
+  assert '[1/4] base/seed-1: training to step 200' in out
+
+
+# --- Plot -------------------------------------------------------------------
+
+def test_plot_is_a_png(tmp_path):
+  rows = study.summarize(
+      [(c, seed, step, 0.3 + 0.001 * step + 0.02 * seed + (c == 'lr') * 0.05)
+       for c in ('base', 'lr') for seed in (1, 2, 3)
+       for step in (0, 100, 200)] + [('one', 1, 200, 0.5)], 'base')
+  path = str(tmp_path / 'lwlrap.png')
+  study.plot(rows, 'base', path)
+  with open(path, 'rb') as f:
+    head = f.read(24)
+  assert head[:8] == b'\x89PNG\r\n\x1a\n' and head[12:16] == b'IHDR'
+  assert struct.unpack('>II', head[16:24]) == (800, 500)
+  assert 10_000 < os.path.getsize(path) < 500_000
+  assert not [n for n in os.listdir(tmp_path) if n != 'lwlrap.png']
+
+
+# --- A real study -----------------------------------------------------------
+
+def test_real_study_of_two_seeds(tmp_path, dataset):
+  """crnn, 1 configuration x 2 seeds x 2 steps, scored at step 2 on the
+  validation clips, through the command line."""
+  spec = tmp_path / 'study.json'
+  spec.write_text(json.dumps({
+      'class_map': CLASS_MAP, 'train_csv': dataset['train_csv'],
+      'train_clip_dir': dataset['train_clip_dir'],
+      'test_csv': dataset['validation_csv'],
+      'test_clip_dir': dataset['train_clip_dir'], 'model': 'crnn',
+      'seeds': [1, 2],
+      'configs': {'tiny': {'hparams': 'batch_size=4,crnn_filters=4',
+                           'max_steps': 2, 'eval_steps': [2]}}}))
+  out = tmp_path / 'out'
+  command = [sys.executable, os.path.join(REPO, 'study.py'), '--spec',
+             str(spec), '--study_dir', str(out)]
+  result = subprocess.run(command, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert '[2/2] tiny/seed-2: done in ' in result.stdout
+  runs = out / 'runs' / 'tiny'
+  with open(out / 'results.csv') as f:
+    results = list(csv.DictReader(f))
+  assert [(r['config'], r['seed'], r['step']) for r in results] == [
+      ('tiny', '1', '2'), ('tiny', '2', '2')]
+  for r in results:
+    assert float(r['lwlrap']) == study.read_lwlrap(str(out / r['eval_file']))
+    assert r['eval_file'] == 'runs/tiny/seed-%s/eval/eval-2.txt' % r['seed']
+  # Each run trained with its own seed, and the seeds made different runs.
+  weights = []
+  for seed in (1, 2):
+    train = runs / ('seed-%d' % seed) / 'train'
+    recorded = json.loads((train / 'hparams.json').read_text())['hparams']
+    assert (recorded['seed'], recorded['crnn_filters']) == (seed, 4)
+    weights.append((train / 'model.ckpt-2.data-00000-of-00001').read_bytes())
+    # Only the chosen step is scored.
+    scored = os.listdir(runs / ('seed-%d' % seed) / 'eval')
+    assert [n for n in scored if n.startswith('eval-')] == ['eval-2.txt']
+  assert weights[0] != weights[1]
+  with open(out / 'table.csv') as f:
+    (row,) = list(csv.DictReader(f))
+  assert (row['config'], row['step'], row['seeds']) == ('tiny', '2', '2')
+  assert float(row['mean']) == pytest.approx(
+      sum(float(r['lwlrap']) for r in results) / 2)
+  assert (out / 'lwlrap.png').read_bytes()[:4] == b'\x89PNG'
+  # Run again: everything is done, nothing runs.
+  log = (runs / 'seed-1' / 'train.log').read_text()
+  again = subprocess.run(command, env=subprocess_env(), capture_output=True,
+                         text=True, timeout=120)
+  assert again.returncode == 0 and '2 finished already' in again.stdout
+  assert (runs / 'seed-1' / 'train.log').read_text() == log
