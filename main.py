@@ -174,7 +174,7 @@ _MODES = {
 def _check_flags():
   """Checks flag combinations; returns the parsed hparams."""
   if FLAGS.mode is None:
-    modes = FLAGS['mode'].enum_values
+    modes = FLAGS['mode'].parser.enum_values
     raise UserError('--mode is required (%s or %s)' % (', '.join(modes[:-1]),
                                                        modes[-1]))
   for name in ('inference_checkpoint', 'warmstart_checkpoint'):
