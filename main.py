@@ -159,10 +159,7 @@ def _check_flags():
     raise UserError('--hparams: %s' % e) from None
   if FLAGS.mode == 'train':
     _check_decay_flags(hparams)
-    try:
-      spec, _ = distribution.cluster()
-    except ValueError:
-      raise UserError('TF_CONFIG: not valid JSON') from None
+    spec, _ = distribution.check_config()
     if FLAGS.distribution == 'multi_worker' and not spec:
       raise UserError('--distribution=multi_worker needs the cluster in the '
                       'TF_CONFIG environment variable (see README)')
