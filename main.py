@@ -67,6 +67,10 @@ flags.DEFINE_enum('distribution', 'auto', list(distribution.MODES),
                   'local GPU), multi_worker (the cluster in TF_CONFIG), or '
                   'auto (multi_worker with a TF_CONFIG cluster, mirrored '
                   'with several GPUs, else none).')
+flags.DEFINE_float('cluster_start_timeout_seconds', 600.0,
+                   'With a TF_CONFIG cluster: how long each task waits for '
+                   'all the others to start before it gives up, naming those '
+                   'that did not answer.')
 flags.DEFINE_string('train_dir', None,
                     'Folder of model.ckpt-N checkpoints and training '
                     'TensorBoard logs.')
@@ -124,7 +128,7 @@ flags.DEFINE_string('timeline_csv_path', None,
 FLAGS = flags.FLAGS
 
 for _name in ('eval_poll_seconds', 'eval_idle_timeout_seconds',
-              'eval_claim_timeout_seconds'):
+              'eval_claim_timeout_seconds', 'cluster_start_timeout_seconds'):
   flags.register_validator(
       _name, lambda value: value is None or (math.isfinite(value) and
                                              value > 0),
@@ -163,6 +167,8 @@ def _check_flags():
     if FLAGS.distribution == 'multi_worker' and not spec:
       raise UserError('--distribution=multi_worker needs the cluster in the '
                       'TF_CONFIG environment variable (see README)')
+    if distribution.uses_cluster(FLAGS.distribution):
+      distribution.check_port()
     if hparams.warmstart and not FLAGS.warmstart_checkpoint:
       raise UserError('--warmstart_checkpoint is required when warmstart=1')
     if hparams.warmstart:
@@ -295,7 +301,8 @@ def run():
   if FLAGS.mode == 'train':
     # Before anything else runs: a multi-worker strategy sets up the
     # collective ops of the TensorFlow runtime.
-    strategy = distribution.make_strategy(FLAGS.distribution)
+    strategy = distribution.make_strategy(
+        FLAGS.distribution, FLAGS.cluster_start_timeout_seconds)
   if FLAGS.mode == 'eval' and FLAGS.eval_continuous:
     import evaluation
     # Started before training: the first checkpoint's record gives the model
@@ -364,6 +371,7 @@ def main(argv):
   try:
     with stopping.requests():
       run()
+    _exit(0)
   except UserError as e:
     _fail(str(e), getattr(e, 'exit_code', 1))
   except KeyboardInterrupt:
@@ -377,7 +385,13 @@ def main(argv):
 def _fail(message, exit_code=1):
   prefix = 'stopped' if exit_code > 128 else 'error'
   print('main.py: %s: %s' % (prefix, message), file=sys.stderr)
-  sys.exit(exit_code)
+  _exit(exit_code)
+
+
+def _exit(code):
+  if distribution.started():
+    distribution.leave(code)
+  sys.exit(code)
 
 
 def _parse_flags(argv):

@@ -10,6 +10,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -109,19 +111,23 @@ def free_ports(count):
   return ports
 
 
-def start_workers(dataset, train_dir, max_steps, ports):
+def start_worker(dataset, train_dir, max_steps, ports, index, extra=()):
+  """main.py as `worker` index of a cluster of workers on these ports."""
   cluster = {'worker': ['localhost:%d' % p for p in ports]}
-  runs = []
-  for index in range(len(ports)):
-    os.environ['TF_CONFIG'] = json.dumps(
-        {'cluster': cluster, 'task': {'type': 'worker', 'index': index}})
-    try:
-      runs.append(_Run(train_args(
-          'crnn', dataset['train_clip_dir'], dataset['train_csv'], train_dir,
-          max_steps, hparams=CRNN, extra=['--distribution=multi_worker'])))
-    finally:
-      del os.environ['TF_CONFIG']
-  return runs
+  os.environ['TF_CONFIG'] = json.dumps(
+      {'cluster': cluster, 'task': {'type': 'worker', 'index': index}})
+  try:
+    return _Run(train_args(
+        'crnn', dataset['train_clip_dir'], dataset['train_csv'], train_dir,
+        max_steps, hparams=CRNN,
+        extra=['--distribution=multi_worker'] + list(extra)))
+  finally:
+    del os.environ['TF_CONFIG']
+
+
+def start_workers(dataset, train_dir, max_steps, ports):
+  return [start_worker(dataset, train_dir, max_steps, ports, index)
+          for index in range(len(ports))]
 
 
 def test_two_workers_train_save_and_resume(tmp_path, dataset):
@@ -313,3 +319,87 @@ def test_tf_config_checked_before_anything_is_made(tmp_path, dataset):
   assert_one_error(result, 'TF_CONFIG', 'index 2 is out of range',
                    '2 "worker" tasks')
   assert not train_dir.exists()
+
+
+# --- a cluster that does not form ------------------------------------------
+
+def test_peers_waited_for_until_the_deadline(monkeypatch):
+  """Worker 0 of a cluster whose worker 1 never starts: an error naming
+  worker 1's address and the flag once the deadline has passed."""
+  import distribution
+  from files import UserError
+  ports = free_ports(2)
+  monkeypatch.setenv('TF_CONFIG', json.dumps({
+      'cluster': {'worker': ['localhost:%d' % p for p in ports]},
+      'task': {'type': 'worker', 'index': 0}}))
+  start = time.monotonic()
+  with pytest.raises(UserError) as raised:
+    distribution.wait_for_peers(1.0)
+  assert 1.0 <= time.monotonic() - start < 5
+  message = str(raised.value)
+  assert 'worker 1 (localhost:%d)' % ports[1] in message, message
+  assert '--cluster_start_timeout_seconds=1' in message, message
+
+
+def test_peers_waited_for_until_a_signal(monkeypatch):
+  import distribution
+  import stopping
+  ports = free_ports(2)
+  monkeypatch.setenv('TF_CONFIG', json.dumps({
+      'cluster': {'worker': ['localhost:%d' % p for p in ports]},
+      'task': {'type': 'worker', 'index': 1}}))
+  with stopping.requests():
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    start = time.monotonic()
+    with pytest.raises(stopping.Stopped) as raised:
+      distribution.wait_for_peers(600)
+  assert time.monotonic() - start < 5
+  assert raised.value.exit_code == 130
+  assert 'stopped by SIGINT' in str(raised.value)
+
+
+def test_own_port_in_use(tmp_path, dataset):
+  """Checked before anything is created."""
+  ports = free_ports(2)
+  taken = socket.create_server(('', ports[0]))
+  try:
+    run = start_worker(dataset, str(tmp_path / 'train'), 1, ports, 0)
+    result = subprocess.CompletedProcess([], *run.finish(timeout=120))
+  finally:
+    taken.close()
+  assert_one_error(result, 'TF_CONFIG', 'worker 0',
+                   'localhost:%d' % ports[0], 'port %d' % ports[0])
+  assert not (tmp_path / 'train').exists()
+
+
+def test_lone_workers_time_out_and_stop(tmp_path, dataset):
+  """Two workers whose cluster never forms, run at the same time. Worker 0
+  finds worker 1's port answering (a listener standing in for a peer that
+  never joins) and waits in TensorFlow's own start-up, which the flag bounds
+  too: exit 1, one line naming worker 1, within about the flag's seconds.
+  Worker 1 of another cluster is alone and gets SIGTERM while it waits: exit
+  143, one line, at once."""
+  ports, alone = free_ports(2), free_ports(2)
+  stand_in = socket.create_server(('', ports[1]))
+  try:
+    timing_out = start_worker(dataset, str(tmp_path / 'a'), 1, ports, 0,
+                              ['--cluster_start_timeout_seconds=5'])
+    stopped = start_worker(dataset, str(tmp_path / 'b'), 1, alone, 1)
+    joined = re.escape('Joining the cluster as worker ')
+    timing_out.wait_for(joined + '0', timeout=300)
+    waiting = time.monotonic()
+    stopped.wait_for(joined + '1', timeout=300)
+    start = time.monotonic()
+    rc, out, err = stopped.finish(signal.SIGTERM, timeout=60)
+    assert time.monotonic() - start < 10
+    assert rc == 143, out + err
+    assert [l for l in err.splitlines() if l.strip()] == [
+        'main.py: stopped: stopped by SIGTERM; nothing was trained: the '
+        'other tasks of the cluster had not all started'], err
+    rc, out, err = timing_out.finish(timeout=120)
+    assert 3 < time.monotonic() - waiting < 30, out + err
+  finally:
+    stand_in.close()
+  assert_one_error(subprocess.CompletedProcess([], rc, out, err),
+                   '--cluster_start_timeout_seconds=5',
+                   'worker 1 (localhost:%d)' % ports[1])
