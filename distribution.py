@@ -302,6 +302,22 @@ def named_tasks(message):
   return found
 
 
+# What TensorFlow's errors say when a collective operation or the
+# coordination service has lost another task.
+_PEER_FAILURES = ('Collective ops is aborted', 'WorkerService/',
+                  'CoordinationService/', 'coordination service',
+                  'stopped sending heartbeats')
+
+
+def lost_tasks(error):
+  """[(name, address)] of the tasks a TensorFlow error says this one lost
+  (empty if it names none), or None if the error is no such loss (or no
+  cluster runs)."""
+  if not started() or not any(p in error.message for p in _PEER_FAILURES):
+    return None
+  return named_tasks(error.message)
+
+
 def _start_failure(error, timeout):
   """The line for an error of TensorFlow's start-up."""
   if 'Could not start gRPC server' in error.message:

@@ -349,9 +349,21 @@ def run():
                       FLAGS.inference_clip_dir, fnames, samples,
                       FLAGS.inference_checkpoint, FLAGS.predictions_csv_path)
   except tf.errors.OpError as e:
+    lost = distribution.lost_tasks(e)
+    if lost is not None:
+      raise UserError(_lost_message(lost)) from None
     # Raised inside the TensorFlow graph, e.g. by a clip that changed after
     # the pre-flight scan.
     raise UserError(op_error_message(e)) from None
+
+
+def _lost_message(lost):
+  """What a worker says when another task of the cluster was lost."""
+  found = checkpoints.list_checkpoints(FLAGS.train_dir)
+  return ('training stopped: %s of the cluster was lost; the last checkpoint '
+          'is %s; restart every worker with the same command to resume' % (
+              ' and '.join('%s (%s)' % task for task in lost) or
+              'another task', found[-1][1] if found else 'none yet'))
 
 
 def op_error_message(error):

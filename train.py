@@ -342,6 +342,14 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
     else:
       shutil.rmtree(manager.directory, ignore_errors=True)
 
+  def leave_together():
+    # Every worker waits here until all have saved: one that ends first is
+    # reported as crashed by the others' coordination service, from
+    # TensorFlow's threads, and their stderr is silenced from here on.
+    if agree is not None:
+      distribution.silence_native_stderr()
+      agree(False)
+
   def finish(step):
     if chief:
       files.write_atomically(os.path.join(train_dir, FINISHED_FILE),
@@ -365,6 +373,7 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
       loss, finite = train_step(examples, labels)
       loss = float(loss)
       if not finite:
+        leave_together()
         raise UserError(
             'training diverged at step %d: loss %s or its gradients are not '
             'finite; the last good checkpoint in %s is kept (try a lower lr)'
@@ -390,6 +399,7 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
         # Every worker stops at the same step (the flag is summed over all).
         if saved != current:
           save()
+        leave_together()
         raise stopping.Stopped(
             'stopped by %s at step %d; run the same command to resume' % (
                 stopping.name(signum) if signum else 'another worker',
@@ -401,6 +411,7 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
                       'batch of %d examples' % batch_size)
     if saved != current:
       save()
+    leave_together()
   writer.flush()
   finish(current)
   print('Training finished at step %d' % current)
