@@ -186,6 +186,19 @@ def _log_mel_images(examples, step, count=3):
                    max_outputs=count)
 
 
+def _describe_batch(strategy, examples):
+  """Says how a distributed step's batch is shared out, as the data
+  pipeline gives it: batch_size examples in all, an equal share each."""
+  if strategy.num_replicas_in_sync == 1:
+    return
+  replicas = strategy.num_replicas_in_sync
+  sizes = sorted({int(local.shape[0]) for local in
+                  strategy.experimental_local_results(examples)})
+  print('Each step takes %s examples: %s on each of the %d replicas' % (
+      sizes[0] * replicas if len(sizes) == 1 else 'unequal shares of',
+      ' or '.join(map(str, sizes)), replicas))
+
+
 def _duration(seconds):
   return str(datetime.timedelta(seconds=int(seconds)))
 
@@ -370,6 +383,7 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
     for examples, labels in dataset:
       if current == start_step:
         _log_mel_images(examples, current)
+        _describe_batch(state.strategy, examples)
       loss, finite = train_step(examples, labels)
       loss = float(loss)
       if not finite:

@@ -82,6 +82,8 @@ def test_mirrored_training_run_and_eval(tmp_path, dataset):
   out = two_devices('train', dataset['train_csv'], dataset['train_clip_dir'],
                     train_dir, CRNN, '3').stdout
   assert 'Training on MirroredStrategy: 2 replica(s)' in out
+  # batch_size in all: each replica takes half of it from the pipeline.
+  assert 'Each step takes 4 examples: 2 on each of the 2 replicas' in out
   assert re.findall(r'^step (\d+) loss', out, re.M) == ['1', '2', '3']
   assert sorted(n for n in os.listdir(train_dir) if n.endswith('.index')) == [
       'model.ckpt-0.index', 'model.ckpt-3.index']
@@ -141,6 +143,7 @@ def test_two_workers_train_save_and_resume(tmp_path, dataset):
     # Nothing from TensorFlow's runtime either, e.g. a worker that ended
     # first reported as crashed.
     assert not err.strip(), err
+    assert 'Each step takes 4 examples: 2 on each of the 2 replicas' in out
   # Both workers report the same loss (the mean over the whole batch).
   losses = [re.findall(r'^step \d+ loss (\S+)', out, re.M)
             for _, out, _ in results]
@@ -217,6 +220,38 @@ def test_multi_worker_needs_a_cluster(dataset, tmp_path):
       'crnn', dataset['train_clip_dir'], dataset['train_csv'],
       str(tmp_path / 'train'), 1, extra=['--distribution=multi_worker'])),
                    '--distribution=multi_worker', 'TF_CONFIG')
+
+
+@pytest.mark.parametrize('precision,dtype', [('mixed_float16', 'float16'),
+                                             ('mixed_bfloat16', 'bfloat16')])
+def test_mixed_precision_computes_in_its_dtype(precision, dtype):
+  """The layers compute in the precision's dtype (weights and logits
+  float32), and float16 is loss-scaled: with a loss so small that its
+  float16 gradients underflow to zero unscaled, a step still moves the
+  convolutions' weights."""
+  import params
+  import train
+  state = train.TrainingState('crnn', params.parse_hparams(
+      CRNN + ',precision=' + precision), 5, 0)
+  model = state.model
+  assert {model.get_layer(name).compute_dtype for name in (
+      'conv1', 'conv4', 'gru')} == {dtype}
+  assert model.get_layer('logits').compute_dtype == 'float32'
+  assert {v.dtype for v in model.weights} == {'float32'}
+  step = train.make_train_step(
+      model, lambda labels, logits: 1e-7 * state.loss_fn(labels, logits),
+      state.variables, state.optimizer, state.step)
+  kernels = [v for name in ('conv1', 'conv4')
+             for v in model.get_layer(name).trainable_weights
+             if v.path.endswith('kernel')]
+  before = [v.numpy() for v in kernels]
+  rng = np.random.default_rng(0)
+  loss, finite = step(
+      rng.normal(-2, 1, (4, 100, 96)).astype(np.float32),
+      (rng.random((4, 5)) < 0.3).astype(np.float32))
+  assert bool(finite) and 0 < float(loss) < 1e-6
+  for kernel, old in zip(kernels, before):
+    assert np.abs(kernel.numpy() - old).max() > 1e-7, kernel.path
 
 
 @pytest.mark.parametrize('precision', ['mixed_float16', 'mixed_bfloat16'])
