@@ -41,7 +41,8 @@ MODES = ('auto', 'none', 'mirrored', 'multi_worker')
 # The task types a cluster of this program has: TensorFlow's parameter
 # servers and evaluators have no part in MultiWorkerMirroredStrategy.
 TASK_TYPES = ('chief', 'worker')
-EXAMPLE = '{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker", "index": 0}}'
+_EXAMPLE = ('{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
+            '"task": {"type": "worker", "index": 0}}')
 
 
 def check_config():
@@ -81,11 +82,11 @@ def _json_type(value):
 
 def _config_problem(config):
   if not isinstance(config, dict):
-    return 'must be a JSON object like %s, not %s' % (EXAMPLE,
+    return 'must be a JSON object like %s, not %s' % (_EXAMPLE,
                                                       _json_type(config))
   for key in ('cluster', 'task'):
     if key not in config:
-      return 'no "%s" (it must be like %s)' % (key, EXAMPLE)
+      return 'no "%s" (it must be like %s)' % (key, _EXAMPLE)
   return (_cluster_problem(config['cluster']) or
           _task_problem(config['task'], config['cluster']))
 
@@ -178,8 +179,8 @@ def make_strategy(mode, start_timeout=600.0):
 
 _PROBE_SECONDS = 1.0  # for a peer's port to answer
 _POLL_SECONDS = 0.25  # between rounds of probes
-STOPPED_WAITING = ('nothing was trained: the other tasks of the cluster had '
-                   'not all started')
+_STOPPED_WAITING = ('nothing was trained: the other tasks of the cluster '
+                    'had not all started')
 _TASK_NAME = re.compile(r'/job:(chief|worker)/(?:replica:\d+/)?task:(\d+)')
 _runtime = {}  # 'started' once TensorFlow's multi-worker runtime starts
 
@@ -247,7 +248,7 @@ def wait_for_peers(timeout):
         return deadline
       if time.monotonic() >= deadline:
         raise UserError(_no_answer(missing, timeout))
-      stopping.sleep(_POLL_SECONDS, STOPPED_WAITING)
+      stopping.sleep(_POLL_SECONDS, _STOPPED_WAITING)
 
 
 def _limit_registration(seconds):
@@ -288,7 +289,7 @@ def _multi_worker(timeout):
   return strategy
 
 
-def named_tasks(message):
+def _named_tasks(message):
   """[(name, address)] of the other tasks of the cluster a TensorFlow error
   message names, each once."""
   spec, task = cluster()
@@ -315,17 +316,17 @@ def lost_tasks(error):
   cluster runs)."""
   if not started() or not any(p in error.message for p in _PEER_FAILURES):
     return None
-  return named_tasks(error.message)
+  return _named_tasks(error.message)
 
 
 def _start_failure(error, timeout):
   """The line for an error of TensorFlow's start-up."""
+  import tensorflow as tf
   if 'Could not start gRPC server' in error.message:
     return ('TF_CONFIG: %s\'s address %s: cannot listen on port %d (taken '
             'since it was checked)' % (_tasks()[0] + (_port(_tasks()[0][1]),)))
-  import tensorflow as tf
   if isinstance(error, tf.errors.DeadlineExceededError):
-    return _no_answer(named_tasks(error.message) or _tasks()[1:], timeout)
+    return _no_answer(_named_tasks(error.message) or _tasks()[1:], timeout)
   return 'TensorFlow could not join the cluster of TF_CONFIG: %s' % (
       error.message.strip().splitlines()[0])
 

@@ -379,7 +379,9 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
   if save_first:
     save()
   start_time, start_step = time.time(), current
-  with stopping.requests(), writer.as_default():
+  # Closed (so flushed) however the loop ends: a cluster's worker ends
+  # without the interpreter's clean-up (see distribution.leave).
+  with contextlib.closing(writer), stopping.requests(), writer.as_default():
     for examples, labels in dataset:
       if current == start_step:
         _log_mel_images(examples, current)
@@ -426,7 +428,6 @@ def run_loop(state, dataset, manager, train_dir, batch_size, max_steps,
     if saved != current:
       save()
     leave_together()
-  writer.flush()
   finish(current)
   print('Training finished at step %d' % current)
 
