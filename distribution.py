@@ -206,9 +206,10 @@ def _listen(name, address):
   try:
     return socket.create_server(('', _port(address)))
   except OSError as e:
+    # (create_server's own message repeats the address.)
+    reason = os.strerror(e.errno) if e.errno else str(e)
     raise UserError('TF_CONFIG: %s\'s address %s: cannot listen on port %d '
-                    '(%s)' % (name, address, _port(address), e.strerror)
-                   ) from None
+                    '(%s)' % (name, address, _port(address), reason)) from None
 
 
 def check_port():

@@ -418,6 +418,7 @@ def test_own_port_in_use(tmp_path, dataset):
     taken.close()
   assert_one_error(result, 'TF_CONFIG', 'worker 0',
                    'localhost:%d' % ports[0], 'port %d' % ports[0])
+  assert result.stderr.strip().endswith('(Address already in use)')
   assert not (tmp_path / 'train').exists()
 
 
