@@ -1,7 +1,10 @@
 """Training with tf.distribute on CPU: two logical devices under
 MirroredStrategy give the single-device numbers; two worker processes on
-localhost (MultiWorkerMirroredStrategy) train, save and resume like one; mixed
-precision trains and scores in float32."""
+localhost (MultiWorkerMirroredStrategy) train, save and resume like one, and
+a lost one is named; TF_CONFIG is checked before anything is made, and a
+cluster that does not form is given up within the flag's time or on a
+signal; mixed precision computes in its dtype (float16 loss-scaled) and
+scores in float32."""
 
 import json
 import os
