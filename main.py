@@ -68,6 +68,10 @@ flags.DEFINE_enum('distribution', 'auto', list(distribution.MODES),
                   'local GPU), multi_worker (the cluster in TF_CONFIG), or '
                   'auto (multi_worker with a TF_CONFIG cluster, mirrored '
                   'with several GPUs, else none).')
+flags.DEFINE_float('cluster_start_timeout_seconds', 600.0,
+                   'With a TF_CONFIG cluster: how long each task waits for '
+                   'all the others to start before it gives up, naming those '
+                   'that did not answer.')
 flags.DEFINE_string('train_dir', None,
                     'Folder of model.ckpt-N checkpoints and training '
                     'TensorBoard logs.')
@@ -131,7 +135,7 @@ flags.DEFINE_string('timeline_csv_path', None,
 FLAGS = flags.FLAGS
 
 for _name in ('eval_poll_seconds', 'eval_idle_timeout_seconds',
-              'eval_claim_timeout_seconds'):
+              'eval_claim_timeout_seconds', 'cluster_start_timeout_seconds'):
   flags.register_validator(
       _name, lambda value: value is None or (math.isfinite(value) and
                                              value > 0),
@@ -186,13 +190,12 @@ def _check_flags():
       raise UserError('--%s is required with --mode %s' % (name, FLAGS.mode))
   hparams = _hparams_from_flags()
   if FLAGS.mode == 'train':
-    try:
-      spec, _ = distribution.cluster()
-    except ValueError:
-      raise UserError('TF_CONFIG: not valid JSON') from None
+    spec, _ = distribution.check_config()
     if FLAGS.distribution == 'multi_worker' and not spec:
       raise UserError('--distribution=multi_worker needs the cluster in the '
                       'TF_CONFIG environment variable (see README)')
+    if distribution.uses_cluster(FLAGS.distribution):
+      distribution.check_port()
     if hparams is not None:
       _check_train_hparams(hparams)
   if FLAGS.mode == 'eval':
@@ -380,7 +383,8 @@ def run():
   if FLAGS.mode == 'train':
     # Before anything else runs: a multi-worker strategy sets up the
     # collective ops of the TensorFlow runtime.
-    strategy = distribution.make_strategy(FLAGS.distribution)
+    strategy = distribution.make_strategy(
+        FLAGS.distribution, FLAGS.cluster_start_timeout_seconds)
   if FLAGS.mode == 'eval' and FLAGS.eval_continuous:
     import evaluation
     # Started before training: the first checkpoint's record gives the model
@@ -428,9 +432,21 @@ def run():
                       FLAGS.inference_clip_dir, fnames, samples,
                       FLAGS.inference_checkpoint, FLAGS.predictions_csv_path)
   except tf.errors.OpError as e:
+    lost = distribution.lost_tasks(e)
+    if lost is not None:
+      raise UserError(_lost_message(lost)) from None
     # Raised inside the TensorFlow graph, e.g. by a clip that changed after
     # the pre-flight scan.
     raise UserError(op_error_message(e)) from None
+
+
+def _lost_message(lost):
+  """What a worker says when another task of the cluster was lost."""
+  found = checkpoints.list_checkpoints(FLAGS.train_dir)
+  return ('training stopped: %s of the cluster was lost; the last checkpoint '
+          'is %s; restart every worker with the same command to resume' % (
+              ' and '.join('%s (%s)' % task for task in lost) or
+              'another task', found[-1][1] if found else 'none yet'))
 
 
 def op_error_message(error):
@@ -450,6 +466,7 @@ def main(argv):
   try:
     with stopping.requests():
       run()
+    _exit(0)
   except UserError as e:
     _fail(str(e), getattr(e, 'exit_code', 1))
   except KeyboardInterrupt:
@@ -463,7 +480,13 @@ def main(argv):
 def _fail(message, exit_code=1):
   prefix = 'stopped' if exit_code > 128 else 'error'
   print('main.py: %s: %s' % (prefix, message), file=sys.stderr)
-  sys.exit(exit_code)
+  _exit(exit_code)
+
+
+def _exit(code):
+  if distribution.started():
+    distribution.leave(code)
+  sys.exit(code)
 
 
 def _parse_flags(argv):

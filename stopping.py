@@ -71,6 +71,15 @@ def requests():
       del _requested[:]
 
 
+def reinstall():
+  """Installs the handlers of the requests() blocks being run again, e.g.
+  after TensorFlow's multi-worker runtime has taken SIGTERM."""
+  if _depth:
+    for signum in SIGNALS:
+      if signal.getsignal(signum) is _handle:
+        signal.signal(signum, _handle)
+
+
 def requested():
   """The signal number of the first stop request, or None."""
   return _requested[0] if _requested else None

@@ -241,6 +241,20 @@ def _log_mel_images(examples, step, count=3):
                    max_outputs=count)
 
 
+def _describe_batch(strategy, examples):
+  """Says how a distributed step's batch is shared out, as the data
+  pipeline gives it: batch_size examples in all, an equal share each."""
+  if strategy.num_replicas_in_sync == 1:
+    return
+  replicas = strategy.num_replicas_in_sync
+  first = tf.nest.flatten(examples)[0]  # the examples, or the crops
+  sizes = sorted({int(local.shape[0]) for local in
+                  strategy.experimental_local_results(first)})
+  print('Each step takes %s examples: %s on each of the %d replicas' % (
+      sizes[0] * replicas if len(sizes) == 1 else 'unequal shares of',
+      ' or '.join(map(str, sizes)), replicas))
+
+
 def _duration(seconds):
   return str(datetime.timedelta(seconds=int(seconds)))
 
@@ -457,6 +471,15 @@ def _summaries(state, step, loss):
   tf.summary.scalar('learning_rate', state.optimizer.learning_rate, step=step)
 
 
+def _leave_together(agree):
+  """In a cluster, every worker waits here until all have saved: one that
+  ends first is reported as crashed by the others' coordination service,
+  from TensorFlow's threads, whose stderr is silenced from here on."""
+  if agree is not None:
+    distribution.silence_native_stderr()
+    agree(False)
+
+
 def _stop_if_asked(agree, checkpointer, step):
   """Saves and raises Stopped if a stop was asked for here (or, in a
   cluster, on any worker: every worker then stops at the same step)."""
@@ -466,6 +489,7 @@ def _stop_if_asked(agree, checkpointer, step):
     stop = agree(stop)
   if stop:
     checkpointer.save_unless_saved()
+    _leave_together(agree)
     raise stopping.Stopped(
         'stopped by %s at step %d; run the same command to resume' % (
             stopping.name(signum) if signum else 'another worker', step),
@@ -494,14 +518,18 @@ def run_loop(state, dataset, checkpointer, batch_size, max_steps,
   if save_first:
     checkpointer.save()
   start_time = time.time()
-  with stopping.requests(), writer.as_default():
+  # Closed (so flushed) however the loop ends: a cluster's worker ends
+  # without the interpreter's clean-up (see distribution.leave).
+  with contextlib.closing(writer), stopping.requests(), writer.as_default():
     for examples, labels in dataset:
       if current == start_step:
         first = _first_share(examples)
         _log_mel_images(state.to_examples(first) if state.to_examples
                         else first, current)
+        _describe_batch(state.strategy, examples)
       loss, finite = train_step(examples, labels)
       if not finite:
+        _leave_together(agree)
         raise UserError(
             'training diverged at step %d: loss %s or its gradients are not '
             'finite; the last good checkpoint in %s is kept (try a lower lr)'
@@ -520,7 +548,7 @@ def run_loop(state, dataset, checkpointer, batch_size, max_steps,
       raise UserError('no training examples: the training data gave not one '
                       'batch of %d examples' % batch_size)
     checkpointer.save_unless_saved()
-  writer.flush()
+    _leave_together(agree)
   checkpointer.finish(current)
   print('Training finished at step %d' % current)
 
