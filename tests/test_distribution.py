@@ -225,8 +225,9 @@ def test_multi_worker_needs_a_cluster(dataset, tmp_path):
                    '--distribution=multi_worker', 'TF_CONFIG')
 
 
-@pytest.mark.parametrize('precision,dtype', [('mixed_float16', 'float16'),
-                                             ('mixed_bfloat16', 'bfloat16')])
+@pytest.mark.parametrize('precision,dtype', [
+    ('precision=mixed_float16', 'float16'),
+    ('precision=mixed_bfloat16', 'bfloat16')])
 def test_mixed_precision_computes_in_its_dtype(precision, dtype):
   """The layers compute in the precision's dtype (weights and logits
   float32), and float16 is loss-scaled: with a loss so small that its
@@ -235,7 +236,7 @@ def test_mixed_precision_computes_in_its_dtype(precision, dtype):
   import params
   import train
   state = train.TrainingState('crnn', params.parse_hparams(
-      CRNN + ',precision=' + precision), 5, 0)
+      CRNN + ',' + precision), 5, 0)
   model = state.model
   assert {model.get_layer(name).compute_dtype for name in (
       'conv1', 'conv4', 'gru')} == {dtype}
