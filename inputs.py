@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import features
 import files
+from sources import Source  # noqa: F401  (inputs.Source)
 import wav
 
 from features import EXAMPLES_PER_CHUNK  # noqa: F401  (inputs.EXAMPLES_...)
@@ -154,18 +155,53 @@ def parse_csv_records(csv_path, clip_dir, class_names):
       _labeled_clips(csv_path, clip_dir, class_names))
 
 
-def example_cache_size(csv_path, clip_dir, class_names, hparams,
-                       crops=False):
-  """(examples, bytes) that --train_cache_examples keeps in memory: each
-  example's float32 log-mel values (or, with crops, its 16-bit samples and
-  frame count) and float32 multi-hot labels."""
+def example_count(csv_path, clip_dir, class_names, hparams):
+  """The examples of a CSV's clips."""
   _, paths = _labeled_clips(csv_path, clip_dir, class_names)
-  count = sum(features.num_examples(int(n), hparams)
-              for n in _clip_headers(paths)[1])
+  return sum(features.num_examples(int(n), hparams)
+             for n in _clip_headers(paths)[1])
+
+
+def example_cache_size(sources, class_names, hparams, crops=False):
+  """(examples, bytes) that --train_cache_examples keeps in memory for the
+  training sources: each example's float32 log-mel values (or, with crops,
+  its 16-bit samples and frame count) and float32 multi-hot labels."""
+  count = sum(example_count(s.csv_path, s.clip_dir, class_names, hparams)
+              for s in sources)
   frames, _ = features.example_geometry(hparams)
   each = (2 * features.crop_length(hparams) + 4 if crops else
           4 * frames * hparams.mel_bands)
   return count, count * (each + 4 * len(class_names))
+
+
+def _shuffled_examples(csv_path, clip_dir, class_names, hparams, num_clips,
+                       shard, cache_examples, seed, crops):
+  """One source's (example, labels) pairs, shuffled (see train_dataset)."""
+  labels, paths = _labeled_clips(csv_path, clip_dir, class_names)
+  headers = _clip_headers(paths)
+  clips = tf.data.Dataset.from_tensor_slices((labels, paths) + headers)
+  if shard is not None:
+    clips = clips.shard(*shard)
+  deterministic = seed is not None
+  clip_seed, example_seed = (None, None) if seed is None else (seed, seed + 1)
+  make = _crops if crops else _examples
+  if cache_examples:
+    # A buffer of every clip's examples (a worker holds its share of them):
+    # a uniform shuffle of the whole cache each epoch.
+    total = sum(features.num_examples(int(n), hparams) for n in headers[1])
+    return (make(clips, hparams, deterministic).cache()
+            .shuffle(max(total, 1), seed=example_seed,
+                     reshuffle_each_iteration=True))
+  clips = clips.shuffle(num_clips, seed=clip_seed,
+                        reshuffle_each_iteration=True)
+  return make(clips, hparams, deterministic).shuffle(
+      EXAMPLE_SHUFFLE_BUFFER, seed=example_seed)
+
+
+def _batched(examples, hparams, batch_size):
+  return (examples
+          .batch(batch_size or hparams.batch_size, drop_remainder=True)
+          .prefetch(tf.data.AUTOTUNE))
 
 
 def train_dataset(csv_path, clip_dir, class_names, hparams, num_clips,
@@ -191,42 +227,63 @@ def train_dataset(csv_path, clip_dir, class_names, hparams, num_clips,
   frame count ((crop, frames), labels; see _crops), for the training step
   to make the example on the device; in the same order, for the same
   seed, as the examples themselves."""
-  labels, paths = _labeled_clips(csv_path, clip_dir, class_names)
-  headers = _clip_headers(paths)
-  clips = tf.data.Dataset.from_tensor_slices((labels, paths) + headers)
-  if shard is not None:
-    clips = clips.shard(*shard)
-  deterministic = seed is not None
-  clip_seed, example_seed = (None, None) if seed is None else (seed, seed + 1)
-  make = _crops if crops else _examples
-  if cache_examples:
-    # A buffer of every clip's examples (a worker holds its share of them):
-    # a uniform shuffle of the whole cache each epoch.
-    total = sum(features.num_examples(int(n), hparams) for n in headers[1])
-    examples = (make(clips, hparams, deterministic).cache()
-                .shuffle(max(total, 1), seed=example_seed,
-                         reshuffle_each_iteration=True))
+  examples = _shuffled_examples(csv_path, clip_dir, class_names, hparams,
+                                num_clips, shard, cache_examples, seed, crops)
+  return _batched(examples.repeat(epochs), hparams, batch_size)
+
+
+def source_weights(sources, class_names, hparams):
+  """Each source's share of the training examples: its weight, or, for
+  sources without one, its share of the examples of all of them."""
+  if all(s.weight is not None for s in sources):
+    weights = [s.weight for s in sources]
   else:
-    clips = clips.shuffle(num_clips, seed=clip_seed,
-                          reshuffle_each_iteration=True)
-    examples = make(clips, hparams, deterministic).shuffle(
-        EXAMPLE_SHUFFLE_BUFFER, seed=example_seed)
-  return (examples
-          .repeat(epochs)
-          .batch(batch_size or hparams.batch_size, drop_remainder=True)
-          .prefetch(tf.data.AUTOTUNE))
+    weights = [example_count(s.csv_path, s.clip_dir, class_names, hparams)
+               for s in sources]
+  return [w / sum(weights) for w in weights]
+
+
+def sources_dataset(sources, class_names, hparams, epochs=None,
+                    batch_size=None, shard=None, cache_examples=False,
+                    seed=None, crops=False):
+  """train_dataset over several sources (inputs.Source): each source's
+  examples shuffled and repeated on their own, every example of a batch
+  drawn from a source chosen at random by source_weights. With a noisy
+  source each example's labels come as (multi-hot labels, 1.0 if its
+  source is noisy else 0.0)."""
+  streams = []
+  marked = any(s.noisy for s in sources)
+  for i, source in enumerate(sources):
+    rows = files.read_labeled_csv(source.csv_path, None, class_names)
+    stream = _shuffled_examples(
+        source.csv_path, source.clip_dir, class_names, hparams, len(rows),
+        shard, cache_examples, None if seed is None else seed + 3 * i,
+        crops).repeat(epochs)
+    if marked:
+      flag = tf.constant(float(source.noisy))
+      stream = stream.map(lambda example, labels, flag=flag: (
+          example, (labels, flag)))
+    streams.append(stream)
+  chosen = tf.data.Dataset.sample_from_datasets(
+      streams, source_weights(sources, class_names, hparams),
+      seed=None if seed is None else seed + 2)
+  return _batched(chosen, hparams, batch_size)
 
 
 def statistics_dataset(csv_path, clip_dir, class_names, hparams,
-                       num_batches, seed=0):
+                       num_batches, seed=0, more_sources=()):
   """A fixed set of num_batches training batches of examples (no labels),
   for batch-norm statistics: the first num_batches x batch_size examples
   of the clips in a seeded order (repeated if the set is smaller), in a
   seeded order, kept in memory after the first pass. The order comes from
   NumPy, not from TensorFlow's seeds (which depend on the process's global
   seed), so every process of a run (a resumed one too) uses the same
-  examples."""
+  examples. more_sources (inputs.Source): their clips too, as if one CSV."""
   labels, paths = _labeled_clips(csv_path, clip_dir, class_names)
+  for source in more_sources:
+    more_labels, more_paths = _labeled_clips(source.csv_path,
+                                             source.clip_dir, class_names)
+    labels, paths = np.concatenate([labels, more_labels]), paths + more_paths
   offsets, counts = _clip_headers(paths)
   rng = np.random.default_rng(seed)
   order = rng.permutation(len(paths))

@@ -27,6 +27,7 @@ import files
 import model
 import params
 import runtime
+import sources
 import stopping
 from files import UserError
 
@@ -47,9 +48,24 @@ flags.DEFINE_string('hparams', '',
                     'change).')
 flags.DEFINE_string('class_map_path', None,
                     'CSV of "index,name" rows mapping class indices to names.')
-flags.DEFINE_string('train_clip_dir', None, 'Folder of training WAV clips.')
+flags.DEFINE_string('train_clip_dir', None,
+                    'Folder of training WAV clips; with several sources, '
+                    'comma-separated folders in the order of '
+                    '--train_csv_path.')
 flags.DEFINE_string('train_csv_path', None,
-                    'Training CSV with header "fname,labels".')
+                    'Training CSV with header "fname,labels"; several '
+                    'comma-separated CSVs train on several sources in one '
+                    'run (e.g. curated and noisy clips).')
+flags.DEFINE_string('train_source_weights', '',
+                    'With several sources: each one\'s share of the '
+                    'training examples, comma-separated positive numbers '
+                    '(normalised), e.g. 1,1 for half and half. Default: in '
+                    'proportion to their examples.')
+flags.DEFINE_string('train_source_kinds', '',
+                    'With several sources: curated or noisy for each, '
+                    'comma-separated. The examples of a noisy source are '
+                    'trained with the noisy_loss hparam. Default: all '
+                    'curated.')
 flags.DEFINE_integer('epoch_num_batches', None,
                      'Batches in one epoch of the training set; needed when '
                      'the lrdecay hparam is > 0.', lower_bound=1)
@@ -196,6 +212,7 @@ def _check_flags():
                       'TF_CONFIG environment variable (see README)')
     if distribution.uses_cluster(FLAGS.distribution):
       distribution.check_port()
+    _train_sources()
     if hparams is not None:
       _check_train_hparams(hparams)
   if FLAGS.mode == 'eval':
@@ -255,7 +272,14 @@ def _may_resume_a_record():
       checkpoints.list_checkpoints(FLAGS.train_dir))
 
 
+def _train_sources():
+  return sources.from_flags(FLAGS.train_csv_path, FLAGS.train_clip_dir,
+                            FLAGS.train_source_weights,
+                            FLAGS.train_source_kinds)
+
+
 def _check_train_hparams(hparams):
+  sources.check_hparams(_train_sources(), hparams)
   if hparams.lrdecay > 0 and not FLAGS.epoch_num_batches:
     raise UserError('--epoch_num_batches is required when lrdecay > 0')
   if hparams.warmstart and not FLAGS.warmstart_checkpoint:
@@ -363,6 +387,11 @@ def run():
   elif FLAGS.mode == 'inference':
     clip_dir = FLAGS.inference_clip_dir
     fnames = files.list_wavs(clip_dir)
+  elif FLAGS.mode == 'train':
+    train_sources = _train_sources()
+    source_rows = [files.read_labeled_csv(s.csv_path, s.clip_dir,
+                                          class_names)
+                   for s in train_sources]
   else:
     csv_path, clip_dir = getattr(FLAGS, FLAGS.mode + '_csv_path'), getattr(
         FLAGS, FLAGS.mode + '_clip_dir')
@@ -371,8 +400,15 @@ def run():
   if FLAGS.mode == 'tag':
     _check_outputs(list(FLAGS.tag_paths) + tag_files)
   else:
-    clip_paths = [os.path.join(clip_dir, f) for f in fnames]
-    _check_outputs(clip_paths)
+    if FLAGS.mode == 'train':
+      clip_paths = [os.path.join(s.clip_dir, f)
+                    for s, rows in zip(train_sources, source_rows)
+                    for f, _ in rows]
+      _check_outputs(clip_paths + [p for s in train_sources
+                                   for p in (s.csv_path, s.clip_dir)])
+    else:
+      clip_paths = [os.path.join(clip_dir, f) for f in fnames]
+      _check_outputs(clip_paths)
     # Tag mode reads any WAV, and reports each unreadable one on its own.
     samples = files.check_wavs(clip_paths)
 
@@ -396,8 +432,8 @@ def run():
   try:
     if FLAGS.mode == 'train':
       import train
-      train.train(model_name, hparams, class_names, FLAGS.train_csv_path,
-                  FLAGS.train_clip_dir, len(rows), FLAGS.train_dir,
+      train.train(model_name, hparams, class_names, train_sources,
+                  FLAGS.train_dir,
                   epoch_num_batches=FLAGS.epoch_num_batches,
                   max_steps=FLAGS.max_steps,
                   warmstart_checkpoint=FLAGS.warmstart_checkpoint,

@@ -24,6 +24,7 @@ import features
 import inputs
 import mfom
 import model as model_lib
+import noisy_labels
 import params
 import files
 import runtime
@@ -57,6 +58,22 @@ def make_loss(hparams, num_classes):
   zeros = tf.zeros([1, num_classes])
   head(zeros, zeros)  # creates alpha and beta under the 'mfom/' scope
   return (lambda labels, logits: head(labels, tf.sigmoid(logits))), head
+
+
+def make_sources_loss(hparams):
+  """The loss of a run with a noisy source: labels are (multi-hot labels,
+  1.0 for an example of a noisy source); each example's loss is the
+  configured BCE (with lsmooth) or, for a noisy one, noisy_loss; the batch's
+  loss is their mean. (No head: the MFoM objectives are refused with
+  several sources.)"""
+  noisy_loss = noisy_labels.make_noisy_loss(hparams)
+
+  def loss(labels, logits):
+    multi_hot, noisy = labels
+    curated = noisy_labels.bce(multi_hot, logits, hparams.lsmooth)
+    return tf.reduce_mean(tf.where(noisy > 0, noisy_loss(multi_hot, logits),
+                                   curated))
+  return loss, None
 
 
 def learning_rate(hparams, epoch_num_batches, max_steps=None):
@@ -280,7 +297,8 @@ class TrainingState:
   with the precision hparam's policy."""
 
   def __init__(self, model_name, hparams, num_classes, epoch_num_batches,
-               strategy=None, features_on='cpu', max_steps=None):
+               strategy=None, features_on='cpu', max_steps=None,
+               noisy=False):
     self.strategy = strategy or tf.distribute.get_strategy()
     # The run's --model and hparams, so that eval, inference and a resumed
     # run use the ones the weights were trained with. (Outside the strategy:
@@ -290,7 +308,7 @@ class TrainingState:
     self.to_examples = (device_features(hparams) if features_on == 'device'
                         else None)
     with self.strategy.scope(), _precision(hparams.precision):
-      self._build_model(model_name, hparams, num_classes)
+      self._build_model(model_name, hparams, num_classes, noisy)
       self._build_optimizer(hparams, epoch_num_batches, max_steps)
       self._build_averages(hparams)
     # What each replica does to a batch before the model: examples from
@@ -298,10 +316,11 @@ class TrainingState:
     self.prepare = _chain(self.to_examples, self.augment)
     self._checkpoint_layout()
 
-  def _build_model(self, model_name, hparams, num_classes):
+  def _build_model(self, model_name, hparams, num_classes, noisy):
     self.model = model_lib.build_model(model_name, num_classes, hparams)
     self.augment = augment.make(hparams)
-    self.loss_fn, self.head = make_loss(hparams, num_classes)
+    self.loss_fn, self.head = (make_sources_loss(hparams) if noisy else
+                               make_loss(hparams, num_classes))
     self.variables = self.model.trainable_variables + (
         self.head.trainable_variables if self.head else [])
 
@@ -553,39 +572,42 @@ def run_loop(state, dataset, checkpointer, batch_size, max_steps,
   print('Training finished at step %d' % current)
 
 
-def _dataset(strategy, train_csv_path, train_clip_dir, class_names, hparams,
-             num_clips, epochs, cache_examples=False, seed=None,
-             features_on='cpu'):
+def _dataset(strategy, sources, class_names, hparams, epochs,
+             cache_examples=False, seed=None, features_on='cpu'):
   """The training batches: on one device the pipeline itself; under a
   strategy with several replicas or workers, each worker reads its share
-  of the clips and each replica gets batch_size / replicas examples."""
+  of the clips (of every source) and each replica gets batch_size /
+  replicas examples."""
+  def worker_dataset(context=None):
+    options = dict(epochs=epochs, cache_examples=cache_examples,
+                   crops=features_on == 'device', seed=seed)
+    if context is not None:
+      options['shard'] = ((context.num_input_pipelines,
+                           context.input_pipeline_id)
+                          if context.num_input_pipelines > 1 else None)
+      options['batch_size'] = context.get_per_replica_batch_size(
+          hparams.batch_size)
+      if seed is not None:
+        options['seed'] = seed + 2 * context.input_pipeline_id
+    if len(sources) == 1 and not sources[0].noisy:
+      source = sources[0]
+      rows = files.read_labeled_csv(source.csv_path, None, class_names)
+      return inputs.train_dataset(source.csv_path, source.clip_dir,
+                                  class_names, hparams, len(rows), **options)
+    return inputs.sources_dataset(sources, class_names, hparams, **options)
+
   if strategy.num_replicas_in_sync == 1 and distribution.is_chief(strategy):
-    return inputs.train_dataset(train_csv_path, train_clip_dir, class_names,
-                                hparams, num_clips, epochs=epochs,
-                                cache_examples=cache_examples, seed=seed,
-                                crops=features_on == 'device')
-
-  def worker_dataset(context):
-    shard = ((context.num_input_pipelines, context.input_pipeline_id)
-             if context.num_input_pipelines > 1 else None)
-    return inputs.train_dataset(
-        train_csv_path, train_clip_dir, class_names, hparams, num_clips,
-        epochs=epochs, shard=shard, cache_examples=cache_examples,
-        batch_size=context.get_per_replica_batch_size(hparams.batch_size),
-        seed=None if seed is None else seed + 2 * context.input_pipeline_id,
-        crops=features_on == 'device')
-
+    return worker_dataset()
   return strategy.distribute_datasets_from_function(worker_dataset)
 
 
-def _check_cache_fits(train_csv_path, train_clip_dir, class_names, hparams,
-                      workers, crops):
+def _check_cache_fits(sources, class_names, hparams, workers, crops):
   """Says what --train_cache_examples will hold; refuses before training
   when this worker's share is more than the memory available now (the
   model, the pipeline and TensorFlow need more on top, so even a cache
   that passes can be too much, but one that fails surely is)."""
-  count, size = inputs.example_cache_size(train_csv_path, train_clip_dir,
-                                          class_names, hparams, crops)
+  count, size = inputs.example_cache_size(sources, class_names, hparams,
+                                          crops)
   share = size // workers
   available = runtime.available_memory()
   print('Training examples are kept in memory after the first epoch '
@@ -597,6 +619,15 @@ def _check_cache_fits(train_csv_path, train_clip_dir, class_names, hparams,
         'more than the %.1f GB of memory available; train without it' % (
             count, share / 1e9, ' on this worker' if workers > 1 else '',
             available / 1e9))
+
+
+def _describe_sources(sources, class_names, hparams):
+  shares = inputs.source_weights(sources, class_names, hparams)
+  for i, (source, share) in enumerate(zip(sources, shares)):
+    rows = files.read_labeled_csv(source.csv_path, None, class_names)
+    print('Source %d (%s): %s, %d clips, %d labels, %.1f%% of the examples'
+          % (i + 1, 'noisy' if source.noisy else 'curated', source.csv_path,
+             len(rows), sum(len(labels) for _, labels in rows), 100 * share))
 
 
 def draw_seed(hparams):
@@ -621,13 +652,14 @@ def stream_seed(seed, start_step):
              % (2 ** 31 - 1)) + 1
 
 
-def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
-          num_clips, train_dir, epoch_num_batches=None, max_steps=None,
+def train(model_name, hparams, class_names, sources, train_dir,
+          epoch_num_batches=None, max_steps=None,
           warmstart_checkpoint=None, warmstart_include_scopes=(),
           warmstart_exclude_scopes=(), strategy=None, cache_examples=False,
           features_on='cpu'):
-  """Trains until max_steps (counting a resumed run's steps) or, without it,
-  for the original's 1000 epochs; on the devices of `strategy` (a
+  """Trains on the clips of `sources` (inputs.Source, one or more) until
+  max_steps (counting a resumed run's steps) or, without it, for the
+  original's 1000 epochs; on the devices of `strategy` (a
   tf.distribute strategy, default: this device); cache_examples: see
   inputs.train_dataset; features_on 'device': the pipeline ships crops of
   waveform and the training step makes the examples."""
@@ -641,8 +673,10 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
     print('Training on %s' % distribution.describe(strategy))
   if max_steps is None and epoch_num_batches:
     max_steps = DEFAULT_EPOCHS * epoch_num_batches
+  if len(sources) > 1 or sources[0].noisy:
+    _describe_sources(sources, class_names, hparams)
   if cache_examples:
-    _check_cache_fits(train_csv_path, train_clip_dir, class_names, hparams,
+    _check_cache_fits(sources, class_names, hparams,
                       distribution.num_workers(strategy),
                       features_on == 'device')
   hparams = draw_seed(hparams)
@@ -650,7 +684,8 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
   # dropout's seed generators, the augmentation ops' seeds.
   keras.utils.set_random_seed(hparams.seed)
   state = TrainingState(model_name, hparams, len(class_names),
-                        epoch_num_batches, strategy, features_on, max_steps)
+                        epoch_num_batches, strategy, features_on, max_steps,
+                        noisy=any(s.noisy for s in sources))
   os.makedirs(train_dir, exist_ok=True)
   if chief:
     finished = os.path.join(train_dir, FINISHED_FILE)
@@ -669,16 +704,17 @@ def train(model_name, hparams, class_names, train_csv_path, train_clip_dir,
                                   warmstart_exclude_scopes)
   seed = stream_seed(hparams.seed, int(state.step.numpy()))
   keras.utils.set_random_seed(seed)
-  dataset = _dataset(strategy, train_csv_path, train_clip_dir, class_names,
-                     hparams, num_clips, None if max_steps else DEFAULT_EPOCHS,
-                     cache_examples, seed, features_on)
+  dataset = _dataset(strategy, sources, class_names, hparams,
+                     None if max_steps else DEFAULT_EPOCHS, cache_examples,
+                     seed, features_on)
   statistics_batches = None
   if state.precise is not None:
     # The run's seed, whatever step: every checkpoint's statistics come from
     # the same examples.
     statistics_batches = inputs.statistics_dataset(
-        train_csv_path, train_clip_dir, class_names, hparams,
-        hparams.bn_stats_batches, seed=hparams.seed)
+        sources[0].csv_path, sources[0].clip_dir, class_names, hparams,
+        hparams.bn_stats_batches, seed=hparams.seed,
+        more_sources=sources[1:])
   checkpointer = Checkpointer(state, manager, train_dir, statistics_batches,
                               chief)
   run_loop(state, dataset, checkpointer, hparams.batch_size, max_steps,

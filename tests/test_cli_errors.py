@@ -482,6 +482,7 @@ def test_non_finite_loss_stops_without_bad_checkpoint(tmp_path, dataset,
                                                       monkeypatch, capsys):
   import tensorflow as tf
   import files
+  import inputs
   import params
   import train
   from conftest import read_class_names
@@ -489,8 +490,9 @@ def test_non_finite_loss_stops_without_bad_checkpoint(tmp_path, dataset,
   train_dir = str(tmp_path / 'train')
   with pytest.raises(files.UserError) as caught:
     train.train('crnn', params.parse_hparams('batch_size=4,lr=1e30'),
-                read_class_names(), dataset['train_csv'],
-                dataset['train_clip_dir'], 8, train_dir, max_steps=20)
+                read_class_names(), [inputs.Source(
+                    dataset['train_csv'], dataset['train_clip_dir'])],
+                train_dir, max_steps=20)
   message = str(caught.value)
   match = re.search(r'diverged at step (\d+)', message)
   assert match, message

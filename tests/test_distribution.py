@@ -467,6 +467,7 @@ def test_cluster_workers_leave_together(tmp_path, dataset, monkeypatch,
   two-worker run above loses only now and then; a stop does the same, see
   run_loop). In-process, with the agreement between workers recorded
   instead of run."""
+  import inputs
   import tensorflow as tf
   import distribution
   import params
@@ -481,7 +482,7 @@ def test_cluster_workers_leave_together(tmp_path, dataset, monkeypatch,
   monkeypatch.setattr(tf.train.CheckpointManager, 'save', lambda self, **k: (
       events.append('save'), save(self, **k))[1])
   train.train('crnn', params.parse_hparams(CRNN), read_class_names(),
-              dataset['train_csv'], dataset['train_clip_dir'], 8,
+              [inputs.Source(dataset['train_csv'], dataset['train_clip_dir'])],
               str(tmp_path / 'train'), max_steps=2)
   # Step 0's save, each step's agreement, the last save, the wait for all.
   assert events == ['save', 'agree', 'agree', 'save', 'silence', 'agree']

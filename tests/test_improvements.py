@@ -192,6 +192,7 @@ AUGMENTED = ('batch_size=4,lr=0.001,crnn_filters=4,crnn_dropout=0,'
 def augmented_run(tmp_path_factory, dataset):
   """One training step with SpecAugment and mixup, the augmentation's
   inputs and outputs captured in variables as the step computes them."""
+  import inputs
   import contextlib
   import io
   import train
@@ -223,8 +224,9 @@ def augmented_run(tmp_path_factory, dataset):
   try:
     with contextlib.redirect_stdout(out):
       train.train('crnn', params.parse_hparams(AUGMENTED),
-                  read_class_names(), dataset['train_csv'],
-                  dataset['train_clip_dir'], 8, train_dir, max_steps=1)
+                  read_class_names(), [inputs.Source(
+                      dataset['train_csv'], dataset['train_clip_dir'])],
+                  train_dir, max_steps=1)
   finally:
     patch.undo()
   return {'train_dir': train_dir, 'out': out.getvalue(),

@@ -224,9 +224,9 @@ def test_device_features_train_as_the_cpu_pipeline(dataset, tmp_path):
   for where in ('cpu', 'device'):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-      train.train('crnn', hparams, read_class_names(), dataset['train_csv'],
-                  dataset['train_clip_dir'], 8, str(tmp_path / where),
-                  max_steps=3, features_on=where)
+      train.train('crnn', hparams, read_class_names(), [inputs.Source(
+          dataset['train_csv'], dataset['train_clip_dir'])],
+                  str(tmp_path / where), max_steps=3, features_on=where)
     runs[where] = [float(l) for l in re.findall(r'^step \d+ loss (\S+)',
                                                  out.getvalue(), re.M)]
   assert len(runs['cpu']) == 3

@@ -125,7 +125,8 @@ def trained(tmp_path_factory, dataset):
   try:
     with contextlib.redirect_stdout(io.StringIO()):
       train.train('mobilenet-v1', hparams, read_class_names(),
-                  dataset['train_csv'], dataset['train_clip_dir'], 8,
+                  [inputs.Source(dataset['train_csv'],
+                                 dataset['train_clip_dir'])],
                   train_dir, max_steps=2)
   finally:
     patch.undo()

@@ -17,15 +17,15 @@ BASE = 'batch_size=4'  # default lr (1e-4): one Adam step moves a weight <= lr
 LR = 1e-4
 
 
-def _train(dataset, model_name, hparams, train_dir, max_steps, num_clips=8,
-           **kwargs):
+def _train(dataset, model_name, hparams, train_dir, max_steps, **kwargs):
   """Runs train.train; returns its stdout."""
+  import inputs
   import params
   import train
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
     train.train(model_name, params.parse_hparams(hparams), read_class_names(),
-                dataset['train_csv'], dataset['train_clip_dir'], num_clips,
+                [inputs.Source(dataset['train_csv'], dataset['train_clip_dir'])],
                 str(train_dir), max_steps=max_steps, **kwargs)
   return out.getvalue()
 
@@ -499,7 +499,7 @@ def test_training_runs_1000_epochs_without_max_steps(tmp_path,
   the same run through main.py took ~20 s instead of ~12 s."""
   train_dir = tmp_path / 'train'
   out = _train(one_example_clip, 'crnn', 'batch_size=1,crnn_filters=1',
-               train_dir, None, num_clips=1)
+               train_dir, None)
   assert [s for s, _ in _losses(out)] == list(range(1, 1001))
   assert out.rstrip().endswith('Training finished at step 1000')
   steps = sorted(int(m.group(1)) for m in (

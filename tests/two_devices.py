@@ -20,6 +20,7 @@ cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
+import inputs  # noqa: E402
 import params  # noqa: E402
 import train  # noqa: E402
 
@@ -81,9 +82,9 @@ def train_run(train_csv, clip_dir, train_dir, text, max_steps):
       'class_map.csv'))
   rows = files.read_labeled_csv(train_csv, clip_dir, class_names)
   try:
-    train.train('crnn', params.parse_hparams(text), class_names, train_csv,
-                clip_dir, len(rows), train_dir, max_steps=int(max_steps),
-                strategy=mirrored())
+    train.train('crnn', params.parse_hparams(text), class_names,
+                [inputs.Source(train_csv, clip_dir)], train_dir,
+                max_steps=int(max_steps), strategy=mirrored())
   except files.UserError as e:
     print('error: %s' % e)
     sys.exit(1)
