@@ -199,3 +199,18 @@ def test_export_dir_must_be_new_or_empty(tmp_path, mobilenet_train):
                    '--export_dir', str(taken), 'not an empty folder')
 
 
+@pytest.mark.parametrize('where', ['under_a_file', 'proc'])
+def test_export_dir_that_cannot_be_created(tmp_path, mobilenet_train, where):
+  """Found before TensorFlow is imported: one line naming --export_dir and
+  the path, nothing created. Root passes every permission check, so these
+  fail for anyone: a parent below a regular file, and /proc."""
+  blocker = tmp_path / 'somefile'
+  blocker.write_text('x')
+  path = (str(blocker / 'sub' / 'export') if where == 'under_a_file'
+          else '/proc/export-test/sub/export')
+  result = run_main(export_args(mobilenet_train['checkpoint'], path))
+  assert_one_error(result, '--export_dir', path)
+  assert result.stdout == ''  # before the checkpoint's record was read
+  assert os.listdir(str(tmp_path)) == ['somefile']
+  assert blocker.read_text() == 'x'
+  assert not os.path.exists('/proc/export-test')
