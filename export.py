@@ -219,24 +219,22 @@ def export(model_name, hparams, class_names, class_map_path, checkpoint_path,
   parent = os.path.dirname(os.path.abspath(export_dir))
   os.makedirs(parent, exist_ok=True)
   building = tempfile.mkdtemp(dir=parent, prefix='.export-')
+  links = tempfile.mkdtemp(prefix='export-link-')
   try:
-    shutil.copyfile(class_map_path, os.path.join(building, CLASS_MAP))
-    tagger = Tagger(scorer.inference_model, hparams, class_names,
-                    os.path.join(building, CLASS_MAP))
-    tf.saved_model.save(tagger, os.path.join(building, SAVED_MODEL),
-                        signatures={'serving_default': tagger.serve,
-                                    'batch': tagger.serve_batch,
-                                    'class_names': tagger.class_names})
-    write_tflite(tagger, os.path.join(building, TFLITE))
-    with tempfile.TemporaryDirectory() as work:
-      report = self_check(os.path.join(building, SAVED_MODEL),
-                          os.path.join(building, TFLITE), scorer, work)
+    # TensorFlow reads a SavedModel's variables path as a glob pattern
+    # (`run[1]/` would match nothing): everything goes through a link whose
+    # path holds no pattern characters.
+    work = os.path.join(links, 'export')
+    os.symlink(building, work)
+    report = _build(scorer, class_names, class_map_path, work)
     if os.path.isdir(export_dir):
       os.rmdir(export_dir)  # checked empty before the run
     os.rename(building, export_dir)
   except BaseException:
     shutil.rmtree(building, ignore_errors=True)
     raise
+  finally:
+    shutil.rmtree(links, ignore_errors=True)
   sizes = {name: _size(os.path.join(export_dir, name))
            for name in (SAVED_MODEL, TFLITE)}
   print('Exported %s (batch-norm statistics: %s) to %s' % (
@@ -245,6 +243,21 @@ def export(model_name, hparams, class_names, class_map_path, checkpoint_path,
       sizes[SAVED_MODEL] / 1e6, sizes[TFLITE] / 1e6))
   for line in report:
     print('  ' + line)
+
+
+def _build(scorer, class_names, class_map_path, folder):
+  """Writes the export into `folder`, checked; returns the check's report."""
+  shutil.copyfile(class_map_path, os.path.join(folder, CLASS_MAP))
+  tagger = Tagger(scorer.inference_model, scorer.hparams, class_names,
+                  os.path.join(folder, CLASS_MAP))
+  tf.saved_model.save(tagger, os.path.join(folder, SAVED_MODEL),
+                      signatures={'serving_default': tagger.serve,
+                                  'batch': tagger.serve_batch,
+                                  'class_names': tagger.class_names})
+  write_tflite(tagger, os.path.join(folder, TFLITE))
+  with tempfile.TemporaryDirectory() as work:
+    return self_check(os.path.join(folder, SAVED_MODEL),
+                      os.path.join(folder, TFLITE), scorer, work)
 
 
 def _size(path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import (CLASS_MAP, HPARAMS, check_ok, read_class_names,
-                      read_csv_rows, run_main, subprocess_env)
+                      read_csv_rows, run_main, subprocess_env, train_args)
 from test_cli_errors import assert_one_error
 
 # Runs in a fresh interpreter with nothing of this project on its path.
@@ -214,3 +214,48 @@ def test_export_dir_that_cannot_be_created(tmp_path, mobilenet_train, where):
   assert os.listdir(str(tmp_path)) == ['somefile']
   assert blocker.read_text() == 'x'
   assert not os.path.exists('/proc/export-test')
+
+
+# --- the PCEN front end, destinations ---------------------------------------
+
+def _load_saved_model(export_dir, tmp_path):
+  """The export's SavedModel, loaded through a link: TensorFlow reads a
+  SavedModel path holding glob characters as a pattern."""
+  import tensorflow as tf
+  link = str(tmp_path / 'saved_model_link')
+  os.symlink(os.path.join(export_dir, 'saved_model'), link)
+  return tf.saved_model.load(link)
+
+
+PCEN_HPARAMS = ('batch_size=4,lr=0.01,crnn_filters=4,crnn_bndecay=0.9,'
+                'frontend=pcen')
+
+
+@pytest.fixture(scope='module')
+def pcen_run(tmp_path_factory, dataset):
+  """A tiny CRNN with the PCEN front end, trained 4 steps and exported into
+  a folder whose path holds every glob character."""
+  root = tmp_path_factory.mktemp('pcen')
+  train_dir = str(root / 'train')
+  check_ok(run_main(train_args('crnn', dataset['train_clip_dir'],
+                               dataset['train_csv'], train_dir, 4,
+                               hparams=PCEN_HPARAMS)))
+  checkpoint = os.path.join(train_dir, 'model.ckpt-4')
+  export_dir = str(root / 'run [1]*?' / 'export')
+  result = check_ok(run_main(export_args(checkpoint, export_dir)))
+  return {'train_dir': train_dir, 'checkpoint': checkpoint,
+          'export_dir': export_dir, 'export': result}
+
+
+def test_export_dir_with_glob_characters(pcen_run, tmp_path):
+  """TensorFlow reads a SavedModel's variables path as a glob pattern; the
+  export still writes and checks itself in `run [1]*?/export`, and leaves
+  nothing else there."""
+  export_dir = pcen_run['export_dir']
+  assert sorted(os.listdir(export_dir)) == [
+      'class_map.csv', 'model.tflite', 'saved_model']
+  assert os.listdir(os.path.dirname(export_dir)) == ['export']
+  assert 'TFLite: scores of a 7.3 s clip within' in pcen_run['export'].stdout
+  model = _load_saved_model(export_dir, tmp_path)
+  assert [n.decode() for n in model.signatures['class_names']()[
+      'class_names'].numpy()] == read_class_names()
