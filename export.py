@@ -20,9 +20,9 @@ is scoring.Scorer's: batch norm folded with the statistics scoring uses
 32 for the CRNN (the GRU's output).
 
 Before it finishes, the export checks itself: silence, white noise and a
-sine give finite scores, and both files score a real clip as the CLI does
-(SavedModel within 1e-5, TFLite within 1e-4). A failed check leaves nothing
-behind.
+sine give finite scores, and both files score a clip shaped like recorded
+sound (check_waveform) as the CLI does (SavedModel within 1e-5, TFLite
+within 5e-4, see TFLITE_TOLERANCE). A failed check leaves nothing behind.
 """
 
 import os
@@ -37,6 +37,7 @@ from tensorflow.python.framework import convert_to_constants
 
 import features
 import files
+import make_demo_data
 import runtime
 import scoring
 import wav
@@ -46,7 +47,12 @@ SAVED_MODEL = 'saved_model'
 TFLITE = 'model.tflite'
 CLASS_MAP = 'class_map.csv'
 SAVED_MODEL_TOLERANCE = 1e-5
-TFLITE_TOLERANCE = 1e-4
+# For both front ends: TFLite's FFT differs from TensorFlow's most in quiet
+# bins beside loud ones. On 72 real-shaped clips (check_waveform with noise
+# floors of -60 dB, -80 dB and digital silence), MobileNets trained 150 steps
+# scored within 8.6e-5 (log mel) and 7.0e-5 (PCEN) of --mode inference;
+# 1.3e-4 has been seen with PCEN on a recorded clip.
+TFLITE_TOLERANCE = 5e-4
 
 
 class Tagger(tf.Module):
@@ -138,26 +144,45 @@ def tflite_runner(path):
   return runner, ops
 
 
-def _check_clip(folder, seconds=7.3):
-  """A real 16-bit WAV clip of noise and a tone, and its samples."""
-  rng = np.random.default_rng(2019)
-  t = np.arange(int(seconds * wav.SAMPLE_RATE)) / wav.SAMPLE_RATE
-  signal = 0.3 * np.sin(2 * np.pi * 880 * t) * (t % 1 < 0.5) + \
-      0.05 * rng.standard_normal(len(t))
-  pcm = (np.clip(signal, -1, 1) * 32767).astype('<i2')
-  path = os.path.join(folder, 'check.wav')
+def check_waveform(seconds=7.3, seed=2019, floor_db=-80, lead_seconds=0.25):
+  """A waveform with the dynamics of recorded sound, 16-bit: digital
+  silence at the start, then a noise floor (floor_db) and events
+  (make_demo_data's sounds) with sharp onsets and decays, their peaks spread
+  evenly over 40 dB, quiet passages between them. Quiet bins beside loud
+  ones are where TFLite's FFT and TensorFlow's differ most."""
+  rng = np.random.default_rng(seed)
+  rate = wav.SAMPLE_RATE
+  signal = 10 ** (floor_db / 20) * rng.standard_normal(int(seconds * rate))
+  signal[:int(lead_seconds * rate)] = 0
+  kinds = sorted(set(make_demo_data.SOUNDS.values()))
+  starts = lead_seconds + np.cumsum(rng.uniform(0.1, 1.4, int(seconds)))
+  starts = starts[starts < seconds - 0.2]
+  for start, level in zip(starts, rng.permutation(
+      np.linspace(-40, 0, len(starts)))):
+    length = min(rng.uniform(0.2, 1.0), seconds - start)
+    event = make_demo_data.synth(kinds[rng.integers(len(kinds))], length, rng)
+    t = np.arange(len(event)) / rate
+    envelope = np.minimum(t / 0.005, 1) * np.exp(-t / rng.uniform(0.1, 0.5))
+    first = int(start * rate)
+    signal[first:first + len(event)] += 0.9 * 10 ** (level / 20) * (
+        event * envelope / max(np.abs(event).max(), 1e-9))
+  pcm = np.clip(np.round(signal * 32767), -32768, 32767).astype('<i2')
+  return pcm.astype(np.float32) / 32768.0
+
+
+def _write_wav(path, samples):
   import wave
   with wave.open(path, 'wb') as w:
     w.setnchannels(1)
     w.setsampwidth(2)
     w.setframerate(wav.SAMPLE_RATE)
-    w.writeframes(pcm.tobytes())
-  return path, pcm.astype(np.float32) / 32768.0
+    w.writeframes(np.round(samples * 32768).astype('<i2').tobytes())
 
 
 def self_check(saved_model_dir, tflite_path, scorer, work_dir):
   """Raises UserError unless silence, noise and a sine give finite scores
-  and a real clip scores as the CLI scores it. Returns the report lines."""
+  and a real-shaped clip scores as the CLI scores it. Returns the report
+  lines."""
   loaded = tf.saved_model.load(saved_model_dir)
   serve = loaded.signatures['serving_default']
   run_tflite, ops = tflite_runner(tflite_path)
@@ -181,7 +206,9 @@ def self_check(saved_model_dir, tflite_path, scorer, work_dir):
         if not np.all(np.isfinite(np.asarray(value))):
           raise UserError('export: %s gives non-finite %s for %s' % (
               kind, key, name))
-  path, samples = _check_clip(work_dir)
+  samples = check_waveform()
+  path = os.path.join(work_dir, 'check.wav')
+  _write_wav(path, samples)
   expected = scorer.score([path], files.check_wavs([path]),
                           label='export check')[0]
   lines = []

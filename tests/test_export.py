@@ -259,3 +259,22 @@ def test_export_dir_with_glob_characters(pcen_run, tmp_path):
   model = _load_saved_model(export_dir, tmp_path)
   assert [n.decode() for n in model.signatures['class_names']()[
       'class_names'].numpy()] == read_class_names()
+
+
+def test_self_check_clip_has_the_dynamics_of_recorded_sound():
+  """Quiet bins beside loud ones are where TFLite's FFT and TensorFlow's
+  differ most, and PCEN's gain amplifies that in quiet passages: the
+  self-check's clip has loud 50 ms frames, quiet passages 40 dB below
+  them, sharp onsets, digital silence, and 16-bit samples."""
+  import export
+  samples = export.check_waveform()
+  assert len(samples) == int(7.3 * 44100)
+  assert np.array_equal(samples * 32768, np.round(samples * 32768))
+  frames = samples[:len(samples) // 2205 * 2205].reshape(-1, 2205)
+  levels = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) +
+                         1e-10)  # dBFS; digital silence -100
+  loud = np.percentile(levels, 98)
+  assert loud >= -20
+  assert np.mean(levels < loud - 40) >= 0.15  # quiet passages
+  assert np.sum(np.diff(levels) >= 20) >= 3  # onsets
+  assert levels[0] == -100  # it starts with digital silence
