@@ -41,6 +41,7 @@ import inputs
 import make_demo_data
 import runtime
 import scoring
+import stopping
 import wav
 from files import UserError
 
@@ -236,7 +237,8 @@ def _write_wav(path, samples):
 def self_check(saved_model_dir, tflite_path, scorer, work_dir):
   """Raises UserError unless silence, noise and a sine give finite scores,
   a non-finite sample gives NaN, and a real-shaped clip scores as the CLI
-  scores it. Returns the report lines."""
+  scores it. Returns the report lines. A stop request is acted on between
+  the steps."""
   serve = tf.saved_model.load(saved_model_dir).signatures['serving_default']
   flex = [op for op in tflite_ops(tflite_path)
           if op.startswith('Flex') or op == 'CUSTOM']
@@ -262,6 +264,7 @@ def _check_clip(runs, scorer, work_dir):
   lines = []
   for (kind, run), tolerance in zip(runs, (SAVED_MODEL_TOLERANCE,
                                            TFLITE_TOLERANCE)):
+    stopping.check()
     got = np.asarray(run(samples)['clip_scores'], np.float64)
     difference = float(np.abs(got - expected).max())
     if not difference <= tolerance:
@@ -293,6 +296,7 @@ def _check_probes(runs):
   for name, waveform in probes.items():
     want = np.isnan if name.endswith(' sample') else np.isfinite
     for kind, run in runs:
+      stopping.check()
       for key, value in run(waveform).items():
         if not np.all(want(np.asarray(value))):
           raise UserError('export: %s gives %s %s for %s' % (
@@ -307,6 +311,7 @@ def _speed(runs, hparams):
   examples = features.num_examples(len(waveform), hparams)
   lines = []
   for kind, run in runs:
+    stopping.check()
     run(waveform)
     start = time.perf_counter()
     run(waveform)
@@ -317,9 +322,11 @@ def _speed(runs, hparams):
 
 def export(model_name, hparams, class_names, class_map_path, checkpoint_path,
            export_dir):
-  """Writes export_dir (see the module docstring), or nothing at all."""
+  """Writes export_dir (see the module docstring), or nothing at all. A
+  stop request (stopping.py) is acted on between the stages."""
   scorer = scoring.Scorer(model_name, len(class_names), hparams, static=True)
   statistics = scorer.load(checkpoint_path)
+  stopping.check()
   parent = os.path.dirname(os.path.abspath(export_dir))
   os.makedirs(parent, exist_ok=True)
   building = tempfile.mkdtemp(dir=parent, prefix='.export-')
@@ -354,11 +361,16 @@ def _build(scorer, class_names, class_map_path, folder):
   shutil.copyfile(class_map_path, os.path.join(folder, CLASS_MAP))
   tagger = Tagger(scorer.inference_model, scorer.hparams, class_names,
                   os.path.join(folder, CLASS_MAP))
+  print('export: writing the SavedModel', flush=True)
   tf.saved_model.save(tagger, os.path.join(folder, SAVED_MODEL),
                       signatures={'serving_default': tagger.serve,
                                   'batch': tagger.serve_batch,
                                   'class_names': tagger.class_names})
+  stopping.check()
+  print('export: converting it to TFLite', flush=True)
   write_tflite(tagger, os.path.join(folder, TFLITE))
+  stopping.check()
+  print('export: checking both', flush=True)
   with tempfile.TemporaryDirectory() as work:
     return self_check(os.path.join(folder, SAVED_MODEL),
                       os.path.join(folder, TFLITE), scorer, work)

@@ -6,6 +6,7 @@ nothing behind."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ import pytest
 
 from conftest import (CLASS_MAP, HPARAMS, check_ok, read_class_names,
                       read_csv_rows, run_main, subprocess_env, train_args)
-from test_cli_errors import assert_one_error
+from test_cli_errors import _Run, assert_one_error
 
 # Runs in a fresh interpreter with nothing of this project on its path.
 PLAIN_TENSORFLOW = r'''
@@ -424,3 +425,23 @@ def test_memory_of_a_long_waveform_stays_bounded(pcen_run, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   short, long = (int(v) for v in result.stdout.split())
   assert long - short < 250 * 2**20, (short / 2**20, long / 2**20)
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT],
+                         ids=['SIGTERM', 'SIGINT'])
+def test_stop_request_during_export_leaves_nothing(tmp_path, pcen_run, sig):
+  """A stop request late in the build (its self-check has scored the check
+  clip with the CLI's engine, and then checks both files and times them):
+  exit 128 + the signal, one `stopped` line, no .export-* folder, no
+  export_dir."""
+  run = _Run(export_args(pcen_run['checkpoint'], str(tmp_path / 'out')))
+  run.wait_for(r'export check: ')
+  assert [n for n in os.listdir(str(tmp_path)) if n.startswith('.export-')]
+  rc, out, err = run.finish(sig)
+  assert rc == 128 + sig, (out, err)
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert len(lines) == 1, err
+  assert lines[0].startswith('main.py: stopped: stopped by %s' %
+                             signal.Signals(sig).name), lines[0]
+  assert 'Traceback' not in out + err
+  assert os.listdir(str(tmp_path)) == []
