@@ -13,8 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import (CLASS_MAP, HPARAMS, check_ok, read_class_names,
-                      read_csv_rows, run_main, subprocess_env, train_args)
+from conftest import (CLASS_MAP, HPARAMS, check_ok, labeled_rows,
+                      read_class_names, read_csv_rows, run_main,
+                      subprocess_env, train_args, truth_matrix)
+from test_cli import _lwlrap_bounds, _overall_lwlrap, _within
 from test_cli_errors import _Run, assert_one_error
 
 # Runs in a fresh interpreter with nothing of this project on its path.
@@ -202,24 +204,9 @@ def test_export_dir_must_be_new_or_empty(tmp_path, mobilenet_train):
                    '--export_dir', str(taken), 'not an empty folder')
 
 
-@pytest.mark.parametrize('where', ['under_a_file', 'proc'])
-def test_export_dir_that_cannot_be_created(tmp_path, mobilenet_train, where):
-  """Found before TensorFlow is imported: one line naming --export_dir and
-  the path, nothing created. Root passes every permission check, so these
-  fail for anyone: a parent below a regular file, and /proc."""
-  blocker = tmp_path / 'somefile'
-  blocker.write_text('x')
-  path = (str(blocker / 'sub' / 'export') if where == 'under_a_file'
-          else '/proc/export-test/sub/export')
-  result = run_main(export_args(mobilenet_train['checkpoint'], path))
-  assert_one_error(result, '--export_dir', path)
-  assert result.stdout == ''  # before the checkpoint's record was read
-  assert os.listdir(str(tmp_path)) == ['somefile']
-  assert blocker.read_text() == 'x'
-  assert not os.path.exists('/proc/export-test')
 
 
-# --- the PCEN front end, destinations ---------------------------------------
+# --- chunks, non-finite samples, memory -------------------------------------
 
 def _load_saved_model(export_dir, tmp_path):
   """The export's SavedModel, loaded through a link: TensorFlow reads a
@@ -229,61 +216,6 @@ def _load_saved_model(export_dir, tmp_path):
   os.symlink(os.path.join(export_dir, 'saved_model'), link)
   return tf.saved_model.load(link)
 
-
-PCEN_HPARAMS = ('batch_size=4,lr=0.01,crnn_filters=4,crnn_bndecay=0.9,'
-                'frontend=pcen')
-
-
-@pytest.fixture(scope='module')
-def pcen_run(tmp_path_factory, dataset):
-  """A tiny CRNN with the PCEN front end, trained 4 steps and exported into
-  a folder whose path holds every glob character."""
-  root = tmp_path_factory.mktemp('pcen')
-  train_dir = str(root / 'train')
-  check_ok(run_main(train_args('crnn', dataset['train_clip_dir'],
-                               dataset['train_csv'], train_dir, 4,
-                               hparams=PCEN_HPARAMS)))
-  checkpoint = os.path.join(train_dir, 'model.ckpt-4')
-  export_dir = str(root / 'run [1]*?' / 'export')
-  result = check_ok(run_main(export_args(checkpoint, export_dir)))
-  return {'train_dir': train_dir, 'checkpoint': checkpoint,
-          'export_dir': export_dir, 'export': result}
-
-
-def test_export_dir_with_glob_characters(pcen_run, tmp_path):
-  """TensorFlow reads a SavedModel's variables path as a glob pattern; the
-  export still writes and checks itself in `run [1]*?/export`, and leaves
-  nothing else there."""
-  export_dir = pcen_run['export_dir']
-  assert sorted(os.listdir(export_dir)) == [
-      'class_map.csv', 'model.tflite', 'saved_model']
-  assert os.listdir(os.path.dirname(export_dir)) == ['export']
-  assert 'TFLite: scores of a 7.3 s clip within' in pcen_run['export'].stdout
-  model = _load_saved_model(export_dir, tmp_path)
-  assert [n.decode() for n in model.signatures['class_names']()[
-      'class_names'].numpy()] == read_class_names()
-
-
-def test_self_check_clip_has_the_dynamics_of_recorded_sound():
-  """Quiet bins beside loud ones are where TFLite's FFT and TensorFlow's
-  differ most, and PCEN's gain amplifies that in quiet passages: the
-  self-check's clip has loud 50 ms frames, quiet passages 40 dB below
-  them, sharp onsets, digital silence, and 16-bit samples."""
-  import export
-  samples = export.check_waveform()
-  assert len(samples) == int(7.3 * 44100)
-  assert np.array_equal(samples * 32768, np.round(samples * 32768))
-  frames = samples[:len(samples) // 2205 * 2205].reshape(-1, 2205)
-  levels = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) +
-                         1e-10)  # dBFS; digital silence -100
-  loud = np.percentile(levels, 98)
-  assert loud >= -20
-  assert np.mean(levels < loud - 40) >= 0.15  # quiet passages
-  assert np.sum(np.diff(levels) >= 20) >= 3  # onsets
-  assert levels[0] == -100  # it starts with digital silence
-
-
-# --- chunks, non-finite samples, memory -------------------------------------
 
 def _tflite(export_dir):
   import tensorflow as tf
@@ -427,6 +359,112 @@ def test_memory_of_a_long_waveform_stays_bounded(pcen_run, tmp_path):
   assert long - short < 250 * 2**20, (short / 2**20, long / 2**20)
 
 
+# --- the PCEN front end, destinations, stop requests ------------------------
+
+PCEN_HPARAMS = ('batch_size=4,lr=0.01,crnn_filters=4,crnn_bndecay=0.9,'
+                'frontend=pcen')
+
+
+@pytest.fixture(scope='module')
+def pcen_run(tmp_path_factory, dataset):
+  """A tiny CRNN with the PCEN front end, trained 4 steps and exported into
+  a folder whose path holds every glob character."""
+  root = tmp_path_factory.mktemp('pcen')
+  train_dir = str(root / 'train')
+  check_ok(run_main(train_args('crnn', dataset['train_clip_dir'],
+                               dataset['train_csv'], train_dir, 4,
+                               hparams=PCEN_HPARAMS)))
+  checkpoint = os.path.join(train_dir, 'model.ckpt-4')
+  export_dir = str(root / 'run [1]*?' / 'export')
+  result = check_ok(run_main(export_args(checkpoint, export_dir)))
+  return {'train_dir': train_dir, 'checkpoint': checkpoint,
+          'export_dir': export_dir, 'export': result}
+
+
+def test_export_dir_with_glob_characters(pcen_run, tmp_path):
+  """TensorFlow reads a SavedModel's variables path as a glob pattern; the
+  export still writes and checks itself in `run [1]*?/export`, and leaves
+  nothing else there."""
+  export_dir = pcen_run['export_dir']
+  assert sorted(os.listdir(export_dir)) == [
+      'class_map.csv', 'model.tflite', 'saved_model']
+  assert os.listdir(os.path.dirname(export_dir)) == ['export']
+  assert 'TFLite: scores of a 7.3 s clip within' in pcen_run['export'].stdout
+  model = _load_saved_model(export_dir, tmp_path)
+  assert [n.decode() for n in model.signatures['class_names']()[
+      'class_names'].numpy()] == read_class_names()
+
+
+def test_pcen_train_eval_export_tag(pcen_run, dataset, parse_hparams,
+                                    tmp_path, capsys):
+  """frontend=pcen through every mode (inference and tag in this process,
+  through the functions main.py calls): eval's lwlrap is that of the
+  inference scores (sklearn), and tag's scores (its timeline) equal the
+  export's SavedModel scores and inference's clip scores."""
+  import tensorflow as tf
+  import files
+  import inference
+  import tagging
+  eval_dir = str(tmp_path / 'eval')
+  check_ok(run_main(['--mode', 'eval', '--class_map_path', CLASS_MAP,
+                     '--eval_clip_dir', dataset['train_clip_dir'],
+                     '--eval_csv_path', dataset['validation_csv'],
+                     '--train_dir', pcen_run['train_dir'],
+                     '--eval_dir', eval_dir]))
+  hparams = parse_hparams(PCEN_HPARAMS)
+  class_names = read_class_names()
+  rows = labeled_rows(dataset['validation_csv'])
+  fnames = [fname for fname, _ in rows]
+  csv_path = str(tmp_path / 'submission.csv')
+  inference.infer('crnn', hparams, class_names, dataset['train_clip_dir'],
+                  fnames, files.check_wavs([
+                      os.path.join(dataset['train_clip_dir'], f)
+                      for f in fnames]),
+                  pcen_run['checkpoint'], csv_path)
+  submitted = {r[0]: np.array([float(v) for v in r[1:]])
+               for r in read_csv_rows(csv_path)[1:]}
+  scores = np.array([submitted[fname] for fname in fnames])
+  assert np.ptp(scores, axis=0).max() > 1e-4  # the clips are told apart
+  with open(os.path.join(eval_dir, 'eval-4.txt')) as f:
+    lwlrap = _overall_lwlrap(f.read())
+  assert _within(lwlrap, _lwlrap_bounds(truth_matrix(rows, class_names),
+                                        scores))
+
+  clip = os.path.join(dataset['train_clip_dir'], fnames[0])
+  timeline = str(tmp_path / 'timeline.csv')
+  capsys.readouterr()
+  assert tagging.tag('crnn', hparams, class_names, [clip],
+                     pcen_run['checkpoint'], 3, timeline) == 0
+  assert capsys.readouterr().out.startswith(clip + ': ')
+  example_scores = np.array([[float(v) for v in r[2:]]
+                             for r in read_csv_rows(timeline)[1:]])
+  out = _load_saved_model(pcen_run['export_dir'], tmp_path).signatures[
+      'serving_default'](waveform=tf.constant(read_pcm(clip)))
+  np.testing.assert_allclose(example_scores, out['scores'].numpy(),
+                             atol=1e-5, rtol=0)
+  np.testing.assert_allclose(example_scores.mean(axis=0),
+                             out['clip_scores'].numpy(), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(example_scores.mean(axis=0), submitted[fnames[0]],
+                             atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('where', ['under_a_file', 'proc'])
+def test_export_dir_that_cannot_be_created(tmp_path, mobilenet_train, where):
+  """Found before TensorFlow is imported: one line naming --export_dir and
+  the path, nothing created. Root passes every permission check, so these
+  fail for anyone: a parent below a regular file, and /proc."""
+  blocker = tmp_path / 'somefile'
+  blocker.write_text('x')
+  path = (str(blocker / 'sub' / 'export') if where == 'under_a_file'
+          else '/proc/export-test/sub/export')
+  result = run_main(export_args(mobilenet_train['checkpoint'], path))
+  assert_one_error(result, '--export_dir', path)
+  assert result.stdout == ''  # before the checkpoint's record was read
+  assert os.listdir(str(tmp_path)) == ['somefile']
+  assert blocker.read_text() == 'x'
+  assert not os.path.exists('/proc/export-test')
+
+
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT],
                          ids=['SIGTERM', 'SIGINT'])
 def test_stop_request_during_export_leaves_nothing(tmp_path, pcen_run, sig):
@@ -445,3 +483,22 @@ def test_stop_request_during_export_leaves_nothing(tmp_path, pcen_run, sig):
                              signal.Signals(sig).name), lines[0]
   assert 'Traceback' not in out + err
   assert os.listdir(str(tmp_path)) == []
+
+
+def test_self_check_clip_has_the_dynamics_of_recorded_sound():
+  """Quiet bins beside loud ones are where TFLite's FFT and TensorFlow's
+  differ most, and PCEN's gain amplifies that in quiet passages: the
+  self-check's clip has loud 50 ms frames, quiet passages 40 dB below
+  them, sharp onsets, digital silence, and 16-bit samples."""
+  import export
+  samples = export.check_waveform()
+  assert len(samples) == int(7.3 * 44100)
+  assert np.array_equal(samples * 32768, np.round(samples * 32768))
+  frames = samples[:len(samples) // 2205 * 2205].reshape(-1, 2205)
+  levels = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) +
+                         1e-10)  # dBFS; digital silence -100
+  loud = np.percentile(levels, 98)
+  assert loud >= -20
+  assert np.mean(levels < loud - 40) >= 0.15  # quiet passages
+  assert np.sum(np.diff(levels) >= 20) >= 3  # onsets
+  assert levels[0] == -100  # it starts with digital silence
