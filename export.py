@@ -17,12 +17,31 @@ The waveform is mono, 44.1 kHz, float32 in [-1, 1], of any length (a clip
 shorter than one STFT window yields one example, as everywhere). The model
 is scoring.Scorer's: batch norm folded with the statistics scoring uses
 (precise ones by default). D is 1024 for MobileNet (the pooled features) and
-32 for the CRNN (the GRU's output).
+32 for the CRNN (the GRU's output). log_mel holds what the examples are made
+of: the log mel, or the mel energies with frontend=pcen.
 
-Before it finishes, the export checks itself: silence, white noise and a
-sine give finite scores, and both files score a clip shaped like recorded
-sound (check_waveform) as the CLI does (SavedModel within 1e-5, TFLite
-within 5e-4, see TFLITE_TOLERANCE). A failed check leaves nothing behind.
+Both files run a loop over the chunks the scoring pipeline cuts a clip into
+(inputs._chunk_bounds: 16 examples, ~8.5 s, each), so the examples are the
+whole clip's while only one chunk's activations are in memory: serving a
+10-minute waveform with MobileNet peaks 0.1 GB (SavedModel) and 0.45 GB
+(TFLite, which copies the waveform into its loop) above a 10 s one, where
+one batch of every example took 5.9 GB and 5.8 GB more.
+
+A waveform holding any NaN or infinite sample gets NaN for every output
+(in the batch signature, that clip only): the model alone would turn its
+NaN features into plausible scores.
+
+Before it finishes, the export checks itself: a real-shaped clip
+(check_waveform) scores as --mode inference scores it, within
+SAVED_MODEL_TOLERANCE (1e-5) and TFLITE_TOLERANCE (5e-4); silence, noise, a
+sine and a blip give finite outputs and a NaN or inf sample NaN ones. A
+failed check, an error or a stop request leaves nothing behind. The TFLite
+bound, for both front ends: its FFT differs from TensorFlow's most in quiet
+bins beside loud ones, so clips with quiet passages differ most. On 72
+real-shaped clips of 3-12 s (noise floors of -60 dB, -80 dB and digital
+silence; 2-core x86-64, no GPU), MobileNets trained 150 steps scored within
+8.6e-5 (log mel) and 7.0e-5 (PCEN) of --mode inference, the SavedModel
+within 3e-7; 1.3e-4 has been seen with PCEN on a recorded clip.
 """
 
 import os
@@ -49,11 +68,7 @@ SAVED_MODEL = 'saved_model'
 TFLITE = 'model.tflite'
 CLASS_MAP = 'class_map.csv'
 SAVED_MODEL_TOLERANCE = 1e-5
-# For both front ends: TFLite's FFT differs from TensorFlow's most in quiet
-# bins beside loud ones. On 72 real-shaped clips (check_waveform with noise
-# floors of -60 dB, -80 dB and digital silence), MobileNets trained 150 steps
-# scored within 8.6e-5 (log mel) and 7.0e-5 (PCEN) of --mode inference;
-# 1.3e-4 has been seen with PCEN on a recorded clip.
+# For both front ends; the measurements are in the module docstring.
 TFLITE_TOLERANCE = 5e-4
 
 
