@@ -202,6 +202,25 @@ def check_writable(path, flag):
         flag, folder))
 
 
+def check_creatable_folder(path, flag):
+  """Raises UserError unless a folder can be made at `path`: its nearest
+  existing ancestor is a folder in which this process can create one. Tried
+  with a probe folder (removed at once), not judged from permission bits:
+  root passes every permission check, yet cannot write in /proc or on a
+  read-only mount."""
+  existing = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise UserError('%s: cannot create %s: %s is not a folder' % (
+        flag, path, existing))
+  try:
+    os.rmdir(tempfile.mkdtemp(dir=existing, prefix='.probe-'))
+  except OSError as e:
+    raise UserError('%s: cannot create %s: cannot write in %s (%s)' % (
+        flag, path, existing, e.strerror)) from None
+
+
 def write_atomically(path, text):
   """Writes text to path through a temporary file in the same folder and a
   rename, so readers see the old file or the whole new one, never a part.

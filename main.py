@@ -228,6 +228,7 @@ def _check_flags():
                                      not os.listdir(path)):
       raise UserError('--export_dir: %s exists and is not an empty folder' %
                       path)
+    files.check_creatable_folder(path, '--export_dir')
   if FLAGS.mode == 'inference':
     checkpoints.require(FLAGS.inference_checkpoint, '--inference_checkpoint')
     files.check_writable(FLAGS.predictions_csv_path,

@@ -6,15 +6,18 @@ nothing behind."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import (CLASS_MAP, HPARAMS, check_ok, read_class_names,
-                      read_csv_rows, run_main, subprocess_env)
-from test_cli_errors import assert_one_error
+from conftest import (CLASS_MAP, HPARAMS, check_ok, labeled_rows,
+                      read_class_names, read_csv_rows, run_main,
+                      subprocess_env, train_args, truth_matrix)
+from test_cli import _lwlrap_bounds, _overall_lwlrap, _within
+from test_cli_errors import _Run, assert_one_error
 
 # Runs in a fresh interpreter with nothing of this project on its path.
 PLAIN_TENSORFLOW = r'''
@@ -103,12 +106,14 @@ def test_plain_tensorflow_reproduces_inference(mobilenet_export,
 def test_tflite_matches_saved_model_with_builtin_ops(mobilenet_export,
                                                      inference_clips):
   import tensorflow as tf
-  interpreter = tf.lite.Interpreter(model_path=os.path.join(
-      mobilenet_export['dir'], 'model.tflite'))
-  ops = {op['op_name'] for op in interpreter._get_ops_details()}
+  import export
+  path = os.path.join(mobilenet_export['dir'], 'model.tflite')
+  ops = export.tflite_ops(path)  # of every subgraph
+  assert {'WHILE', 'CONV_2D', 'RFFT2D'} <= set(ops)  # the loop's body too
   assert not [op for op in ops if op.startswith('Flex') or op == 'CUSTOM']
   assert 'VAR_HANDLE' not in ops  # weights are constants
-  runner = interpreter.get_signature_runner('serving_default')
+  runner = tf.lite.Interpreter(model_path=path).get_signature_runner(
+      'serving_default')
   serve = tf.saved_model.load(os.path.join(
       mobilenet_export['dir'], 'saved_model')).signatures['serving_default']
   for name in sorted(os.listdir(inference_clips)):
@@ -199,3 +204,301 @@ def test_export_dir_must_be_new_or_empty(tmp_path, mobilenet_train):
                    '--export_dir', str(taken), 'not an empty folder')
 
 
+
+
+# --- chunks, non-finite samples, memory -------------------------------------
+
+def _load_saved_model(export_dir, tmp_path):
+  """The export's SavedModel, loaded through a link: TensorFlow reads a
+  SavedModel path holding glob characters as a pattern."""
+  import tensorflow as tf
+  link = str(tmp_path / 'saved_model_link')
+  os.symlink(os.path.join(export_dir, 'saved_model'), link)
+  return tf.saved_model.load(link)
+
+
+def _tflite(export_dir):
+  import tensorflow as tf
+  return tf.lite.Interpreter(model_path=os.path.join(
+      export_dir, 'model.tflite')).get_signature_runner('serving_default')
+
+
+@pytest.mark.parametrize('bad', [np.nan, -np.inf], ids=['nan', 'inf'])
+def test_non_finite_sample_gives_nan_outputs(mobilenet_export, bad):
+  """One rule for both signatures and the TFLite model: a waveform with a
+  non-finite sample gets NaN for every output, whichever chunk holds it
+  (the model alone turns NaN features into plausible scores); in a batch,
+  only that clip."""
+  import tensorflow as tf
+  good = np.random.default_rng(5).uniform(-0.3, 0.3, 10 * 44100).astype(
+      np.float32)  # two chunks
+  waveform = good.copy()
+  waveform[-1000] = bad  # in the second chunk only
+  model = tf.saved_model.load(os.path.join(mobilenet_export['dir'],
+                                           'saved_model'))
+  serve = model.signatures['serving_default']
+  batch = model.signatures['batch'](waveforms=tf.constant(
+      np.stack([good, waveform])))
+  outputs = {
+      'serving_default': serve(waveform=tf.constant(waveform)),
+      'batch': {key: value[1] for key, value in batch.items()},
+      'TFLite': _tflite(mobilenet_export['dir'])(waveform=waveform)}
+  for kind, out in outputs.items():
+    assert sorted(out) == ['clip_scores', 'embeddings', 'log_mel', 'scores']
+    for key, value in out.items():
+      value = np.asarray(value)
+      assert value.size and np.isnan(value).all(), (kind, key)
+  for key, value in serve(waveform=tf.constant(good)).items():
+    assert np.isfinite(value.numpy()).all(), key
+    np.testing.assert_allclose(batch[key].numpy()[0], value.numpy(),
+                               atol=1e-5, err_msg=key)
+
+
+def test_chunked_outputs_equal_the_whole_clip_computation(
+    mobilenet_export, mobilenet_train, parse_hparams, tmp_path):
+  """The export runs chunk by chunk; on a 30 s waveform (4 chunks) and on
+  one shorter than an STFT window its outputs are those of the whole clip
+  as one batch (features.waveform_to_examples of all of it through the
+  scoring model), its clip_scores those of --mode inference's engine, and
+  the TFLite model and the batch signature agree."""
+  import keras
+  import tensorflow as tf
+  import export
+  import features
+  import reference
+  import scoring
+  from conftest import write_pcm_wav
+  hparams = parse_hparams(HPARAMS)
+  scorer = scoring.Scorer('mobilenet-v1', 80, hparams)
+  scorer.load(mobilenet_train['checkpoint'])
+  net = scorer.inference_model
+  whole = keras.Model(net.input, [net.get_layer('logits').input, net.output])
+  model = tf.saved_model.load(os.path.join(mobilenet_export['dir'],
+                                           'saved_model'))
+  serve = model.signatures['serving_default']
+  tflite = _tflite(mobilenet_export['dir'])
+  long = export.check_waveform(30.0, seed=11)
+  short = long[44100:44100 + 500]
+  for waveform in (long, short):
+    got = {k: v.numpy() for k, v in serve(
+        waveform=tf.constant(waveform)).items()}
+    assert len(got['scores']) == reference.np_num_examples(len(waveform),
+                                                           hparams)
+    if waveform is long:  # its examples differ, or agreement proves little
+      assert np.ptp(got['scores'], axis=0).max() > 1e-4
+    log_mel = features.waveform_to_features(tf.constant(waveform), hparams)
+    embeddings, logits = whole(features.log_mel_to_examples(log_mel,
+                                                            hparams))
+    want = {'log_mel': log_mel, 'embeddings': embeddings,
+            'scores': tf.sigmoid(logits)}
+    for key, value in want.items():
+      np.testing.assert_allclose(got[key], value.numpy(), atol=1e-5,
+                                 rtol=1e-5, err_msg=key)
+    path = str(tmp_path / ('%d.wav' % len(waveform)))
+    write_pcm_wav(path, np.round(waveform * 32768))
+    np.testing.assert_allclose(
+        got['clip_scores'], scorer.score([path], [len(waveform)])[0],
+        atol=export.SAVED_MODEL_TOLERANCE, rtol=0)
+    lite = tflite(waveform=waveform)
+    np.testing.assert_allclose(lite['clip_scores'], got['clip_scores'],
+                               atol=export.TFLITE_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(lite['log_mel'], got['log_mel'], atol=1e-3)
+  batch = model.signatures['batch'](waveforms=tf.constant(
+      np.stack([long, long[::-1]])))
+  for i, waveform in enumerate((long, long[::-1])):
+    for key, value in serve(waveform=tf.constant(waveform)).items():
+      np.testing.assert_allclose(batch[key].numpy()[i], value.numpy(),
+                                 atol=1e-5, err_msg=key)
+
+
+MEMORY = r'''
+import sys
+import numpy as np
+import tensorflow as tf
+
+
+def status(key):
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith(key + ':'):
+        return int(line.split()[1]) * 1024
+
+
+def extra_peak(serve, seconds):
+  """Bytes by which serving `seconds` of audio raises the resident size
+  above what it was just before the call (the waveform already made)."""
+  waveform = tf.constant(np.random.default_rng(seconds).uniform(
+      -0.3, 0.3, seconds * 44100).astype(np.float32))
+  with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')  # the peak (VmHWM) starts again from the resident size
+  before = status('VmRSS')
+  serve(waveform=waveform)
+  return status('VmHWM') - before
+
+
+serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']
+extra_peak(serve, 10)  # the first call sets up TensorFlow's pools
+print(extra_peak(serve, 10), extra_peak(serve, 600))
+'''
+
+
+def test_memory_of_a_long_waveform_stays_bounded(pcen_run, tmp_path):
+  """Serving a 10-minute waveform (1200 examples) peaks less than 250 MB
+  above serving a 10 s one. Measured on the 2-core test machine with this
+  tiny CRNN: +73 MB chunk by chunk (the outputs, 23 MB of log_mel, and
+  their copies while they grow), +1.5 GB when the whole waveform was one
+  batch (its STFT alone is ~0.7 GB); MobileNet chunked, +95 MB. The
+  waveform (106 MB) exists before the call and is not counted."""
+  link = str(tmp_path / 'saved_model')
+  os.symlink(os.path.join(pcen_run['export_dir'], 'saved_model'), link)
+  result = subprocess.run([sys.executable, '-c', MEMORY, link],
+                          capture_output=True, text=True, timeout=600,
+                          env=subprocess_env(), cwd='/')
+  assert result.returncode == 0, result.stderr[-3000:]
+  short, long = (int(v) for v in result.stdout.split())
+  assert long - short < 250 * 2**20, (short / 2**20, long / 2**20)
+
+
+# --- the PCEN front end, destinations, stop requests ------------------------
+
+PCEN_HPARAMS = ('batch_size=4,lr=0.01,crnn_filters=4,crnn_bndecay=0.9,'
+                'frontend=pcen')
+
+
+@pytest.fixture(scope='module')
+def pcen_run(tmp_path_factory, dataset):
+  """A tiny CRNN with the PCEN front end, trained 4 steps and exported into
+  a folder whose path holds every glob character."""
+  root = tmp_path_factory.mktemp('pcen')
+  train_dir = str(root / 'train')
+  check_ok(run_main(train_args('crnn', dataset['train_clip_dir'],
+                               dataset['train_csv'], train_dir, 4,
+                               hparams=PCEN_HPARAMS)))
+  checkpoint = os.path.join(train_dir, 'model.ckpt-4')
+  export_dir = str(root / 'run [1]*?' / 'export')
+  result = check_ok(run_main(export_args(checkpoint, export_dir)))
+  return {'train_dir': train_dir, 'checkpoint': checkpoint,
+          'export_dir': export_dir, 'export': result}
+
+
+def test_export_dir_with_glob_characters(pcen_run, tmp_path):
+  """TensorFlow reads a SavedModel's variables path as a glob pattern; the
+  export still writes and checks itself in `run [1]*?/export`, and leaves
+  nothing else there."""
+  export_dir = pcen_run['export_dir']
+  assert sorted(os.listdir(export_dir)) == [
+      'class_map.csv', 'model.tflite', 'saved_model']
+  assert os.listdir(os.path.dirname(export_dir)) == ['export']
+  assert 'TFLite: scores of a 7.3 s clip within' in pcen_run['export'].stdout
+  model = _load_saved_model(export_dir, tmp_path)
+  assert [n.decode() for n in model.signatures['class_names']()[
+      'class_names'].numpy()] == read_class_names()
+
+
+def test_pcen_train_eval_export_tag(pcen_run, dataset, parse_hparams,
+                                    tmp_path, capsys):
+  """frontend=pcen through every mode (inference and tag in this process,
+  through the functions main.py calls): eval's lwlrap is that of the
+  inference scores (sklearn), and tag's scores (its timeline) equal the
+  export's SavedModel scores and inference's clip scores."""
+  import tensorflow as tf
+  import files
+  import inference
+  import tagging
+  eval_dir = str(tmp_path / 'eval')
+  check_ok(run_main(['--mode', 'eval', '--class_map_path', CLASS_MAP,
+                     '--eval_clip_dir', dataset['train_clip_dir'],
+                     '--eval_csv_path', dataset['validation_csv'],
+                     '--train_dir', pcen_run['train_dir'],
+                     '--eval_dir', eval_dir]))
+  hparams = parse_hparams(PCEN_HPARAMS)
+  class_names = read_class_names()
+  rows = labeled_rows(dataset['validation_csv'])
+  fnames = [fname for fname, _ in rows]
+  csv_path = str(tmp_path / 'submission.csv')
+  inference.infer('crnn', hparams, class_names, dataset['train_clip_dir'],
+                  fnames, files.check_wavs([
+                      os.path.join(dataset['train_clip_dir'], f)
+                      for f in fnames]),
+                  pcen_run['checkpoint'], csv_path)
+  submitted = {r[0]: np.array([float(v) for v in r[1:]])
+               for r in read_csv_rows(csv_path)[1:]}
+  scores = np.array([submitted[fname] for fname in fnames])
+  assert np.ptp(scores, axis=0).max() > 1e-4  # the clips are told apart
+  with open(os.path.join(eval_dir, 'eval-4.txt')) as f:
+    lwlrap = _overall_lwlrap(f.read())
+  assert _within(lwlrap, _lwlrap_bounds(truth_matrix(rows, class_names),
+                                        scores))
+
+  clip = os.path.join(dataset['train_clip_dir'], fnames[0])
+  timeline = str(tmp_path / 'timeline.csv')
+  capsys.readouterr()
+  assert tagging.tag('crnn', hparams, class_names, [clip],
+                     pcen_run['checkpoint'], 3, timeline) == 0
+  assert capsys.readouterr().out.startswith(clip + ': ')
+  example_scores = np.array([[float(v) for v in r[2:]]
+                             for r in read_csv_rows(timeline)[1:]])
+  out = _load_saved_model(pcen_run['export_dir'], tmp_path).signatures[
+      'serving_default'](waveform=tf.constant(read_pcm(clip)))
+  np.testing.assert_allclose(example_scores, out['scores'].numpy(),
+                             atol=1e-5, rtol=0)
+  np.testing.assert_allclose(example_scores.mean(axis=0),
+                             out['clip_scores'].numpy(), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(example_scores.mean(axis=0), submitted[fnames[0]],
+                             atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('where', ['under_a_file', 'proc'])
+def test_export_dir_that_cannot_be_created(tmp_path, mobilenet_train, where):
+  """Found before TensorFlow is imported: one line naming --export_dir and
+  the path, nothing created. Root passes every permission check, so these
+  fail for anyone: a parent below a regular file, and /proc."""
+  blocker = tmp_path / 'somefile'
+  blocker.write_text('x')
+  path = (str(blocker / 'sub' / 'export') if where == 'under_a_file'
+          else '/proc/export-test/sub/export')
+  result = run_main(export_args(mobilenet_train['checkpoint'], path))
+  assert_one_error(result, '--export_dir', path)
+  assert result.stdout == ''  # before the checkpoint's record was read
+  assert os.listdir(str(tmp_path)) == ['somefile']
+  assert blocker.read_text() == 'x'
+  assert not os.path.exists('/proc/export-test')
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT],
+                         ids=['SIGTERM', 'SIGINT'])
+def test_stop_request_during_export_leaves_nothing(tmp_path, pcen_run, sig):
+  """A stop request late in the build (its self-check has scored the check
+  clip with the CLI's engine, and then checks both files and times them):
+  exit 128 + the signal, one `stopped` line, no .export-* folder, no
+  export_dir."""
+  run = _Run(export_args(pcen_run['checkpoint'], str(tmp_path / 'out')))
+  run.wait_for(r'export check: ')
+  assert [n for n in os.listdir(str(tmp_path)) if n.startswith('.export-')]
+  rc, out, err = run.finish(sig)
+  assert rc == 128 + sig, (out, err)
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert len(lines) == 1, err
+  assert lines[0].startswith('main.py: stopped: stopped by %s' %
+                             signal.Signals(sig).name), lines[0]
+  assert 'Traceback' not in out + err
+  assert os.listdir(str(tmp_path)) == []
+
+
+def test_self_check_clip_has_the_dynamics_of_recorded_sound():
+  """Quiet bins beside loud ones are where TFLite's FFT and TensorFlow's
+  differ most, and PCEN's gain amplifies that in quiet passages: the
+  self-check's clip has loud 50 ms frames, quiet passages 40 dB below
+  them, sharp onsets, digital silence, and 16-bit samples."""
+  import export
+  samples = export.check_waveform()
+  assert len(samples) == int(7.3 * 44100)
+  assert np.array_equal(samples * 32768, np.round(samples * 32768))
+  frames = samples[:len(samples) // 2205 * 2205].reshape(-1, 2205)
+  levels = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) +
+                         1e-10)  # dBFS; digital silence -100
+  loud = np.percentile(levels, 98)
+  assert loud >= -20
+  assert np.mean(levels < loud - 40) >= 0.15  # quiet passages
+  assert np.sum(np.diff(levels) >= 20) >= 3  # onsets
+  assert levels[0] == -100  # it starts with digital silence
