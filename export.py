@@ -21,7 +21,7 @@ is scoring.Scorer's: batch norm folded with the statistics scoring uses
 of: the log mel, or the mel energies with frontend=pcen.
 
 Both files run a loop over the chunks the scoring pipeline cuts a clip into
-(inputs._chunk_bounds: 16 examples, ~8.5 s, each), so the examples are the
+(features.chunk_bounds: 16 examples, ~8.5 s, each), so the examples are the
 whole clip's while only one chunk's activations are in memory: serving a
 10-minute waveform with MobileNet peaks 0.1 GB (SavedModel) and 0.45 GB
 (TFLite, which copies the waveform into its loop) above a 10 s one, where
@@ -56,7 +56,6 @@ from tensorflow.python.framework import convert_to_constants
 
 import features
 import files
-import inputs
 import make_demo_data
 import runtime
 import scoring
@@ -74,7 +73,7 @@ TFLITE_TOLERANCE = 5e-4
 
 class Tagger(tf.Module):
   """The exported computation: waveform -> features -> folded model, one
-  chunk of inputs._chunk_bounds at a time."""
+  chunk of features.chunk_bounds at a time."""
 
   def __init__(self, inference_model, hparams, class_names, class_map_path):
     super().__init__()
@@ -111,7 +110,7 @@ class Tagger(tf.Module):
     example's) whatever the length. A clip with a non-finite sample gets
     NaN for every output (the model alone may turn NaN features into
     plausible scores)."""
-    starts, ends, counts = inputs._chunk_bounds(tf.shape(waveforms)[1],
+    starts, ends, counts = features.chunk_bounds(tf.shape(waveforms)[1],
                                                 self.hparams)
     clips = tf.shape(waveforms)[0]
 
