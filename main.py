@@ -1,5 +1,5 @@
 r"""Driver for the DCASE 2019 Task 2 baseline: train, eval, inference,
-export or tag.
+export, tag or relabel.
 
   python main.py --mode train --model mobilenet-v1 \
       --class_map_path class_map.csv --train_clip_dir train_curated \
@@ -32,11 +32,12 @@ import stopping
 from files import UserError
 
 flags.DEFINE_enum('mode', None,
-                  ['train', 'eval', 'inference', 'export', 'tag'],
+                  ['train', 'eval', 'inference', 'export', 'tag', 'relabel'],
                   'What to do: train a model, evaluate every checkpoint of a '
                   'training run, write predictions for a folder of clips, '
-                  'export a checkpoint as a SavedModel and a TFLite model, or '
-                  'print the top classes of any WAV files.')
+                  'export a checkpoint as a SavedModel and a TFLite model, '
+                  'print the top classes of any WAV files, or relabel a CSV '
+                  'of clips with a checkpoint.')
 flags.DEFINE_enum('model', 'mobilenet-v1', list(model.MODELS),
                   'Model architecture.')
 flags.DEFINE_string('hparams', '',
@@ -148,7 +149,26 @@ flags.DEFINE_string('timeline_csv_path', None,
                     'Tag mode: where to write the scores of every example '
                     '(fname,start_seconds,<classes>), if wanted.')
 
+flags.DEFINE_string('relabel_csv_path', None,
+                    'Relabel mode: the "fname,labels" CSV of the clips to '
+                    'relabel (e.g. the noisy set).')
+flags.DEFINE_string('relabel_clip_dir', None,
+                    'Relabel mode: the folder of those clips.')
+flags.DEFINE_string('relabeled_csv_path', None,
+                    'Relabel mode: where to write the relabelled CSV.')
+flags.DEFINE_float('relabel_keep_threshold', 0.2,
+                   'Relabel mode: a given label is kept where the model '
+                   'scores it at least this (else dropped).')
+flags.DEFINE_float('relabel_add_threshold', 0.8,
+                   'Relabel mode: a label not given is added where the model '
+                   'scores it at least this.')
+
 FLAGS = flags.FLAGS
+
+for _name in ('relabel_keep_threshold', 'relabel_add_threshold'):
+  flags.register_validator(
+      _name, lambda value: 0.0 <= value <= 1.0,
+      message='--%s must be a score between 0 and 1' % _name)
 
 for _name in ('eval_poll_seconds', 'eval_idle_timeout_seconds',
               'eval_claim_timeout_seconds', 'cluster_start_timeout_seconds'):
@@ -165,29 +185,49 @@ class _Mode:
   inputs: tuple  # flags naming the files and folders it reads
   output_dirs: tuple = ()  # folders it writes into, made after the checks
   output_files: tuple = ()  # files or folders it creates
+  run: str = ''  # the name of the function that runs it
+
+  @property
+  def runner(self):
+    return globals()[self.run]
+
+  @property
+  def from_checkpoint(self):
+    """It scores (or exports) --inference_checkpoint."""
+    return 'inference_checkpoint' in self.required
 
 
 _MODES = {
-    'train': _Mode(required=('train_clip_dir', 'train_csv_path', 'train_dir'),
-                   inputs=('class_map_path', 'train_clip_dir',
-                           'train_csv_path', 'warmstart_checkpoint'),
-                   output_dirs=('train_dir',)),
-    'eval': _Mode(required=('eval_clip_dir', 'eval_csv_path', 'train_dir',
-                            'eval_dir'),
-                  inputs=('class_map_path', 'eval_clip_dir', 'eval_csv_path',
-                          'train_dir'),
-                  output_dirs=('eval_dir',)),
-    'inference': _Mode(required=('inference_checkpoint', 'inference_clip_dir',
-                                 'predictions_csv_path'),
-                       inputs=('class_map_path', 'inference_checkpoint',
-                               'inference_clip_dir'),
-                       output_files=('predictions_csv_path',)),
-    'export': _Mode(required=('inference_checkpoint', 'export_dir'),
-                    inputs=('class_map_path', 'inference_checkpoint'),
-                    output_files=('export_dir',)),
-    'tag': _Mode(required=('inference_checkpoint', 'tag_paths'),
-                 inputs=('class_map_path', 'inference_checkpoint'),
-                 output_files=('timeline_csv_path',)),
+    'train': _Mode(
+        required=('train_clip_dir', 'train_csv_path', 'train_dir'),
+        inputs=('class_map_path', 'train_clip_dir', 'train_csv_path',
+                'warmstart_checkpoint'),
+        output_dirs=('train_dir',), run='_train'),
+    'eval': _Mode(
+        required=('eval_clip_dir', 'eval_csv_path', 'train_dir', 'eval_dir'),
+        inputs=('class_map_path', 'eval_clip_dir', 'eval_csv_path',
+                'train_dir'),
+        output_dirs=('eval_dir',), run='_eval'),
+    'inference': _Mode(
+        required=('inference_checkpoint', 'inference_clip_dir',
+                  'predictions_csv_path'),
+        inputs=('class_map_path', 'inference_checkpoint',
+                'inference_clip_dir'),
+        output_files=('predictions_csv_path',), run='_inference'),
+    'export': _Mode(
+        required=('inference_checkpoint', 'export_dir'),
+        inputs=('class_map_path', 'inference_checkpoint'),
+        output_files=('export_dir',), run='_export'),
+    'tag': _Mode(
+        required=('inference_checkpoint', 'tag_paths'),
+        inputs=('class_map_path', 'inference_checkpoint'),
+        output_files=('timeline_csv_path',), run='_tag'),
+    'relabel': _Mode(
+        required=('inference_checkpoint', 'relabel_csv_path',
+                  'relabel_clip_dir', 'relabeled_csv_path'),
+        inputs=('class_map_path', 'inference_checkpoint', 'relabel_csv_path',
+                'relabel_clip_dir'),
+        output_files=('relabeled_csv_path',), run='_relabel'),
 }
 
 
@@ -221,22 +261,18 @@ def _check_flags():
     path = getattr(FLAGS, flag)
     if os.path.exists(path) and not os.path.isdir(path):
       raise UserError('--%s: %s exists and is not a folder' % (flag, path))
-  if FLAGS.mode == 'export':
+  if _MODES[FLAGS.mode].from_checkpoint:
     checkpoints.require(FLAGS.inference_checkpoint, '--inference_checkpoint')
+  for flag in _MODES[FLAGS.mode].output_files:
+    if getattr(FLAGS, flag) and flag != 'export_dir':
+      files.check_writable(getattr(FLAGS, flag), '--' + flag)
+  if FLAGS.mode == 'export':
     path = FLAGS.export_dir
     if os.path.exists(path) and not (os.path.isdir(path) and
                                      not os.listdir(path)):
       raise UserError('--export_dir: %s exists and is not an empty folder' %
                       path)
     files.check_creatable_folder(path, '--export_dir')
-  if FLAGS.mode == 'inference':
-    checkpoints.require(FLAGS.inference_checkpoint, '--inference_checkpoint')
-    files.check_writable(FLAGS.predictions_csv_path,
-                         '--predictions_csv_path')
-  if FLAGS.mode == 'tag':
-    checkpoints.require(FLAGS.inference_checkpoint, '--inference_checkpoint')
-    if FLAGS.timeline_csv_path:
-      files.check_writable(FLAGS.timeline_csv_path, '--timeline_csv_path')
   return hparams
 
 
@@ -267,7 +303,7 @@ def _hparams_from_flags():
 def _may_resume_a_record():
   """Whether this mode may start from a checkpoint that holds a record
   (continuous eval may wait for its first one)."""
-  if FLAGS.mode in ('inference', 'export', 'tag'):
+  if _MODES[FLAGS.mode].from_checkpoint:
     return checkpoints.exists(FLAGS.inference_checkpoint)
   return FLAGS.mode == 'eval' or bool(
       checkpoints.list_checkpoints(FLAGS.train_dir))
@@ -293,7 +329,7 @@ def _starting_record():
   """(checkpoint, its record) of the checkpoint this mode starts from: the
   one to score (inference), else the newest readable one of train_dir (the
   one a resumed run or eval starts from); (None, None) if there is none."""
-  single = FLAGS.mode in ('inference', 'export', 'tag')
+  single = _MODES[FLAGS.mode].from_checkpoint
   if single:
     candidates = [FLAGS.inference_checkpoint]
   else:
@@ -377,42 +413,53 @@ def _make_output_dirs():
                                                       e.strerror)) from None
 
 
+@dataclasses.dataclass
+class _Inputs:
+  """What a mode reads, listed and checked before TensorFlow is imported."""
+  class_names: list
+  rows: list = None  # (fname, labels) of the mode's CSV
+  clip_dir: str = ''
+  fnames: list = dataclasses.field(default_factory=list)
+  samples: list = None  # each clip's samples (files.check_wavs)
+  sources: list = None  # training sources
+  tag_files: list = None
+
+
+def _list_inputs(class_names):
+  """The mode's clips (and training sources, or files to tag), and the paths
+  its outputs must not be."""
+  found = _Inputs(class_names)
+  if FLAGS.mode == 'tag':
+    import tagging
+    found.tag_files = tagging.list_files(FLAGS.tag_paths)
+    return found, list(FLAGS.tag_paths) + found.tag_files
+  if FLAGS.mode == 'inference':
+    found.clip_dir = FLAGS.inference_clip_dir
+    found.fnames = files.list_wavs(found.clip_dir)
+  elif FLAGS.mode == 'train':
+    found.sources = _train_sources()
+    found.rows = [files.read_labeled_csv(s.csv_path, s.clip_dir, class_names)
+                  for s in found.sources]
+    return found, [os.path.join(s.clip_dir, f)
+                   for s, rows in zip(found.sources, found.rows)
+                   for f, _ in rows]
+  elif FLAGS.mode in ('eval', 'relabel'):
+    found.clip_dir = getattr(FLAGS, FLAGS.mode + '_clip_dir')
+    found.rows = files.read_labeled_csv(getattr(FLAGS, FLAGS.mode +
+                                                '_csv_path'),
+                                        found.clip_dir, class_names)
+    found.fnames = [f for f, _ in found.rows]
+  return found, [os.path.join(found.clip_dir, f) for f in found.fnames]
+
+
 def run():
   hparams = _check_flags()
-  class_names = files.read_class_map(FLAGS.class_map_path)
-  if FLAGS.mode == 'export':
-    clip_dir, fnames = '', []
-  elif FLAGS.mode == 'tag':
-    import tagging
-    tag_files = tagging.list_files(FLAGS.tag_paths)
-  elif FLAGS.mode == 'inference':
-    clip_dir = FLAGS.inference_clip_dir
-    fnames = files.list_wavs(clip_dir)
-  elif FLAGS.mode == 'train':
-    train_sources = _train_sources()
-    source_rows = [files.read_labeled_csv(s.csv_path, s.clip_dir,
-                                          class_names)
-                   for s in train_sources]
-  else:
-    csv_path, clip_dir = getattr(FLAGS, FLAGS.mode + '_csv_path'), getattr(
-        FLAGS, FLAGS.mode + '_clip_dir')
-    rows = files.read_labeled_csv(csv_path, clip_dir, class_names)
-    fnames = [f for f, _ in rows]
-  if FLAGS.mode == 'tag':
-    _check_outputs(list(FLAGS.tag_paths) + tag_files)
-  else:
-    if FLAGS.mode == 'train':
-      clip_paths = [os.path.join(s.clip_dir, f)
-                    for s, rows in zip(train_sources, source_rows)
-                    for f, _ in rows]
-      _check_outputs(clip_paths + [p for s in train_sources
-                                   for p in (s.csv_path, s.clip_dir)])
-    else:
-      clip_paths = [os.path.join(clip_dir, f) for f in fnames]
-      _check_outputs(clip_paths)
+  found, read_paths = _list_inputs(files.read_class_map(FLAGS.class_map_path))
+  _check_outputs(read_paths + [p for s in found.sources or ()
+                               for p in (s.csv_path, s.clip_dir)])
+  if FLAGS.mode != 'tag':
     # Tag mode reads any WAV, and reports each unreadable one on its own.
-    samples = files.check_wavs(clip_paths)
-
+    found.samples = files.check_wavs(read_paths)
   _make_output_dirs()
   tf = runtime.import_tensorflow()
   logging.set_verbosity(logging.WARNING)  # e.g. per-save saver notices
@@ -431,43 +478,7 @@ def run():
                                          FLAGS.eval_idle_timeout_seconds)
   model_name, hparams = _recorded_run(hparams)
   try:
-    if FLAGS.mode == 'train':
-      import train
-      train.train(model_name, hparams, class_names, train_sources,
-                  FLAGS.train_dir,
-                  epoch_num_batches=FLAGS.epoch_num_batches,
-                  max_steps=FLAGS.max_steps,
-                  warmstart_checkpoint=FLAGS.warmstart_checkpoint,
-                  warmstart_include_scopes=FLAGS.warmstart_include_scopes,
-                  warmstart_exclude_scopes=FLAGS.warmstart_exclude_scopes,
-                  strategy=strategy,
-                  cache_examples=FLAGS.train_cache_examples,
-                  features_on=FLAGS.features_on)
-    elif FLAGS.mode == 'eval':
-      import evaluation
-      evaluation.evaluate(
-          model_name, hparams, class_names, rows, FLAGS.eval_clip_dir,
-          samples, FLAGS.train_dir, FLAGS.eval_dir,
-          continuous=FLAGS.eval_continuous,
-          poll_seconds=FLAGS.eval_poll_seconds,
-          claim_timeout_seconds=FLAGS.eval_claim_timeout_seconds,
-          idle_timeout_seconds=FLAGS.eval_idle_timeout_seconds)
-    elif FLAGS.mode == 'export':
-      import export
-      export.export(model_name, hparams, class_names, FLAGS.class_map_path,
-                    FLAGS.inference_checkpoint, FLAGS.export_dir)
-    elif FLAGS.mode == 'tag':
-      failed = tagging.tag(model_name, hparams, class_names, tag_files,
-                           FLAGS.inference_checkpoint, FLAGS.top_k,
-                           FLAGS.timeline_csv_path)
-      if failed:
-        raise UserError('%d of %d files could not be tagged (see above)' % (
-            failed, len(tag_files)))
-    else:
-      import inference
-      inference.infer(model_name, hparams, class_names,
-                      FLAGS.inference_clip_dir, fnames, samples,
-                      FLAGS.inference_checkpoint, FLAGS.predictions_csv_path)
+    _MODES[FLAGS.mode].runner(model_name, hparams, found, strategy)
   except tf.errors.OpError as e:
     lost = distribution.lost_tasks(e)
     if lost is not None:
@@ -477,13 +488,57 @@ def run():
     raise UserError(op_error_message(e)) from None
 
 
-def _lost_message(lost):
-  """What a worker says when another task of the cluster was lost."""
-  found = checkpoints.list_checkpoints(FLAGS.train_dir)
-  return ('training stopped: %s of the cluster was lost; the last checkpoint '
-          'is %s; restart every worker with the same command to resume' % (
-              ' and '.join('%s (%s)' % task for task in lost) or
-              'another task', found[-1][1] if found else 'none yet'))
+def _train(model_name, hparams, found, strategy):
+  import train
+  train.train(model_name, hparams, found.class_names, found.sources,
+              FLAGS.train_dir, epoch_num_batches=FLAGS.epoch_num_batches,
+              max_steps=FLAGS.max_steps,
+              warmstart_checkpoint=FLAGS.warmstart_checkpoint,
+              warmstart_include_scopes=FLAGS.warmstart_include_scopes,
+              warmstart_exclude_scopes=FLAGS.warmstart_exclude_scopes,
+              strategy=strategy, cache_examples=FLAGS.train_cache_examples,
+              features_on=FLAGS.features_on)
+
+
+def _eval(model_name, hparams, found, strategy):
+  import evaluation
+  evaluation.evaluate(
+      model_name, hparams, found.class_names, found.rows, found.clip_dir,
+      found.samples, FLAGS.train_dir, FLAGS.eval_dir,
+      continuous=FLAGS.eval_continuous, poll_seconds=FLAGS.eval_poll_seconds,
+      claim_timeout_seconds=FLAGS.eval_claim_timeout_seconds,
+      idle_timeout_seconds=FLAGS.eval_idle_timeout_seconds)
+
+
+def _inference(model_name, hparams, found, strategy):
+  import inference
+  inference.infer(model_name, hparams, found.class_names, found.clip_dir,
+                  found.fnames, found.samples, FLAGS.inference_checkpoint,
+                  FLAGS.predictions_csv_path)
+
+
+def _export(model_name, hparams, found, strategy):
+  import export
+  export.export(model_name, hparams, found.class_names, FLAGS.class_map_path,
+                FLAGS.inference_checkpoint, FLAGS.export_dir)
+
+
+def _tag(model_name, hparams, found, strategy):
+  import tagging
+  failed = tagging.tag(model_name, hparams, found.class_names,
+                       found.tag_files, FLAGS.inference_checkpoint,
+                       FLAGS.top_k, FLAGS.timeline_csv_path)
+  if failed:
+    raise UserError('%d of %d files could not be tagged (see above)' % (
+        failed, len(found.tag_files)))
+
+
+def _relabel(model_name, hparams, found, strategy):
+  import relabel
+  relabel.relabel(model_name, hparams, found.class_names, found.rows,
+                  found.clip_dir, found.samples, FLAGS.inference_checkpoint,
+                  FLAGS.relabeled_csv_path, FLAGS.relabel_keep_threshold,
+                  FLAGS.relabel_add_threshold)
 
 
 def op_error_message(error):

@@ -64,9 +64,10 @@ def test_bad_flags(dataset, overrides, extra, needles):
 def test_missing_mode(dataset):
   """Names every mode, export and tag included, as --help does."""
   assert_one_error(run_main(['--class_map_path', CLASS_MAP]),
-                   '--mode is required (train, eval, inference, export or tag)')
+                   '--mode is required (train, eval, inference, export, tag or '
+                   'relabel)')
   help_text = run_main(['--help']).stdout
-  assert '<train|eval|inference|export|tag>' in help_text
+  assert '<train|eval|inference|export|tag|relabel>' in help_text
   assert 'export a checkpoint as a SavedModel' in help_text
   # --hparams applies on top of what a run recorded.
   assert 'apply these on top' in re.sub(r'\s+', ' ', help_text)

@@ -81,10 +81,17 @@ def test_mirrored_mobilenet_first_step():
 
 
 def test_mirrored_training_run_and_eval(tmp_path, dataset):
+  """Two sources, the second noisy (its examples get the noisy loss), on
+  two replicas."""
   train_dir = str(tmp_path / 'train')
-  out = two_devices('train', dataset['train_csv'], dataset['train_clip_dir'],
-                    train_dir, CRNN, '3').stdout
+  out = two_devices(
+      'train', dataset['train_csv'] + ',' + dataset['validation_csv'],
+      dataset['train_clip_dir'] + ',' + dataset['train_clip_dir'],
+      train_dir, CRNN + ',noisy_loss=lq', '3', 'curated,noisy').stdout
   assert 'Training on MirroredStrategy: 2 replica(s)' in out
+  assert re.search(r'^Source 1 \(curated\): .*train.csv, 8 clips', out, re.M)
+  assert re.search(r'^Source 2 \(noisy\): .*validation.csv, 4 clips', out,
+                   re.M)
   # batch_size in all: each replica takes half of it from the pipeline.
   assert 'Each step takes 4 examples: 2 on each of the 2 replicas' in out
   assert re.findall(r'^step (\d+) loss', out, re.M) == ['1', '2', '3']

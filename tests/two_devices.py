@@ -20,7 +20,6 @@ cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-import inputs  # noqa: E402
 import params  # noqa: E402
 import train  # noqa: E402
 
@@ -75,16 +74,18 @@ def steps(model_name, text, mode):
                   for v in state.model.weights}}))
 
 
-def train_run(train_csv, clip_dir, train_dir, text, max_steps):
+def train_run(train_csv, clip_dir, train_dir, text, max_steps, kinds=''):
+  """train_csv, clip_dir and kinds as main.py's flags (comma-separated
+  sources)."""
   import files
+  import sources
   class_names = files.read_class_map(os.path.join(
       os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
       'class_map.csv'))
-  rows = files.read_labeled_csv(train_csv, clip_dir, class_names)
   try:
     train.train('crnn', params.parse_hparams(text), class_names,
-                [inputs.Source(train_csv, clip_dir)], train_dir,
-                max_steps=int(max_steps), strategy=mirrored())
+                sources.from_flags(train_csv, clip_dir, kinds=kinds),
+                train_dir, max_steps=int(max_steps), strategy=mirrored())
   except files.UserError as e:
     print('error: %s' % e)
     sys.exit(1)
