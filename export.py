@@ -49,7 +49,6 @@ import shutil
 import tempfile
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants
@@ -72,70 +71,17 @@ TFLITE_TOLERANCE = 5e-4
 
 
 class Tagger(tf.Module):
-  """The exported computation: waveform -> features -> folded model, one
-  chunk of features.chunk_bounds at a time."""
+  """The exported signatures: a thin wrapper of the waveform model that
+  every mode scores with (waveform_model.py), and the class names."""
 
-  def __init__(self, inference_model, hparams, class_names, class_map_path):
+  def __init__(self, model, class_names, class_map_path):
     super().__init__()
-    self.hparams = hparams
-    # The scoring model with its pooled features as a second output.
-    self.net = keras.Model(inference_model.input, [
-        inference_model.get_layer('logits').input, inference_model.output])
+    self.model = model
     self.class_map = tf.saved_model.Asset(class_map_path)
     self._class_names = tf.constant(class_names)
 
-  def _chunk(self, chunk, count):
-    """[clips, chunk samples] -> the chunk's first `count` examples' scores
-    and embeddings [clips, count, ...], their features [clips, count *
-    example hop (fewer at the end), bands] (what the whole-clip framing
-    gives for them, as in the scoring pipeline), and [clips] True where
-    every sample of the chunk is finite (|x| <= the largest float is False
-    for NaN and inf, with TFLite's built-in ops)."""
-    hparams = self.hparams
-    feature = features.waveform_to_features(chunk, hparams)
-    examples = features.log_mel_to_examples(feature, hparams)[:, :count]
-    shape = tf.shape(examples)  # [clips, count, frames, bands]
-    embeddings, logits = self.net(
-        tf.reshape(examples, tf.concat([[-1], shape[2:]], 0)),
-        training=False)
-    hop = features.example_geometry(hparams)[1]
-    return ((tf.reshape(tf.sigmoid(logits), [shape[0], count, -1]),
-             tf.reshape(embeddings, [shape[0], count, -1]),
-             feature[:, :count * hop]),
-            tf.reduce_all(tf.abs(chunk) <= np.finfo(np.float32).max, -1))
-
   def _run(self, waveforms):
-    """[clips, samples] -> the outputs with a leading clips axis. Chunk by
-    chunk, so that memory holds one chunk's activations (not every
-    example's) whatever the length. A clip with a non-finite sample gets
-    NaN for every output (the model alone may turn NaN features into
-    plausible scores)."""
-    starts, ends, counts = features.chunk_bounds(tf.shape(waveforms)[1],
-                                                self.hparams)
-    clips = tf.shape(waveforms)[0]
-
-    def body(i, finite, *outputs):
-      parts, chunk_finite = self._chunk(waveforms[:, starts[i]:ends[i]],
-                                        counts[i])
-      return (i + 1, finite & chunk_finite) + tuple(
-          tf.concat([o, p], 1) for o, p in zip(outputs, parts))
-
-    # Empty, with a length the converter cannot fold to 0 (TFLite would
-    # otherwise fix the loop's outputs at length 0).
-    empty = tf.minimum(tf.size(starts), 0)
-    initial = tuple(tf.zeros([clips, empty, n]) for n in (
-        self._class_names.shape[0], self.net.outputs[0].shape[-1],
-        self.hparams.mel_bands))
-    _, finite, *outputs = tf.while_loop(
-        lambda i, *_: i < tf.size(starts), body,
-        (0, tf.fill([clips], True)) + initial,
-        shape_invariants=(tf.TensorShape([]), tf.TensorShape([None])) +
-        tuple(tf.TensorShape([None, None, o.shape[-1]]) for o in initial))
-    scores, embeddings, log_mel = (
-        tf.where(finite[:, None, None], o, np.float32(np.nan))
-        for o in outputs)
-    return {'scores': scores, 'clip_scores': tf.reduce_mean(scores, axis=1),
-            'embeddings': embeddings, 'log_mel': log_mel}
+    return self.model(waveforms)
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.float32,
                                               name='waveform')])
@@ -373,7 +319,7 @@ def export(model_name, hparams, class_names, class_map_path, checkpoint_path,
 def _build(scorer, class_names, class_map_path, folder):
   """Writes the export into `folder`, checked; returns the check's report."""
   shutil.copyfile(class_map_path, os.path.join(folder, CLASS_MAP))
-  tagger = Tagger(scorer.inference_model, scorer.hparams, class_names,
+  tagger = Tagger(scorer.waveform_model, class_names,
                   os.path.join(folder, CLASS_MAP))
   print('export: writing the SavedModel', flush=True)
   tf.saved_model.save(tagger, os.path.join(folder, SAVED_MODEL),

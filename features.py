@@ -217,8 +217,8 @@ class PCEN(keras.layers.Layer):
 
 class LogMelExamples(keras.layers.Layer):
   """[batch, samples] waveforms -> [batch, examples, frames, bands] log-mel
-  examples, by waveform_to_examples. Not trainable; it lets a model (an
-  export, or features computed on an accelerator) start from audio."""
+  examples, by waveform_to_examples: the front end of the waveform model
+  (waveform_model.py). Not trainable."""
 
   def __init__(self, hparams, **kwargs):
     super().__init__(trainable=False, **kwargs)
@@ -226,6 +226,13 @@ class LogMelExamples(keras.layers.Layer):
 
   def call(self, waveforms):
     return waveform_to_examples(waveforms, self.hparams)
+
+  def chunk(self, chunk, count):
+    """[batch, chunk samples] of a chunk of chunk_bounds -> (its features
+    [batch, frames, bands], its first `count` examples), as
+    chunk_examples makes them."""
+    feature = waveform_to_features(chunk, self.hparams)
+    return feature, log_mel_to_examples(feature, self.hparams)[:, :count]
 
   def compute_output_shape(self, input_shape):
     frames, _ = example_geometry(self.hparams)

@@ -1,9 +1,12 @@
-"""The engine that scores clips, shared by eval, inference and tagging.
+"""The engine that scores clips, shared by eval, inference, tagging and
+relabelling.
 
-A clip's score is the mean of the sigmoid scores of all its examples.
-Examples are batched across clips (tf.data decodes and computes features in
-parallel with the model), and the model runs with batch norm folded into its
-convolutions, which gives the same scores with less arithmetic.
+A clip's score is the mean of the sigmoid scores of all its examples, from
+the waveform model (waveform_model.py): the model runs with batch norm
+folded into its convolutions, which gives the same scores with less
+arithmetic. The examples are made on tf.data's threads by the model's front
+end (features.chunk_examples), in parallel with the model, and batched
+across clips.
 
 Eval and inference give it 16-bit 44.1 kHz mono files, which tf.data reads
 itself (Scorer.score); tagging gives it waveform chunks it reads, mixes down
@@ -27,6 +30,7 @@ import features
 import inputs
 import model as model_lib
 import stopping
+import waveform_model
 from files import UserError
 
 PROGRESS_EVERY_SECONDS = 10.0
@@ -65,14 +69,15 @@ class Scorer:
     self.model = model_lib.build_model(model_name, num_classes, hparams)
     self.inference_model = batchnorm.build_inference_model(
         model_name, num_classes, hparams, static)
+    # What every mode scores with; export wraps it as it is.
+    self.waveform_model = waveform_model.WaveformModel(self.inference_model,
+                                                       hparams)
     frames, _ = features.example_geometry(hparams)
     self.batch_size = (GPU_BATCH_SIZE if tf.config.list_logical_devices('GPU')
                        else BATCH_SIZE)
     spec = tf.TensorSpec([None, frames, hparams.mel_bands], tf.float32)
-    self._score_batch = tf.function(
-        lambda examples: tf.sigmoid(self.inference_model(examples,
-                                                         training=False)),
-        input_signature=[spec])
+    self._score_batch = tf.function(self.waveform_model.scores,
+                                    input_signature=[spec])
 
   def load(self, checkpoint_path):
     """Loads a checkpoint: its averaged weights if it has them (unless
@@ -114,11 +119,11 @@ class Scorer:
         clip_paths, clip_samples, label, on_progress=on_progress)
 
   def score_waveforms(self, chunks, names, clip_samples, label='Scoring',
-                      on_examples=None, on_clip=None, failed=None,
-                      out=None):
+                      on_examples=None, on_clip=None, out=None):
     """Scores clips whose waveforms are made outside tf.data (tagging reads,
     mixes down and resamples them in Python); returns [num_clips,
-    num_classes] float64 clip scores, NaN for the clips in `failed`.
+    num_classes] float64 clip scores, NaN for each clip whose examples did
+    not all arrive (a clip_samples of None: one not read at all).
 
     chunks: a tf.data.Dataset of (clip index int32, index of the chunk's
     first example int32, [samples] float32 44.1 kHz mono waveform, example
@@ -132,26 +137,24 @@ class Scorer:
     on_examples(clip_indices, example_indices, scores) sees every batch's
     example scores (in no particular order); on_clip(index, score) is
     called once per clip as soon as all its examples are scored (scores
-    checked finite). failed is a dict {clip index: message} that the chunk
-    producer fills for clips it could not finish; they are left out of the
-    checks. Progress lines go to `out` (default stdout).
+    checked finite). Progress lines go to `out` (default stdout).
     """
     batches = (waveform_examples(chunks, self.hparams)
                .batch(self.batch_size)
                .prefetch(tf.data.AUTOTUNE))
     return self._score(batches, names, clip_samples, label,
-                       on_examples=on_examples, on_clip=on_clip,
-                       failed=failed, out=out)
+                       on_examples=on_examples, on_clip=on_clip, out=out,
+                       partial=True)
 
   def _score(self, batches, names, clip_samples, label, on_progress=None,
-             on_examples=None, on_clip=None, failed=None, out=None):
+             on_examples=None, on_clip=None, out=None, partial=False):
     """The loop: batches of (examples, clip index[, example index]) ->
-    [num_clips, num_classes] mean scores, checked complete and finite."""
-    expected = np.array([features.num_examples(n, self.hparams)
+    [num_clips, num_classes] mean scores, checked finite, and complete
+    unless partial (then NaN for an incomplete clip)."""
+    expected = np.array([0 if n is None else
+                         features.num_examples(n, self.hparams)
                          for n in clip_samples], dtype=np.int64)
-    failed = {} if failed is None else failed
-    # Clips known to have failed before scoring starts have no examples.
-    total = int(sum(e for i, e in enumerate(expected) if i not in failed))
+    total = int(expected.sum())
     sums = np.zeros((len(names), self.num_classes))
     counts = np.zeros(len(names), dtype=np.int64)
     reported = np.zeros(len(names), dtype=bool)
@@ -159,7 +162,7 @@ class Scorer:
     done = 0
 
     def report():
-      finished = counts == expected
+      finished = (counts == expected) & (expected > 0)
       rate = done / max(time.time() - start, 1e-9)
       extra = on_progress(finished, sums / np.maximum(counts, 1)[:, None]) \
           if on_progress else ''
@@ -200,16 +203,15 @@ class Scorer:
       raise
     stopping.check()  # a stop may have ended tagging's chunks early
     report()
-    scored = np.array([i not in failed for i in range(len(names))], bool)
-    wrong = scored & (counts != expected)
-    if wrong.any():
-      bad = int(np.flatnonzero(wrong)[0])
+    complete = (counts == expected) & (expected > 0)
+    if not partial and not complete.all():
+      bad = int(np.flatnonzero(~complete)[0])
       raise UserError('%s: got %d examples, expected %d (did the file change '
                       'during the run?)' % (names[bad], counts[bad],
                                             expected[bad]))
     clip_scores = np.full((len(names), self.num_classes), np.nan)
-    clip_scores[scored] = sums[scored] / counts[scored, None]
-    for i in np.flatnonzero(scored):
+    clip_scores[complete] = sums[complete] / counts[complete, None]
+    for i in np.flatnonzero(complete):
       self._finite(clip_scores[i], names[i])
     return clip_scores
 

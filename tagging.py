@@ -3,8 +3,9 @@ optionally a timeline of the scores of each of its examples.
 
 Each file is read a block at a time (wav.read_samples: 8/16/24/32-bit PCM
 or 32/64-bit float, any number of channels, mixed down to mono), resampled
-to 44.1 kHz block by block (Source), and cut into the chunks the scoring
-pipeline cuts a 16-bit clip into (features.chunk_bounds). The chunks go to
+to 44.1 kHz block by block (Source), and cut by the Reader into the chunks
+the scoring pipeline cuts a 16-bit clip into (features.chunk_bounds). The
+chunks go to
 the scoring engine (scoring.Scorer.score_waveforms): the folded model, the
 checkpoint's batch-norm statistics and batches across files, as in eval and
 inference. Only a few chunks of ~8.5 s are in memory at a time, however long
@@ -125,64 +126,68 @@ class Source:
     return resampled[offset:offset + end - start].astype(np.float32)
 
 
-def _sources(paths):
-  """A Source per path, or None and {index: problem} for the files that
-  cannot be tagged (unreadable header, compressed, odd rate)."""
-  sources, failed = [], {}
-  for i, path in enumerate(paths):
-    source = None
-    try:
-      header = wav.read_header(path)
-      problem = wav.sample_problem(header)
-      if not problem:
-        source = Source(path, header)
-        problem = source.problem()
-    except wav.WavError as e:
-      problem = str(e)
-    if problem:
-      failed[i], source = problem, None
-    sources.append(source)
-  return sources, failed
+class Reader:
+  """The files to tag, read for the scoring engine: each file's chunks
+  (features.chunk_bounds) as a 44.1 kHz mono waveform, when tf.data asks
+  for them. `failures` ({file index: message}) holds the files it cannot
+  read: found when it opens them (header, format, rate), or part-way
+  through (then the file's chunks stop). The reader alone writes it; the
+  lines printed and the run's result read it."""
 
+  def __init__(self, paths, hparams):
+    self.hparams = hparams
+    self.sources, self.failures = [], {}
+    for i, path in enumerate(paths):
+      source, problem = None, None
+      try:
+        header = wav.read_header(path)
+        problem = wav.sample_problem(header)
+        if not problem:
+          source = Source(path, header)
+          problem = source.problem()
+      except wav.WavError as e:
+        problem = str(e)
+      if problem:
+        self.failures[i], source = problem, None
+      self.sources.append(source)
 
-def _chunks(sources, bounds, failed):
-  """(clip index, first example index, samples, example count) of every
-  chunk of every readable file, read when tf.data asks for it. A file that
-  fails while being read is recorded in `failed` and left. A stop request
-  ends the chunks (the scorer then stops)."""
-  for i, source in enumerate(sources):
-    if source is None:
-      continue
-    first = 0
-    try:
-      for start, end, count in zip(*bounds[i]):
-        if stopping.requested():
-          return
-        samples = source.read(int(start), int(end))
-        yield np.int32(i), np.int32(first), samples, np.int32(count)
-        first += int(count)
-    except wav.WavError as e:
-      failed[i] = str(e)
+  @property
+  def clip_samples(self):
+    """Each file's samples at 44.1 kHz; None for a file not read at all."""
+    return [s.num_samples if s else None for s in self.sources]
 
+  def _chunks(self, bounds):
+    for i, source in enumerate(self.sources):
+      if source is None:
+        continue
+      first = 0
+      try:
+        for start, end, count in zip(*bounds[i]):
+          if stopping.requested():
+            return  # the scorer stops at its next batch
+          samples = source.read(int(start), int(end))
+          yield np.int32(i), np.int32(first), samples, np.int32(count)
+          first += int(count)
+      except wav.WavError as e:
+        self.failures[i] = str(e)
 
-def chunk_dataset(sources, hparams, failed):
-  """A tf.data.Dataset of (clip index, first example index, samples,
-  example count) for Scorer.score_waveforms: the chunks the scoring
-  pipeline cuts a 44.1 kHz clip into (features.chunk_bounds), read from each
-  Source (None: skipped) when tf.data asks for them. A file that fails
-  while being read is recorded in `failed` ({index: message}) and left."""
-  import tensorflow as tf
-  import features
-  # int64: a day-long file has more samples than an int32 holds.
-  bounds = {i: [b.numpy() for b in features.chunk_bounds(
-      tf.constant(s.num_samples, tf.int64), hparams)]
-            for i, s in enumerate(sources) if s}
-  return tf.data.Dataset.from_generator(
-      lambda: _chunks(sources, bounds, failed),
-      output_signature=(tf.TensorSpec([], tf.int32),
-                        tf.TensorSpec([], tf.int32),
-                        tf.TensorSpec([None], tf.float32),
-                        tf.TensorSpec([], tf.int32)))
+  def dataset(self):
+    """A tf.data.Dataset of (clip index, first example index, samples,
+    example count) for Scorer.score_waveforms: the chunks the scoring
+    pipeline cuts a 44.1 kHz clip into, read from each readable file in
+    turn."""
+    import tensorflow as tf
+    import features
+    # int64: a day-long file has more samples than an int32 holds.
+    bounds = {i: [b.numpy() for b in features.chunk_bounds(
+        tf.constant(s.num_samples, tf.int64), self.hparams)]
+              for i, s in enumerate(self.sources) if s}
+    return tf.data.Dataset.from_generator(
+        lambda: self._chunks(bounds),
+        output_signature=(tf.TensorSpec([], tf.int32),
+                          tf.TensorSpec([], tf.int32),
+                          tf.TensorSpec([None], tf.float32),
+                          tf.TensorSpec([], tf.int32)))
 
 
 def top_classes_line(path, scores, class_names, top_k):
@@ -198,9 +203,10 @@ class _Lines:
   every file before it are done: tags on `out`, `path: error: what` on
   `err`."""
 
-  def __init__(self, paths, class_names, top_k, failed, out, err):
+  def __init__(self, paths, class_names, top_k, failures, out, err):
     self.paths, self.class_names, self.top_k = paths, class_names, top_k
-    self.failed, self.out, self.err = failed, out, err
+    # The Reader's record of the files it could not read, as it grows.
+    self.failures, self.out, self.err = failures, out, err
     self.scores = {}
     self.next = 0
 
@@ -215,8 +221,8 @@ class _Lines:
         print(top_classes_line(self.paths[i], self.scores[i],
                                self.class_names, self.top_k),
               file=self.out, flush=True)
-      elif i in self.failed:
-        print('%s: error: %s' % (self.paths[i], self.failed[i]),
+      elif i in self.failures:
+        print('%s: error: %s' % (self.paths[i], self.failures[i]),
               file=self.err, flush=True)
       else:
         return
@@ -262,33 +268,38 @@ def tag(model_name, hparams, class_names, paths, checkpoint_path, top_k,
   import features
   import scoring
   out, err = out or sys.stdout, err or sys.stderr
-  sources, failed = _sources(paths)
+  reader = Reader(paths, hparams)
+  failures = reader.failures
   top_k = min(top_k, len(class_names))
-  lines = _Lines(paths, class_names, top_k, failed, out, err)
+  lines = _Lines(paths, class_names, top_k, failures, out, err)
   lines.release()  # the files before the first readable one
-  num_samples = [s.num_samples if s else 0 for s in sources]
-  num_examples = [features.num_examples(n, hparams) for n in num_samples]
+  num_examples = [features.num_examples(n or 0, hparams)
+                  for n in reader.clip_samples]
   timeline = (_Timeline(num_examples, len(class_names))
               if timeline_csv_path else None)
-  readable = [i for i, s in enumerate(sources) if s]
+  readable = [i for i, n in enumerate(reader.clip_samples) if n is not None]
   if readable:
     scorer = scoring.Scorer(model_name, len(class_names), hparams)
     statistics = scorer.load(checkpoint_path)
     print('Tagging %d files with %s (batch-norm statistics: %s)' % (
         len(readable), checkpoint_path, statistics), file=err, flush=True)
-    chunks = chunk_dataset(sources, hparams, failed)
-    scorer.score_waveforms(chunks, paths, num_samples, label='tag',
-                           on_examples=timeline.add if timeline else None,
-                           on_clip=lines.done, failed=failed, out=err)
+    scores = scorer.score_waveforms(
+        reader.dataset(), paths, reader.clip_samples, label='tag',
+        on_examples=timeline.add if timeline else None, on_clip=lines.done,
+        out=err)
+    for i in readable:
+      if i not in failures and not np.isfinite(scores[i]).all():
+        raise UserError('%s: its examples did not all arrive (did the file '
+                        'change during the run?)' % paths[i])
   lines.release()  # files that failed after the last one finished
   if timeline:
     _, hop, _ = features.stft_geometry(hparams)
     example_seconds = features.example_geometry(hparams)[1] * hop / (
         wav.SAMPLE_RATE)
-    tagged = [i for i in range(len(paths)) if i not in failed]
+    tagged = [i for i in range(len(paths)) if i not in failures]
     files.write_atomically(timeline_csv_path, timeline.csv(
         paths, class_names, tagged, example_seconds))
     print('Wrote the scores of %d examples of %d files to %s' % (
         sum(num_examples[i] for i in tagged), len(tagged),
         timeline_csv_path), file=err, flush=True)
-  return len(failed)
+  return len(failures)

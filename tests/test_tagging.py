@@ -308,11 +308,12 @@ def test_tag_examples_are_the_pipelines(tmp_path, parse_hparams):
   t = times(48000, 9.1)
   write_frames(str(tmp_path / 'b.wav'), np.stack([buzz(t), bell(t)], 1),
                48000, 24)
-  sources = [tagging.Source(p, wav.read_header(p)) for p in
-             (str(tmp_path / 'a.wav'), str(tmp_path / 'b.wav'))]
+  reader = tagging.Reader([str(tmp_path / 'a.wav'), str(tmp_path / 'b.wav')],
+                          hparams)
+  sources = reader.sources
   got = [{}, {}]
   for example, clip, index in scoring.waveform_examples(
-      tagging.chunk_dataset(sources, hparams, {}), hparams):
+      reader.dataset(), hparams):
     assert int(index) not in got[int(clip)]
     got[int(clip)][int(index)] = example.numpy()
   pipeline = inputs.clip_to_log_mel_examples('a.wav', str(tmp_path),
