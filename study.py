@@ -23,6 +23,14 @@ commands run in that folder, so relative paths in train_flags work too:
     }
   }
 
+A configuration may also train on its own data ("train_csv",
+"train_clip_dir": main.py's comma-separated sources, relative to the spec's
+folder) and run main.py once before its training ("before": arguments,
+e.g. a --mode relabel); these and train_flags may hold {seed}, {run} (the
+run's folder) and {runs} (the study's runs/ folder), so that a run can
+start from another configuration's run of the same seed (configurations run
+in the spec's order for each seed).
+
 model defaults to mobilenet-v1 and a configuration may set its own;
 reference defaults to the first configuration; hparams must not set seed.
 eval_steps default to every checkpoint a run writes (0, 100, 200, ...,
@@ -75,7 +83,8 @@ CHECKPOINT_EVERY = 100
 DATA_KEYS = ('class_map', 'train_csv', 'train_clip_dir', 'test_csv',
              'test_clip_dir')
 SPEC_KEYS = DATA_KEYS + ('model', 'seeds', 'reference', 'configs')
-CONFIG_KEYS = ('hparams', 'max_steps', 'eval_steps', 'train_flags', 'model')
+CONFIG_KEYS = ('hparams', 'max_steps', 'eval_steps', 'train_flags', 'model',
+               'train_csv', 'train_clip_dir', 'before')
 # Flags the study sets for each run itself.
 RESERVED_FLAGS = ('mode', 'model', 'hparams', 'max_steps', 'train_dir',
                   'class_map_path', 'train_clip_dir', 'train_csv_path')
@@ -106,6 +115,13 @@ class Config:
   max_steps: int
   eval_steps: tuple
   train_flags: tuple
+  # This configuration's own training data (main.py's comma-separated
+  # sources), or None for the spec's; and main.py arguments run before its
+  # training (e.g. a relabelling). Each may hold {seed}, {runs} (the study's
+  # runs/ folder) and {run} (this run's folder).
+  train_csv: str = None
+  train_clip_dir: str = None
+  before: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,11 +215,22 @@ def _parse_config(name, entry, default_model):
   max_steps = entry.get('max_steps')
   if not _is_int(max_steps) or max_steps < 1:
     raise ValueError(where + 'max_steps: a positive integer is required')
+  for key in ('train_csv', 'train_clip_dir'):
+    if key in entry and not (isinstance(entry[key], str) and entry[key]):
+      raise ValueError(where + key + ': a path (or comma-separated paths) '
+                       'is required')
+  before = entry.get('before', [])
+  if not isinstance(before, list) or not all(isinstance(a, str)
+                                             for a in before):
+    raise ValueError(where + 'before: a list of main.py arguments is '
+                     'required')
   return Config(name, _model(entry.get('model', default_model),
                              where + 'model'),
                 _hparams(entry.get('hparams', ''), where + 'hparams'),
                 max_steps, _eval_steps(entry, max_steps, where),
-                _train_flags(entry.get('train_flags', []), where))
+                _train_flags(entry.get('train_flags', []), where),
+                entry.get('train_csv'), entry.get('train_clip_dir'),
+                tuple(before))
 
 
 def _hparams(text, where):
@@ -272,14 +299,35 @@ def run_hparams(config, seed):
   return ','.join(p for p in (config.hparams, 'seed=%d' % seed) if p)
 
 
+def fill(text, seed, folder):
+  """A configuration's text with {seed}, {runs} and {run} filled in."""
+  return text.format(seed=seed, run=folder,
+                     runs=os.path.dirname(os.path.dirname(folder)))
+
+
+def _paths(spec, text, seed, folder):
+  """Comma-separated paths, each relative to the spec's folder."""
+  return ','.join(os.path.join(spec.folder, fill(p, seed, folder))
+                  for p in text.split(','))
+
+
 def train_command(spec, config, seed, folder):
+  csv_paths = (_paths(spec, config.train_csv, seed, folder)
+               if config.train_csv else spec.data['train_csv'])
+  clip_dirs = (_paths(spec, config.train_clip_dir, seed, folder)
+               if config.train_clip_dir else spec.data['train_clip_dir'])
   return [sys.executable, MAIN, '--mode', 'train', '--model', config.model,
           '--class_map_path', spec.data['class_map'],
-          '--train_clip_dir', spec.data['train_clip_dir'],
-          '--train_csv_path', spec.data['train_csv'],
+          '--train_clip_dir', clip_dirs, '--train_csv_path', csv_paths,
           '--train_dir', os.path.join(folder, 'train'),
           '--hparams', run_hparams(config, seed),
-          '--max_steps', str(config.max_steps)] + list(config.train_flags)
+          '--max_steps', str(config.max_steps)] + [
+              fill(f, seed, folder) for f in config.train_flags]
+
+
+def before_command(spec, config, seed, folder):
+  return [sys.executable, MAIN, '--class_map_path', spec.data['class_map']
+          ] + [fill(a, seed, folder) for a in config.before]
 
 
 def eval_command(spec, folder):
@@ -295,7 +343,10 @@ def run_settings(spec, config, seed):
   """What makes a run's results what they are; max_steps and eval_steps may
   grow (training resumes, more steps are scored)."""
   return {'model': config.model, 'hparams': run_hparams(config, seed),
-          'train_flags': list(config.train_flags), 'data': spec.raw_data}
+          'train_flags': list(config.train_flags), 'data': spec.raw_data,
+          'train_csv': config.train_csv,
+          'train_clip_dir': config.train_clip_dir,
+          'before': list(config.before)}
 
 
 def check_settings(folder, settings, name):
@@ -704,6 +755,13 @@ def execute(spec, config, seed, study_dir, runner, progress):
   check_settings(folder, run_settings(spec, config, seed), name)
   began = time.monotonic()
   whole = not os.path.exists(os.path.join(folder, 'train'))
+  done_before = os.path.join(folder, 'before.done')
+  if config.before and not os.path.exists(done_before):
+    log = os.path.join(folder, 'before.log')
+    progress.started(name, 'running its before command (log: %s)' % log)
+    run_command(runner, before_command(spec, config, seed, folder), log,
+                spec.folder, 'before command', name)
+    files.write_atomically(done_before, 'done\n')
   if not os.path.exists(checkpoint_prefix(folder, config.max_steps) +
                         '.index'):
     log = os.path.join(folder, 'train.log')

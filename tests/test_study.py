@@ -437,3 +437,42 @@ def test_real_study_of_two_seeds(tmp_path, dataset):
                          text=True, timeout=120)
   assert again.returncode == 0 and '2 finished already' in again.stdout
   assert (runs / 'seed-1' / 'train.log').read_text() == log
+
+
+def test_a_configuration_may_chain_on_other_runs(tmp_path):
+  """Its own training data and a command before its training, with {seed},
+  {run} and {runs} filled in: e.g. a warm start from another configuration's
+  run of the same seed, or training on a CSV relabelled first."""
+  spec = _spec(tmp_path, {
+      'noisy': {'max_steps': 100, 'train_csv': 'data/test.csv'},
+      'relabelled': {
+          'max_steps': 100,
+          'train_csv': 'data/train.csv,{run}/relabelled.csv',
+          'train_clip_dir': 'data,data',
+          'before': ['--mode', 'relabel', '--inference_checkpoint',
+                     '{runs}/noisy/seed-{seed}/train/model.ckpt-100',
+                     '--relabeled_csv_path', '{run}/relabelled.csv'],
+          'train_flags': ['--warmstart_checkpoint',
+                          '{runs}/noisy/seed-{seed}/train/model.ckpt-100']}})
+  out = str(tmp_path / 'out')
+  folder = study.run_dir(out, 'relabelled', 2)
+  runs = os.path.join(out, 'runs')
+  flags = study.train_command(spec, spec.configs['relabelled'], 2, folder)
+  flags = dict(zip(flags[2::2], flags[3::2]))
+  data = str(tmp_path / 'data')
+  assert flags['--train_csv_path'] == '%s/train.csv,%s/relabelled.csv' % (
+      data, folder)
+  assert flags['--train_clip_dir'] == '%s,%s' % (data, data)
+  assert flags['--warmstart_checkpoint'] == (
+      runs + '/noisy/seed-2/train/model.ckpt-100')
+  assert flags['--hparams'] == 'seed=2'
+  before = study.before_command(spec, spec.configs['relabelled'], 2, folder)
+  assert before[2:] == [
+      '--class_map_path', str(tmp_path / 'data/class_map.csv'),
+      '--mode', 'relabel', '--inference_checkpoint',
+      runs + '/noisy/seed-2/train/model.ckpt-100',
+      '--relabeled_csv_path', folder + '/relabelled.csv']
+  noisy = study.train_command(spec, spec.configs['noisy'], 1,
+                              study.run_dir(out, 'noisy', 1))
+  assert dict(zip(noisy[2::2], noisy[3::2]))['--train_csv_path'] == (
+      data + '/test.csv')
