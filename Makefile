@@ -42,7 +42,7 @@ demo: $(VENV)/.installed
 	@echo "Submission: $(DEMO)/submission.csv"
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=15
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
