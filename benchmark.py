@@ -120,12 +120,10 @@ def pipeline_train_rate(data, class_names, hparams, warmup, repeats,
                         strategy=None):
   """Examples/s of train.py's step fed by the real WAV pipeline, optionally
   under a distribution strategy."""
-  rows = files.read_labeled_csv(data['train_csv'], data['train_clip_dir'],
-                                class_names)
   strategy = strategy or tf.distribute.get_strategy()
-  dataset = train._dataset(strategy, data['train_csv'],
-                           data['train_clip_dir'], class_names, hparams,
-                           len(rows), None)
+  dataset = train._dataset(strategy, [inputs.Source(
+      data['train_csv'], data['train_clip_dir'])], class_names, hparams, None,
+                           seed=1)
   state = train.TrainingState(MODEL, hparams, len(class_names), 0, strategy)
   train_step = train.make_train_step(state.model, state.loss_fn,
                                      state.variables, state.optimizer,
@@ -158,6 +156,56 @@ def feature_rate(data, class_names, hparams, threads):
   start = time.perf_counter()
   count = run(paths)
   return count / (time.perf_counter() - start)
+
+
+def pipeline_cpu_per_example(data, class_names, hparams, crops, seed=1,
+                             batches=20):
+  """CPU seconds (every thread of this process) the training pipeline
+  spends per example, with the log-mel examples made on the CPU or, with
+  crops, shipped as samples for the device (--features_on device); and its
+  examples/s. seed None: the examples in the order parallel reads finish
+  (as before runs were seeded)."""
+  rows = files.read_labeled_csv(data['train_csv'], data['train_clip_dir'],
+                                class_names)
+  batches_of = iter(inputs.train_dataset(
+      data['train_csv'], data['train_clip_dir'], class_names, hparams,
+      len(rows), crops=crops, seed=seed))
+  next(batches_of)  # tracing, and the shuffle buffer's first fill
+  cpu, wall = time.process_time(), time.perf_counter()
+  for _ in range(batches):
+    next(batches_of)
+  count = batches * hparams.batch_size
+  return ((time.process_time() - cpu) / count,
+          count / (time.perf_counter() - wall))
+
+
+def op_determinism_train_rate(args):
+  """Examples/s of training with TensorFlow's op determinism on, in a
+  process of its own (it cannot be turned off again)."""
+  out = subprocess.run([sys.executable, __file__, '--determinism_child',
+                        str(args.train_steps)], check=True,
+                       capture_output=True, text=True).stdout
+  return float(out.strip().splitlines()[-1])
+
+
+def determinism_child(train_steps):
+  runtime.use_one_inter_op_thread()
+  tf.config.experimental.enable_op_determinism()
+  hparams = params.HParams()
+  class_names = files.read_class_map(os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), 'class_map.csv'))
+  with tempfile.TemporaryDirectory() as tmp:
+    data = _training_data(tmp, train_steps, hparams, num_test=0)
+    print(pipeline_train_rate(data, class_names, hparams, 3, train_steps))
+
+
+def _training_data(tmp, train_steps, hparams, num_test):
+  # ~13 s training clips: enough examples (about 26 a clip) to fill batches
+  # for warm-up and timed steps without wrapping an epoch.
+  train_clips = -(-(train_steps + 4) * hparams.batch_size // 24)
+  return make_demo_data.make_dataset(
+      os.path.join(tmp, 'data'), num_train=train_clips, num_validation=0,
+      num_test=num_test, min_seconds=2.0, max_seconds=20.0, seed=1)
 
 
 def cached_rate(data, class_names, hparams, threads):
@@ -252,9 +300,13 @@ def main():
   parser.add_argument('--train_steps', type=int, default=16,
                       help='timed training steps, after 3 warm-up steps')
   parser.add_argument('--rss_child', nargs=3, help=argparse.SUPPRESS)
+  parser.add_argument('--determinism_child', type=int, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.rss_child:
     rss_child(*args.rss_child)
+    return
+  if args.determinism_child:
+    determinism_child(args.determinism_child)
     return
 
   runtime.use_one_inter_op_thread()  # as main.py does, for both sides
@@ -267,12 +319,7 @@ def main():
       tf.__version__, os.cpu_count(),
       [d.name for d in tf.config.list_physical_devices('GPU')] or 'none'))
   with tempfile.TemporaryDirectory() as tmp:
-    # ~13 s training clips: enough examples (about 26 a clip) to fill batches
-    # for warm-up and timed steps without wrapping an epoch.
-    train_clips = -(-(args.train_steps + 4) * hparams.batch_size // 24)
-    data = make_demo_data.make_dataset(
-        os.path.join(tmp, 'data'), num_train=train_clips, num_validation=0,
-        num_test=args.test_clips, min_seconds=2.0, max_seconds=20.0, seed=1)
+    data = _training_data(tmp, args.train_steps, hparams, args.test_clips)
     checkpoint = write_checkpoint(os.path.join(tmp, 'model.ckpt-0'),
                                   num_classes, hparams)
 
@@ -301,6 +348,18 @@ def main():
                 for n in (1, 2)}
     print('Feature pipeline alone: %.0f examples/s on 1 thread, %.0f on 2' %
           (features[1], features[2]))
+    on_cpu = pipeline_cpu_per_example(data, class_names, hparams, False)
+    on_device = pipeline_cpu_per_example(data, class_names, hparams, True)
+    unordered = pipeline_cpu_per_example(data, class_names, hparams, False,
+                                         seed=None)
+    print('Training pipeline CPU time per example: %.2f ms with the examples '
+          'made on the CPU, %.2f ms with --features_on device (%.0f and %.0f '
+          'examples/s); unseeded order %.0f examples/s' % (
+              1e3 * on_cpu[0], 1e3 * on_device[0], on_cpu[1], on_device[1],
+              unordered[1]))
+    determinism_train = op_determinism_train_rate(args)
+    print('Training with TensorFlow op determinism on: %.1f examples/s' %
+          determinism_train)
     cached = {n: cached_rate(data, class_names, hparams, n) for n in (1, 2)}
     print('With --train_cache_examples, after the first epoch: %.0f '
           'examples/s on 1 thread, %.0f on 2' % (cached[1], cached[2]))
@@ -340,6 +399,11 @@ def main():
       bfloat16_train / pipeline_train))
   print('Feature pipeline per thread: %.0f examples/s (%.2f x from 1 to 2 '
         'threads)' % (features[1], features[2] / features[1]))
+  print('ratio 7, pipeline CPU per example, --features_on device / cpu: %.2f'
+        % (on_device[0] / on_cpu[0]))
+  print('ratio 8, seeded (ordered) / unseeded training pipeline: %.2f; '
+        'training with op determinism / without: %.2f' % (
+            on_cpu[1] / unordered[1], determinism_train / pipeline_train))
   print('Estimated time to score the FSDKaggle2019 test set (%d clips, %.1f '
         'h, ~%d examples): %.1f min' % (TEST_SET_CLIPS, TEST_SET_HOURS,
                                         test_examples,

@@ -1,0 +1,76 @@
+"""train.Checkpointer, the work at each checkpoint, on its own: statistics
+recomputed before the save, a killed save's leftovers removed, the chief
+alone writing into train_dir, one save per step, the finished marker."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import checkpoints
+import params
+import train
+
+
+class _Batches:
+  """Fixed statistics batches, counting the passes over them."""
+
+  def __init__(self):
+    rng = np.random.default_rng(0)
+    self.batches = [rng.normal(-2, 1, (4, 100, 96)).astype(np.float32)
+                    for _ in range(2)]
+    self.passes = 0
+
+  def __iter__(self):
+    self.passes += 1
+    return iter(self.batches)
+
+
+def _checkpointer(folder, chief=True):
+  state = train.TrainingState('crnn', params.parse_hparams(
+      'batch_size=4,crnn_filters=4'), 80, None)
+  directory = str(folder) if chief else str(folder / '.worker-1')
+  manager = tf.train.CheckpointManager(state.checkpoint, directory,
+                                       max_to_keep=None,
+                                       checkpoint_name=checkpoints.NAME)
+  batches = _Batches()
+  return train.Checkpointer(state, manager, str(folder), batches, chief), \
+      state, batches
+
+
+def test_the_chief_saves_statistics_and_clears_leftovers(tmp_path):
+  keeper, state, batches = _checkpointer(tmp_path)
+  leftover = tmp_path / 'model.ckpt-9_temp'
+  leftover.mkdir()
+  state.step.assign(200)
+  keeper.save()
+  assert batches.passes == 1 and not leftover.exists()
+  assert checkpoints.list_checkpoints(str(tmp_path)) == [
+      (200, str(tmp_path / 'model.ckpt-200'))]
+  reader = tf.train.load_checkpoint(str(tmp_path / 'model.ckpt-200'))
+  saved = reader.get_tensor(checkpoints.checkpoint_key(
+      'input_bn/moving_mean', 'precise_bn'))
+  stacked = np.concatenate(batches.batches)
+  np.testing.assert_allclose(saved, stacked.mean(axis=(0, 1)), rtol=1e-4)
+  # The same step is not saved twice; a new one is.
+  keeper.save_unless_saved()
+  assert batches.passes == 1
+  state.step.assign(1000)
+  keeper.save_unless_saved()
+  assert batches.passes == 2
+  assert [s for s, _ in checkpoints.list_checkpoints(str(tmp_path))] == [
+      200, 1000]
+  keeper.finish(1000)
+  assert (tmp_path / 'training_finished').read_text() == '1000\n'
+
+
+def test_another_worker_writes_nothing_into_train_dir(tmp_path):
+  keeper, state, _ = _checkpointer(tmp_path, chief=False)
+  leftover = tmp_path / 'model.ckpt-9_temp'
+  leftover.mkdir()  # the chief's save in progress
+  state.step.assign(300)
+  keeper.save()
+  keeper.finish(300)
+  assert leftover.exists()
+  assert sorted(os.listdir(str(tmp_path))) == ['model.ckpt-9_temp']
