@@ -652,6 +652,42 @@ def stream_seed(seed, start_step):
              % (2 ** 31 - 1)) + 1
 
 
+def _check_strategy(strategy, hparams):
+  """The run's strategy (default: this device), checked against the batch;
+  whether this worker is the chief."""
+  replicas = strategy.num_replicas_in_sync
+  if hparams.batch_size % replicas:
+    raise UserError('hparam batch_size=%d: must be a multiple of the %d '
+                    'replicas training it' % (hparams.batch_size, replicas))
+  chief = distribution.is_chief(strategy)
+  if replicas > 1 or not chief:
+    print('Training on %s' % distribution.describe(strategy))
+  return chief
+
+
+def _start_run_dir(train_dir, model_name, hparams, chief):
+  """The run is not finished (yet), and records its model and hparams,
+  readable without TensorFlow (each checkpoint holds them too, under
+  `run`)."""
+  os.makedirs(train_dir, exist_ok=True)
+  if chief:
+    finished = os.path.join(train_dir, FINISHED_FILE)
+    if os.path.exists(finished):
+      os.remove(finished)
+    files.write_atomically(os.path.join(train_dir, RECORD_FILE),
+                           params.to_json(model_name, hparams) + '\n')
+
+
+def _statistics_batches(state, sources, class_names, hparams):
+  """The PreciseBN batches, from the run's seed whatever the step, so that
+  every checkpoint's statistics come from the same examples."""
+  if state.precise is None:
+    return None
+  return inputs.statistics_dataset(
+      sources[0].csv_path, sources[0].clip_dir, class_names, hparams,
+      hparams.bn_stats_batches, seed=hparams.seed, more_sources=sources[1:])
+
+
 def train(model_name, hparams, class_names, sources, train_dir,
           epoch_num_batches=None, max_steps=None,
           warmstart_checkpoint=None, warmstart_include_scopes=(),
@@ -664,13 +700,7 @@ def train(model_name, hparams, class_names, sources, train_dir,
   inputs.train_dataset; features_on 'device': the pipeline ships crops of
   waveform and the training step makes the examples."""
   strategy = strategy or tf.distribute.get_strategy()
-  replicas = strategy.num_replicas_in_sync
-  if hparams.batch_size % replicas:
-    raise UserError('hparam batch_size=%d: must be a multiple of the %d '
-                    'replicas training it' % (hparams.batch_size, replicas))
-  chief = distribution.is_chief(strategy)
-  if replicas > 1 or not chief:
-    print('Training on %s' % distribution.describe(strategy))
+  chief = _check_strategy(strategy, hparams)
   if max_steps is None and epoch_num_batches:
     max_steps = DEFAULT_EPOCHS * epoch_num_batches
   if len(sources) > 1 or sources[0].noisy:
@@ -686,15 +716,7 @@ def train(model_name, hparams, class_names, sources, train_dir,
   state = TrainingState(model_name, hparams, len(class_names),
                         epoch_num_batches, strategy, features_on, max_steps,
                         noisy=any(s.noisy for s in sources))
-  os.makedirs(train_dir, exist_ok=True)
-  if chief:
-    finished = os.path.join(train_dir, FINISHED_FILE)
-    if os.path.exists(finished):
-      os.remove(finished)
-    # The run's record, readable without TensorFlow (each checkpoint holds
-    # it too, under `run`).
-    files.write_atomically(os.path.join(train_dir, RECORD_FILE),
-                           params.to_json(model_name, hparams) + '\n')
+  _start_run_dir(train_dir, model_name, hparams, chief)
   manager = tf.train.CheckpointManager(
       state.checkpoint, distribution.worker_save_dir(strategy, train_dir),
       max_to_keep=None, checkpoint_name=checkpoints.NAME)
@@ -707,15 +729,7 @@ def train(model_name, hparams, class_names, sources, train_dir,
   dataset = _dataset(strategy, sources, class_names, hparams,
                      None if max_steps else DEFAULT_EPOCHS, cache_examples,
                      seed, features_on)
-  statistics_batches = None
-  if state.precise is not None:
-    # The run's seed, whatever step: every checkpoint's statistics come from
-    # the same examples.
-    statistics_batches = inputs.statistics_dataset(
-        sources[0].csv_path, sources[0].clip_dir, class_names, hparams,
-        hparams.bn_stats_batches, seed=hparams.seed,
-        more_sources=sources[1:])
-  checkpointer = Checkpointer(state, manager, train_dir, statistics_batches,
-                              chief)
+  checkpointer = Checkpointer(state, manager, train_dir, _statistics_batches(
+      state, sources, class_names, hparams), chief)
   run_loop(state, dataset, checkpointer, hparams.batch_size, max_steps,
            save_first=not resumed)
