@@ -541,6 +541,15 @@ def _relabel(model_name, hparams, found, strategy):
                   FLAGS.relabel_add_threshold)
 
 
+def _lost_message(lost):
+  """What a worker says when another task of the cluster was lost."""
+  found = checkpoints.list_checkpoints(FLAGS.train_dir)
+  return ('training stopped: %s of the cluster was lost; the last checkpoint '
+          'is %s; restart every worker with the same command to resume' % (
+              ' and '.join('%s (%s)' % task for task in lost) or
+              'another task', found[-1][1] if found else 'none yet'))
+
+
 def op_error_message(error):
   """One line from a TensorFlow error: the data of a failed tf.debugging
   assertion (`file: what`) if there is one, else the error's own text."""

@@ -5,7 +5,6 @@ alone writing into train_dir, one save per step, the finished marker."""
 import os
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 import checkpoints

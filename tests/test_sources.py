@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import (CLASS_MAP, check_ok, labeled_rows, read_class_names,
-                      read_csv_rows, run_main, train_args, write_pcm_wav)
+                      run_main, train_args, write_pcm_wav)
 from test_cli_errors import assert_one_error
 
 

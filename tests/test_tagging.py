@@ -300,7 +300,6 @@ def test_tag_examples_are_the_pipelines(tmp_path, parse_hparams):
   import inputs
   import scoring
   import tagging
-  import wav
   hparams = parse_hparams()
   rng = np.random.default_rng(5)
   ints = rng.integers(-20000, 20000, int(44100 * 19.3))  # 3 chunks

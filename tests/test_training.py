@@ -612,7 +612,7 @@ def test_train_cache_examples_reads_each_clip_once(tmp_path, dataset):
   """Through main.py on one device: with --train_cache_examples the clips
   can be deleted once training has started (the first batch waits for the
   whole first epoch to be cached) and later epochs still train."""
-  from conftest import check_ok, train_args
+  from conftest import train_args
   from test_cli_errors import _Run
   clips = tmp_path / 'clips'
   shutil.copytree(dataset['train_clip_dir'], str(clips))
@@ -655,7 +655,7 @@ def test_a_cache_larger_than_memory_is_refused(tmp_path):
   """Sparse 13.5-hour clips (their samples a hole in the file) whose
   examples would take more memory than the machine has: one line with the
   size, before any training."""
-  from conftest import CLASS_MAP, run_main, train_args
+  from conftest import run_main, train_args
   from test_cli_errors import assert_one_error
   from test_robustness import write_sparse_wav
   import runtime
