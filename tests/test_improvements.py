@@ -332,13 +332,14 @@ def test_width_multiplier_readme_figures():
 
 
 def test_warm_start_between_widths_is_refused(tmp_path, dataset):
-  source = str(tmp_path / 'half')
+  source = str(tmp_path / 'quarter')
   check_ok(run_main(train_args(
       'mobilenet-v1', dataset['train_clip_dir'], dataset['train_csv'],
-      source, 1, hparams='batch_size=4,width=0.5')))
+      source, 1, hparams='batch_size=4,width=0.25,bn_stats_batches=1')))
   assert_one_error(run_main(train_args(
       'mobilenet-v1', dataset['train_clip_dir'], dataset['train_csv'],
-      str(tmp_path / 'full'), 1, hparams='batch_size=4,warmstart=1',
+      str(tmp_path / 'half'), 1,
+      hparams='batch_size=4,width=0.5,warmstart=1',
       extra=['--warmstart_checkpoint', os.path.join(source, 'model.ckpt-1')])),
-                   '--warmstart_checkpoint', 'width=0.5', 'not 1.0')
+                   '--warmstart_checkpoint', 'width=0.25', 'not 0.5')
 
