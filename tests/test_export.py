@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import pytest
 
+import waveform_model  # noqa: F401  (what export wraps)
+
 from conftest import (CLASS_MAP, HPARAMS, check_ok, labeled_rows,
                       read_class_names, read_csv_rows, run_main,
                       subprocess_env, train_args, truth_matrix)

@@ -14,6 +14,8 @@ import struct
 import numpy as np
 import pytest
 
+import main  # noqa: F401  (run as a subprocess by these tests)
+
 from conftest import (CLASS_MAP, check_ok, independent_clip_scores,
                       labeled_rows, read_class_names,
                       read_csv_rows, run_main, train_args, truth_matrix,

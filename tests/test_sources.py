@@ -10,6 +10,9 @@ import re
 import numpy as np
 import pytest
 
+import main  # noqa: F401  (run as a subprocess by these tests)
+import relabel  # noqa: F401  (--mode relabel)
+
 from conftest import (CLASS_MAP, check_ok, labeled_rows, read_class_names,
                       run_main, train_args, write_pcm_wav)
 from test_cli_errors import assert_one_error
