@@ -49,10 +49,10 @@ within 3e-7; 1.3e-4 has been seen with PCEN on a recorded clip.
 
 The examples-in models (tflite_engine.py) are checked too: the float32 one
 gives the Keras model's example scores within EXAMPLES_TOLERANCE (the same
-arithmetic, no FFT), and a quantized one the float one's clip scores within
-QUANTIZED_TOLERANCE on QUANTIZED_CHECK_CLIPS real-shaped clips (and a few
-calibration clips); the report gives the largest difference and on how many
-clips the top class agrees. See docs/fast-cpu-scoring.md for the bound's
+arithmetic, no FFT), and a quantized one the float one's example scores
+within QUANTIZED_TOLERANCE on QUANTIZED_CHECK_CLIPS real-shaped clips (and a
+few calibration clips); the report gives the largest example and clip score
+differences and on how many clips the top class agrees. See docs/fast-cpu-scoring.md for the bound's
 measurements.
 """
 
@@ -81,7 +81,11 @@ SAVED_MODEL_TOLERANCE = 1e-5
 # For both front ends; the measurements are in the module docstring.
 TFLITE_TOLERANCE = 5e-4
 EXAMPLES_TOLERANCE = 1e-4
-QUANTIZED_TOLERANCE = 0.1
+# On example scores: a quantized model's largest difference from the float
+# one over the check clips. Measured (see docs/fast-cpu-scoring.md): int8
+# 0.15 to 0.26, dynamic 0.01 to 0.04 (0.18 and 0.06 on 150 recorded test
+# clips); int8 calibrated on silence 0.86 to 0.94.
+QUANTIZED_TOLERANCE = 0.5
 QUANTIZED_CHECK_CLIPS = 8  # check_waveform seeds 0 .. 7
 CALIBRATION_CHECK_CLIPS = 4
 
@@ -375,7 +379,7 @@ def _build(scorer, class_names, class_map_path, folder, entries):
 
 def check_examples_models(folder, scorer, kinds):
   """The float examples-in model gives the Keras model's example scores; a
-  quantized one the float one's clip scores within QUANTIZED_TOLERANCE.
+  quantized one the float one's within QUANTIZED_TOLERANCE.
   Returns the report lines."""
   files_ = tflite_engine.EXAMPLES_FILES
   runners = {kind: tflite_engine.Runner(os.path.join(folder, files_[kind]))
@@ -412,27 +416,30 @@ def _quantization_check_clips(scorer):
 
 
 def quantized_differences(quantized, reference, clips):
-  """(largest clip-score difference, clips whose top class agrees)."""
-  largest, agree = 0.0, 0
+  """(largest example-score difference, largest clip-score difference,
+  clips whose top class agrees) of two examples-in runners."""
+  example, clip, agree = 0.0, 0.0, 0
   for _, examples in clips:
     stopping.check()
-    got = quantized(examples).mean(axis=0)
-    want = reference(examples).mean(axis=0)
-    largest = max(largest, float(np.abs(got - want).max()))
+    got, want = quantized(examples), reference(examples)
+    example = max(example, float(np.abs(got - want).max()))
+    got, want = got.mean(axis=0), want.mean(axis=0)
+    clip = max(clip, float(np.abs(got - want).max()))
     agree += int(np.argmax(got) == np.argmax(want))
-  return largest, agree
+  return example, clip, agree
 
 
 def _check_quantized(name, quantized, reference, clips):
-  largest, agree = quantized_differences(quantized, reference, clips)
-  if not largest <= QUANTIZED_TOLERANCE:
-    raise UserError('export: %s scores a clip %.2g away from the float '
-                    'model (allowed %g; top class the same on %d of %d '
-                    'clips); nothing written' % (
-                        name, largest, QUANTIZED_TOLERANCE, agree,
+  example, clip, agree = quantized_differences(quantized, reference, clips)
+  if not example <= QUANTIZED_TOLERANCE:
+    raise UserError('export: %s scores an example %.2g away from the float '
+                    'model (allowed %g; clip scores up to %.2g away, top '
+                    'class the same on %d of %d clips); nothing written' % (
+                        name, example, QUANTIZED_TOLERANCE, clip, agree,
                         len(clips)))
-  return ('%s: clip scores within %.2g of the float model on %d clips, the '
-          'same top class on %d' % (name, largest, len(clips), agree))
+  return ('%s: example scores within %.2g, clip scores within %.2g of the '
+          'float model on %d clips, the same top class on %d' % (
+              name, example, clip, len(clips), agree))
 
 
 def _size(path):

@@ -64,7 +64,8 @@ def read_pcm(path):
 
 def test_export_files_and_report(mobilenet_export):
   assert sorted(os.listdir(mobilenet_export['dir'])) == [
-      'class_map.csv', 'model.tflite', 'saved_model']
+      'class_map.csv', 'examples_float32.tflite', 'model.tflite',
+      'saved_model']
   out = mobilenet_export['result'].stdout
   assert re.search(r'SavedModel: scores of a [0-9.]+ s clip within', out)
   assert re.search(r'TFLite: [0-9]+ examples/s', out)
@@ -112,8 +113,7 @@ def test_tflite_matches_saved_model_with_builtin_ops(mobilenet_export,
   assert {'WHILE', 'CONV_2D', 'RFFT2D'} <= set(ops)  # the loop's body too
   assert not [op for op in ops if op.startswith('Flex') or op == 'CUSTOM']
   assert 'VAR_HANDLE' not in ops  # weights are constants
-  runner = tf.lite.Interpreter(model_path=path).get_signature_runner(
-      'serving_default')
+  runner = export.tflite_runner(path)
   serve = tf.saved_model.load(os.path.join(
       mobilenet_export['dir'], 'saved_model')).signatures['serving_default']
   for name in sorted(os.listdir(inference_clips)):
@@ -218,9 +218,8 @@ def _load_saved_model(export_dir, tmp_path):
 
 
 def _tflite(export_dir):
-  import tensorflow as tf
-  return tf.lite.Interpreter(model_path=os.path.join(
-      export_dir, 'model.tflite')).get_signature_runner('serving_default')
+  import export
+  return export.tflite_runner(os.path.join(export_dir, 'model.tflite'))
 
 
 @pytest.mark.parametrize('bad', [np.nan, -np.inf], ids=['nan', 'inf'])
@@ -387,7 +386,8 @@ def test_export_dir_with_glob_characters(pcen_run, tmp_path):
   nothing else there."""
   export_dir = pcen_run['export_dir']
   assert sorted(os.listdir(export_dir)) == [
-      'class_map.csv', 'model.tflite', 'saved_model']
+      'class_map.csv', 'examples_float32.tflite', 'model.tflite',
+      'saved_model']
   assert os.listdir(os.path.dirname(export_dir)) == ['export']
   assert 'TFLite: scores of a 7.3 s clip within' in pcen_run['export'].stdout
   model = _load_saved_model(export_dir, tmp_path)
