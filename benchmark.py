@@ -15,7 +15,12 @@ layers and timed on in-memory random tensors:
 4. the PreciseBN update at a checkpoint over the training time between two
    checkpoints (target < 0.10);
 
-and the estimated time to score the FSDKaggle2019 test set (4,481 clips,
+then ratios 5 and 6 (distributed and mixed-precision training), and the
+TFLite engine (--engine tflite) end to end, WAV files through the Scorer
+with its features, for float32, dynamic and int8 models converted in
+memory, over the plain model's forward pass at the Scorer's batch size
+(targets: float32 >= 1.3, int8 >= 3.0; `--engines_only` measures these
+alone), and the estimated time to score the FSDKaggle2019 test set (4,481 clips,
 12.9 hours of audio). Timings start after a warm-up (tracing, buffers).
 """
 
@@ -86,13 +91,59 @@ def _timed(fn, warmup, repeats):
   return (time.perf_counter() - start) / repeats
 
 
-def plain_forward_rate(num_classes, hparams, repeats):
+def plain_forward_rate(num_classes, hparams, repeats, batch_size=None):
+  batch_size = batch_size or hparams.batch_size
   plain = plain_mobilenet(num_classes, hparams)
   frames, _ = features.example_geometry(hparams)
-  batch = tf.random.normal([hparams.batch_size, frames, hparams.mel_bands])
+  batch = tf.random.normal([batch_size, frames, hparams.mel_bands])
   forward = tf.function(lambda x: tf.sigmoid(plain(x, training=False)))
   seconds = _timed(lambda: forward(batch).numpy(), 2, repeats)
-  return hparams.batch_size / seconds
+  return batch_size / seconds
+
+
+def tflite_rates(data, class_names, hparams, checkpoint, out_csv,
+                 batch_sizes):
+  """{(quantization, batch size): examples/s end to end} of --engine
+  tflite with the checkpoint converted in memory (int8 calibrated on the
+  training clips), on every core."""
+  rows = files.read_labeled_csv(data['train_csv'], data['train_clip_dir'],
+                                class_names)
+  calibration = tuple(os.path.join(data['train_clip_dir'], f)
+                      for f, _ in rows)
+  rates = {}
+  for quantize in ('none', 'dynamic', 'int8'):
+    engine = scoring.Engine('tflite', quantize=quantize,
+                            calibration_paths=calibration)
+    for batch_size in batch_sizes:
+      rates[quantize, batch_size], _ = inference_rate(
+          data, class_names, hparams, checkpoint, out_csv, engine,
+          batch_size)
+      print('TFLite %s, batch %d: %.1f examples/s end to end' % (
+          quantize, batch_size, rates[quantize, batch_size]), flush=True)
+  return rates
+
+
+def engine_ratios(data, class_names, hparams, checkpoint, tmp):
+  """The TFLite engine's end-to-end rates over the plain model's forward
+  pass at the same batch size, measured here; prints and returns them."""
+  out_csv = os.path.join(tmp, 'tflite_submission.csv')
+  batch_sizes = (scoring.BATCH_SIZE, hparams.batch_size)
+  plain = {b: plain_forward_rate(len(class_names), hparams, 8, b)
+           for b in batch_sizes}
+  keras, _ = inference_rate(data, class_names, hparams, checkpoint, out_csv)
+  rates = tflite_rates(data, class_names, hparams, checkpoint, out_csv,
+                       batch_sizes)
+  print('Plain model forward: %s; Keras engine end to end (batch %d): %.1f '
+        'examples/s' % (', '.join('%.1f examples/s at batch %d' % (
+            plain[b], b) for b in batch_sizes), scoring.BATCH_SIZE, keras))
+  targets = {'none': 1.3, 'int8': 3.0}
+  for (quantize, batch_size), rate in rates.items():
+    target = targets.get(quantize)
+    print('TFLite %s end to end / plain forward, batch %d: %.2f%s' % (
+        {'none': 'float32'}.get(quantize, quantize), batch_size,
+        rate / plain[batch_size],
+        ' (target >= %.1f)' % target if target else ''))
+  return rates, plain
 
 
 def plain_train_rate(num_classes, hparams, repeats):
@@ -204,13 +255,16 @@ def write_checkpoint(path, num_classes, hparams):
       weights=checkpoints.checkpoint_weights(model)).write(path)
 
 
-def inference_rate(data, class_names, hparams, checkpoint, out_csv):
-  """Examples/s from WAV files to a written submission.csv."""
+def inference_rate(data, class_names, hparams, checkpoint, out_csv,
+                   engine=None, batch_size=None):
+  """Examples/s from WAV files to a written submission.csv, with an engine
+  (scoring.Engine; default Keras) and batch size (default the Scorer's)."""
   fnames = files.list_wavs(data['test_clip_dir'])
   paths = [os.path.join(data['test_clip_dir'], f) for f in fnames]
   samples = files.check_wavs(paths)
-  scorer = scoring.Scorer(MODEL, len(class_names), hparams)
+  scorer = scoring.Scorer(MODEL, len(class_names), hparams, engine=engine)
   scorer.load(checkpoint)
+  scorer.batch_size = batch_size or scorer.batch_size
   scorer.score(paths[:2], samples[:2], label='warm-up')
   start = time.perf_counter()
   scores = scorer.score(paths, samples, label='inference')
@@ -252,6 +306,9 @@ def main():
   parser.add_argument('--train_steps', type=int, default=16,
                       help='timed training steps, after 3 warm-up steps')
   parser.add_argument('--rss_child', nargs=3, help=argparse.SUPPRESS)
+  parser.add_argument('--engines_only', action='store_true',
+                      help='measure only the scoring engines (Keras and '
+                      'TFLite) against the plain forward pass')
   args = parser.parse_args()
   if args.rss_child:
     rss_child(*args.rss_child)
@@ -275,6 +332,9 @@ def main():
         num_test=args.test_clips, min_seconds=2.0, max_seconds=20.0, seed=1)
     checkpoint = write_checkpoint(os.path.join(tmp, 'model.ckpt-0'),
                                   num_classes, hparams)
+    if args.engines_only:
+      engine_ratios(data, class_names, hparams, checkpoint, tmp)
+      return
 
     plain_forward = plain_forward_rate(num_classes, hparams, repeats=8)
     engine, total = inference_rate(data, class_names, hparams, checkpoint,
@@ -323,6 +383,8 @@ def main():
       rss[name] = peak_rss_mib(clip_dir, checkpoint, class_map_path)
     print('Peak RSS: %.0f MiB for a 5 s clip, %.0f MiB for a 10 min clip' % (
         rss['5 s'], rss['10 min']))
+    print()
+    engine_ratios(data, class_names, hparams, checkpoint, tmp)
 
   test_examples = TEST_SET_HOURS * 3600 * 2 + TEST_SET_CLIPS * 0.5
   print()

@@ -351,6 +351,18 @@ def _kinds(quantize):
 def _build(scorer, class_names, class_map_path, folder, entries):
   """Writes the export into `folder`, checked; returns the check's report.
   entries: {quantization: metadata entry} of the examples-in models."""
+  # The examples-in models first: a quantized one that fails its check
+  # fails the export before the long stages.
+  for kind, entry in entries.items():
+    stopping.check()
+    print('export: converting the model part to TFLite (%s)' % kind,
+          flush=True)
+    with open(os.path.join(folder, tflite_engine.EXAMPLES_FILES[kind]),
+              'wb') as f:
+      f.write(tflite_engine.with_metadata(scorer.convert(kind), entry))
+  print('export: checking it', flush=True)
+  examples_lines = check_examples_models(folder, scorer, list(entries))
+  stopping.check()
   shutil.copyfile(class_map_path, os.path.join(folder, CLASS_MAP))
   tagger = Tagger(scorer.waveform_model, class_names,
                   os.path.join(folder, CLASS_MAP))
@@ -362,19 +374,12 @@ def _build(scorer, class_names, class_map_path, folder, entries):
   stopping.check()
   print('export: converting it to TFLite', flush=True)
   write_tflite(tagger, os.path.join(folder, TFLITE))
-  for kind, entry in entries.items():
-    stopping.check()
-    print('export: converting the model part to TFLite (%s)' % kind,
-          flush=True)
-    with open(os.path.join(folder, tflite_engine.EXAMPLES_FILES[kind]),
-              'wb') as f:
-      f.write(tflite_engine.with_metadata(scorer.convert(kind), entry))
   stopping.check()
-  print('export: checking them', flush=True)
+  print('export: checking both', flush=True)
   with tempfile.TemporaryDirectory() as work:
     lines = self_check(os.path.join(folder, SAVED_MODEL),
                        os.path.join(folder, TFLITE), scorer, work)
-  return lines + check_examples_models(folder, scorer, list(entries))
+  return lines + examples_lines
 
 
 def check_examples_models(folder, scorer, kinds):

@@ -362,6 +362,7 @@ def _engine(class_names):
     if problem:
       raise UserError('--tflite_model: %s: %s' % (FLAGS.tflite_model,
                                                   problem))
+    tflite_engine.interpreter(FLAGS.tflite_model, 1)  # LiteRT can run it
   calibration = ()
   if FLAGS.calibration_csv_path:
     calibration = tuple(tflite_engine.calibration_clips(

@@ -59,10 +59,15 @@ def interpreter(model, threads=None):
             else {'model_content': bytes(model)})
   # Quiet: the delegate says "Created TensorFlow Lite XNNPACK delegate" when
   # the tensors are first allocated.
-  with runtime.quiet_stderr():
-    made = litert.Interpreter(num_threads=threads or default_threads(),
-                              **source)
-    made.allocate_tensors()
+  try:
+    with runtime.quiet_stderr():
+      made = litert.Interpreter(num_threads=threads or default_threads(),
+                                **source)
+      made.allocate_tensors()
+  except (ValueError, RuntimeError) as e:
+    raise UserError('%s: LiteRT cannot run it (%s)' % (
+        model if isinstance(model, str) else 'the converted model',
+        (str(e).strip().splitlines() or [type(e).__name__])[0])) from None
   return made
 
 

@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import (CLASS_MAP, HPARAMS, check_ok, labeled_rows,
-                      read_class_names, read_csv_rows, run_main,
-                      subprocess_env, train_args, truth_matrix)
+from conftest import (CLASS_MAP, HPARAMS, check_ok, export_args,
+                      labeled_rows, read_class_names, read_csv_rows,
+                      run_main, subprocess_env, train_args, truth_matrix)
 from test_cli import _lwlrap_bounds, _overall_lwlrap, _within
 from test_cli_errors import _Run, assert_one_error
 
@@ -39,20 +39,6 @@ out['modules'] = sorted(m for m in sys.modules if m.split('.')[0] in (
     'model', 'features', 'inputs', 'scoring', 'export', 'params'))
 print(json.dumps(out))
 '''
-
-
-def export_args(checkpoint, export_dir, extra=()):
-  return ['--mode', 'export', '--class_map_path', CLASS_MAP,
-          '--inference_checkpoint', checkpoint, '--export_dir',
-          export_dir] + list(extra)
-
-
-@pytest.fixture(scope='module')
-def mobilenet_export(tmp_path_factory, mobilenet_train):
-  export_dir = str(tmp_path_factory.mktemp('export') / 'mn')
-  result = check_ok(run_main(export_args(mobilenet_train['checkpoint'],
-                                         export_dir)))
-  return {'dir': export_dir, 'result': result}
 
 
 def read_pcm(path):
