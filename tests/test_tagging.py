@@ -434,9 +434,9 @@ def test_unreadable_files_get_one_line_each_and_the_others_are_tagged(
 def test_a_long_file_is_tagged_in_bounded_memory(tagger, tmp_path, engine):
   """A 30-minute 48 kHz stereo file (3600 examples) is tagged with a peak
   resident memory within a margin of a 5-second file's, by either engine.
-  Measured: +42 to +48 MiB with Keras (tf.data's autotuned buffers and
-  allocator caches, not the file: ~700 MiB for both); +33 to +44 MiB with
-  TFLite. The bound, 160 MiB, is far below what holding the file would
+  Measured: +26 to +48 MiB with Keras (tf.data's autotuned buffers and
+  allocator caches, not the file: 0.7 to 0.8 GiB for both); +33 and +42
+  MiB with TFLite (0.9 GiB for both). The bound, 160 MiB, is far below what holding the file would
   take: its samples alone are 303 MiB as float32 at 44.1 kHz mono (330 MiB
   of bytes as stored, 1.3 GiB as float64 frames)."""
   long_path = str(tmp_path / 'long.wav')
