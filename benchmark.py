@@ -50,6 +50,7 @@ import mobilenet  # noqa: E402
 import params  # noqa: E402
 import runtime  # noqa: E402
 import scoring  # noqa: E402
+import tflite_engine  # noqa: E402
 import train  # noqa: E402
 import wav  # noqa: E402
 
@@ -123,6 +124,28 @@ def tflite_rates(data, class_names, hparams, checkpoint, out_csv,
   return rates
 
 
+def tflite_model_rates(class_names, hparams, checkpoint, data):
+  """{quantization: examples/s} of each TFLite model alone on in-memory
+  examples at the Scorer's batch size: the model's share of the end-to-end
+  time."""
+  rows = files.read_labeled_csv(data['train_csv'], data['train_clip_dir'],
+                                class_names)
+  scorer = scoring.Scorer(MODEL, len(class_names), hparams, engine=(
+      scoring.Engine('tflite', calibration_paths=tuple(
+          os.path.join(data['train_clip_dir'], f) for f, _ in rows))))
+  scorer.load(checkpoint)
+  frames, _ = features.example_geometry(hparams)
+  batch = np.random.default_rng(0).normal(
+      -4, 2, (scoring.BATCH_SIZE, frames, hparams.mel_bands)).astype(
+          np.float32)
+  rates = {}
+  for quantize in ('none', 'dynamic', 'int8'):
+    runner = tflite_engine.Runner(scorer.convert(quantize))
+    rates[quantize] = scoring.BATCH_SIZE / _timed(lambda: runner(batch), 2,
+                                                  16)
+  return rates
+
+
 def engine_ratios(data, class_names, hparams, checkpoint, tmp):
   """The TFLite engine's end-to-end rates over the plain model's forward
   pass at the same batch size, measured here; prints and returns them."""
@@ -133,6 +156,12 @@ def engine_ratios(data, class_names, hparams, checkpoint, tmp):
   keras, _ = inference_rate(data, class_names, hparams, checkpoint, out_csv)
   rates = tflite_rates(data, class_names, hparams, checkpoint, out_csv,
                        batch_sizes)
+  alone = tflite_model_rates(class_names, hparams, checkpoint, data)
+  print('TFLite models alone (batch %d, random examples): %s; feature '
+        'pipeline alone: %.0f examples/s on 2 threads' % (
+            scoring.BATCH_SIZE, ', '.join('%s %.1f examples/s' % item
+                                          for item in alone.items()),
+            feature_rate(data, class_names, hparams, 2)))
   print('Plain model forward: %s; Keras engine end to end (batch %d): %.1f '
         'examples/s' % (', '.join('%.1f examples/s at batch %d' % (
             plain[b], b) for b in batch_sizes), scoring.BATCH_SIZE, keras))
