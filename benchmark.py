@@ -125,9 +125,9 @@ def tflite_rates(data, class_names, hparams, checkpoint, out_csv,
 
 
 def tflite_model_rates(class_names, hparams, checkpoint, data):
-  """{quantization: examples/s} of each TFLite model alone on in-memory
-  examples at the Scorer's batch size: the model's share of the end-to-end
-  time."""
+  """{'quantization, N threads': examples/s} of each TFLite model alone on
+  in-memory examples at the Scorer's batch size, on 1 thread and on every
+  core: the model's share of the end-to-end time."""
   rows = files.read_labeled_csv(data['train_csv'], data['train_clip_dir'],
                                 class_names)
   scorer = scoring.Scorer(MODEL, len(class_names), hparams, engine=(
@@ -140,9 +140,11 @@ def tflite_model_rates(class_names, hparams, checkpoint, data):
           np.float32)
   rates = {}
   for quantize in ('none', 'dynamic', 'int8'):
-    runner = tflite_engine.Runner(scorer.convert(quantize))
-    rates[quantize] = scoring.BATCH_SIZE / _timed(lambda: runner(batch), 2,
-                                                  16)
+    model = scorer.convert(quantize)
+    for threads in sorted({1, tflite_engine.default_threads()}):
+      runner = tflite_engine.Runner(model, threads)
+      rates['%s, %d threads' % (quantize, threads)] = (
+          scoring.BATCH_SIZE / _timed(lambda: runner(batch), 2, 16))
   return rates
 
 
