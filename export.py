@@ -360,7 +360,7 @@ def _build(scorer, class_names, class_map_path, folder, entries):
     with open(os.path.join(folder, tflite_engine.EXAMPLES_FILES[kind]),
               'wb') as f:
       f.write(tflite_engine.with_metadata(scorer.convert(kind), entry))
-  print('export: checking it', flush=True)
+  print('export: checking the examples-in models', flush=True)
   examples_lines = check_examples_models(folder, scorer, list(entries))
   stopping.check()
   shutil.copyfile(class_map_path, os.path.join(folder, CLASS_MAP))

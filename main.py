@@ -367,9 +367,10 @@ def _engine(class_names):
   if FLAGS.calibration_csv_path:
     calibration = tuple(tflite_engine.calibration_clips(
         FLAGS.calibration_csv_path, FLAGS.calibration_clip_dir, class_names))
-  return dict(kind=FLAGS.engine, threads=FLAGS.tflite_threads,
-              quantize=FLAGS.quantize, model_path=FLAGS.tflite_model,
-              calibration_paths=calibration)
+  return tflite_engine.Engine(
+      kind=FLAGS.engine, threads=FLAGS.tflite_threads,
+      quantize=FLAGS.quantize, model_path=FLAGS.tflite_model,
+      calibration_paths=calibration)
 
 
 def _check_eval_flags():
@@ -485,12 +486,11 @@ def _tflite_run():
   """The model and hparams recorded in --tflite_model, with --hparams on
   top; a checkpoint given as well must be of the same model and hparams."""
   path = FLAGS.tflite_model
-  model_name, recorded = tflite_engine.run_of(
-      tflite_engine.read_metadata(path), path)
+  entry = tflite_engine.read_metadata(path)
+  model_name, recorded = tflite_engine.run_of(entry, path)
   if FLAGS.inference_checkpoint:
     prefix, record = _starting_record()
-    problem = record and tflite_engine.run_mismatch(
-        tflite_engine.read_metadata(path), *record)
+    problem = record and tflite_engine.run_mismatch(entry, *record)
     if problem:
       raise UserError('--tflite_model: %s: %s (%s)' % (path, problem,
                                                        prefix))
@@ -552,7 +552,7 @@ class _Inputs:
   samples: list = None  # each clip's samples (files.check_wavs)
   sources: list = None  # training sources
   tag_files: list = None
-  engine: object = None  # scoring.Engine (scoring and export modes)
+  engine: tflite_engine.Engine = None
 
 
 def _list_inputs(class_names):
@@ -590,7 +590,7 @@ def run():
   if FLAGS.mode != 'tag':
     # Tag mode reads any WAV, and reports each unreadable one on its own.
     found.samples = files.check_wavs(read_paths)
-  engine = _engine(found.class_names)
+  found.engine = _engine(found.class_names)
   _make_output_dirs()
   tf = runtime.import_tensorflow()
   logging.set_verbosity(logging.WARNING)  # e.g. per-save saver notices
@@ -608,9 +608,6 @@ def run():
                                          FLAGS.eval_poll_seconds,
                                          FLAGS.eval_idle_timeout_seconds)
   model_name, hparams = _recorded_run(hparams)
-  if _MODES[FLAGS.mode].scores or FLAGS.mode == 'export':
-    import scoring
-    found.engine = scoring.Engine(**engine)
   try:
     _MODES[FLAGS.mode].runner(model_name, hparams, found, strategy)
   except tf.errors.OpError as e:

@@ -19,7 +19,6 @@ checkpoint in memory or read from an export. Everything before it is the
 same for both.
 """
 
-import dataclasses
 import datetime
 import gc
 import sys
@@ -39,6 +38,7 @@ import stopping
 import tflite_engine
 import waveform_model
 from files import UserError
+from tflite_engine import Engine
 
 PROGRESS_EVERY_SECONDS = 10.0
 # Examples per model call when scoring on CPU. Peak memory grows with it (the
@@ -62,22 +62,6 @@ def waveform_examples(chunks, hparams):
           .map(chunk_examples, num_parallel_calls=tf.data.AUTOTUNE,
                deterministic=False)
           .unbatch())
-
-
-@dataclasses.dataclass(frozen=True)
-class Engine:
-  """What runs the model part (--engine and the flags that go with it)."""
-  kind: str = 'keras'  # or 'tflite'
-  threads: int = None  # TFLite's threads (None: every core)
-  # Converting in memory: none, dynamic or int8. With model_path: the kind
-  # the file must be (None: any).
-  quantize: str = None
-  model_path: str = None  # an exported examples-in .tflite
-  calibration_paths: tuple = ()  # clips to calibrate int8 on
-
-  @property
-  def tflite(self):
-    return self.kind == 'tflite'
 
 
 class Scorer:

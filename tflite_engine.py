@@ -11,9 +11,11 @@ The file carries its run in a metadata entry named METADATA_NAME: JSON with
 the model name, every hparam, the class names, the quantization and where
 it came from, checked against the run before anything is scored.
 
-The front end (STFT, mel, log) stays float: the log mel spans ~20 units
-between digital silence and a loud clip, which int8's 256 steps would cut
-to ~0.1 units, and TFLite has no integer FFT. The model's inputs and
+The front end (STFT, mel, log) stays float: the mel energies span six
+decades (the log's offset 0.001 to ~400 in a loud bin), which int8's 256
+levels cannot hold, TFLite's FFT has no integer kernel, and it runs on
+tf.data's threads anyway; after the log (-6.9 to +6 on recorded drums) the
+int8 model's own input quantization takes over. The model's inputs and
 outputs stay float32 too (the int8 model quantizes its input and
 dequantizes its logits itself), so every engine takes the same examples.
 The output is the logits, not the scores: an int8 sigmoid has 256 levels,
@@ -21,6 +23,7 @@ so every score below 0.002 would be 0 and tie in lwlrap's ranking; the
 engine applies the sigmoid in float.
 """
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -42,6 +45,23 @@ FORMAT = 1
 CALIBRATION_EXAMPLES = 500
 PER_CLIP = 4
 CALIBRATION_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+  """What runs the model part in scoring.Scorer (--engine and the flags
+  that go with it)."""
+  kind: str = 'keras'  # or 'tflite'
+  threads: int = None  # TFLite's threads (None: every core)
+  # Converting in memory: none, dynamic or int8. With model_path: the kind
+  # the file must be (None: any).
+  quantize: str = None
+  model_path: str = None  # an exported examples-in .tflite
+  calibration_paths: tuple = ()  # clips to calibrate int8 on
+
+  @property
+  def tflite(self):
+    return self.kind == 'tflite'
 
 
 def default_threads():
