@@ -15,7 +15,12 @@ layers and timed on in-memory random tensors:
 4. the PreciseBN update at a checkpoint over the training time between two
    checkpoints (target < 0.10);
 
-and the estimated time to score the FSDKaggle2019 test set (4,481 clips,
+then ratios 5 and 6 (distributed and mixed-precision training), and the
+TFLite engine (--engine tflite) end to end, WAV files through the Scorer
+with its features, for float32, dynamic and int8 models converted in
+memory, over the plain model's forward pass at the Scorer's batch size
+(targets: float32 >= 1.3, int8 >= 3.0; `--engines_only` measures these
+alone), and the estimated time to score the FSDKaggle2019 test set (4,481 clips,
 12.9 hours of audio). Timings start after a warm-up (tracing, buffers).
 """
 
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -45,6 +51,7 @@ import mobilenet  # noqa: E402
 import params  # noqa: E402
 import runtime  # noqa: E402
 import scoring  # noqa: E402
+import tflite_engine  # noqa: E402
 import train  # noqa: E402
 import wav  # noqa: E402
 
@@ -86,13 +93,105 @@ def _timed(fn, warmup, repeats):
   return (time.perf_counter() - start) / repeats
 
 
-def plain_forward_rate(num_classes, hparams, repeats):
+def plain_forward_rate(num_classes, hparams, repeats, batch_size=None):
+  batch_size = batch_size or hparams.batch_size
   plain = plain_mobilenet(num_classes, hparams)
   frames, _ = features.example_geometry(hparams)
-  batch = tf.random.normal([hparams.batch_size, frames, hparams.mel_bands])
+  batch = tf.random.normal([batch_size, frames, hparams.mel_bands])
   forward = tf.function(lambda x: tf.sigmoid(plain(x, training=False)))
   seconds = _timed(lambda: forward(batch).numpy(), 2, repeats)
-  return hparams.batch_size / seconds
+  return batch_size / seconds
+
+
+def tflite_rates(data, class_names, hparams, checkpoint, out_csv,
+                 batch_sizes):
+  """{(quantization, batch size): examples/s end to end} of --engine
+  tflite with the checkpoint converted in memory (int8 calibrated on the
+  training clips), on every core."""
+  rows = files.read_labeled_csv(data['train_csv'], data['train_clip_dir'],
+                                class_names)
+  calibration = tuple(os.path.join(data['train_clip_dir'], f)
+                      for f, _ in rows)
+  rates = {}
+  for quantize in ('none', 'dynamic', 'int8'):
+    engine = tflite_engine.Engine('tflite', quantize=quantize,
+                            calibration_paths=calibration)
+    for batch_size in batch_sizes:
+      rates[quantize, batch_size], _ = inference_rate(
+          data, class_names, hparams, checkpoint, out_csv, engine,
+          batch_size)
+      print('TFLite %s, batch %d: %.1f examples/s end to end' % (
+          quantize, batch_size, rates[quantize, batch_size]), flush=True)
+  return rates
+
+
+def tflite_model_rates(class_names, hparams, checkpoint, data):
+  """{'quantization, N threads': examples/s} of each TFLite model alone on
+  in-memory examples at the Scorer's batch size, on 1 thread and on every
+  core: the model's share of the end-to-end time."""
+  rows = files.read_labeled_csv(data['train_csv'], data['train_clip_dir'],
+                                class_names)
+  scorer = scoring.Scorer(MODEL, len(class_names), hparams, engine=(
+      tflite_engine.Engine('tflite', calibration_paths=tuple(
+          os.path.join(data['train_clip_dir'], f) for f, _ in rows))))
+  scorer.load(checkpoint)
+  frames, _ = features.example_geometry(hparams)
+  batch = np.random.default_rng(0).normal(
+      -4, 2, (scoring.BATCH_SIZE, frames, hparams.mel_bands)).astype(
+          np.float32)
+  rates = {}
+  for quantize in ('none', 'dynamic', 'int8'):
+    model = scorer.convert(quantize)
+    for threads in sorted({1, tflite_engine.default_threads()}):
+      runner = tflite_engine.Runner(model, threads)
+      rates['%s, %d threads' % (quantize, threads)] = (
+          scoring.BATCH_SIZE / _timed(lambda: runner(batch), 2, 16))
+    # TensorFlow's own (deprecated) interpreter on the same model, beside
+    # LiteRT: the reason LiteRT is a requirement.
+    runner = _tf_lite_runner(model, tflite_engine.default_threads())
+    rates['%s, %d threads, tf.lite.Interpreter' % (
+        quantize, tflite_engine.default_threads())] = (
+            scoring.BATCH_SIZE / _timed(lambda: runner(batch), 2, 16))
+  return rates
+
+
+def _tf_lite_runner(model, threads):
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # its deprecation notice
+    interpreter = tf.lite.Interpreter(model_content=bytes(model),
+                                      num_threads=threads)
+  interpreter.allocate_tensors()
+  run = interpreter.get_signature_runner('serving_default')
+  return lambda examples: run(examples=examples)['logits']
+
+
+def engine_ratios(data, class_names, hparams, checkpoint, tmp):
+  """The TFLite engine's end-to-end rates over the plain model's forward
+  pass at the same batch size, measured here; prints and returns them."""
+  out_csv = os.path.join(tmp, 'tflite_submission.csv')
+  batch_sizes = (scoring.BATCH_SIZE, hparams.batch_size)
+  plain = {b: plain_forward_rate(len(class_names), hparams, 8, b)
+           for b in batch_sizes}
+  keras, _ = inference_rate(data, class_names, hparams, checkpoint, out_csv)
+  rates = tflite_rates(data, class_names, hparams, checkpoint, out_csv,
+                       batch_sizes)
+  alone = tflite_model_rates(class_names, hparams, checkpoint, data)
+  print('TFLite models alone (batch %d, random examples): %s; feature '
+        'pipeline alone: %.0f examples/s on 2 threads' % (
+            scoring.BATCH_SIZE, ', '.join('%s %.1f examples/s' % item
+                                          for item in alone.items()),
+            feature_rate(data, class_names, hparams, 2)))
+  print('Plain model forward: %s; Keras engine end to end (batch %d): %.1f '
+        'examples/s' % (', '.join('%.1f examples/s at batch %d' % (
+            plain[b], b) for b in batch_sizes), scoring.BATCH_SIZE, keras))
+  targets = {'none': 1.3, 'int8': 3.0}
+  for (quantize, batch_size), rate in rates.items():
+    target = targets.get(quantize)
+    print('TFLite %s end to end / plain forward, batch %d: %.2f%s' % (
+        {'none': 'float32'}.get(quantize, quantize), batch_size,
+        rate / plain[batch_size],
+        ' (target >= %.1f)' % target if target else ''))
+  return rates, plain
 
 
 def plain_train_rate(num_classes, hparams, repeats):
@@ -252,13 +351,16 @@ def write_checkpoint(path, num_classes, hparams):
       weights=checkpoints.checkpoint_weights(model)).write(path)
 
 
-def inference_rate(data, class_names, hparams, checkpoint, out_csv):
-  """Examples/s from WAV files to a written submission.csv."""
+def inference_rate(data, class_names, hparams, checkpoint, out_csv,
+                   engine=None, batch_size=None):
+  """Examples/s from WAV files to a written submission.csv, with an engine
+  (tflite_engine.Engine; default Keras) and batch size (default the Scorer's)."""
   fnames = files.list_wavs(data['test_clip_dir'])
   paths = [os.path.join(data['test_clip_dir'], f) for f in fnames]
   samples = files.check_wavs(paths)
-  scorer = scoring.Scorer(MODEL, len(class_names), hparams)
+  scorer = scoring.Scorer(MODEL, len(class_names), hparams, engine=engine)
   scorer.load(checkpoint)
+  scorer.batch_size = batch_size or scorer.batch_size
   scorer.score(paths[:2], samples[:2], label='warm-up')
   start = time.perf_counter()
   scores = scorer.score(paths, samples, label='inference')
@@ -301,6 +403,9 @@ def main():
                       help='timed training steps, after 3 warm-up steps')
   parser.add_argument('--rss_child', nargs=3, help=argparse.SUPPRESS)
   parser.add_argument('--determinism_child', type=int, help=argparse.SUPPRESS)
+  parser.add_argument('--engines_only', action='store_true',
+                      help='measure only the scoring engines (Keras and '
+                      'TFLite) against the plain forward pass')
   args = parser.parse_args()
   if args.rss_child:
     rss_child(*args.rss_child)
@@ -322,6 +427,9 @@ def main():
     data = _training_data(tmp, args.train_steps, hparams, args.test_clips)
     checkpoint = write_checkpoint(os.path.join(tmp, 'model.ckpt-0'),
                                   num_classes, hparams)
+    if args.engines_only:
+      engine_ratios(data, class_names, hparams, checkpoint, tmp)
+      return
 
     plain_forward = plain_forward_rate(num_classes, hparams, repeats=8)
     engine, total = inference_rate(data, class_names, hparams, checkpoint,
@@ -382,6 +490,8 @@ def main():
       rss[name] = peak_rss_mib(clip_dir, checkpoint, class_map_path)
     print('Peak RSS: %.0f MiB for a 5 s clip, %.0f MiB for a 10 min clip' % (
         rss['5 s'], rss['10 min']))
+    print()
+    engine_ratios(data, class_names, hparams, checkpoint, tmp)
 
   test_examples = TEST_SET_HOURS * 3600 * 2 + TEST_SET_CLIPS * 0.5
   print()

@@ -117,8 +117,9 @@ class _Evaluator:
   the summary writer are made when the first checkpoint is claimed."""
 
   def __init__(self, model_name, hparams, class_names, rows, clip_dir,
-               clip_samples, eval_dir, claim_timeout_seconds):
+               clip_samples, eval_dir, claim_timeout_seconds, engine=None):
     self.model_name, self.hparams = model_name, hparams
+    self.engine = engine
     self.class_names, self.rows = class_names, rows
     self.clip_samples = clip_samples
     self.eval_dir = eval_dir
@@ -156,7 +157,7 @@ class _Evaluator:
 
     if self.scorer is None:
       self.scorer = scoring.Scorer(self.model_name, len(self.class_names),
-                                   self.hparams)
+                                   self.hparams, engine=self.engine)
       self.writer = tf.summary.create_file_writer(self.eval_dir)
     try:
       statistics = self.scorer.load(prefix)
@@ -179,9 +180,9 @@ class _Evaluator:
             ' left to that process' % (prefix, self.claim_timeout))
       return LOST, None
     result = reports.report(step, self.truth, scores, self.class_names)
-    print('Checkpoint %s (%d clips, batch-norm statistics: %s)\n%s\n%s\n' % (
-        prefix, len(self.rows), statistics, result.lwlrap_text,
-        result.metrics_text))
+    print('Checkpoint %s (%d clips, batch-norm statistics: %s%s)\n%s\n%s\n'
+          % (prefix, len(self.rows), statistics, self.scorer.engine_note(),
+             result.lwlrap_text, result.metrics_text))
     self._write(result)
     claim.finished = True
     return EVALUATED, None
@@ -207,7 +208,7 @@ class _Evaluator:
 def evaluate(model_name, hparams, class_names, rows, clip_dir, clip_samples,
              train_dir, eval_dir, continuous=False, poll_seconds=POLL_SECONDS,
              claim_timeout_seconds=CLAIM_TIMEOUT_SECONDS,
-             idle_timeout_seconds=None):
+             idle_timeout_seconds=None, engine=None):
   """Scores every checkpoint in train_dir that has no eval-N.txt marker in
   eval_dir yet and that no other eval process holds; rows are the CSV's
   (fname, labels).
@@ -217,7 +218,7 @@ def evaluate(model_name, hparams, class_names, rows, clip_dir, clip_samples,
   marker (waiting for those other processes hold, and taking them over if
   their claims go stale). With idle_timeout_seconds, give up (UserError)
   when no new checkpoint has appeared for that long while training has not
-  finished.
+  finished. engine: a tflite_engine.Engine (default Keras).
   """
   found = checkpoints.list_checkpoints(train_dir)
   if not found and not continuous:
@@ -231,7 +232,8 @@ def evaluate(model_name, hparams, class_names, rows, clip_dir, clip_samples,
 
   os.makedirs(eval_dir, exist_ok=True)
   evaluator = _Evaluator(model_name, hparams, class_names, rows, clip_dir,
-                         clip_samples, eval_dir, claim_timeout_seconds)
+                         clip_samples, eval_dir, claim_timeout_seconds,
+                         engine)
   with stopping.requests():
     try:
       if continuous:

@@ -11,6 +11,10 @@ export_dir/
                    class_names      () -> class_names [classes]
                  and the asset class_map.csv
   model.tflite   serving_default, TFLite's built-in ops only
+  examples_float32.tflite   the model part alone, for --engine tflite:
+                 examples [batch, frames, bands] -> logits [batch, classes]
+  examples_dynamic.tflite or examples_int8.tflite   the same quantized
+                 (--quantize dynamic or int8)
   class_map.csv
 
 The waveform is mono, 44.1 kHz, float32 in [-1, 1], of any length (a clip
@@ -42,6 +46,14 @@ real-shaped clips of 3-12 s (noise floors of -60 dB, -80 dB and digital
 silence; 2-core x86-64, no GPU), MobileNets trained 150 steps scored within
 8.6e-5 (log mel) and 7.0e-5 (PCEN) of --mode inference, the SavedModel
 within 3e-7; 1.3e-4 has been seen with PCEN on a recorded clip.
+
+The examples-in models (tflite_engine.py) are checked too: the float32 one
+gives the Keras model's example scores within EXAMPLES_TOLERANCE (the same
+arithmetic, no FFT), and a quantized one the float one's example scores
+within QUANTIZED_TOLERANCE on QUANTIZED_CHECK_CLIPS real-shaped clips (and a
+few calibration clips); the report gives the largest example and clip score
+differences and on how many clips the top class agrees. See docs/fast-cpu-scoring.md for the bound's
+measurements.
 """
 
 import os
@@ -56,9 +68,9 @@ from tensorflow.python.framework import convert_to_constants
 import features
 import files
 import make_demo_data
-import runtime
 import scoring
 import stopping
+import tflite_engine
 import wav
 from files import UserError
 
@@ -68,6 +80,15 @@ CLASS_MAP = 'class_map.csv'
 SAVED_MODEL_TOLERANCE = 1e-5
 # For both front ends; the measurements are in the module docstring.
 TFLITE_TOLERANCE = 5e-4
+EXAMPLES_TOLERANCE = 1e-4
+# On example scores: a quantized model's largest difference from the float
+# one over the check clips. Measured (see docs/fast-cpu-scoring.md): int8
+# 0.15 to 0.26, dynamic 0.01 to 0.04 (0.18 and 0.06 on 150 recorded test
+# clips), 0.52 for the tests' small CRNN trained for a few steps on
+# synthetic clips; int8 calibrated on silence 0.86 to 0.94.
+QUANTIZED_TOLERANCE = 0.6
+QUANTIZED_CHECK_CLIPS = 8  # check_waveform seeds 0 .. 7
+CALIBRATION_CHECK_CLIPS = 4
 
 
 class Tagger(tf.Module):
@@ -151,11 +172,10 @@ def tflite_ops(path):
 
 
 def tflite_runner(path):
-  """A callable waveform -> outputs of the TFLite model."""
-  with runtime.quiet_stderr():  # a deprecation notice, a delegate notice
-    interpreter = tf.lite.Interpreter(model_path=path)
-    runner = interpreter.get_signature_runner('serving_default')
-    runner(waveform=np.zeros(1, np.float32))
+  """A callable waveform -> outputs of the TFLite model, run by LiteRT."""
+  runner = tflite_engine.interpreter(path).get_signature_runner(
+      'serving_default')
+  runner(waveform=np.zeros(1, np.float32))
   return runner
 
 
@@ -281,23 +301,30 @@ def _speed(runs, hparams):
 
 
 def export(model_name, hparams, class_names, class_map_path, checkpoint_path,
-           export_dir):
+           export_dir, quantize='none', calibration_paths=()):
   """Writes export_dir (see the module docstring), or nothing at all. A
-  stop request (stopping.py) is acted on between the stages."""
-  scorer = scoring.Scorer(model_name, len(class_names), hparams, static=True)
+  stop request (stopping.py) is acted on between the stages. quantize: the
+  examples-in model written besides the float one (none, dynamic or int8,
+  calibrated on calibration_paths)."""
+  scorer = scoring.Scorer(model_name, len(class_names), hparams, static=True,
+                          engine=tflite_engine.Engine(
+                              calibration_paths=tuple(calibration_paths)))
   statistics = scorer.load(checkpoint_path)
   stopping.check()
   parent = os.path.dirname(os.path.abspath(export_dir))
   os.makedirs(parent, exist_ok=True)
   building = tempfile.mkdtemp(dir=parent, prefix='.export-')
   links = tempfile.mkdtemp(prefix='export-link-')
+  entries = {kind: tflite_engine.record(model_name, hparams, class_names,
+                                        kind, checkpoint_path, statistics)
+             for kind in _kinds(quantize)}
   try:
     # TensorFlow reads a SavedModel's variables path as a glob pattern
     # (`run[1]/` would match nothing): everything goes through a link whose
     # path holds no pattern characters.
     work = os.path.join(links, 'export')
     os.symlink(building, work)
-    report = _build(scorer, class_names, class_map_path, work)
+    report = _build(scorer, class_names, class_map_path, work, entries)
     if os.path.isdir(export_dir):
       os.rmdir(export_dir)  # checked empty before the run
     os.rename(building, export_dir)
@@ -306,18 +333,37 @@ def export(model_name, hparams, class_names, class_map_path, checkpoint_path,
     raise
   finally:
     shutil.rmtree(links, ignore_errors=True)
-  sizes = {name: _size(os.path.join(export_dir, name))
-           for name in (SAVED_MODEL, TFLITE)}
+  names = [SAVED_MODEL, TFLITE] + [tflite_engine.EXAMPLES_FILES[kind]
+                                   for kind in entries]
   print('Exported %s (batch-norm statistics: %s) to %s' % (
       checkpoint_path, statistics, export_dir))
-  print('  saved_model/: %.1f MB; model.tflite: %.1f MB' % (
-      sizes[SAVED_MODEL] / 1e6, sizes[TFLITE] / 1e6))
+  print('  ' + '; '.join('%s%s: %.1f MB' % (
+      name, '/' if name == SAVED_MODEL else '',
+      _size(os.path.join(export_dir, name)) / 1e6) for name in names))
   for line in report:
     print('  ' + line)
 
 
-def _build(scorer, class_names, class_map_path, folder):
-  """Writes the export into `folder`, checked; returns the check's report."""
+def _kinds(quantize):
+  """The examples-in models to write: the float one, and a quantized one."""
+  return ('none',) + ((quantize,) if quantize != 'none' else ())
+
+
+def _build(scorer, class_names, class_map_path, folder, entries):
+  """Writes the export into `folder`, checked; returns the check's report.
+  entries: {quantization: metadata entry} of the examples-in models."""
+  # The examples-in models first: a quantized one that fails its check
+  # fails the export before the long stages.
+  for kind, entry in entries.items():
+    stopping.check()
+    print('export: converting the model part to TFLite (%s)' % kind,
+          flush=True)
+    with open(os.path.join(folder, tflite_engine.EXAMPLES_FILES[kind]),
+              'wb') as f:
+      f.write(tflite_engine.with_metadata(scorer.convert(kind), entry))
+  print('export: checking the examples-in models', flush=True)
+  examples_lines = check_examples_models(folder, scorer, list(entries))
+  stopping.check()
   shutil.copyfile(class_map_path, os.path.join(folder, CLASS_MAP))
   tagger = Tagger(scorer.waveform_model, class_names,
                   os.path.join(folder, CLASS_MAP))
@@ -332,8 +378,74 @@ def _build(scorer, class_names, class_map_path, folder):
   stopping.check()
   print('export: checking both', flush=True)
   with tempfile.TemporaryDirectory() as work:
-    return self_check(os.path.join(folder, SAVED_MODEL),
-                      os.path.join(folder, TFLITE), scorer, work)
+    lines = self_check(os.path.join(folder, SAVED_MODEL),
+                       os.path.join(folder, TFLITE), scorer, work)
+  return lines + examples_lines
+
+
+def check_examples_models(folder, scorer, kinds):
+  """The float examples-in model gives the Keras model's example scores; a
+  quantized one the float one's within QUANTIZED_TOLERANCE.
+  Returns the report lines."""
+  files_ = tflite_engine.EXAMPLES_FILES
+  runners = {kind: tflite_engine.Runner(os.path.join(folder, files_[kind]))
+             for kind in kinds}
+  clips = _quantization_check_clips(scorer)
+  stopping.check()
+  examples = clips[0][1]
+  difference = float(np.abs(runners['none'](examples) -
+                            scorer.score_examples(examples)).max())
+  if not difference <= EXAMPLES_TOLERANCE:
+    raise UserError('export: %s scores examples %.2g away from the Keras '
+                    'model (allowed %g)' % (files_['none'], difference,
+                                            EXAMPLES_TOLERANCE))
+  lines = ['%s: example scores within %.1g of the Keras model' % (
+      files_['none'], difference)]
+  for kind in kinds[1:]:
+    lines.append(_check_quantized(files_[kind], runners[kind],
+                                  runners['none'], clips))
+  return lines
+
+
+def _quantization_check_clips(scorer):
+  """[(name, examples)]: real-shaped clips (check_waveform, several seeds)
+  and the first few calibration clips."""
+  clips = [('check_waveform(seed=%d)' % seed, features.waveform_to_examples(
+      tf.constant(check_waveform(seed=seed)), scorer.hparams).numpy())
+           for seed in range(QUANTIZED_CHECK_CLIPS)]
+  import inputs
+  for path in scorer.engine.calibration_paths[:CALIBRATION_CHECK_CLIPS]:
+    folder, name = os.path.split(path)
+    clips.append((path, inputs.clip_to_log_mel_examples(
+        name, folder, scorer.hparams).numpy()))
+  return clips
+
+
+def quantized_differences(quantized, reference, clips):
+  """(largest example-score difference, largest clip-score difference,
+  clips whose top class agrees) of two examples-in runners."""
+  example, clip, agree = 0.0, 0.0, 0
+  for _, examples in clips:
+    stopping.check()
+    got, want = quantized(examples), reference(examples)
+    example = max(example, float(np.abs(got - want).max()))
+    got, want = got.mean(axis=0), want.mean(axis=0)
+    clip = max(clip, float(np.abs(got - want).max()))
+    agree += int(np.argmax(got) == np.argmax(want))
+  return example, clip, agree
+
+
+def _check_quantized(name, quantized, reference, clips):
+  example, clip, agree = quantized_differences(quantized, reference, clips)
+  if not example <= QUANTIZED_TOLERANCE:
+    raise UserError('export: %s scores an example %.2g away from the float '
+                    'model (allowed %g; clip scores up to %.2g away, top '
+                    'class the same on %d of %d clips); nothing written' % (
+                        name, example, QUANTIZED_TOLERANCE, clip, agree,
+                        len(clips)))
+  return ('%s: example scores within %.2g, clip scores within %.2g of the '
+          'float model on %d clips, the same top class on %d' % (
+              name, example, clip, len(clips), agree))
 
 
 def _size(path):

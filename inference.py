@@ -24,12 +24,14 @@ def submission_csv(fnames, class_names, scores):
 
 
 def infer(model_name, hparams, class_names, clip_dir, fnames, clip_samples,
-          checkpoint_path, predictions_csv_path):
-  """fnames: the sorted .wav names in clip_dir (from files.list_wavs)."""
-  scorer = scoring.Scorer(model_name, len(class_names), hparams)
+          checkpoint_path, predictions_csv_path, engine=None):
+  """fnames: the sorted .wav names in clip_dir (from files.list_wavs);
+  engine: a tflite_engine.Engine (default Keras)."""
+  scorer = scoring.Scorer(model_name, len(class_names), hparams,
+                          engine=engine)
   statistics = scorer.load(checkpoint_path)
-  print('Scoring %s (batch-norm statistics: %s)' % (checkpoint_path,
-                                                   statistics))
+  print('Scoring %s (batch-norm statistics: %s%s)' % (
+      scorer.source, statistics, scorer.engine_note()))
   scores = scorer.score([os.path.join(clip_dir, f) for f in fnames],
                         clip_samples, label='inference')  # all finite
   # Written to a temporary file and renamed only now that every clip is

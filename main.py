@@ -29,6 +29,7 @@ import params
 import runtime
 import sources
 import stopping
+import tflite_engine
 from files import UserError
 
 flags.DEFINE_enum('mode', None,
@@ -163,6 +164,44 @@ flags.DEFINE_float('relabel_add_threshold', 0.8,
                    'Relabel mode: a label not given is added where the model '
                    'scores it at least this.')
 
+flags.DEFINE_enum('engine', 'keras', ['keras', 'tflite'],
+                  'What runs the model in eval, inference, tag and relabel: '
+                  'keras (default), or tflite: a TFLite model of it (log-mel '
+                  'examples in, logits out) run by LiteRT with XNNPACK, '
+                  'either --tflite_model or --inference_checkpoint (each '
+                  'checkpoint, in eval) converted in memory as --quantize '
+                  'says. Both take the same examples from the same pipeline '
+                  '(see docs/fast-cpu-scoring.md).')
+flags.DEFINE_integer('tflite_threads', None,
+                     'With --engine tflite: threads of the TFLite '
+                     'interpreter (default: every core, os.cpu_count()).',
+                     lower_bound=1)
+flags.DEFINE_string('tflite_model', None,
+                    'With --engine tflite in inference, tag or relabel: an '
+                    'examples-in model written by --mode export '
+                    '(examples_float32.tflite, examples_dynamic.tflite or '
+                    'examples_int8.tflite) to score with. The model, hparams '
+                    'and class names recorded in it are used and checked '
+                    'against --class_map_path, --hparams and, if given, '
+                    '--inference_checkpoint (then optional).')
+flags.DEFINE_enum('quantize', None, list(tflite_engine.QUANTIZATIONS),
+                  'Export: the examples-in model to write besides the float '
+                  'one: none (default, float32 only), dynamic (int8 '
+                  'weights, float activations) or int8 (full integer, '
+                  'calibrated on --calibration_csv_path). With --engine '
+                  'tflite: how the checkpoint is converted in memory '
+                  '(default none); with --tflite_model: the kind the file '
+                  'must be (default: any).')
+flags.DEFINE_string('calibration_csv_path', None,
+                    'With --quantize int8 (when converting): a "fname,labels" '
+                    'CSV of training clips whose log-mel examples calibrate '
+                    'the int8 model (at most %d examples, %d per clip, drawn '
+                    'with a fixed seed).' % (tflite_engine.CALIBRATION_EXAMPLES,
+                                             tflite_engine.PER_CLIP))
+flags.DEFINE_string('calibration_clip_dir', None,
+                    'With --quantize int8 (when converting): the folder of '
+                    'the --calibration_csv_path clips.')
+
 FLAGS = flags.FLAGS
 
 for _name in ('relabel_keep_threshold', 'relabel_add_threshold'):
@@ -195,6 +234,11 @@ class _Mode:
   def from_checkpoint(self):
     """It scores (or exports) --inference_checkpoint."""
     return 'inference_checkpoint' in self.required
+
+  @property
+  def scores(self):
+    """It scores clips, with --engine."""
+    return self.run in ('_eval', '_inference', '_tag', '_relabel')
 
 
 _MODES = {
@@ -241,7 +285,10 @@ def _check_flags():
     if getattr(FLAGS, name):
       # A checkpoint given by one of its files is taken as its prefix.
       setattr(FLAGS, name, checkpoints.prefix_of(getattr(FLAGS, name)))
+  _check_engine_flags()
   for name in ('class_map_path',) + _MODES[FLAGS.mode].required:
+    if name == 'inference_checkpoint' and FLAGS.tflite_model:
+      continue  # the model file replaces it
     if not getattr(FLAGS, name):
       raise UserError('--%s is required with --mode %s' % (name, FLAGS.mode))
   hparams = _hparams_from_flags()
@@ -261,8 +308,10 @@ def _check_flags():
     path = getattr(FLAGS, flag)
     if os.path.exists(path) and not os.path.isdir(path):
       raise UserError('--%s: %s exists and is not a folder' % (flag, path))
-  if _MODES[FLAGS.mode].from_checkpoint:
+  if FLAGS.inference_checkpoint and _MODES[FLAGS.mode].from_checkpoint:
     checkpoints.require(FLAGS.inference_checkpoint, '--inference_checkpoint')
+  if FLAGS.tflite_model and not os.path.isfile(FLAGS.tflite_model):
+    raise UserError('--tflite_model: %s not found' % FLAGS.tflite_model)
   for flag in _MODES[FLAGS.mode].output_files:
     if getattr(FLAGS, flag) and flag != 'export_dir':
       files.check_writable(getattr(FLAGS, flag), '--' + flag)
@@ -274,6 +323,54 @@ def _check_flags():
                       path)
     files.check_creatable_folder(path, '--export_dir')
   return hparams
+
+
+def _check_engine_flags():
+  """--engine and the flags that only make sense with it or with export."""
+  mode = _MODES[FLAGS.mode]
+  tflite = FLAGS.engine == 'tflite'
+  if FLAGS['engine'].present and not mode.scores:
+    raise UserError('--engine is for eval, inference, tag and relabel, not '
+                    '--mode %s' % FLAGS.mode)
+  for name in ('tflite_threads', 'tflite_model'):
+    if FLAGS[name].present and not tflite:
+      raise UserError('--%s is only used with --engine tflite' % name)
+  if FLAGS.tflite_model and FLAGS.mode == 'eval':
+    raise UserError('--tflite_model: eval scores each checkpoint of '
+                    '--train_dir (converted in memory); give a model file '
+                    'to inference, tag or relabel')
+  if FLAGS.quantize and not (tflite or FLAGS.mode == 'export'):
+    raise UserError('--quantize is only used with --mode export or '
+                    '--engine tflite')
+  calibrating = FLAGS.quantize == 'int8' and not FLAGS.tflite_model
+  for name in ('calibration_csv_path', 'calibration_clip_dir'):
+    if calibrating and not getattr(FLAGS, name):
+      raise UserError('--quantize int8 needs --calibration_csv_path and '
+                      '--calibration_clip_dir: training clips to calibrate '
+                      'on')
+    if getattr(FLAGS, name) and not calibrating:
+      raise UserError('--%s is only used when converting with --quantize '
+                      'int8' % name)
+
+
+def _engine(class_names):
+  """The tflite_engine.Engine of the flags, its files checked (a model file
+  against the class map and --quantize; calibration clips readable)."""
+  if FLAGS.tflite_model:
+    entry = tflite_engine.read_metadata(FLAGS.tflite_model)
+    problem = tflite_engine.mismatch(entry, class_names, FLAGS.quantize)
+    if problem:
+      raise UserError('--tflite_model: %s: %s' % (FLAGS.tflite_model,
+                                                  problem))
+    tflite_engine.interpreter(FLAGS.tflite_model, 1)  # LiteRT can run it
+  calibration = ()
+  if FLAGS.calibration_csv_path:
+    calibration = tuple(tflite_engine.calibration_clips(
+        FLAGS.calibration_csv_path, FLAGS.calibration_clip_dir, class_names))
+  return tflite_engine.Engine(
+      kind=FLAGS.engine, threads=FLAGS.tflite_threads,
+      quantize=FLAGS.quantize, model_path=FLAGS.tflite_model,
+      calibration_paths=calibration)
 
 
 def _check_eval_flags():
@@ -303,6 +400,8 @@ def _hparams_from_flags():
 def _may_resume_a_record():
   """Whether this mode may start from a checkpoint that holds a record
   (continuous eval may wait for its first one)."""
+  if FLAGS.tflite_model:
+    return True  # the file records its run
   if _MODES[FLAGS.mode].from_checkpoint:
     return checkpoints.exists(FLAGS.inference_checkpoint)
   return FLAGS.mode == 'eval' or bool(
@@ -351,7 +450,10 @@ def _recorded_run(hparams):
   hparams it was trained with; those are used, with the --hparams overrides
   applied, so that nobody has to repeat them (and nobody can score a model
   with features or an architecture it was not trained with). A checkpoint
-  from before runs were recorded runs with the flags as given."""
+  from before runs were recorded runs with the flags as given. A
+  --tflite_model records its run too."""
+  if FLAGS.tflite_model:
+    return _tflite_run()
   prefix, record = _starting_record()
   if record is None:
     if hparams is None:  # no record after all: the flags as given
@@ -380,13 +482,40 @@ def _recorded_run(hparams):
   return model_name, hparams
 
 
+def _tflite_run():
+  """The model and hparams recorded in --tflite_model, with --hparams on
+  top; a checkpoint given as well must be of the same model and hparams."""
+  path = FLAGS.tflite_model
+  entry = tflite_engine.read_metadata(path)
+  model_name, recorded = tflite_engine.run_of(entry, path)
+  if FLAGS.inference_checkpoint:
+    prefix, record = _starting_record()
+    problem = record and tflite_engine.run_mismatch(entry, *record)
+    if problem:
+      raise UserError('--tflite_model: %s: %s (%s)' % (path, problem,
+                                                       prefix))
+  if FLAGS['model'].present and FLAGS.model != model_name:
+    raise UserError('--model %s: %s was exported from a --model %s run' % (
+        FLAGS.model, path, model_name))
+  try:
+    hparams = params.merge(recorded, FLAGS.hparams, path)
+  except ValueError as e:
+    raise UserError('--hparams: %s' % e) from None
+  changed = params.describe(hparams)
+  print('Using --model %s and the hparams recorded in %s%s' % (
+      model_name, path, ': ' + changed if changed else ' (the defaults)'),
+        file=sys.stderr if FLAGS.mode == 'tag' else sys.stdout)
+  return model_name, hparams
+
+
 def _check_outputs(read_paths):
   """Refuses an output that is one of the mode's inputs (a flag's file or
   folder, a checkpoint's files, or one of `read_paths`): it would be
   overwritten, or mixed with what it holds."""
   mode = _MODES[FLAGS.mode]
   inputs = {}
-  for flag in mode.inputs:
+  for flag in mode.inputs + ('tflite_model', 'calibration_csv_path',
+                             'calibration_clip_dir'):
     path = getattr(FLAGS, flag)
     if path:
       inputs[os.path.realpath(path)] = '--' + flag
@@ -423,6 +552,7 @@ class _Inputs:
   samples: list = None  # each clip's samples (files.check_wavs)
   sources: list = None  # training sources
   tag_files: list = None
+  engine: tflite_engine.Engine = None
 
 
 def _list_inputs(class_names):
@@ -460,6 +590,7 @@ def run():
   if FLAGS.mode != 'tag':
     # Tag mode reads any WAV, and reports each unreadable one on its own.
     found.samples = files.check_wavs(read_paths)
+  found.engine = _engine(found.class_names)
   _make_output_dirs()
   tf = runtime.import_tensorflow()
   logging.set_verbosity(logging.WARNING)  # e.g. per-save saver notices
@@ -507,27 +638,31 @@ def _eval(model_name, hparams, found, strategy):
       found.samples, FLAGS.train_dir, FLAGS.eval_dir,
       continuous=FLAGS.eval_continuous, poll_seconds=FLAGS.eval_poll_seconds,
       claim_timeout_seconds=FLAGS.eval_claim_timeout_seconds,
-      idle_timeout_seconds=FLAGS.eval_idle_timeout_seconds)
+      idle_timeout_seconds=FLAGS.eval_idle_timeout_seconds,
+      engine=found.engine)
 
 
 def _inference(model_name, hparams, found, strategy):
   import inference
   inference.infer(model_name, hparams, found.class_names, found.clip_dir,
                   found.fnames, found.samples, FLAGS.inference_checkpoint,
-                  FLAGS.predictions_csv_path)
+                  FLAGS.predictions_csv_path, engine=found.engine)
 
 
 def _export(model_name, hparams, found, strategy):
   import export
   export.export(model_name, hparams, found.class_names, FLAGS.class_map_path,
-                FLAGS.inference_checkpoint, FLAGS.export_dir)
+                FLAGS.inference_checkpoint, FLAGS.export_dir,
+                quantize=FLAGS.quantize or 'none',
+                calibration_paths=found.engine.calibration_paths)
 
 
 def _tag(model_name, hparams, found, strategy):
   import tagging
   failed = tagging.tag(model_name, hparams, found.class_names,
                        found.tag_files, FLAGS.inference_checkpoint,
-                       FLAGS.top_k, FLAGS.timeline_csv_path)
+                       FLAGS.top_k, FLAGS.timeline_csv_path,
+                       engine=found.engine)
   if failed:
     raise UserError('%d of %d files could not be tagged (see above)' % (
         failed, len(found.tag_files)))
@@ -538,7 +673,7 @@ def _relabel(model_name, hparams, found, strategy):
   relabel.relabel(model_name, hparams, found.class_names, found.rows,
                   found.clip_dir, found.samples, FLAGS.inference_checkpoint,
                   FLAGS.relabeled_csv_path, FLAGS.relabel_keep_threshold,
-                  FLAGS.relabel_add_threshold)
+                  FLAGS.relabel_add_threshold, engine=found.engine)
 
 
 def _lost_message(lost):

@@ -25,12 +25,14 @@ def labels_csv(fnames, class_names, labels):
 
 
 def relabel(model_name, hparams, class_names, rows, clip_dir, clip_samples,
-            checkpoint_path, output_path, keep_threshold, add_threshold):
-  """rows: the CSV's (fname, labels), checked."""
-  scorer = scoring.Scorer(model_name, len(class_names), hparams)
+            checkpoint_path, output_path, keep_threshold, add_threshold,
+            engine=None):
+  """rows: the CSV's (fname, labels), checked; engine: a tflite_engine.Engine."""
+  scorer = scoring.Scorer(model_name, len(class_names), hparams,
+                          engine=engine)
   statistics = scorer.load(checkpoint_path)
-  print('Relabelling with %s (batch-norm statistics: %s)' % (
-      checkpoint_path, statistics))
+  print('Relabelling with %s (batch-norm statistics: %s%s)' % (
+      scorer.source, statistics, scorer.engine_note()))
   fnames = [fname for fname, _ in rows]
   scores = scorer.score([os.path.join(clip_dir, f) for f in fnames],
                         clip_samples, label='relabel')

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import sys
 import warnings
 
 
@@ -9,15 +10,30 @@ import warnings
 def quiet_stderr():
   """Keeps what native code prints to stderr (CUDA probing, oneDNN and
   TFLite notices) and Python warnings out of the run's own output."""
-  saved = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  try:
-    os.dup2(devnull, 2)
+  with _silenced(2):
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')
       yield
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+  """Keeps what native code prints to stdout (TFLite's calibrator prints
+  its settings) out of the run's own output."""
+  sys.stdout.flush()
+  with _silenced(1):
+    yield
+
+
+@contextlib.contextmanager
+def _silenced(fd):
+  saved = os.dup(fd)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, fd)
+    yield
   finally:
-    os.dup2(saved, 2)
+    os.dup2(saved, fd)
     os.close(saved)
     os.close(devnull)
 

@@ -12,6 +12,11 @@ Eval and inference give it 16-bit 44.1 kHz mono files, which tf.data reads
 itself (Scorer.score); tagging gives it waveform chunks it reads, mixes down
 and resamples in Python (Scorer.score_waveforms). Both become the same
 examples, batches and model calls.
+
+The model call is the engine's (tflite_engine.Engine): the Keras model
+(folded), or its TFLite conversion run by LiteRT (tflite_engine.py),
+converted from the checkpoint in memory or read from an export. Everything
+before it is the same for both.
 """
 
 import datetime
@@ -30,6 +35,7 @@ import features
 import inputs
 import model as model_lib
 import stopping
+import tflite_engine
 import waveform_model
 from files import UserError
 
@@ -60,31 +66,44 @@ def waveform_examples(chunks, hparams):
 class Scorer:
   """Holds a model; `load` a checkpoint, then `score` clips with it."""
 
-  def __init__(self, model_name, num_classes, hparams, static=False):
+  def __init__(self, model_name, num_classes, hparams, static=False,
+               engine=None):
     """static: the inference model without loops over the batch, as TFLite
     needs (model.build_model)."""
     self.model_name = model_name
     self.hparams = hparams
     self.num_classes = num_classes
+    self.engine = engine or tflite_engine.Engine()
+    self.source = None  # what scores: a checkpoint or a .tflite file
+    self.batch_size = (GPU_BATCH_SIZE if tf.config.list_logical_devices('GPU')
+                       else BATCH_SIZE)
+    self._calibration = None
+    if self.engine.model_path:
+      return  # the file is the whole model
     self.model = model_lib.build_model(model_name, num_classes, hparams)
     self.inference_model = batchnorm.build_inference_model(
-        model_name, num_classes, hparams, static)
+        model_name, num_classes, hparams, static or self.engine.tflite)
     # What every mode scores with; export wraps it as it is.
     self.waveform_model = waveform_model.WaveformModel(self.inference_model,
                                                        hparams)
     frames, _ = features.example_geometry(hparams)
-    self.batch_size = (GPU_BATCH_SIZE if tf.config.list_logical_devices('GPU')
-                       else BATCH_SIZE)
     spec = tf.TensorSpec([None, frames, hparams.mel_bands], tf.float32)
     self._score_batch = tf.function(self.waveform_model.scores,
                                     input_signature=[spec])
 
   def load(self, checkpoint_path):
-    """Loads a checkpoint: its averaged weights if it has them (unless
-    score_averaged=0), else its raw ones. Returns what the scores will use:
-    the batch-norm statistics, 'precise' (bn_stats=precise and the
-    checkpoint has them for these weights), 'moving' or 'none' (no batch
-    norm), followed by ' of the averaged weights' for those."""
+    """Loads a checkpoint (or, with an engine's model_path, that file): its
+    averaged weights if it has them (unless score_averaged=0), else its raw
+    ones. Returns what the scores will use: the batch-norm statistics,
+    'precise' (bn_stats=precise and the checkpoint has them for these
+    weights), 'moving' or 'none' (no batch norm), followed by ' of the
+    averaged weights' for those."""
+    if self.engine.model_path:
+      self.source = self.engine.model_path
+      self._score_batch = tflite_engine.Runner(self.source,
+                                               self.engine.threads)
+      return tflite_engine.read_metadata(self.source).get('statistics', '?')
+    self.source = checkpoint_path
     reader = checkpoints.open_checkpoint(checkpoint_path)
     mismatch = checkpoints.record_mismatch(reader, checkpoint_path,
                                            self.model_name,
@@ -105,7 +124,36 @@ class Scorer:
       statistics = 'moving' if batchnorm.batch_norm_layers(self.model) else (
           'none')
     batchnorm.fold_batch_norm(self.model, self.inference_model)
+    if self.engine.tflite:
+      self._score_batch = tflite_engine.Runner(self.convert(
+          self.engine.quantize or 'none'), self.engine.threads)
     return statistics + (' of the averaged weights' if averaged else '')
+
+  def convert(self, quantize):
+    """The loaded model part as TFLite bytes (see tflite_engine.convert);
+    int8 calibrated on the engine's calibration clips."""
+    if quantize == 'int8' and self._calibration is None:
+      self._calibration = tflite_engine.calibration_examples(
+          self.engine.calibration_paths, self.hparams)
+    return tflite_engine.convert(self.inference_model, self.hparams,
+                                 quantize, self._calibration)
+
+  def score_examples(self, examples):
+    """[batch, frames, bands] examples -> [batch, classes] float32 scores,
+    from the engine's model: the seam between the pipeline and the
+    engines."""
+    return np.asarray(self._score_batch(examples))
+
+  def engine_note(self):
+    """'' for Keras, else which TFLite model and threads score."""
+    if not self.engine.tflite:
+      return ''
+    names = {'none': 'float32', 'dynamic': 'dynamic', 'int8': 'int8'}
+    kind = (names[tflite_engine.read_metadata(self.source)['quantization']]
+            if self.engine.model_path else '%s, converted in memory' %
+            names[self.engine.quantize or 'none'])
+    return '; TFLite engine: %s, %d threads' % (
+        kind, self.engine.threads or tflite_engine.default_threads())
 
   def score(self, clip_paths, clip_samples, label='Scoring', on_progress=None):
     """Returns [num_clips, num_classes] float64 clip scores.
@@ -175,7 +223,7 @@ class Scorer:
     try:
       for batch in iterator:
         stopping.check()
-        scores = self._score_batch(batch[0]).numpy()
+        scores = self.score_examples(batch[0])
         clip_index = batch[1].numpy()
         np.add.at(sums, clip_index, scores)
         counts += np.bincount(clip_index, minlength=len(names))

@@ -259,12 +259,13 @@ class _Timeline:
 
 
 def tag(model_name, hparams, class_names, paths, checkpoint_path, top_k,
-        timeline_csv_path=None, out=None, err=None):
+        timeline_csv_path=None, out=None, err=None, engine=None):
   """Tags each file in `paths` with the checkpoint: prints its line (see
   top_classes_line) on `out` (stdout), or `path: error: what` on `err`
   (stderr) if it cannot be read, with the run's notes and progress. Writes
   the timeline CSV (see _Timeline.csv) if a path is given, atomically.
-  Returns the number of files that could not be tagged."""
+  Returns the number of files that could not be tagged. engine: a
+  tflite_engine.Engine (default Keras)."""
   import features
   import scoring
   out, err = out or sys.stdout, err or sys.stderr
@@ -279,10 +280,12 @@ def tag(model_name, hparams, class_names, paths, checkpoint_path, top_k,
               if timeline_csv_path else None)
   readable = [i for i, n in enumerate(reader.clip_samples) if n is not None]
   if readable:
-    scorer = scoring.Scorer(model_name, len(class_names), hparams)
+    scorer = scoring.Scorer(model_name, len(class_names), hparams,
+                            engine=engine)
     statistics = scorer.load(checkpoint_path)
-    print('Tagging %d files with %s (batch-norm statistics: %s)' % (
-        len(readable), checkpoint_path, statistics), file=err, flush=True)
+    print('Tagging %d files with %s (batch-norm statistics: %s%s)' % (
+        len(readable), scorer.source, statistics, scorer.engine_note()),
+          file=err, flush=True)
     scores = scorer.score_waveforms(
         reader.dataset(), paths, reader.clip_samples, label='tag',
         on_examples=timeline.add if timeline else None, on_clip=lines.done,

@@ -649,7 +649,9 @@ def test_help_documents_every_flag():
                'warmstart_include_scopes', 'warmstart_exclude_scopes',
                'train_dir', 'max_steps', 'eval_clip_dir', 'eval_csv_path',
                'eval_dir', 'inference_checkpoint', 'inference_clip_dir',
-               'predictions_csv_path'):
+               'predictions_csv_path', 'engine', 'tflite_threads',
+               'tflite_model', 'quantize', 'calibration_csv_path',
+               'calibration_clip_dir'):
     # Each flag is listed with a description, not just its name.
     assert re.search(r'--%s: \S' % flag, result.stdout + result.stderr), flag
 

@@ -15,9 +15,9 @@ import pytest
 
 import waveform_model  # noqa: F401  (what export wraps)
 
-from conftest import (CLASS_MAP, HPARAMS, check_ok, labeled_rows,
-                      read_class_names, read_csv_rows, run_main,
-                      subprocess_env, train_args, truth_matrix)
+from conftest import (CLASS_MAP, HPARAMS, check_ok, export_args,
+                      labeled_rows, read_class_names, read_csv_rows,
+                      run_main, subprocess_env, train_args, truth_matrix)
 from test_cli import _lwlrap_bounds, _overall_lwlrap, _within
 from test_cli_errors import _Run, assert_one_error
 
@@ -43,20 +43,6 @@ print(json.dumps(out))
 '''
 
 
-def export_args(checkpoint, export_dir, extra=()):
-  return ['--mode', 'export', '--class_map_path', CLASS_MAP,
-          '--inference_checkpoint', checkpoint, '--export_dir',
-          export_dir] + list(extra)
-
-
-@pytest.fixture(scope='module')
-def mobilenet_export(tmp_path_factory, mobilenet_train):
-  export_dir = str(tmp_path_factory.mktemp('export') / 'mn')
-  result = check_ok(run_main(export_args(mobilenet_train['checkpoint'],
-                                         export_dir)))
-  return {'dir': export_dir, 'result': result}
-
-
 def read_pcm(path):
   import wave
   with wave.open(path) as w:
@@ -66,7 +52,8 @@ def read_pcm(path):
 
 def test_export_files_and_report(mobilenet_export):
   assert sorted(os.listdir(mobilenet_export['dir'])) == [
-      'class_map.csv', 'model.tflite', 'saved_model']
+      'class_map.csv', 'examples_float32.tflite', 'model.tflite',
+      'saved_model']
   out = mobilenet_export['result'].stdout
   assert re.search(r'SavedModel: scores of a [0-9.]+ s clip within', out)
   assert re.search(r'TFLite: [0-9]+ examples/s', out)
@@ -114,8 +101,7 @@ def test_tflite_matches_saved_model_with_builtin_ops(mobilenet_export,
   assert {'WHILE', 'CONV_2D', 'RFFT2D'} <= set(ops)  # the loop's body too
   assert not [op for op in ops if op.startswith('Flex') or op == 'CUSTOM']
   assert 'VAR_HANDLE' not in ops  # weights are constants
-  runner = tf.lite.Interpreter(model_path=path).get_signature_runner(
-      'serving_default')
+  runner = export.tflite_runner(path)
   serve = tf.saved_model.load(os.path.join(
       mobilenet_export['dir'], 'saved_model')).signatures['serving_default']
   for name in sorted(os.listdir(inference_clips)):
@@ -220,9 +206,8 @@ def _load_saved_model(export_dir, tmp_path):
 
 
 def _tflite(export_dir):
-  import tensorflow as tf
-  return tf.lite.Interpreter(model_path=os.path.join(
-      export_dir, 'model.tflite')).get_signature_runner('serving_default')
+  import export
+  return export.tflite_runner(os.path.join(export_dir, 'model.tflite'))
 
 
 @pytest.mark.parametrize('bad', [np.nan, -np.inf], ids=['nan', 'inf'])
@@ -389,7 +374,8 @@ def test_export_dir_with_glob_characters(pcen_run, tmp_path):
   nothing else there."""
   export_dir = pcen_run['export_dir']
   assert sorted(os.listdir(export_dir)) == [
-      'class_map.csv', 'model.tflite', 'saved_model']
+      'class_map.csv', 'examples_float32.tflite', 'model.tflite',
+      'saved_model']
   assert os.listdir(os.path.dirname(export_dir)) == ['export']
   assert 'TFLite: scores of a 7.3 s clip within' in pcen_run['export'].stdout
   model = _load_saved_model(export_dir, tmp_path)

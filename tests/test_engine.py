@@ -1,0 +1,348 @@
+"""--engine tflite: the model part as a TFLite model run by LiteRT scores as
+the Keras model does (float32 within 1e-4; int8 within
+export.QUANTIZED_TOLERANCE with the same top class), each engine flag
+reaches the interpreter, bad model files and flags are one line, and an
+int8 export calibrated on silence is refused with nothing written."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tflite_engine
+from conftest import (CLASS_MAP, HPARAMS, MAIN, TAG_HPARAMS, check_ok,
+                      export_args, labeled_rows, read_csv_rows, run_main,
+                      subprocess_env, write_pcm_wav)
+from test_cli_errors import assert_one_error
+
+
+@pytest.fixture(scope='module')
+def tiny_export(tmp_path_factory, tagger):
+  """The tiny trained CRNN exported with an int8 model calibrated on its
+  training clips."""
+  export_dir = str(tmp_path_factory.mktemp('engine') / 'export')
+  result = check_ok(run_main(export_args(
+      tagger['checkpoint'], export_dir, _calibration(tagger['data']) +
+      ['--quantize', 'int8'])))
+  return {'dir': export_dir, 'result': result,
+          'int8': os.path.join(export_dir, 'examples_int8.tflite'),
+          'float32': os.path.join(export_dir, 'examples_float32.tflite')}
+
+
+def _calibration(data):
+  return ['--calibration_csv_path', data['train_csv'],
+          '--calibration_clip_dir', data['train_clip_dir']]
+
+
+def _check_clips(folder, count=3):
+  """WAV files of export.check_waveform (recorded-sound dynamics), several
+  seeds and lengths."""
+  import export
+  os.makedirs(str(folder), exist_ok=True)
+  paths = []
+  for seed in range(count):
+    path = os.path.join(str(folder), 'check%d.wav' % seed)
+    write_pcm_wav(path, np.round(32768 * export.check_waveform(
+        3.0 + 2 * seed, seed=seed)))
+    paths.append(path)
+  return paths
+
+
+def _scores(model_name, hparams, checkpoint, paths, engine=None):
+  import files
+  import scoring
+  scorer = scoring.Scorer(model_name, 80, hparams, engine=engine)
+  scorer.load(checkpoint)
+  return scorer.score(paths, files.check_wavs(paths))
+
+
+def test_float_engine_matches_keras(mobilenet_train, mobilenet_export,
+                                    parse_hparams, tmp_path):
+  """Through the whole pipeline, the float32 TFLite model (converted in
+  memory, and the export's examples_float32.tflite) scores real-shaped
+  clips within 1e-4 of the Keras model."""
+  hparams = parse_hparams(HPARAMS)
+  paths = _check_clips(tmp_path)
+  run = lambda engine=None: _scores('mobilenet-v1', hparams,
+                                    mobilenet_train['checkpoint'], paths,
+                                    engine)
+  keras = run()
+  assert np.ptp(keras, axis=0).max() > 1e-4  # the clips are told apart
+  exported = os.path.join(mobilenet_export['dir'], 'examples_float32.tflite')
+  for engine in (tflite_engine.Engine('tflite'),
+                 tflite_engine.Engine('tflite', model_path=exported)):
+    np.testing.assert_allclose(run(engine), keras, atol=1e-4, rtol=0)
+
+
+def test_int8_engine_on_a_trained_tiny_model(tagger, tiny_export,
+                                             parse_hparams, tmp_path):
+  """The exported int8 model scores real-shaped clips and the model's own
+  training clips within the self-check's bound of the Keras model, and
+  picks the same top class for each of those recordings."""
+  import export
+  hparams = parse_hparams(TAG_HPARAMS)
+  data = tagger['data']
+  recorded = [os.path.join(data['train_clip_dir'], fname)
+              for fname, _ in labeled_rows(data['train_csv'])[:6]]
+  paths = _check_clips(tmp_path) + recorded
+  run = lambda engine=None: _scores('crnn', hparams, tagger['checkpoint'],
+                                    paths, engine)
+  keras = run()
+  int8 = run(tflite_engine.Engine('tflite', model_path=tiny_export['int8']))
+  difference = np.abs(int8 - keras).max()
+  assert 1e-4 < difference <= export.QUANTIZED_TOLERANCE, difference
+  recorded_rows = slice(len(paths) - len(recorded), None)
+  assert (np.argmax(int8[recorded_rows], 1) ==
+          np.argmax(keras[recorded_rows], 1)).all()
+
+
+def test_export_writes_and_reports_the_quantized_model(tiny_export):
+  assert sorted(os.listdir(tiny_export['dir'])) == [
+      'class_map.csv', 'examples_float32.tflite', 'examples_int8.tflite',
+      'model.tflite', 'saved_model']
+  out = tiny_export['result'].stdout
+  assert re.search(r'examples_float32.tflite: example scores within \S+ of '
+                   r'the Keras model', out)
+  found = re.search(r'examples_int8.tflite: example scores within (\S+), '
+                    r'clip scores within (\S+) of the float model on 12 '
+                    r'clips, the same top class on (\d+)', out)
+  assert found, out
+  import export
+  assert float(found.group(1)) <= export.QUANTIZED_TOLERANCE
+  for kind in ('none', 'int8'):
+    entry = tflite_engine.read_metadata(os.path.join(
+        tiny_export['dir'], tflite_engine.EXAMPLES_FILES[kind]))
+    assert entry['quantization'] == kind
+    assert entry['model'] == 'crnn'
+    assert entry['hparams']['crnn_filters'] == 4
+    assert entry['class_names'] == [r[1] for r in read_csv_rows(CLASS_MAP)]
+
+
+# --- every engine flag reaches the interpreter ------------------------------
+
+# Runs main.py with LiteRT's Interpreter replaced by a subclass that records,
+# for each interpreter made, the threads it was given, its tensors' types
+# and how many batches it ran.
+_SPY = r'''
+import json, os, runpy, sys
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+from ai_edge_litert import interpreter as litert
+made = []
+class Spy(litert.Interpreter):
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    types = [str(d['dtype'].__name__) for d in self.get_tensor_details()]
+    self.seen = {'threads': kwargs.get('num_threads'), 'runs': 0,
+                 'int8': types.count('int8'),
+                 'float32': types.count('float32')}
+    made.append(self.seen)
+  def get_signature_runner(self, *args, **kwargs):
+    runner = super().get_signature_runner(*args, **kwargs)
+    def run(**inputs):
+      self.seen['runs'] += 1
+      return runner(**inputs)
+    return run
+litert.Interpreter = Spy
+sys.argv = sys.argv[1:]
+code = 0
+try:
+  runpy.run_path(sys.argv[0], run_name='__main__')
+except SystemExit as e:
+  code = e.code
+print('interpreters ' + json.dumps(made), file=sys.stderr)
+sys.exit(code)
+'''
+
+
+def _spied(args):
+  """(result, [(threads, kind) of each interpreter that ran batches]) (a
+  model file is also loaded once, with one thread, before the run)."""
+  result = subprocess.run([sys.executable, '-c', _SPY, MAIN] + args,
+                          env=subprocess_env(), capture_output=True,
+                          text=True, timeout=600)
+  line = [l for l in result.stderr.splitlines()
+          if l.startswith('interpreters ')]
+  assert line, result.stderr[-3000:]
+  made = json.loads(line[-1][len('interpreters '):])
+  return check_ok(result), [(s['threads'], _kind(s)) for s in made
+                            if s['runs']]
+
+
+def _kind(seen):
+  """float32, dynamic (int8 weights, float activations) or int8 (integer
+  activations too) from an interpreter's tensor types."""
+  if not seen['int8']:
+    return 'float32'
+  return 'int8' if seen['int8'] > seen['float32'] else 'dynamic'
+
+
+def test_engine_flags_reach_the_interpreter(tagger, tiny_export, tmp_path,
+                                            parse_hparams):
+  """Each scoring mode with its engine flags, in a main.py whose
+  interpreters are spied on: --engine tflite makes one that runs the
+  batches, with --tflite_threads threads (default: every core), of the
+  kind --quantize asks (converted in memory) or --tflite_model is; and the
+  scores are the int8 model's, not the Keras model's."""
+  data = tagger['data']
+  checkpoint = tagger['checkpoint']
+  base = ['--class_map_path', CLASS_MAP]
+  csv_path = str(tmp_path / 'predictions.csv')
+  _, seen = _spied(base + [
+      '--mode', 'inference', '--inference_checkpoint', checkpoint,
+      '--inference_clip_dir', data['train_clip_dir'],
+      '--predictions_csv_path', csv_path, '--engine', 'tflite',
+      '--tflite_threads', '3', '--quantize', 'int8'] + _calibration(data))
+  assert seen == [(3, 'int8')]
+  rows = read_csv_rows(csv_path)[1:]
+  keras = _scores('crnn', parse_hparams(TAG_HPARAMS), checkpoint,
+                  [os.path.join(data['train_clip_dir'], r[0]) for r in rows])
+  assert np.abs(np.array([[float(v) for v in r[1:]] for r in rows]) -
+                keras).max() > 1e-4
+
+  _, seen = _spied(base + [
+      '--mode', 'tag', '--inference_checkpoint', checkpoint, '--tag_paths',
+      data['train_clip_dir'], '--engine', 'tflite', '--quantize',
+      'dynamic'])
+  assert seen == [(os.cpu_count(), 'dynamic')]
+
+  _, seen = _spied(base + [
+      '--mode', 'relabel', '--relabel_csv_path', data['train_csv'],
+      '--relabel_clip_dir', data['train_clip_dir'], '--relabeled_csv_path',
+      str(tmp_path / 'relabeled.csv'), '--engine', 'tflite',
+      '--tflite_threads', '3', '--tflite_model', tiny_export['int8']])
+  assert seen == [(3, 'int8')]
+
+  train_dir = tmp_path / 'train'  # the last checkpoint alone
+  train_dir.mkdir()
+  for name in os.listdir(tagger['train_dir']):
+    if name.startswith(os.path.basename(checkpoint) + '.'):
+      shutil.copy(os.path.join(tagger['train_dir'], name), str(train_dir))
+  _, seen = _spied(base + [
+      '--mode', 'eval', '--train_dir', str(train_dir),
+      '--eval_dir', str(tmp_path / 'eval'), '--eval_csv_path',
+      data['train_csv'], '--eval_clip_dir', data['train_clip_dir'],
+      '--engine', 'tflite', '--tflite_threads', '2'])
+  assert seen == [(2, 'float32')]
+
+
+# --- bad model files and flags ----------------------------------------------
+
+def _inference_with_model(data, model, tmp_path, extra=()):
+  return run_main(['--mode', 'inference', '--class_map_path', CLASS_MAP,
+                   '--inference_clip_dir', data['train_clip_dir'],
+                   '--predictions_csv_path', str(tmp_path / 'out.csv'),
+                   '--engine', 'tflite', '--tflite_model', model] +
+                  list(extra))
+
+
+def test_a_model_file_that_is_not_one(tagger, tiny_export, tmp_path):
+  """Missing, not a TFLite model, a TFLite model without this project's
+  metadata (the waveform model.tflite), or one LiteRT cannot run: one line
+  naming the file, nothing written."""
+  garbage = tmp_path / 'garbage.tflite'
+  garbage.write_bytes(b'\x1c\x00\x00\x00TFL3' + bytes(range(256)) * 4)
+  text = tmp_path / 'text.tflite'
+  text.write_text('hello\n')
+  with open(tiny_export['int8'], 'rb') as f:
+    head = f.read()
+  cut = tmp_path / 'cut.tflite'
+  cut.write_bytes(head[:len(head) // 2])
+  cases = [(str(tmp_path / 'missing.tflite'), 'not found'),
+           (str(garbage), 'not a TFLite model'),
+           (str(text), 'not a TFLite model'),
+           (str(cut), 'LiteRT cannot run it'),
+           (os.path.join(tiny_export['dir'], 'model.tflite'),
+            'without the run it was exported from')]
+  for path, needle in cases:
+    assert_one_error(_inference_with_model(tagger['data'], path, tmp_path),
+                     path, needle)
+  assert not (tmp_path / 'out.csv').exists()
+
+
+def test_a_model_file_of_another_run(tagger, tiny_export, mobilenet_train,
+                                     tmp_path):
+  """Another class map, another quantization than --quantize asks, other
+  hparams, a checkpoint of another model: one line naming the file or the
+  flag, nothing written."""
+  data = tagger['data']
+  other_map = tmp_path / 'other_map.csv'
+  other_map.write_text('0,Bark\n1,Meow\n')
+  rows = tmp_path / 'bark.csv'
+  rows.write_text('fname,labels\n%s,Bark\n' % labeled_rows(
+      data['train_csv'])[0][0])
+  model = tiny_export['int8']
+  assert_one_error(run_main([
+      '--mode', 'relabel', '--class_map_path', str(other_map),
+      '--relabel_csv_path', str(rows), '--relabel_clip_dir',
+      data['train_clip_dir'], '--relabeled_csv_path',
+      str(tmp_path / 'out.csv'), '--engine', 'tflite', '--tflite_model',
+      model]), '--tflite_model', model, 'another class map')
+  assert_one_error(_inference_with_model(data, model, tmp_path,
+                                         ['--quantize', 'none']),
+                   model, 'quantization is int8, not none')
+  assert_one_error(_inference_with_model(data, model, tmp_path,
+                                         ['--hparams', 'mel_bands=64']),
+                   '--hparams', 'mel_bands', model)
+  assert_one_error(_inference_with_model(
+      data, model, tmp_path, ['--inference_checkpoint',
+                              mobilenet_train['checkpoint']]),
+                   '--tflite_model', model, 'crnn', 'mobilenet-v1')
+  assert not (tmp_path / 'out.csv').exists()
+
+
+@pytest.mark.parametrize('extra,needles', [
+    (['--quantize', 'int8'], ['--quantize int8 needs --calibration']),
+    (['--engine', 'tflite'], ['--engine', 'not --mode export']),
+    (['--tflite_threads', '2'], ['--tflite_threads', '--engine tflite']),
+    (['--calibration_csv_path', 'x.csv'],
+     ['--calibration_csv_path', '--quantize int8']),
+], ids=['int8-without-calibration', 'engine-in-export', 'threads-alone',
+        'calibration-alone'])
+def test_bad_engine_flags(mobilenet_train, tmp_path, extra, needles):
+  result = run_main(export_args(mobilenet_train['checkpoint'],
+                                str(tmp_path / 'out'), extra))
+  assert_one_error(result, *needles)
+  assert result.stdout == ''  # before TensorFlow and the checkpoint
+  assert os.listdir(str(tmp_path)) == []
+
+
+def test_calibration_csv_without_a_readable_clip(mobilenet_train, tmp_path):
+  folder = tmp_path / 'clips'
+  folder.mkdir()
+  (folder / 'a.wav').write_text('not audio')
+  (folder / 'b.wav').write_bytes(b'RIFF')
+  csv_path = tmp_path / 'calibration.csv'
+  csv_path.write_text('fname,labels\na.wav,Bark\nb.wav,Bark\n')
+  result = run_main(export_args(
+      mobilenet_train['checkpoint'], str(tmp_path / 'out'),
+      ['--quantize', 'int8', '--calibration_csv_path', str(csv_path),
+       '--calibration_clip_dir', str(folder)]))
+  assert_one_error(result, str(csv_path), 'no readable clip')
+  assert result.stdout == ''
+  assert sorted(os.listdir(str(tmp_path))) == ['calibration.csv', 'clips']
+
+
+def test_int8_calibrated_on_silence_is_refused(tagger, tmp_path):
+  """Calibrated on digital silence, the int8 model's ranges are wrong for
+  any sound: the self-check refuses it, with one line, and nothing is
+  left."""
+  folder = tmp_path / 'silence'
+  folder.mkdir()
+  for i in range(4):
+    write_pcm_wav(str(folder / ('%d.wav' % i)), np.zeros(88200, np.int16))
+  csv_path = tmp_path / 'silence.csv'
+  csv_path.write_text('fname,labels\n' + ''.join(
+      '%d.wav,Bark\n' % i for i in range(4)))
+  out = tmp_path / 'out'
+  result = run_main(export_args(
+      tagger['checkpoint'], str(out),
+      ['--quantize', 'int8', '--calibration_csv_path', str(csv_path),
+       '--calibration_clip_dir', str(folder)]))
+  assert_one_error(result, 'examples_int8.tflite', 'away from the float '
+                   'model', 'nothing written')
+  assert sorted(os.listdir(str(tmp_path))) == ['silence', 'silence.csv']
