@@ -5,7 +5,9 @@ TensorFlow is imported lazily (inside helpers and fixtures) so that test
 files that only exercise main.py's pre-flight checks stay fast.
 """
 
+import fcntl
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -23,7 +25,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import make_demo_data  # noqa: E402
-
 
 
 @pytest.fixture(autouse=True)
@@ -163,14 +164,37 @@ def parse_hparams():
   return params.parse_hparams
 
 
+def shared(tmp_path_factory, name, make):
+  """make(folder)'s result, made once per test session even when
+  pytest-xdist runs the session in several processes: the first process to
+  ask makes it in a folder they all see, under an exclusive lock; the
+  others wait, then read its pickled result. A make that fails leaves no
+  result, so the next process tries again (and fails the same way)."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    base = base.parent  # the workers' basetemps are its popen-gwN folders
+  folder = base / ('shared-' + name)
+  with open(str(base / ('shared-%s.lock' % name)), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    made = folder / 'made.pickle'
+    if made.exists():
+      return pickle.loads(made.read_bytes())
+    shutil.rmtree(str(folder), ignore_errors=True)
+    folder.mkdir()
+    result = make(folder)
+    made.write_bytes(pickle.dumps(result))
+    return result
+
+
 @pytest.fixture(scope='session')
 def workspace(tmp_path_factory):
   """A folder holding data/ (the synthetic dataset); runs go beside it."""
-  root = tmp_path_factory.mktemp('ws')
-  make_demo_data.make_dataset(str(root / 'data'), num_train=8,
-                              num_validation=4, num_test=3, min_seconds=0.5,
-                              max_seconds=2.0, seed=7)
-  return root
+  def make(root):
+    make_demo_data.make_dataset(str(root / 'data'), num_train=8,
+                                num_validation=4, num_test=3,
+                                min_seconds=0.5, max_seconds=2.0, seed=7)
+    return root
+  return shared(tmp_path_factory, 'workspace', make)
 
 
 @pytest.fixture(scope='session')
@@ -194,45 +218,55 @@ def train_args(model, train_clip_dir, train_csv, train_dir, max_steps,
 
 
 @pytest.fixture(scope='session')
-def mobilenet_train(workspace):
+def mobilenet_train(tmp_path_factory, workspace):
   """mobilenet-v1, 3 steps, run from the workspace with relative paths."""
-  result = check_ok(run_main(train_args(
-      'mobilenet-v1', 'data/train_curated', 'data/train.csv', 'mn_train', 3),
-      cwd=str(workspace)))
-  return {'result': result, 'train_dir': str(workspace / 'mn_train'),
-          'checkpoint': str(workspace / 'mn_train' / 'model.ckpt-3')}
+  def make(_):
+    result = check_ok(run_main(train_args(
+        'mobilenet-v1', 'data/train_curated', 'data/train.csv', 'mn_train',
+        3), cwd=str(workspace)))
+    return {'result': result, 'train_dir': str(workspace / 'mn_train'),
+            'checkpoint': str(workspace / 'mn_train' / 'model.ckpt-3')}
+  return shared(tmp_path_factory, 'mobilenet_train', make)
 
 
 @pytest.fixture(scope='session')
-def mobilenet_eval(workspace, mobilenet_train):
+def mobilenet_eval(tmp_path_factory, workspace, mobilenet_train):
   """eval of the mobilenet run, with relative train_dir and eval_dir."""
-  result = check_ok(run_main(
-      ['--mode', 'eval', '--model', 'mobilenet-v1',
-       '--class_map_path', CLASS_MAP, '--eval_clip_dir', 'data/train_curated',
-       '--eval_csv_path', 'data/validation.csv', '--train_dir', 'mn_train',
-       '--eval_dir', 'mn_eval', '--hparams', HPARAMS], cwd=str(workspace)))
-  return {'result': result, 'eval_dir': str(workspace / 'mn_eval')}
+  def make(_):
+    result = check_ok(run_main(
+        ['--mode', 'eval', '--model', 'mobilenet-v1',
+         '--class_map_path', CLASS_MAP, '--eval_clip_dir',
+         'data/train_curated', '--eval_csv_path', 'data/validation.csv',
+         '--train_dir', 'mn_train', '--eval_dir', 'mn_eval', '--hparams',
+         HPARAMS], cwd=str(workspace)))
+    return {'result': result, 'eval_dir': str(workspace / 'mn_eval')}
+  return shared(tmp_path_factory, 'mobilenet_eval', make)
 
 
 @pytest.fixture(scope='session')
-def inference_clips(workspace, dataset):
+def inference_clips(tmp_path_factory, dataset):
   """The test clips plus a 50-sample clip."""
-  folder = workspace / 'infer_clips'
-  shutil.copytree(dataset['test_clip_dir'], str(folder))
-  rng = np.random.default_rng(3)
-  write_pcm_wav(folder / 'short.wav', rng.integers(-8000, 8000, 50))
-  return str(folder)
+  def make(folder):
+    folder = folder / 'clips'
+    shutil.copytree(dataset['test_clip_dir'], str(folder))
+    rng = np.random.default_rng(3)
+    write_pcm_wav(folder / 'short.wav', rng.integers(-8000, 8000, 50))
+    return str(folder)
+  return shared(tmp_path_factory, 'inference_clips', make)
 
 
 @pytest.fixture(scope='session')
-def mobilenet_inference(workspace, mobilenet_train, inference_clips):
-  csv_path = str(workspace / 'mn_submission.csv')
-  result = check_ok(run_main(
-      ['--mode', 'inference', '--model', 'mobilenet-v1',
-       '--class_map_path', CLASS_MAP, '--inference_clip_dir', inference_clips,
-       '--inference_checkpoint', mobilenet_train['checkpoint'],
-       '--predictions_csv_path', csv_path, '--hparams', HPARAMS]))
-  return {'result': result, 'csv': csv_path}
+def mobilenet_inference(tmp_path_factory, mobilenet_train, inference_clips):
+  def make(folder):
+    csv_path = str(folder / 'mn_submission.csv')
+    result = check_ok(run_main(
+        ['--mode', 'inference', '--model', 'mobilenet-v1',
+         '--class_map_path', CLASS_MAP, '--inference_clip_dir',
+         inference_clips, '--inference_checkpoint',
+         mobilenet_train['checkpoint'], '--predictions_csv_path', csv_path,
+         '--hparams', HPARAMS]))
+    return {'result': result, 'csv': csv_path}
+  return shared(tmp_path_factory, 'mobilenet_inference', make)
 
 
 def export_args(checkpoint, export_dir, extra=()):
@@ -243,20 +277,25 @@ def export_args(checkpoint, export_dir, extra=()):
 
 @pytest.fixture(scope='session')
 def mobilenet_export(tmp_path_factory, mobilenet_train):
-  export_dir = str(tmp_path_factory.mktemp('export') / 'mn')
-  result = check_ok(run_main(export_args(mobilenet_train['checkpoint'],
-                                         export_dir)))
-  return {'dir': export_dir, 'result': result}
+  def make(folder):
+    export_dir = str(folder / 'mn')
+    result = check_ok(run_main(export_args(mobilenet_train['checkpoint'],
+                                           export_dir)))
+    return {'dir': export_dir, 'result': result}
+  return shared(tmp_path_factory, 'mobilenet_export', make)
 
 
 @pytest.fixture(scope='session')
-def crnn_train(workspace, dataset):
+def crnn_train(tmp_path_factory, workspace, dataset):
   """crnn for 101 steps: checkpoints at 100 (CHECKPOINT_EVERY) and 101."""
-  train_dir = str(workspace / 'crnn_train')
-  result = check_ok(run_main(train_args(
-      'crnn', dataset['train_clip_dir'], dataset['train_csv'], train_dir,
-      101, hparams=CRNN_HPARAMS)))
-  return {'result': result, 'train_dir': train_dir, 'hparams': CRNN_HPARAMS}
+  def make(_):
+    train_dir = str(workspace / 'crnn_train')
+    result = check_ok(run_main(train_args(
+        'crnn', dataset['train_clip_dir'], dataset['train_csv'], train_dir,
+        101, hparams=CRNN_HPARAMS)))
+    return {'result': result, 'train_dir': train_dir,
+            'hparams': CRNN_HPARAMS}
+  return shared(tmp_path_factory, 'crnn_train', make)
 
 
 # A tiny CRNN that recognises the synthetic sounds. Its mel bands stop at
@@ -274,14 +313,16 @@ TAG_STEPS = 200
 @pytest.fixture(scope='session')
 def tagger(tmp_path_factory):
   """A tiny CRNN trained to recognise the synthetic sounds (~20 s)."""
-  root = tmp_path_factory.mktemp('tagging')
-  data = make_demo_data.make_dataset(str(root / 'data'), num_train=24,
-                                     num_validation=0, num_test=0,
-                                     min_seconds=1.0, max_seconds=2.0,
-                                     seed=0)
-  train_dir = str(root / 'train')
-  check_ok(run_main(train_args('crnn', data['train_clip_dir'],
-                               data['train_csv'], train_dir, TAG_STEPS,
-                               hparams=TAG_HPARAMS)))
-  return {'root': root, 'data': data, 'train_dir': train_dir,
-          'checkpoint': os.path.join(train_dir, 'model.ckpt-%d' % TAG_STEPS)}
+  def make(root):
+    data = make_demo_data.make_dataset(str(root / 'data'), num_train=24,
+                                       num_validation=0, num_test=0,
+                                       min_seconds=1.0, max_seconds=2.0,
+                                       seed=0)
+    train_dir = str(root / 'train')
+    check_ok(run_main(train_args('crnn', data['train_clip_dir'],
+                                 data['train_csv'], train_dir, TAG_STEPS,
+                                 hparams=TAG_HPARAMS)))
+    return {'root': root, 'data': data, 'train_dir': train_dir,
+            'checkpoint': os.path.join(train_dir,
+                                       'model.ckpt-%d' % TAG_STEPS)}
+  return shared(tmp_path_factory, 'tagger', make)

@@ -410,11 +410,17 @@ def test_peers_waited_for_until_a_signal(monkeypatch):
   monkeypatch.setenv('TF_CONFIG', json.dumps({
       'cluster': {'worker': ['localhost:%d' % p for p in ports]},
       'task': {'type': 'worker', 'index': 1}}))
-  with stopping.requests():
-    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
-    start = time.monotonic()
-    with pytest.raises(stopping.Stopped) as raised:
-      distribution.wait_for_peers(600)
+  # pytest-xdist starts its workers with SIGINT ignored, which requests()
+  # respects: give this process Python's own handler, as a shell would.
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with stopping.requests():
+      threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+      start = time.monotonic()
+      with pytest.raises(stopping.Stopped) as raised:
+        distribution.wait_for_peers(60)
+  finally:
+    signal.signal(signal.SIGINT, previous)
   assert time.monotonic() - start < 5
   assert raised.value.exit_code == 130
   assert 'stopped by SIGINT' in str(raised.value)
