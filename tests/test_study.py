@@ -292,6 +292,8 @@ def test_only_and_summarize_only(tmp_path, capsys):
      '--max_steps=5 is set by the study'),
     ({'hparams': 'lr=fast'}, 'configs.base.hparams: hparam lr=fast'),
     ({'epochs': 3}, "configs.base.unknown key 'epochs'"),
+    ({'max_steps': 0}, 'configs.base.max_steps: a positive integer is '
+     'required'),
 ])
 def test_spec_errors(tmp_path, capsys, change, message):
   _spec(tmp_path, CONFIGS)
@@ -304,6 +306,11 @@ def test_spec_errors(tmp_path, capsys, change, message):
   assert code == 1 and err.count('\n') == 1
   assert err.startswith('study.py: error: %s: %s' % (tmp_path / 'study.json',
                                                      message))
+
+
+def test_a_budget_of_one_step(tmp_path):
+  spec = _spec(tmp_path, {'base': {'max_steps': 1}})
+  assert spec.configs['base'].max_steps == 1
 
 
 # A main.py that says its process group, waits to be stopped, and writes
