@@ -407,6 +407,30 @@ def test_lost_tasks_named_in_an_error(monkeypatch):
       ('worker 2', 'localhost:2224'), ('worker 1', 'localhost:2223')]
 
 
+def test_tensorflow_start_up_gets_its_time_however_late_the_peers(
+    monkeypatch):
+  """Once every peer has answered, TensorFlow's own start-up may take what
+  is left of the timeout, and at least min(timeout, 10 s) even when the
+  last peer answered at the deadline."""
+  import distribution
+  limits = []
+
+  class Enough(Exception):
+    pass
+
+  def limit(seconds):
+    limits.append(seconds)
+    raise Enough()
+
+  monkeypatch.setattr(distribution, '_limit_registration', limit)
+  for left, timeout, expected in ((0, 600, 10), (0, 4, 4), (300, 600, 300)):
+    monkeypatch.setattr(distribution, 'wait_for_peers',
+                        lambda _, left=left: time.monotonic() + left)
+    with pytest.raises(Enough):
+      distribution._multi_worker(timeout)
+    assert limits[-1] == pytest.approx(expected, abs=1)
+
+
 def test_peers_waited_for_until_a_signal(monkeypatch):
   import distribution
   import stopping
