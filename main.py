@@ -464,21 +464,28 @@ def _recorded_run(hparams):
       if FLAGS.mode == 'train':
         _check_train_hparams(hparams)
     return FLAGS.model, hparams
-  model_name, recorded = record
+  model_name, hparams = _use_record(*record, prefix,
+                                     'was trained with --model %s')
+  if FLAGS.mode == 'train':
+    _check_train_hparams(hparams)
+  return model_name, hparams
+
+
+def _use_record(model_name, recorded, source, made_with):
+  """(model name, the hparams recorded in `source` with --hparams on
+  top), announced; --model, if given, must be the recorded one."""
   if FLAGS['model'].present and FLAGS.model != model_name:
-    raise UserError('--model %s: %s was trained with --model %s' % (
-        FLAGS.model, prefix, model_name))
+    raise UserError('--model %s: %s %s' % (FLAGS.model, source,
+                                           made_with % model_name))
   try:
-    hparams = params.merge(recorded, FLAGS.hparams, prefix)
+    hparams = params.merge(recorded, FLAGS.hparams, source)
   except ValueError as e:
     raise UserError('--hparams: %s' % e) from None
   changed = params.describe(hparams)
   # Tag mode keeps stdout for the files' lines.
   print('Using --model %s and the hparams recorded in %s%s' % (
-      model_name, prefix, ': ' + changed if changed else ' (the defaults)'),
+      model_name, source, ': ' + changed if changed else ' (the defaults)'),
         file=sys.stderr if FLAGS.mode == 'tag' else sys.stdout)
-  if FLAGS.mode == 'train':
-    _check_train_hparams(hparams)
   return model_name, hparams
 
 
@@ -494,18 +501,8 @@ def _tflite_run():
     if problem:
       raise UserError('--tflite_model: %s: %s (%s)' % (path, problem,
                                                        prefix))
-  if FLAGS['model'].present and FLAGS.model != model_name:
-    raise UserError('--model %s: %s was exported from a --model %s run' % (
-        FLAGS.model, path, model_name))
-  try:
-    hparams = params.merge(recorded, FLAGS.hparams, path)
-  except ValueError as e:
-    raise UserError('--hparams: %s' % e) from None
-  changed = params.describe(hparams)
-  print('Using --model %s and the hparams recorded in %s%s' % (
-      model_name, path, ': ' + changed if changed else ' (the defaults)'),
-        file=sys.stderr if FLAGS.mode == 'tag' else sys.stdout)
-  return model_name, hparams
+  return _use_record(model_name, recorded, path,
+                     'was exported from a --model %s run')
 
 
 def _check_outputs(read_paths):
