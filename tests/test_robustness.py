@@ -602,3 +602,17 @@ def test_ctrl_c_in_eval_stops_cleanly(tmp_path, remembered, dataset):
     text = (eval_dir / name).read_text()
     assert re.search(r'\nOverall lwlrap = [0-9.]+$', text)
   assert not [n for n in os.listdir(str(eval_dir)) if n.endswith('.tmp')]
+
+
+def test_another_model_than_the_recorded_one_is_refused(mobilenet_train,
+                                                         tmp_path):
+  """--model contradicting the checkpoint's record: one line naming both."""
+  write_pcm_wav(str(tmp_path / 'a.wav'), np.zeros(4410, np.int16))
+  result = run_main(
+      ['--mode', 'inference', '--model', 'crnn', '--class_map_path',
+       CLASS_MAP, '--inference_clip_dir', str(tmp_path),
+       '--inference_checkpoint', mobilenet_train['checkpoint'],
+       '--predictions_csv_path', str(tmp_path / 'out.csv')])
+  assert_one_error(result, '--model crnn: %s was trained with --model '
+                   'mobilenet-v1' % mobilenet_train['checkpoint'])
+  assert not os.path.exists(str(tmp_path / 'out.csv'))
