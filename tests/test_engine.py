@@ -346,3 +346,24 @@ def test_int8_calibrated_on_silence_is_refused(tagger, tmp_path):
   assert_one_error(result, 'examples_int8.tflite', 'away from the float '
                    'model', 'nothing written')
   assert sorted(os.listdir(str(tmp_path))) == ['silence', 'silence.csv']
+
+
+def test_quantized_differences_worked_by_hand():
+  """The self-check's figures on two clips of hand-picked scores: the
+  largest example difference (0.7), the largest difference of the clips'
+  mean scores (0.4) and the clips whose top class agrees (1 of 2)."""
+  import export
+  reference = {0: [[0.1, 0.8, 0.3], [0.3, 0.6, 0.1]],
+               1: [[0.9, 0.2, 0.1], [0.7, 0.2, 0.3]]}
+  quantized = {0: [[0.2, 0.7, 0.3], [0.3, 0.6, 0.4]],
+               1: [[0.2, 0.6, 0.1], [0.6, 0.3, 0.3]]}
+  clips = [('a', np.zeros((2, 1, 1))), ('b', np.ones((2, 1, 1)))]
+
+  def runner(scores):
+    return lambda examples: np.array(scores[int(examples[0, 0, 0])])
+
+  example, clip, agree = export.quantized_differences(
+      runner(quantized), runner(reference), clips)
+  assert example == pytest.approx(0.7)
+  assert clip == pytest.approx(0.4)
+  assert agree == 1
