@@ -49,6 +49,20 @@ CRNN_HPARAMS = 'batch_size=4,lr=0.001,crnn_bndecay=0.9'
 SAMPLE_RATE = 44100
 
 
+def main_in_process(before='', after=''):
+  """A Python script (for `python -c SCRIPT main.py ARGS...`) that runs
+  main.py as __main__ in its own process: `before` first, then main.py
+  with its exit status kept in `code`, then `after`, then that exit."""
+  return ('import os, runpy, sys\n'
+          'sys.path.insert(0, os.path.dirname(sys.argv[1]))\n' + before +
+          'sys.argv = sys.argv[1:]\n'
+          'code = 0\n'
+          'try:\n'
+          '  runpy.run_path(sys.argv[0], run_name="__main__")\n'
+          'except SystemExit as e:\n'
+          '  code = e.code\n' + after + 'sys.exit(code)\n')
+
+
 def subprocess_env():
   env = dict(os.environ)
   env['TF_CPP_MIN_LOG_LEVEL'] = '2'

@@ -16,8 +16,9 @@ import pytest
 
 import tflite_engine
 from conftest import (CLASS_MAP, HPARAMS, MAIN, TAG_HPARAMS, check_ok,
-                      export_args, labeled_rows, read_csv_rows, run_main,
-                      subprocess_env, write_pcm_wav)
+                      export_args, labeled_rows, main_in_process,
+                      read_csv_rows, run_main, subprocess_env,
+                      write_pcm_wav)
 from test_cli_errors import assert_one_error
 
 
@@ -128,9 +129,8 @@ def test_export_writes_and_reports_the_quantized_model(tiny_export):
 # Runs main.py with LiteRT's Interpreter replaced by a subclass that records,
 # for each interpreter made, the threads it was given, its tensors' types
 # and how many batches it ran.
-_SPY = r'''
-import json, os, runpy, sys
-sys.path.insert(0, os.path.dirname(sys.argv[1]))
+_SPY = main_in_process(before=r'''
+import json
 from ai_edge_litert import interpreter as litert
 made = []
 class Spy(litert.Interpreter):
@@ -148,15 +148,7 @@ class Spy(litert.Interpreter):
       return runner(**inputs)
     return run
 litert.Interpreter = Spy
-sys.argv = sys.argv[1:]
-code = 0
-try:
-  runpy.run_path(sys.argv[0], run_name='__main__')
-except SystemExit as e:
-  code = e.code
-print('interpreters ' + json.dumps(made), file=sys.stderr)
-sys.exit(code)
-'''
+''', after="print('interpreters ' + json.dumps(made), file=sys.stderr)\n")
 
 
 def _spied(args):

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 import make_demo_data
-from conftest import (CLASS_MAP, MAIN, check_ok, read_csv_rows, run_main,
-                      subprocess_env)
+from conftest import (CLASS_MAP, MAIN, check_ok, main_in_process,
+                      read_csv_rows, run_main, subprocess_env)
 from test_cli_errors import _Run, assert_one_error
 
 # Scores of the same clip in other formats may differ from the 16-bit
@@ -500,20 +500,11 @@ def write_sparse_wav(path, seconds, rate=48000, channels=2):
 # Runs main.py in this process and reports its own peak resident memory
 # (VmHWM; ru_maxrss would carry over the parent's peak), as benchmark.py's
 # rss_child does.
-_RSS_CHILD = r'''
-import os, runpy, sys
-sys.path.insert(0, os.path.dirname(sys.argv[1]))
-sys.argv = sys.argv[1:]
-code = 0
-try:
-  runpy.run_path(sys.argv[0], run_name='__main__')
-except SystemExit as e:
-  code = e.code
+_RSS_CHILD = main_in_process(after=r'''
 with open('/proc/self/status') as status:
   peak = next(int(l.split()[1]) for l in status if l.startswith('VmHWM:'))
 print('peak_kib %d' % peak, file=sys.stderr)
-sys.exit(code)
-'''
+''')
 
 
 def _peak_rss_mib(args):
