@@ -454,6 +454,32 @@ def test_peers_waited_for_until_a_signal(monkeypatch):
   assert 'stopped by SIGINT' in str(raised.value)
 
 
+# After the strategy has started: TensorFlow's runtime installs a SIGTERM
+# handler of its own in native code (Python's signal.getsignal does not see
+# it); a SIGTERM before the training loop must still be recorded.
+_SIGTERM_AFTER_START = """
+import os, signal, sys, time
+sys.path.insert(0, %r)
+import distribution, stopping
+with stopping.requests():
+  distribution.make_strategy('multi_worker', 60)
+  os.kill(os.getpid(), signal.SIGTERM)
+  time.sleep(0.5)
+  print('requested', stopping.requested())
+"""
+
+
+def test_sigterm_recorded_once_the_strategy_has_started():
+  config = json.dumps({'cluster': {'worker': ['localhost:%d' % free_ports(1)[0]]},
+                       'task': {'type': 'worker', 'index': 0}})
+  result = subprocess.run(
+      [sys.executable, '-c', _SIGTERM_AFTER_START % os.path.dirname(HERE)],
+      env=dict(subprocess_env(), TF_CONFIG=config), capture_output=True,
+      text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.splitlines()[-1] == 'requested %d' % signal.SIGTERM
+
+
 def test_own_port_in_use(tmp_path, dataset):
   """Checked before anything is created."""
   ports = free_ports(2)
