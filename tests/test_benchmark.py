@@ -1,0 +1,278 @@
+"""benchmark.py prints the ratios of what it measured: its arithmetic and
+the arguments of each measurement, checked with the measurements replaced
+by known figures and a clock that moves by set amounts (the timings
+themselves belong to the benchmark, not to a test)."""
+
+import dataclasses
+import math
+import re
+import sys
+
+import pytest
+
+import benchmark
+import params
+import scoring
+
+
+class Clock:
+  """time.perf_counter / process_time giving these readings in turn."""
+
+  def __init__(self, *readings):
+    self.readings = list(readings)
+
+  def __call__(self):
+    return self.readings.pop(0)
+
+
+def test_timed_is_the_mean_of_the_repeats_after_the_warmup(monkeypatch):
+  calls = []
+  # Warm-up calls happen before the first reading: 3 repeats in 6 s.
+  monkeypatch.setattr(benchmark.time, 'perf_counter', Clock(100.0, 106.0))
+  assert benchmark._timed(lambda: calls.append(1), 2, 3) == 2.0
+  assert len(calls) == 5
+
+
+def test_training_data_fills_the_timed_steps(monkeypatch):
+  made = {}
+  monkeypatch.setattr(benchmark.make_demo_data, 'make_dataset',
+                      lambda folder, **kw: made.update(kw) or {})
+  hparams = params.HParams()
+  benchmark._training_data('/nowhere', 16, hparams, 7)
+  # ~24 examples a clip; the warm-up and timed steps (16 + 4) without an
+  # epoch's wrap.
+  assert made['num_train'] == math.ceil(20 * hparams.batch_size / 24) == 54
+  assert (made['num_validation'], made['num_test']) == (0, 7)
+  assert (made['min_seconds'], made['max_seconds']) == (2.0, 20.0)
+
+
+def test_pipeline_cpu_per_example(monkeypatch):
+  hparams = dataclasses.replace(params.HParams(), batch_size=8)
+  taken, asked = [], {}
+
+  def train_dataset(csv, clip_dir, class_names, hp, shuffle, **kw):
+    asked.update(kw, shuffle=shuffle)
+    return iter(lambda: taken.append(1), 'never')
+
+  monkeypatch.setattr(benchmark.files, 'read_labeled_csv',
+                      lambda *a: [('a.wav', ()), ('b.wav', ()), ('c.wav', ())])
+  monkeypatch.setattr(benchmark.inputs, 'train_dataset', train_dataset)
+  monkeypatch.setattr(benchmark.time, 'process_time', Clock(10.0, 13.0))
+  monkeypatch.setattr(benchmark.time, 'perf_counter', Clock(100.0, 104.0))
+  data = {'train_csv': 'train.csv', 'train_clip_dir': 'clips'}
+  cpu, rate = benchmark.pipeline_cpu_per_example(data, [], hparams, True,
+                                                 seed=None, batches=20)
+  assert len(taken) == 21  # one untimed batch first
+  assert asked == {'crops': True, 'seed': None, 'shuffle': 3}
+  assert cpu == pytest.approx(3.0 / 160)
+  assert rate == pytest.approx(160 / 4.0)
+
+
+def test_engine_ratios(monkeypatch, capsys):
+  hparams = dataclasses.replace(params.HParams(), batch_size=32)
+  assert hparams.batch_size != scoring.BATCH_SIZE
+  calls = []
+  speed = {'none': 2.0, 'dynamic': 3.0, 'int8': 5.0}
+
+  def inference_rate(data, class_names, hp, checkpoint, out_csv, engine=None,
+                     batch_size=None):
+    calls.append((engine and engine.quantize, batch_size))
+    if engine is None:
+      return 700.0, 1
+    assert engine.kind == 'tflite'
+    assert engine.calibration_paths == ('clips/a.wav', 'clips/b.wav')
+    return speed[engine.quantize] * batch_size, 1
+
+  monkeypatch.setattr(benchmark.files, 'read_labeled_csv',
+                      lambda *a: [('a.wav', ()), ('b.wav', ())])
+  monkeypatch.setattr(benchmark, 'plain_forward_rate',
+                      lambda n, hp, repeats, b: 4.0 * b)
+  monkeypatch.setattr(benchmark, 'inference_rate', inference_rate)
+  monkeypatch.setattr(benchmark, 'tflite_model_rates',
+                      lambda *a: {'int8, 2 threads': 9.0})
+  monkeypatch.setattr(benchmark, 'feature_rate', lambda *a: 123.0)
+  data = {'train_csv': 'train.csv', 'train_clip_dir': 'clips'}
+  rates, plain = benchmark.engine_ratios(data, ['x'] * 80, hparams, 'ckpt',
+                                         '/tmp')
+  sizes = (scoring.BATCH_SIZE, 32)
+  assert plain == {b: 4.0 * b for b in sizes}
+  assert rates == {(q, b): speed[q] * b for q in speed for b in sizes}
+  assert calls[0] == (None, None)  # the Keras engine at its own batch size
+  assert sorted(calls[1:]) == sorted(rates)
+  out = capsys.readouterr().out
+  for b in sizes:
+    assert ('TFLite float32 end to end / plain forward, batch %d: 0.50 '
+            '(target >= 1.3)' % b) in out
+    assert ('TFLite dynamic end to end / plain forward, batch %d: 0.75\n'
+            % b) in out
+    assert ('TFLite int8 end to end / plain forward, batch %d: 1.25 '
+            '(target >= 3.0)' % b) in out
+  assert 'int8, 2 threads 9.0 examples/s' in out
+  assert 'feature pipeline alone: 123 examples/s' in out
+  assert 'Keras engine end to end (batch %d): 700.0' % scoring.BATCH_SIZE in out
+
+
+def test_main_prints_the_ratios_of_its_measurements(monkeypatch, capsys):
+  """Every measurement replaced by a figure of its own; the ratios
+  worked by hand."""
+  default = params.HParams()
+  seen = {}
+
+  def pipeline_train_rate(data, class_names, hp, warmup, repeats,
+                          strategy=None):
+    assert (warmup, repeats) == (3, 5)
+    if hp.precision == 'mixed_bfloat16':
+      return 60.0
+    assert hp == default
+    return 38.0 if strategy is not None else 40.0
+
+  def pipeline_cpu(data, class_names, hp, crops, seed=1):
+    return {(False, 1): (0.004, 250.0), (True, 1): (0.003, 300.0),
+            (False, None): (0.005, 200.0)}[crops, seed]
+
+  def plain_forward_rate(n, hp, repeats, batch_size=None):
+    assert (n, batch_size) == (80, None)
+    return 200.0
+
+  def inference_rate(data, class_names, hp, checkpoint, out_csv):
+    seen['checkpoint'] = checkpoint
+    return 250.0, 1000
+
+  def make_clip(labels, seconds, rng):
+    seen.setdefault('clips', []).append(seconds)
+
+  def peak_rss(clip_dir, checkpoint, class_map_path):
+    return {'one_clip_5': 400.0, 'one_clip_600': 480.0}[
+        clip_dir.rsplit('/', 1)[1]]
+
+  for name, value in dict(
+      _training_data=lambda tmp, steps, hp, clips: {'clips': clips},
+      write_checkpoint=lambda path, n, hp: 'ckpt',
+      plain_forward_rate=plain_forward_rate,
+      inference_rate=inference_rate,
+      plain_train_rate=lambda n, hp, repeats: 50.0,
+      pipeline_train_rate=pipeline_train_rate,
+      feature_rate=lambda data, cn, hp, threads: {1: 300.0, 2: 500.0}[threads],
+      pipeline_cpu_per_example=pipeline_cpu,
+      op_determinism_train_rate=lambda args: 36.0,
+      cached_rate=lambda data, cn, hp, threads: 1000.0 * threads,
+      precise_bn_seconds=lambda data, cn, hp: (5.0, 16.0),
+      peak_rss_mib=peak_rss,
+      engine_ratios=lambda *a: seen.update(engines=a)).items():
+    monkeypatch.setattr(benchmark, name, value)
+  monkeypatch.setattr(benchmark.runtime, 'use_one_inter_op_thread',
+                      lambda: None)
+  monkeypatch.setattr(benchmark.make_demo_data, 'make_clip', make_clip)
+  monkeypatch.setattr(benchmark.make_demo_data, 'write_wav', lambda *a: None)
+  monkeypatch.setattr(sys, 'argv', ['benchmark.py', '--train_steps', '5'])
+  benchmark.main()
+  out = capsys.readouterr().out
+  engines = seen.pop('engines')
+  assert seen == {'checkpoint': 'ckpt', 'clips': [5, 600]}
+  assert engines[0] == {'clips': 60} and engines[2:4] == (default, 'ckpt')
+  ratios = dict(re.findall(r'^(ratio \d), [^:]*: ([\d.]+)', out, re.M))
+  # PreciseBN: 100 steps of 64 examples at 40 examples/s take 160 s.
+  assert ratios == {'ratio 1': '1.25', 'ratio 2': '0.80', 'ratio 3': '1.20',
+                    'ratio 4': '0.100', 'ratio 5': '0.95', 'ratio 6': '1.50',
+                    'ratio 7': '0.75', 'ratio 8': '1.25'}
+  assert 'training with op determinism / without: 0.90' in out
+  assert 'Feature pipeline per thread: 300 examples/s (1.67 x' in out
+  assert 'after the first epoch: 1000 examples/s on 1 thread, 2000 on 2' in out
+  assert 'PreciseBN: 5.0 s at the first checkpoint, 16.0 s at later' in out
+  assert '100 training steps take 160 s' in out
+  # 12.9 h as 2 examples a second plus half an example a clip, at 250/s.
+  examples = 12.9 * 3600 * 2 + 4481 * 0.5
+  assert '~%d examples): %.1f min' % (examples, examples / 250 / 60) in out
+
+
+def test_plain_mobilenet_is_the_baselines_network():
+  """Stock Keras layers, the same network: with the same (random) weights,
+  the same logits as model.py's MobileNet v1."""
+  import numpy as np
+  import features
+  import model as model_lib
+  hparams = params.HParams()
+  ours = model_lib.build_model(benchmark.MODEL, 80, hparams)
+  plain = benchmark.plain_mobilenet(80, hparams)
+  rng = np.random.default_rng(0)
+  # 1-D weights (batch norm's, the bias) positive: variances among them.
+  weights = [rng.uniform(0.5, 1.5, w.shape) if w.ndim == 1 else
+             rng.normal(0, 0.3, w.shape) for w in ours.get_weights()]
+  ours.set_weights(weights)
+  plain.set_weights(weights)
+  frames, _ = features.example_geometry(hparams)
+  batch = rng.normal(-4, 2, (2, frames, hparams.mel_bands)).astype(np.float32)
+  expected = np.asarray(ours(batch, training=False))
+  assert np.abs(expected).max() > 1
+  np.testing.assert_allclose(np.asarray(plain(batch, training=False)),
+                             expected, rtol=1e-4, atol=1e-4 * np.abs(
+                                 expected).max())
+
+
+def test_plain_forward_rate(monkeypatch):
+  timed = []
+
+  def once(fn, warmup, repeats):
+    timed.append(fn().shape)  # the probabilities of one batch
+    return 0.25
+
+  monkeypatch.setattr(benchmark, '_timed', once)
+  hparams = dataclasses.replace(params.HParams(), batch_size=3)
+  assert benchmark.plain_forward_rate(80, hparams, 8) == 3 / 0.25
+  assert benchmark.plain_forward_rate(80, hparams, 8, batch_size=2) == 8.0
+  assert timed == [(3, 80), (2, 80)]
+
+
+def test_inference_rate_scores_every_example_into_a_submission(
+    tmp_path, monkeypatch):
+  import csv
+  import features
+  import files
+  import wav
+  hparams = params.HParams()
+  data = benchmark.make_demo_data.make_dataset(
+      str(tmp_path / 'data'), num_train=0, num_validation=0, num_test=3,
+      min_seconds=1.0, max_seconds=4.0, seed=3)
+  class_names = files.read_class_map(benchmark.os.path.join(
+      benchmark.os.path.dirname(benchmark.__file__), 'class_map.csv'))
+  checkpoint = benchmark.write_checkpoint(str(tmp_path / 'model.ckpt-0'), 80,
+                                          hparams)
+  sizes = []
+  score = scoring.Scorer.score
+
+  def spy(self, *args, **kw):
+    sizes.append(self.batch_size)
+    return score(self, *args, **kw)
+
+  monkeypatch.setattr(scoring.Scorer, 'score', spy)
+  out_csv = str(tmp_path / 'submission.csv')
+  rate, total = benchmark.inference_rate(data, class_names, hparams,
+                                         checkpoint, out_csv, batch_size=5)
+  clips = sorted(files.list_wavs(data['test_clip_dir']))
+  assert total == sum(features.num_examples(wav.read_header(
+      benchmark.os.path.join(data['test_clip_dir'], f)).num_frames, hparams)
+                      for f in clips)
+  assert total > 3 and rate > 0
+  assert sizes == [5, 5]  # warm-up, then the timed run
+  with open(out_csv) as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ['fname'] + class_names
+  assert sorted(r[0] for r in rows[1:]) == clips
+
+
+def test_engines_only_measures_the_engines_alone(monkeypatch, capsys):
+  called = []
+  monkeypatch.setattr(benchmark, '_training_data',
+                      lambda tmp, steps, hp, clips: {'clips': clips})
+  monkeypatch.setattr(benchmark, 'write_checkpoint', lambda *a: 'ckpt')
+  monkeypatch.setattr(benchmark, 'engine_ratios',
+                      lambda *a: called.append(a[::3]))
+  monkeypatch.setattr(benchmark, 'plain_forward_rate',
+                      lambda *a: pytest.fail('measured more than the engines'))
+  monkeypatch.setattr(benchmark.runtime, 'use_one_inter_op_thread',
+                      lambda: None)
+  monkeypatch.setattr(sys, 'argv', ['benchmark.py', '--engines_only',
+                                    '--test_clips', '7'])
+  benchmark.main()
+  assert called == [({'clips': 7}, 'ckpt')]
+  assert 'ratio' not in capsys.readouterr().out
