@@ -224,3 +224,20 @@ def test_bad_relabel_flags_are_one_line(dataset, tmp_path, flag, value,
     args += [flag, value]
   assert_one_error(run_main(args), flag, needle)
   assert not os.path.exists(str(tmp_path / 'out.csv'))
+
+
+def test_sources_described_with_their_shares(two_sources, capsys):
+  """The line each source gets at the start of a run: numbered from 1, its
+  kind, clips, labels and share in percent."""
+  import inputs
+  import params
+  import train
+  sources = [inputs.Source(*two_sources['a'], weight=3.0),
+             inputs.Source(*two_sources['b'], weight=1.0, noisy=True)]
+  train._describe_sources(sources, read_class_names(),
+                          params.parse_hparams('batch_size=8'))
+  assert capsys.readouterr().out.splitlines() == [
+      'Source 1 (curated): %s, 6 clips, 6 labels, 75.0%% of the examples'
+      % two_sources['a'][0],
+      'Source 2 (noisy): %s, 9 clips, 9 labels, 25.0%% of the examples'
+      % two_sources['b'][0]]

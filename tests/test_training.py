@@ -922,3 +922,14 @@ def test_averaged_weights_have_their_own_precise_statistics(averaged_run,
     raw = reader.get_tensor(checkpoints.checkpoint_key(path, 'precise_bn'))
     differ += not np.allclose(raw, value, rtol=1e-4, atol=1e-5)
   assert differ >= 4
+
+
+def test_progress_line(monkeypatch):
+  """Steps 200 to 220 in 10 s, batch 16: 2 steps/s, 32 examples/s, and
+  780 steps to step 1000 at that rate take 6 min 30 s."""
+  import train
+  monkeypatch.setattr(train.time, 'time', lambda: 110.0)
+  assert train._progress(220, 0.25, 200, 100.0, 16, 1000) == (
+      'step 220 loss 0.250000 (2.00 steps/s, 32.0 examples/s, 0:06:30 left)')
+  assert train._progress(220, 0.25, 200, 100.0, 16, None) == (
+      'step 220 loss 0.250000 (2.00 steps/s, 32.0 examples/s)')
