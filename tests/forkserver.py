@@ -1,0 +1,107 @@
+"""Runs main.py for the tests in children forked from a process that has
+already imported TensorFlow and the project's modules: a run then starts in
+a fraction of a second instead of the ~4 s of importing TensorFlow, which
+the suite would otherwise pay on each of its runs of main.py.
+
+Each child is a fresh process as far as main.py can tell: main.py itself
+is executed anew as __main__ (its flags defined then), with its own
+arguments, environment, working directory, stdout and stderr files and
+random seeds. Before the fork the server has done only what main.py's own
+import of TensorFlow does (runtime.import_tensorflow: one inter-op thread,
+devices listed) and run no op, so no eager context, thread pool or device
+memory is inherited. conftest.run_main falls back to a plain subprocess
+where a fork could differ from one (environment variables TensorFlow reads
+when it is imported) or cannot be had (runs of main.py at the same time).
+
+Protocol, one JSON line each way: a request {args, cwd, env, stdout,
+stderr, sigint_ignored} is answered with {"pid": ...} once forked, then
+{"returncode": ...} (negative: killed by that signal, as subprocess
+reports it).
+"""
+
+import atexit
+import json
+import os
+import random
+import runpy
+import signal
+import sys
+import traceback
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = os.path.join(REPO, 'main.py')
+sys.path.insert(0, REPO)  # as `python main.py` has it
+
+# What main.py imports, at once or lazily.
+import absl.app  # noqa: E402,F401
+import numpy as np  # noqa: E402
+import keras  # noqa: E402,F401
+import evaluation  # noqa: E402,F401
+import export  # noqa: E402,F401
+import inference  # noqa: E402,F401
+import relabel  # noqa: E402,F401
+import scoring  # noqa: E402,F401
+import tagging  # noqa: E402,F401
+import runtime  # noqa: E402
+import train  # noqa: E402,F401
+
+# As main.py does before its first op (devices listed, their chatter kept
+# off stderr): the same settings in every child.
+runtime.import_tensorflow()
+
+
+def _redirect(fd, path, flags):
+  os.dup2(os.open(path, flags, 0o644), fd)
+
+
+def child(request):
+  os.chdir(request['cwd'])
+  os.environ.clear()
+  os.environ.update(request['env'])
+  _redirect(0, os.devnull, os.O_RDONLY)
+  _redirect(1, request['stdout'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+  _redirect(2, request['stderr'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+  signal.signal(signal.SIGINT, signal.SIG_IGN if request['sigint_ignored']
+                else signal.default_int_handler)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  random.seed()
+  np.random.seed()
+  sys.argv = [MAIN] + request['args']
+  code = 0
+  try:
+    runpy.run_path(MAIN, run_name='__main__')
+  except SystemExit as e:
+    code = e.code
+  except BaseException:  # as the interpreter reports an uncaught one
+    traceback.print_exc()
+    code = 1
+  if code is None:
+    code = 0
+  elif not isinstance(code, int):
+    print(code, file=sys.stderr)
+    code = 1
+  atexit._run_exitfuncs()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
+
+
+def serve():
+  replies = os.fdopen(os.dup(1), 'w')
+  for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+      replies.close()
+      child(request)
+    replies.write(json.dumps({'pid': pid}) + '\n')
+    replies.flush()
+    _, status = os.waitpid(pid, 0)
+    replies.write(json.dumps({
+        'returncode': os.waitstatus_to_exitcode(status)}) + '\n')
+    replies.flush()
+
+
+if __name__ == '__main__':
+  print(json.dumps({'ready': os.getpid()}), flush=True)
+  serve()
