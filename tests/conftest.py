@@ -74,16 +74,19 @@ def subprocess_env():
   return env
 
 
-def run_main(args, cwd=None, timeout=300):
-  """Runs main.py in a process of its own; returns the CompletedProcess.
-  The process is forked from tests/forkserver.py's (TensorFlow imported
-  once) where that cannot differ from starting it afresh."""
+def run_main(args, cwd=None, timeout=300, script=None):
+  """Runs main.py in a process of its own (with a script, as `python -c
+  SCRIPT main.py ARGS...`, e.g. one of main_in_process); returns the
+  CompletedProcess. The process is forked from tests/forkserver.py's
+  (TensorFlow imported once) where that cannot differ from starting it
+  afresh."""
   args = [str(a) for a in args]
   env = subprocess_env()
-  forked = _Forks.run(args, cwd or os.getcwd(), env, timeout)
+  forked = _Forks.run(args, cwd or os.getcwd(), env, timeout, script)
   if forked is not None:
     return forked
-  return subprocess.run([sys.executable, MAIN] + args, cwd=cwd, env=env,
+  command = [sys.executable] + (['-c', script] if script else []) + [MAIN]
+  return subprocess.run(command + args, cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -130,7 +133,7 @@ class _Forks:
                if k.startswith(cls.IMPORT_TIME) and k != 'TF_CONFIG')
 
   @classmethod
-  def run(cls, args, cwd, env, timeout):
+  def run(cls, args, cwd, env, timeout, script=None):
     """The CompletedProcess of main.py forked with these, or None where a
     fresh process is needed (another run in progress, other import-time
     environment, no server)."""
@@ -142,16 +145,16 @@ class _Forks:
         cls._start()
       if cls.server is None or not cls._same_imports(env):
         return None
-      return cls._run(args, cwd, env, timeout)
+      return cls._run(args, cwd, env, timeout, script)
     finally:
       cls.busy.release()
 
   @classmethod
-  def _run(cls, args, cwd, env, timeout):
+  def _run(cls, args, cwd, env, timeout, script):
     with tempfile.TemporaryDirectory() as tmp:
       out, err = os.path.join(tmp, 'stdout'), os.path.join(tmp, 'stderr')
       cls.server.stdin.write((json.dumps(dict(
-          args=args, cwd=cwd, env=env, stdout=out, stderr=err,
+          args=args, cwd=cwd, env=env, stdout=out, stderr=err, script=script,
           sigint_ignored=signal.getsignal(signal.SIGINT) is signal.SIG_IGN))
                               + '\n').encode())
       pid = cls._reply(60)['pid']
@@ -161,7 +164,8 @@ class _Forks:
         cls._reply(60)
       with open(out) as f, open(err) as g:
         stdout, stderr = f.read(), g.read()
-    command = [sys.executable, MAIN] + args
+    command = [sys.executable] + (['-c', script] if script else []) + [
+        MAIN] + args
     if done is None:
       raise subprocess.TimeoutExpired(command, timeout, stdout, stderr)
     return subprocess.CompletedProcess(command, done['returncode'], stdout,

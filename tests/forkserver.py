@@ -14,7 +14,8 @@ where a fork could differ from one (environment variables TensorFlow reads
 when it is imported) or cannot be had (runs of main.py at the same time).
 
 Protocol, one JSON line each way: a request {args, cwd, env, stdout,
-stderr, sigint_ignored} is answered with {"pid": ...} once forked, then
+stderr, sigint_ignored, and optionally script: a `python -c` script to run
+with main.py and args as its arguments} is answered with {"pid": ...} once forked, then
 {"returncode": ...} (negative: killed by that signal, as subprocess
 reports it).
 """
@@ -66,10 +67,15 @@ def child(request):
   signal.signal(signal.SIGTERM, signal.SIG_DFL)
   random.seed()
   np.random.seed()
-  sys.argv = [MAIN] + request['args']
   code = 0
   try:
-    runpy.run_path(MAIN, run_name='__main__')
+    if request.get('script'):  # as `python -c SCRIPT main.py ARGS...`
+      sys.argv = ['-c', MAIN] + request['args']
+      exec(compile(request['script'], '<string>', 'exec'),
+           {'__name__': '__main__', '__builtins__': __builtins__})
+    else:
+      sys.argv = [MAIN] + request['args']
+      runpy.run_path(MAIN, run_name='__main__')
   except SystemExit as e:
     code = e.code
   except BaseException:  # as the interpreter reports an uncaught one

@@ -8,16 +8,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import tflite_engine
-from conftest import (CLASS_MAP, HPARAMS, MAIN, TAG_HPARAMS, check_ok,
-                      export_args, labeled_rows, main_in_process,
-                      read_csv_rows, run_main, subprocess_env,
+from conftest import (CLASS_MAP, HPARAMS, TAG_HPARAMS, check_ok, export_args,
+                      labeled_rows, main_in_process, read_csv_rows, run_main,
                       write_pcm_wav)
 from test_cli_errors import assert_one_error
 
@@ -154,9 +151,7 @@ litert.Interpreter = Spy
 def _spied(args):
   """(result, [(threads, kind) of each interpreter that ran batches]) (a
   model file is also loaded once, with one thread, before the run)."""
-  result = subprocess.run([sys.executable, '-c', _SPY, MAIN] + args,
-                          env=subprocess_env(), capture_output=True,
-                          text=True, timeout=600)
+  result = run_main(args, timeout=600, script=_SPY)
   line = [l for l in result.stderr.splitlines()
           if l.startswith('interpreters ')]
   assert line, result.stderr[-3000:]
