@@ -6,17 +6,13 @@ files that only exercise main.py's pre-flight checks stay fast.
 """
 
 import fcntl
-import json
 import os
 import pickle
 import random
-import select
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import wave
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -28,6 +24,7 @@ if REPO not in sys.path:
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import forks  # noqa: E402
 import make_demo_data  # noqa: E402
 
 
@@ -82,94 +79,12 @@ def run_main(args, cwd=None, timeout=300, script=None):
   afresh."""
   args = [str(a) for a in args]
   env = subprocess_env()
-  forked = _Forks.run(args, cwd or os.getcwd(), env, timeout, script)
+  forked = forks.run(args, cwd or os.getcwd(), env, timeout, script)
   if forked is not None:
     return forked
   command = [sys.executable] + (['-c', script] if script else []) + [MAIN]
   return subprocess.run(command + args, cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=timeout)
-
-
-class _Forks:
-  """This test process's fork server (tests/forkserver.py), started on
-  first use; TESTS_FORK=0 in the environment runs every main.py afresh."""
-  server = None
-  env = None
-  busy = threading.Lock()
-  # Read by TensorFlow or its libraries when it is imported: a run with
-  # other values than the server's starts afresh.
-  IMPORT_TIME = ('TF_', 'CUDA', 'OMP_', 'KMP_', 'XLA_', 'MKL', 'LD_',
-                 'MALLOC', 'PYTHON')
-
-  @classmethod
-  def _start(cls):
-    cls.env, cls.pending = subprocess_env(), b''
-    cls.server = subprocess.Popen(
-        [sys.executable, os.path.join(REPO, 'tests', 'forkserver.py')],
-        env=cls.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, bufsize=0)
-    if 'ready' not in (cls._reply(120) or {}):
-      cls.server.kill()
-      cls.server = None
-
-  @classmethod
-  def _reply(cls, timeout):
-    """The server's next JSON line, or None after timeout seconds."""
-    fd = cls.server.stdout.fileno()
-    while b'\n' not in cls.pending:
-      if not select.select([fd], [], [], timeout)[0]:
-        return None
-      chunk = os.read(fd, 4096)
-      if not chunk:
-        raise RuntimeError('tests/forkserver.py ended')
-      cls.pending += chunk
-    line, cls.pending = cls.pending.split(b'\n', 1)
-    return json.loads(line)
-
-  @classmethod
-  def _same_imports(cls, env):
-    keys = set(env) | set(cls.env)
-    return all(env.get(k) == cls.env.get(k) for k in keys
-               if k.startswith(cls.IMPORT_TIME) and k != 'TF_CONFIG')
-
-  @classmethod
-  def run(cls, args, cwd, env, timeout, script=None):
-    """The CompletedProcess of main.py forked with these, or None where a
-    fresh process is needed (another run in progress, other import-time
-    environment, no server)."""
-    if os.environ.get('TESTS_FORK') == '0' or not cls.busy.acquire(
-        blocking=False):
-      return None
-    try:
-      if cls.server is None or cls.server.poll() is not None:
-        cls._start()
-      if cls.server is None or not cls._same_imports(env):
-        return None
-      return cls._run(args, cwd, env, timeout, script)
-    finally:
-      cls.busy.release()
-
-  @classmethod
-  def _run(cls, args, cwd, env, timeout, script):
-    with tempfile.TemporaryDirectory() as tmp:
-      out, err = os.path.join(tmp, 'stdout'), os.path.join(tmp, 'stderr')
-      cls.server.stdin.write((json.dumps(dict(
-          args=args, cwd=cwd, env=env, stdout=out, stderr=err, script=script,
-          sigint_ignored=signal.getsignal(signal.SIGINT) is signal.SIG_IGN))
-                              + '\n').encode())
-      pid = cls._reply(60)['pid']
-      done = cls._reply(timeout)
-      if done is None:
-        os.kill(pid, signal.SIGKILL)
-        cls._reply(60)
-      with open(out) as f, open(err) as g:
-        stdout, stderr = f.read(), g.read()
-    command = [sys.executable] + (['-c', script] if script else []) + [
-        MAIN] + args
-    if done is None:
-      raise subprocess.TimeoutExpired(command, timeout, stdout, stderr)
-    return subprocess.CompletedProcess(command, done['returncode'], stdout,
-                                       stderr)
 
 
 def _default_sigint():
@@ -180,7 +95,14 @@ def _default_sigint():
 
 
 def popen_main(args, cwd=None):
-  return subprocess.Popen([sys.executable, MAIN] + list(args), cwd=cwd,
+  """main.py running in a process of its own, forked as run_main's where it
+  can be (a forks.Child, with what the tests use of a Popen), with
+  Python's own SIGINT handler."""
+  args = [str(a) for a in args]
+  child = forks.start(args, cwd or os.getcwd(), subprocess_env(), sigint=True)
+  if child is not None:
+    return child
+  return subprocess.Popen([sys.executable, MAIN] + args, cwd=cwd,
                           env=subprocess_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True,
                           preexec_fn=_default_sigint)

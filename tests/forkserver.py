@@ -9,15 +9,16 @@ arguments, environment, working directory, stdout and stderr files and
 random seeds. Before the fork the server has done only what main.py's own
 import of TensorFlow does (runtime.import_tensorflow: one inter-op thread,
 devices listed) and run no op, so no eager context, thread pool or device
-memory is inherited. conftest.run_main falls back to a plain subprocess
-where a fork could differ from one (environment variables TensorFlow reads
-when it is imported) or cannot be had (runs of main.py at the same time).
+memory is inherited. The tests start a run afresh where a fork could differ
+from one: other values of the environment variables TensorFlow reads when
+it is imported.
 
-Protocol, one JSON line each way: a request {args, cwd, env, stdout,
-stderr, sigint_ignored, and optionally script: a `python -c` script to run
-with main.py and args as its arguments} is answered with {"pid": ...} once forked, then
-{"returncode": ...} (negative: killed by that signal, as subprocess
-reports it).
+Protocol, one JSON line each way (tests/forks.py is the client): a
+request {id, args, cwd, env, stdout, stderr (files the client made),
+sigint_ignored, and optionally script: a `python -c` script to run with
+main.py and args as its arguments} is answered with {id, pid} once forked,
+and later {id, returncode} when the child ends (negative: killed by that
+signal, as subprocess reports it).
 """
 
 import atexit
@@ -25,6 +26,7 @@ import json
 import os
 import random
 import runpy
+import select
 import signal
 import sys
 import traceback
@@ -60,8 +62,8 @@ def child(request):
   os.environ.clear()
   os.environ.update(request['env'])
   _redirect(0, os.devnull, os.O_RDONLY)
-  _redirect(1, request['stdout'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-  _redirect(2, request['stderr'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+  _redirect(1, request['stdout'], os.O_WRONLY | os.O_APPEND)
+  _redirect(2, request['stderr'], os.O_WRONLY | os.O_APPEND)
   signal.signal(signal.SIGINT, signal.SIG_IGN if request['sigint_ignored']
                 else signal.default_int_handler)
   signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -93,19 +95,38 @@ def child(request):
 
 
 def serve():
+  """Forks a child for each request as it comes, and reports each child's
+  exit as it happens, so that several runs (the workers of a cluster) can
+  go at once. Ends, killing what is left, when its client goes."""
   replies = os.fdopen(os.dup(1), 'w')
-  for line in sys.stdin:
-    request = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-      replies.close()
-      child(request)
-    replies.write(json.dumps({'pid': pid}) + '\n')
+
+  def reply(**fields):
+    replies.write(json.dumps(fields) + '\n')
     replies.flush()
-    _, status = os.waitpid(pid, 0)
-    replies.write(json.dumps({
-        'returncode': os.waitstatus_to_exitcode(status)}) + '\n')
-    replies.flush()
+
+  children, pending = {}, b''
+  while True:
+    if select.select([0], [], [], 0.05)[0]:
+      chunk = os.read(0, 1 << 16)
+      if not chunk:
+        break
+      pending += chunk
+      while b'\n' in pending:
+        line, pending = pending.split(b'\n', 1)
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+          replies.close()
+          child(request)
+        children[pid] = request['id']
+        reply(id=request['id'], pid=pid)
+    while children:
+      pid, status = os.waitpid(-1, os.WNOHANG)
+      if not pid:
+        break
+      reply(id=children.pop(pid), returncode=os.waitstatus_to_exitcode(status))
+  for pid in children:
+    os.kill(pid, signal.SIGKILL)
 
 
 if __name__ == '__main__':
