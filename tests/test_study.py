@@ -74,7 +74,7 @@ def test_table_means_intervals_and_paired_differences():
 
 def test_table_files(tmp_path):
   spec = _spec(tmp_path, {'base': {'max_steps': 100},
-                          'wide': {'max_steps': 100},
+                          'wide': {'max_steps': 100, 'hparams': 'lr=0.01'},
                           'short': {'max_steps': 100},
                           'once': {'max_steps': 100}}, seeds=[1, 2, 3])
   rows = study.summarize(RESULTS, 'base')
@@ -89,6 +89,9 @@ def test_table_files(tmp_path):
          '[-0.0242, +0.2242] | 3 |' in text
   assert '| base | 3 | 0.6000 |' in text and '| reference |' in text
   assert '| once | 1 | 0.4000 | – | -0.1500 | – | 1 |' in text
+  # The configurations: the hparams each gives, `-` for none.
+  assert '| base | mobilenet-v1 | `-` | 100 |' in text
+  assert '| wide | mobilenet-v1 | `lr=0.01` | 100 |' in text
 
 
 # --- Stand-in runs ----------------------------------------------------------

@@ -547,3 +547,34 @@ def test_tag_flags_are_checked_before_any_work(tagger, tmp_path):
       checkpoint, [clip], ['--timeline_csv_path',
                            str(tmp_path / 'no' / 'such' / 't.csv')])),
                    '--timeline_csv_path', 'does not exist')
+
+
+def test_a_stop_that_ends_the_reading_stops_tagging(tagger, tmp_path,
+                                                    monkeypatch, capsys):
+  """A stop request the file reader sees before its first chunk ends the
+  chunks with no batch for the scorer to stop at; the scorer then stops
+  the run (Stopped), rather than reporting a file whose examples did not
+  all arrive."""
+  import params
+  import stopping
+  import tagging
+  from conftest import TAG_HPARAMS, read_class_names
+  path = str(tmp_path / 'long.wav')
+  write_sparse_wav(path, 60)
+  asked = []
+
+  def requested():
+    # As if SIGTERM's handler had run just now: the reader's thread sees
+    # the request before the scorer's own check does.
+    if not asked:
+      stopping._requested.append(signal.SIGTERM)
+    asked.append(True)
+    return stopping._requested[0]
+
+  monkeypatch.setattr(stopping, 'requested', requested)
+  with stopping.requests():
+    with pytest.raises(stopping.Stopped) as stopped:
+      tagging.tag('crnn', params.parse_hparams(TAG_HPARAMS),
+                  read_class_names(), [path], tagger['checkpoint'], 3)
+  assert stopped.value.exit_code == 143 and asked
+  assert path not in capsys.readouterr().out
