@@ -29,11 +29,6 @@ GROUP = 'ema'  # the checkpoint group of the averaged weights
 PRECISE_GROUP = 'ema_precise_bn'  # their batch-norm statistics
 
 
-def decay_at(update, ema_decay):
-  """d_t of update t (1 for the first)."""
-  return min(ema_decay, (1.0 + update) / (10.0 + update))
-
-
 class WeightAverage:
   """The average of `variables` (the model's trainable weights), in
   variables a checkpoint saves as GROUP."""
