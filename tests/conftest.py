@@ -82,8 +82,7 @@ def run_main(args, cwd=None, timeout=300, script=None):
   forked = forks.run(args, cwd or os.getcwd(), env, timeout, script)
   if forked is not None:
     return forked
-  command = [sys.executable] + (['-c', script] if script else []) + [MAIN]
-  return subprocess.run(command + args, cwd=cwd, env=env,
+  return subprocess.run(forks.command(args, script), cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -102,7 +101,7 @@ def popen_main(args, cwd=None):
   child = forks.start(args, cwd or os.getcwd(), subprocess_env(), sigint=True)
   if child is not None:
     return child
-  return subprocess.Popen([sys.executable, MAIN] + args, cwd=cwd,
+  return subprocess.Popen(forks.command(args), cwd=cwd,
                           env=subprocess_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True,
                           preexec_fn=_default_sigint)

@@ -173,16 +173,22 @@ def run(args, cwd, env, timeout, script=None):
   child = start(args, cwd, env, script)
   if child is None:
     return None
-  command = [sys.executable] + (['-c', script] if script else []) + [
-      os.path.join(os.path.dirname(HERE), 'main.py')] + args
+  command_line = command(args, script)
   try:
     child.wait(timeout)
   except subprocess.TimeoutExpired:
     child.kill()
     child.wait(60)
-    raise subprocess.TimeoutExpired(command, timeout, *child.output())
+    raise subprocess.TimeoutExpired(command_line, timeout, *child.output())
   finally:
     stdout, stderr = child.output()
     shutil.rmtree(os.path.dirname(child.paths[0]), ignore_errors=True)
-  return subprocess.CompletedProcess(command, child.returncode, stdout,
+  return subprocess.CompletedProcess(command_line, child.returncode, stdout,
                                      stderr)
+
+
+def command(args, script=None):
+  """The command line of a fresh run of main.py (`python -c script
+  main.py args` with a script)."""
+  return [sys.executable] + (['-c', script] if script else []) + [
+      os.path.join(os.path.dirname(HERE), 'main.py')] + list(args)

@@ -106,7 +106,8 @@ def serve():
 
   children, pending = {}, b''
   while True:
-    if select.select([0], [], [], 0.05)[0]:
+    # Poll for exits only while there are children to reap.
+    if select.select([0], [], [], 0.05 if children else None)[0]:
       chunk = os.read(0, 1 << 16)
       if not chunk:
         break
