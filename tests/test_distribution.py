@@ -30,11 +30,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CRNN = 'batch_size=4,crnn_filters=4,crnn_dropout=0'
 
 
-def two_devices(*args):
-  result = subprocess.run([sys.executable, os.path.join(HERE, 'two_devices.py')]
-                          + list(args), env=subprocess_env(),
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+# Runs tests/two_devices.py as `python -c` would run it, in a forked run
+# where it can be (TensorFlow imported, no op run: the CPU can still be split).
+TWO_DEVICES = ('import runpy, sys; sys.argv = [%r] + sys.argv[2:]; '
+               'runpy.run_path(sys.argv[0], run_name="__main__")'
+               % os.path.join(HERE, 'two_devices.py'))
+
+
+def two_devices(*args, check=True):
+  result = run_main(args, timeout=600, script=TWO_DEVICES)
+  if check:
+    assert result.returncode == 0, (result.stderr[-3000:] +
+                                    result.stdout[-2000:])
   return result
 
 
@@ -106,11 +113,9 @@ def test_mirrored_training_run_and_eval(tmp_path, dataset):
        '--eval_dir', str(tmp_path / 'eval')]))
   assert len(re.findall(r'^Overall lwlrap = ', result.stdout, re.M)) == 2
   # batch_size must split evenly over the replicas.
-  failed = subprocess.run(
-      [sys.executable, os.path.join(HERE, 'two_devices.py'), 'train',
-       dataset['train_csv'], dataset['train_clip_dir'],
-       str(tmp_path / 'odd'), 'batch_size=3,crnn_filters=4', '1'],
-      env=subprocess_env(), capture_output=True, text=True, timeout=600)
+  failed = two_devices('train', dataset['train_csv'],
+                       dataset['train_clip_dir'], str(tmp_path / 'odd'),
+                       'batch_size=3,crnn_filters=4', '1', check=False)
   assert failed.returncode == 1
   assert 'batch_size=3: must be a multiple of the 2 replicas' in failed.stdout
 

@@ -323,7 +323,8 @@ def extra_peak(serve, seconds):
   return status('VmHWM') - before
 
 
-serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']
+# As run_main runs a script: sys.argv is ['-c', 'main.py', the model].
+serve = tf.saved_model.load(sys.argv[2]).signatures['serving_default']
 extra_peak(serve, 10)  # the first call sets up TensorFlow's pools
 print(extra_peak(serve, 10), extra_peak(serve, 600))
 '''
@@ -338,9 +339,7 @@ def test_memory_of_a_long_waveform_stays_bounded(pcen_run, tmp_path):
   waveform (106 MB) exists before the call and is not counted."""
   link = str(tmp_path / 'saved_model')
   os.symlink(os.path.join(pcen_run['export_dir'], 'saved_model'), link)
-  result = subprocess.run([sys.executable, '-c', MEMORY, link],
-                          capture_output=True, text=True, timeout=600,
-                          env=subprocess_env(), cwd='/')
+  result = run_main([link], cwd='/', timeout=600, script=MEMORY)
   assert result.returncode == 0, result.stderr[-3000:]
   short, long = (int(v) for v in result.stdout.split())
   assert long - short < 250 * 2**20, (short / 2**20, long / 2**20)

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from conftest import CLASS_MAP, REPO, _default_sigint, subprocess_env
+from conftest import (CLASS_MAP, REPO, _default_sigint, run_main,
+                      subprocess_env)
 import study
 
 # Student t 97.5% quantiles from a printed table, not from scipy.
@@ -397,9 +398,26 @@ def test_plot_is_a_png(tmp_path):
 
 # --- A real study -----------------------------------------------------------
 
-def test_real_study_of_two_seeds(tmp_path, dataset):
+class ForkedMain:
+  """Runs study.py's commands of main.py as run_main does (forked where it
+  can be), each one's output appended to its log as study.Runner has it."""
+
+  def __init__(self):
+    self.modes = []
+
+  def __call__(self, argv, log_path, cwd):
+    assert argv[:2] == [sys.executable, study.MAIN]
+    self.modes.append(argv[argv.index('--mode') + 1])
+    result = run_main(argv[2:], cwd=cwd, timeout=600)
+    with open(log_path, 'a') as log:
+      log.write(result.stdout + result.stderr)
+    return result.returncode
+
+
+def test_real_study_of_two_seeds(tmp_path, dataset, capsys):
   """crnn, 1 configuration x 2 seeds x 2 steps, scored at step 2 on the
-  validation clips, through the command line."""
+  validation clips, through study.py's command line (its runs of main.py
+  forked: test_stop_is_passed_to_the_command covers study.Runner)."""
   spec = tmp_path / 'study.json'
   spec.write_text(json.dumps({
       'class_map': CLASS_MAP, 'train_csv': dataset['train_csv'],
@@ -410,12 +428,11 @@ def test_real_study_of_two_seeds(tmp_path, dataset):
       'configs': {'tiny': {'hparams': 'batch_size=4,crnn_filters=4',
                            'max_steps': 2, 'eval_steps': [2]}}}))
   out = tmp_path / 'out'
-  command = [sys.executable, os.path.join(REPO, 'study.py'), '--spec',
-             str(spec), '--study_dir', str(out)]
-  result = subprocess.run(command, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=600)
-  assert result.returncode == 0, result.stdout + result.stderr
-  assert '[2/2] tiny/seed-2: done in ' in result.stdout
+  command = ['--spec', str(spec), '--study_dir', str(out)]
+  runner = ForkedMain()
+  assert study.main(command, runner=runner) == 0, capsys.readouterr()
+  assert runner.modes == ['train', 'eval', 'train', 'eval']
+  assert '[2/2] tiny/seed-2: done in ' in capsys.readouterr().out
   runs = out / 'runs' / 'tiny'
   with open(out / 'results.csv') as f:
     results = list(csv.DictReader(f))
@@ -443,10 +460,11 @@ def test_real_study_of_two_seeds(tmp_path, dataset):
   assert (out / 'lwlrap.png').read_bytes()[:4] == b'\x89PNG'
   # Run again: everything is done, nothing runs.
   log = (runs / 'seed-1' / 'train.log').read_text()
-  again = subprocess.run(command, env=subprocess_env(), capture_output=True,
-                         text=True, timeout=120)
-  assert again.returncode == 0 and '2 finished already' in again.stdout
+  again = ForkedMain()
+  assert study.main(command, runner=again) == 0 and again.modes == []
+  assert '2 finished already' in capsys.readouterr().out
   assert (runs / 'seed-1' / 'train.log').read_text() == log
+
 
 
 def test_a_configuration_may_chain_on_other_runs(tmp_path):

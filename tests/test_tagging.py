@@ -13,15 +13,13 @@ import os
 import re
 import signal
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import make_demo_data
-from conftest import (CLASS_MAP, MAIN, check_ok, main_in_process,
-                      read_csv_rows, run_main, subprocess_env)
+from conftest import (CLASS_MAP, check_ok, main_in_process, read_csv_rows,
+                      run_main)
 from test_cli_errors import _Run, assert_one_error
 
 # Scores of the same clip in other formats may differ from the 16-bit
@@ -433,9 +431,11 @@ def test_unreadable_files_get_one_line_each_and_the_others_are_tagged(
 def test_a_long_file_is_tagged_in_bounded_memory(tagger, tmp_path, engine):
   """A 30-minute 48 kHz stereo file (3600 examples) is tagged with a peak
   resident memory within a margin of a 5-second file's, by either engine.
-  Measured: +26 to +48 MiB with Keras (tf.data's autotuned buffers and
-  allocator caches, not the file: 0.7 to 0.8 GiB for both); +33 and +42
-  MiB with TFLite (0.9 GiB for both). The bound, 160 MiB, is far below what holding the file would
+  Measured in fresh processes: +26 to +48 MiB with Keras (tf.data's
+  autotuned buffers and allocator caches, not the file: 0.7 to 0.8 GiB for
+  both), +33 and +42 MiB with TFLite (0.9 GiB for both); forked from the
+  test's server, +26 and +24 MiB (0.4 and 0.5 GiB, most of it shared with
+  the server). The bound, 160 MiB, is far below what holding the file would
   take: its samples alone are 303 MiB as float32 at 44.1 kHz mono (330 MiB
   of bytes as stored, 1.3 GiB as float64 frames)."""
   long_path = str(tmp_path / 'long.wav')
@@ -508,9 +508,9 @@ print('peak_kib %d' % peak, file=sys.stderr)
 
 
 def _peak_rss_mib(args):
-  result = subprocess.run([sys.executable, '-c', _RSS_CHILD, MAIN] + args,
-                          env=subprocess_env(), capture_output=True,
-                          text=True, timeout=600)
+  # Forked where it can be: the child starts with the server's resident
+  # pages, the same for every run compared.
+  result = run_main(args, timeout=600, script=_RSS_CHILD)
   peak = [l for l in result.stderr.splitlines() if l.startswith('peak_kib ')]
   assert peak, result.stderr[-3000:]
   result.stderr = result.stderr.replace(peak[-1] + '\n', '')
