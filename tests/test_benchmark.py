@@ -176,6 +176,9 @@ def test_main_prints_the_ratios_of_its_measurements(monkeypatch, capsys):
                     'ratio 4': '0.100', 'ratio 5': '0.95', 'ratio 6': '1.50',
                     'ratio 7': '0.75', 'ratio 8': '1.25'}
   assert 'training with op determinism / without: 0.90' in out
+  assert ('Training pipeline CPU time per example: 4.00 ms with the examples '
+          'made on the CPU, 3.00 ms with --features_on device (250 and 300 '
+          'examples/s); unseeded order 200 examples/s') in out
   assert 'Feature pipeline per thread: 300 examples/s (1.67 x' in out
   assert 'after the first epoch: 1000 examples/s on 1 thread, 2000 on 2' in out
   assert 'PreciseBN: 5.0 s at the first checkpoint, 16.0 s at later' in out
@@ -276,3 +279,82 @@ def test_engines_only_measures_the_engines_alone(monkeypatch, capsys):
   benchmark.main()
   assert called == [({'clips': 7}, 'ckpt')]
   assert 'ratio' not in capsys.readouterr().out
+
+
+def test_tflite_model_rates_time_each_model_alone(monkeypatch):
+  """Each quantization of the loaded checkpoint (int8 calibrated on the
+  training clips), on 1 thread and every core with LiteRT and on every
+  core with tf.lite.Interpreter, timed on one batch of the Scorer's size."""
+  made = {}
+
+  class Scorer:
+    def __init__(self, model_name, num_classes, hp, engine):
+      made['engine'] = engine
+
+    def load(self, checkpoint):
+      made['checkpoint'] = checkpoint
+
+    def convert(self, quantize):
+      return 'model-' + quantize
+
+  def runner(model, threads):
+    def run(batch):
+      made.setdefault('batches', set()).add((model, threads))
+      made.setdefault('shapes', set()).add((model, threads, batch.shape))
+    return run
+
+  seconds = {('model-none', 1): 0.5, ('model-none', 2): 0.25,
+             ('model-dynamic', 1): 0.4, ('model-dynamic', 2): 0.2,
+             ('model-int8', 1): 0.1, ('model-int8', 2): 0.05}
+  timing = []
+
+  def timed(fn, warmup, repeats):
+    assert (warmup, repeats) == (2, 16)
+    fn()
+    (timing_of,) = made['batches']
+    timing.append(timing_of)
+    made['batches'].clear()
+    return seconds.get(timing[-1], 0.8)
+
+  monkeypatch.setattr(benchmark.scoring, 'Scorer', Scorer)
+  monkeypatch.setattr(benchmark.tflite_engine, 'Runner', runner)
+  monkeypatch.setattr(benchmark.tflite_engine, 'default_threads', lambda: 2)
+  monkeypatch.setattr(benchmark, '_tf_lite_runner',
+                      lambda model, threads: runner(model + ' (tf)', threads))
+  monkeypatch.setattr(benchmark, '_timed', timed)
+  monkeypatch.setattr(benchmark.files, 'read_labeled_csv',
+                      lambda csv, clip_dir, names: [('a.wav', 0),
+                                                    ('b.wav', 1)])
+  rates = benchmark.tflite_model_rates(
+      ['x', 'y'], params.HParams(), 'ckpt',
+      {'train_csv': 'train.csv', 'train_clip_dir': '/clips'})
+  batch = benchmark.scoring.BATCH_SIZE
+  assert made['engine'] == benchmark.tflite_engine.Engine(
+      'tflite', calibration_paths=('/clips/a.wav', '/clips/b.wav'))
+  assert made['checkpoint'] == 'ckpt'
+  assert rates == {
+      'none, 1 threads': batch / 0.5, 'none, 2 threads': batch / 0.25,
+      'none, 2 threads, tf.lite.Interpreter': batch / 0.8,
+      'dynamic, 1 threads': batch / 0.4, 'dynamic, 2 threads': batch / 0.2,
+      'dynamic, 2 threads, tf.lite.Interpreter': batch / 0.8,
+      'int8, 1 threads': batch / 0.1, 'int8, 2 threads': batch / 0.05,
+      'int8, 2 threads, tf.lite.Interpreter': batch / 0.8}
+  assert timing[2] == ('model-none (tf)', 2)
+  frames, _ = benchmark.features.example_geometry(params.HParams())
+  assert {shape for _, _, shape in made['shapes']} == {(batch, frames, 96)}
+
+
+def test_a_failed_measuring_child_is_an_error(tmp_path, monkeypatch):
+  """The op-determinism timing runs in a child process: one that fails
+  stops the benchmark with its status, not with a figure read from
+  whatever it printed."""
+  import subprocess
+  child = tmp_path / 'child.py'
+  child.write_text('import sys\nprint(sys.argv[1:])\nprint(12.5)\n'
+                   'sys.exit(int(sys.argv[2]) % 7)\n')
+  monkeypatch.setattr(benchmark, '__file__', str(child))
+  args = benchmark.argparse.Namespace(train_steps=14)
+  assert benchmark.op_determinism_train_rate(args) == 12.5
+  args.train_steps = 15
+  with pytest.raises(subprocess.CalledProcessError):
+    benchmark.op_determinism_train_rate(args)

@@ -561,3 +561,31 @@ def test_cluster_workers_leave_together(tmp_path, dataset, monkeypatch,
   # Step 0's save, each step's agreement, the last save, the wait for all.
   assert events == ['save', 'agree', 'agree', 'save', 'silence', 'agree']
   assert 'Training finished' in capsys.readouterr().out
+
+
+_LEAVE = r'''
+import os, sys
+sys.path.insert(0, %r)
+import distribution
+real_exit = os._exit
+
+
+def exit_with_a_native_write(code):  # as TensorFlow's threads write at exit
+  os.write(2, b'runtime noise\n')
+  real_exit(code)
+
+
+os._exit = exit_with_a_native_write
+print('trained', end='')
+sys.stderr.write('main.py: error: lost\n')
+distribution.leave(3)
+'''
+
+
+def test_leave_flushes_the_run_and_silences_the_runtime():
+  """A worker leaves by os._exit with its own output flushed, and what
+  TensorFlow's runtime writes to fd 2 from then on (a peer reported as
+  crashed) is not shown."""
+  result = run_main([], timeout=120, script=_LEAVE % os.path.dirname(HERE))
+  assert (result.returncode, result.stdout, result.stderr) == (
+      3, 'trained', 'main.py: error: lost\n')

@@ -474,3 +474,33 @@ def test_a_stop_request_ends_a_wait_at_once():
     waited = time.monotonic() - start - 0.25
   assert 0.3 <= waited < 1.5
   assert str(stopped.value) == 'stopped by SIGTERM; the wait was cut short'
+
+
+@pytest.mark.parametrize('meanwhile', ['marker', 'newer claim'])
+def test_a_claim_made_too_late_is_let_go(tmp_path, monkeypatch, meanwhile):
+  """While this process writes its claim, another finishes the checkpoint
+  (its marker appears) or takes it over (a newer generation appears): the
+  claim file just made is removed, and the checkpoint reported done or
+  held; nothing of this process is left in eval_dir."""
+  import claims
+  eval_dir = str(tmp_path)
+  step = 300
+  newer = claims.claim_path(eval_dir, step, 2)
+
+  def hostname():  # called while the claim file is being written
+    made = claims.marker_path(eval_dir, step) if meanwhile == 'marker' \
+        else newer
+    with open(made, 'w') as f:
+      f.write('other pid 1\n')
+    return 'here'
+
+  monkeypatch.setattr(claims.socket, 'gethostname', hostname)
+  state, detail = claims.try_claim(eval_dir, step, timeout=60)
+  if meanwhile == 'marker':
+    assert (state, detail) == (claims.DONE, None)
+    assert os.listdir(eval_dir) == [os.path.basename(
+        claims.marker_path(eval_dir, step))]
+  else:
+    assert state == claims.HELD and detail.startswith(
+        'eval-300.claim.2, held by other pid 1, refreshed ')
+    assert os.listdir(eval_dir) == [os.path.basename(newer)]
