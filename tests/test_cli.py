@@ -278,8 +278,11 @@ def test_mobilenet_inference_matches_independent(
       'mobilenet-v1', parse_hparams(HPARAMS), mobilenet_train['checkpoint'],
       inference_clips, fnames)
   _check_submission(mobilenet_inference['csv'], inference_clips, expected)
-  assert 'Wrote %d clips x 80 classes' % len(fnames) in (
-      mobilenet_inference['result'].stdout)
+  out = mobilenet_inference['result'].stdout
+  assert 'Wrote %d clips x 80 classes' % len(fnames) in out
+  # The Keras engine: no engine note after the statistics.
+  assert 'Scoring %s (batch-norm statistics: precise)\n' % (
+      mobilenet_train['checkpoint']) in out
 
 
 def test_batched_scoring_equals_per_clip_scoring(

@@ -589,3 +589,25 @@ def test_leave_flushes_the_run_and_silences_the_runtime():
   result = run_main([], timeout=120, script=_LEAVE % os.path.dirname(HERE))
   assert (result.returncode, result.stdout, result.stderr) == (
       3, 'trained', 'main.py: error: lost\n')
+
+
+def test_which_modes_train_on_the_cluster(monkeypatch):
+  """multi_worker always; auto only when TF_CONFIG names more than one
+  task; none and mirrored never, whatever TF_CONFIG says."""
+  import distribution
+  two = json.dumps({'cluster': {'worker': ['localhost:1', 'localhost:2']},
+                    'task': {'type': 'worker', 'index': 0}})
+  one = json.dumps({'cluster': {'worker': ['localhost:1']},
+                    'task': {'type': 'worker', 'index': 0}})
+  expected = {
+      None: {'auto': False, 'none': False, 'mirrored': False},
+      one: {'auto': False, 'none': False, 'mirrored': False,
+            'multi_worker': True},
+      two: {'auto': True, 'none': False, 'mirrored': False,
+            'multi_worker': True}}
+  for config, modes in expected.items():
+    if config is None:
+      monkeypatch.delenv('TF_CONFIG', raising=False)
+    else:
+      monkeypatch.setenv('TF_CONFIG', config)
+    assert {m: distribution.uses_cluster(m) for m in modes} == modes, config

@@ -179,42 +179,50 @@ def test_engine_flags_reach_the_interpreter(tagger, tiny_export, tmp_path,
   checkpoint = tagger['checkpoint']
   base = ['--class_map_path', CLASS_MAP]
   csv_path = str(tmp_path / 'predictions.csv')
-  _, seen = _spied(base + [
+  result, seen = _spied(base + [
       '--mode', 'inference', '--inference_checkpoint', checkpoint,
       '--inference_clip_dir', data['train_clip_dir'],
       '--predictions_csv_path', csv_path, '--engine', 'tflite',
       '--tflite_threads', '3', '--quantize', 'int8'] + _calibration(data))
   assert seen == [(3, 'int8')]
+  assert '; TFLite engine: int8, converted in memory, 3 threads)\n' in (
+      result.stdout)
   rows = read_csv_rows(csv_path)[1:]
   keras = _scores('crnn', parse_hparams(TAG_HPARAMS), checkpoint,
                   [os.path.join(data['train_clip_dir'], r[0]) for r in rows])
   assert np.abs(np.array([[float(v) for v in r[1:]] for r in rows]) -
                 keras).max() > 1e-4
 
-  _, seen = _spied(base + [
+  result, seen = _spied(base + [
       '--mode', 'tag', '--inference_checkpoint', checkpoint, '--tag_paths',
       data['train_clip_dir'], '--engine', 'tflite', '--quantize',
       'dynamic'])
   assert seen == [(os.cpu_count(), 'dynamic')]
+  assert '; TFLite engine: dynamic, converted in memory, %d threads)\n' % (
+      os.cpu_count()) in result.stderr
 
-  _, seen = _spied(base + [
+  result, seen = _spied(base + [
       '--mode', 'relabel', '--relabel_csv_path', data['train_csv'],
       '--relabel_clip_dir', data['train_clip_dir'], '--relabeled_csv_path',
       str(tmp_path / 'relabeled.csv'), '--engine', 'tflite',
       '--tflite_threads', '3', '--tflite_model', tiny_export['int8']])
   assert seen == [(3, 'int8')]
+  assert ('Relabelling with %s (batch-norm statistics: precise; TFLite '
+          'engine: int8, 3 threads)\n' % tiny_export['int8']) in result.stdout
 
   train_dir = tmp_path / 'train'  # the last checkpoint alone
   train_dir.mkdir()
   for name in os.listdir(tagger['train_dir']):
     if name.startswith(os.path.basename(checkpoint) + '.'):
       shutil.copy(os.path.join(tagger['train_dir'], name), str(train_dir))
-  _, seen = _spied(base + [
+  result, seen = _spied(base + [
       '--mode', 'eval', '--train_dir', str(train_dir),
       '--eval_dir', str(tmp_path / 'eval'), '--eval_csv_path',
       data['train_csv'], '--eval_clip_dir', data['train_clip_dir'],
       '--engine', 'tflite', '--tflite_threads', '2'])
   assert seen == [(2, 'float32')]
+  assert '; TFLite engine: float32, converted in memory, 2 threads)\n' in (
+      result.stdout)
 
 
 # --- bad model files and flags ----------------------------------------------

@@ -258,7 +258,7 @@ def test_failing_command_is_one_line_and_exit_1(tmp_path, capsys):
                  'main.py: error: boom); see %s\n' % log)
 
 
-def test_only_and_summarize_only(tmp_path, capsys):
+def test_only_and_summarize_only(tmp_path, capsys, monkeypatch):
   spec = _spec(tmp_path, CONFIGS)
   out = str(tmp_path / 'out')
   runner = FakeMain()
@@ -274,8 +274,10 @@ def test_only_and_summarize_only(tmp_path, capsys):
   def refuse(*args):
     raise AssertionError('ran %s' % (args,))
 
-  assert study.main(['--spec', spec.path, '--study_dir', out,
-                     '--summarize_only'], runner=refuse) == 0
+  # As `python study.py ...` runs it: the arguments from sys.argv.
+  monkeypatch.setattr(sys, 'argv', ['study.py', '--spec', spec.path,
+                                    '--study_dir', out, '--summarize_only'])
+  assert study.main(runner=refuse) == 0
   assert capsys.readouterr().out == '2 results; summary in %s\n' % out
   with open(os.path.join(out, 'table.csv')) as f:
     (row,) = list(csv.DictReader(f))
@@ -394,6 +396,36 @@ def test_plot_is_a_png(tmp_path):
   assert struct.unpack('>II', head[16:24]) == (800, 500)
   assert 10_000 < os.path.getsize(path) < 500_000
   assert not [n for n in os.listdir(tmp_path) if n != 'lwlrap.png']
+
+
+class Axes:
+  """What _plot_config draws, by method."""
+
+  def __init__(self):
+    self.calls = []
+
+  def __getattr__(self, name):
+    return lambda *args, **kwargs: self.calls.append((name, args, kwargs))
+
+
+def test_each_configuration_is_drawn_with_its_interval():
+  """Several steps: the line of means and the interval as a band; one
+  step: a point with the interval as error bars (below, above the mean)."""
+  rows = [{'step': 100, 'mean': 0.5, 'low': 0.4, 'high': 0.7},
+          {'step': 200, 'mean': 0.6, 'low': None, 'high': None}]
+  ax = Axes()
+  study._plot_config(ax, rows, 'wide', False, iter(['red']))
+  (plot, args, kwargs), (band, band_args, band_kwargs) = ax.calls
+  assert (plot, args, kwargs['label'], kwargs['color']) == (
+      'plot', ([100, 200], [0.5, 0.6]), 'wide', 'red')
+  assert (band, band_args, band_kwargs['color']) == (
+      'fill_between', ([100, 200], [0.4, 0.6], [0.7, 0.6]), 'red')
+  ax = Axes()
+  study._plot_config(ax, rows[:1], 'base', True, iter([]))
+  ((name, args, kwargs),) = ax.calls
+  assert (name, args, kwargs['label'], kwargs['color']) == (
+      'errorbar', ([100], [0.5]), 'base (reference)', 'black')
+  assert [e[0] for e in kwargs['yerr']] == pytest.approx([0.1, 0.2])
 
 
 # --- A real study -----------------------------------------------------------
