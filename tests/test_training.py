@@ -777,13 +777,18 @@ def test_schedule_against_the_closed_form(text, max_steps):
   import train
   hparams = params.parse_hparams('lr=0.003,' + text)
   state = train.TrainingState('crnn', hparams, 80, None, max_steps=max_steps)
-  warmup, floor = hparams.warmup_steps, hparams.lr_floor
-  horizon = hparams.decay_horizon or max_steps
+  # From the text, with the documented defaults: no warm-up, a floor of 0,
+  # the horizon at max_steps.
+  given = dict(item.split('=') for item in text.split(','))
+  warmup = int(given.get('warmup_steps', 0))
+  floor = float(given.get('lr_floor', 0))
+  horizon = int(given.get('decay_horizon', 0)) or max_steps
+  cosine = given.get('cosine_decay') == '1'
 
   def closed_form(t):
     if t < warmup:
       return 0.003 * t / warmup
-    if not hparams.cosine_decay:
+    if not cosine:
       return 0.003
     done = min(t, horizon) - warmup
     return 0.003 * (floor + (1 - floor) * 0.5 * (
