@@ -398,6 +398,22 @@ def test_plot_is_a_png(tmp_path):
   assert not [n for n in os.listdir(tmp_path) if n != 'lwlrap.png']
 
 
+def test_time_left_from_the_runs_done_whole(monkeypatch):
+  """The mean duration of the runs this process did whole, times the runs
+  left; resumed runs (shorter) only while no run was done whole."""
+  lines = []
+  monkeypatch.setattr(study.time, 'monotonic', lambda: 1000.0)
+  progress = study.Progress(6, 1, lines.append)
+  assert progress.left() == 'time left unknown'
+  progress.finished('a/seed-1', 30, 'lwlrap 0.5 at step 100', False)
+  assert progress.left() == 'about 0:02:00 left'  # 4 left at 30 s
+  progress.finished('b/seed-1', 600, 'lwlrap 0.6 at step 100', True)
+  progress.finished('c/seed-1', 1200, 'lwlrap 0.7 at step 100', True)
+  assert progress.left() == 'about 0:30:00 left'  # 2 left at 900 s
+  assert lines[-1] == ('[4/6] c/seed-1: done in 0:20:00, lwlrap 0.7 at step '
+                       '100; elapsed 0:00:00, about 0:30:00 left')
+
+
 class Axes:
   """What _plot_config draws, by method."""
 
