@@ -326,8 +326,11 @@ WORKER_0 = {'type': 'worker', 'index': 0}
      '"localhost" is not a "host:port" address'),
     ({'cluster': {'worker': ['localhost:http']}, 'task': WORKER_0},
      '"localhost:http" is not'),
-    ({'cluster': {'worker': ['localhost:70000']}, 'task': WORKER_0},
-     '"localhost:70000" is not'),
+    ({'cluster': {'worker': ['localhost:65536']}, 'task': WORKER_0},
+     '"localhost:65536" is not'),
+    ({'cluster': {'worker': ['localhost:0']}, 'task': WORKER_0},
+     '"localhost:0" is not'),
+    ({'cluster': {'worker': [':2222']}, 'task': WORKER_0}, '":2222" is not'),
     ({'cluster': {'worker': [2222]}, 'task': WORKER_0}, '2222 is not'),
     ({'cluster': {'worker': ['a:1', 'a:1']}, 'task': WORKER_0},
      'both worker 0 and worker 1'),
@@ -350,7 +353,9 @@ def test_tf_config_of_the_wrong_shape(monkeypatch, config, needle):
 
 def test_tf_config_accepted(monkeypatch):
   import distribution
-  config = {'cluster': dict(WORKERS, chief=['[::1]:2221']),
+  # The first and last ports there are.
+  config = {'cluster': {'worker': ['localhost:1', 'localhost:65535'],
+                        'chief': ['[::1]:2221']},
             'task': {'type': 'worker', 'index': 1}, 'environment': 'cloud'}
   monkeypatch.setenv('TF_CONFIG', json.dumps(config))
   assert distribution.check_config() == (config['cluster'], config['task'])
