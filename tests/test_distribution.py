@@ -616,3 +616,28 @@ def test_which_modes_train_on_the_cluster(monkeypatch):
     else:
       monkeypatch.setenv('TF_CONFIG', config)
     assert {m: distribution.uses_cluster(m) for m in modes} == modes, config
+
+
+def test_errors_of_the_cluster_start_name_the_task(monkeypatch):
+  """TensorFlow's start-up errors as one line: this task's port taken
+  after it was checked; the deadline passed without the tasks it names
+  (else every other task); anything else, its first line."""
+  import tensorflow as tf
+  import distribution
+  monkeypatch.setenv('TF_CONFIG', json.dumps({
+      'cluster': {'worker': ['hosta:2222', 'hostb:2301', 'hostc:2402']},
+      'task': {'type': 'worker', 'index': 1}}))
+  failure = distribution._start_failure(tf.errors.UnknownError(
+      None, None, 'Could not start gRPC server on hostb'), 30)
+  assert failure == ("TF_CONFIG: worker 1's address hostb:2301: cannot "
+                     "listen on port 2301 (taken since it was checked)")
+  late = distribution._start_failure(tf.errors.DeadlineExceededError(
+      None, None, 'no heartbeat'), 30)
+  assert late == (
+      'the cluster did not form within --cluster_start_timeout_seconds=30: '
+      'no answer from worker 0 (hosta:2222), worker 2 (hostc:2402); start '
+      "every task of TF_CONFIG's cluster")
+  other = distribution._start_failure(tf.errors.InternalError(
+      None, None, 'bad things\nmore'), 30)
+  assert other == 'TensorFlow could not join the cluster of TF_CONFIG: bad ' \
+      'things'
