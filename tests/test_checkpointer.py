@@ -73,3 +73,34 @@ def test_another_worker_writes_nothing_into_train_dir(tmp_path):
   keeper.finish(300)
   assert leftover.exists()
   assert sorted(os.listdir(str(tmp_path))) == ['model.ckpt-9_temp']
+
+
+_LINKS = r'''
+import os, sys
+sys.path.insert(0, %r)
+import checkpoints
+prefix = sys.argv[2]
+read = [checkpoints.readable(prefix) for _ in range(2)]
+for path in read:
+  with open(path + '.index') as f:
+    assert f.read() == 'index'
+print('\n'.join(read))
+'''
+
+
+def test_links_to_a_glob_named_checkpoint_go_at_exit(tmp_path):
+  """A prefix with glob characters is read through links to its files;
+  the links are removed when the process ends, the checkpoint kept."""
+  from conftest import REPO, run_main
+  folder = tmp_path / 'run [1]*'
+  folder.mkdir()
+  (folder / 'model.ckpt-5.index').write_text('index')
+  (folder / 'model.ckpt-5.data-00000-of-00001').write_text('data')
+  prefix = str(folder / 'model.ckpt-5')
+  result = run_main([prefix], timeout=120, script=_LINKS % REPO)
+  assert result.returncode == 0, result.stderr[-2000:]
+  read = result.stdout.split()
+  assert len(set(read)) == 2 and not any(set('[]*?') & set(p) for p in read)
+  assert not [p for p in read if os.path.exists(os.path.dirname(p))]
+  assert sorted(os.listdir(folder)) == ['model.ckpt-5.data-00000-of-00001',
+                                        'model.ckpt-5.index']
