@@ -641,3 +641,20 @@ def test_errors_of_the_cluster_start_name_the_task(monkeypatch):
       None, None, 'bad things\nmore'), 30)
   assert other == 'TensorFlow could not join the cluster of TF_CONFIG: bad ' \
       'things'
+
+
+def test_auto_mirrors_over_two_gpus_or_more(monkeypatch):
+  """--distribution=auto without a cluster: MirroredStrategy once there
+  are two GPUs, the default strategy with one or none."""
+  import tensorflow as tf
+  import distribution
+  monkeypatch.delenv('TF_CONFIG', raising=False)
+  gpus = []
+  monkeypatch.setattr(tf.config, 'list_logical_devices',
+                      lambda kind=None: list(gpus) if kind == 'GPU' else [])
+  for count, mirrored in ((0, False), (1, False), (2, True), (3, True)):
+    gpus[:] = ['/gpu:%d' % i for i in range(count)]
+    strategy = distribution.make_strategy('auto')
+    assert isinstance(strategy, tf.distribute.MirroredStrategy) == mirrored
+    if not mirrored:
+      assert strategy is tf.distribute.get_strategy()
