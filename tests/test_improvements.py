@@ -147,6 +147,38 @@ def test_spec_augment_counts_both_axes():
   assert changed.all(axis=1).sum(axis=1).max() <= 80
 
 
+@pytest.mark.parametrize('text, axis', [
+    ('specaug_time_masks=2,specaug_time_width=30', 2),
+    ('specaug_freq_masks=2,specaug_freq_width=20', 1),
+    ('mixup=0.4', None), ('', None)])
+def test_the_step_augments_with_either_kind_of_mask_alone(text, axis):
+  """augment.make gives the step's augmentation for time masks alone,
+  frequency masks alone or mixup alone (whole frames, or whole bands,
+  masked: all of an example's bands at once, or all frames); none without
+  any of them."""
+  hparams = params.parse_hparams(text)
+  made = augment.make(hparams)
+  if not text:
+    assert made is None
+    return
+  rng = np.random.default_rng(5)
+  examples = rng.normal(size=(50, 100, 96)).astype(np.float32)
+  labels = (rng.random((50, 80)) < 0.1).astype(np.float32)
+  tf.random.set_seed(5)
+  got, got_labels = (t.numpy() for t in made(tf.constant(examples),
+                                             tf.constant(labels)))
+  changed = got != examples
+  if axis is None:  # mixup: examples and labels mixed
+    assert changed.any() and (got_labels != labels).any()
+    return
+  np.testing.assert_array_equal(got_labels, labels)
+  assert changed.mean() > 0.01
+  # A time mask covers every band of its frames; a frequency mask every
+  # frame of its bands.
+  assert np.array_equal(changed, changed.all(axis=axis, keepdims=True)
+                        & np.ones_like(changed))
+
+
 # --- mixup -------------------------------------------------------------------
 
 def test_mixup_weights_partners_and_labels():
