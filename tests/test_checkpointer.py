@@ -104,3 +104,24 @@ def test_links_to_a_glob_named_checkpoint_go_at_exit(tmp_path):
   assert not [p for p in read if os.path.exists(os.path.dirname(p))]
   assert sorted(os.listdir(folder)) == ['model.ckpt-5.data-00000-of-00001',
                                         'model.ckpt-5.index']
+
+
+def test_record_mismatch_names_the_first_contradiction(tagger):
+  """Against the record of a trained checkpoint: the same model and
+  hparams contradict nothing, nor do other training hparams; another
+  model, or another value of a model-defining hparam, is named."""
+  from conftest import TAG_HPARAMS
+  prefix = tagger['checkpoint']
+  reader = checkpoints.open_checkpoint(prefix)
+  same = params.parse_hparams(TAG_HPARAMS)
+  assert checkpoints.record_mismatch(reader, prefix, 'crnn', same) is None
+  steering = params.parse_hparams(TAG_HPARAMS + ',lr=0.5,batch_size=3')
+  assert checkpoints.record_mismatch(reader, prefix, 'crnn', steering) is None
+  assert checkpoints.record_mismatch(reader, prefix, 'mobilenet-v1', same) \
+      == 'trained with --model crnn, not mobilenet-v1'
+  for text, message in (
+      ('crnn_filters=8', 'trained with hparam crnn_filters=4, not 8'),
+      ('mel_max_hz=7000', 'trained with hparam mel_max_hz=8000, not 7000')):
+    other = params.parse_hparams(TAG_HPARAMS + ',' + text)
+    assert checkpoints.record_mismatch(reader, prefix, 'crnn', other) == \
+        message
