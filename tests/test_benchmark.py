@@ -297,24 +297,21 @@ def test_tflite_model_rates_time_each_model_alone(monkeypatch):
     def convert(self, quantize):
       return 'model-' + quantize
 
+  ran = []  # (model, threads, batch shape) of each call, in order
+
   def runner(model, threads):
-    def run(batch):
-      made.setdefault('batches', set()).add((model, threads))
-      made.setdefault('shapes', set()).add((model, threads, batch.shape))
-    return run
+    return lambda batch: ran.append((model, threads, batch.shape))
 
   seconds = {('model-none', 1): 0.5, ('model-none', 2): 0.25,
              ('model-dynamic', 1): 0.4, ('model-dynamic', 2): 0.2,
              ('model-int8', 1): 0.1, ('model-int8', 2): 0.05}
-  timing = []
 
   def timed(fn, warmup, repeats):
     assert (warmup, repeats) == (2, 16)
+    before = len(ran)
     fn()
-    (timing_of,) = made['batches']
-    timing.append(timing_of)
-    made['batches'].clear()
-    return seconds.get(timing[-1], 0.8)
+    assert len(ran) == before + 1  # one model's call
+    return seconds.get(ran[-1][:2], 0.8)
 
   monkeypatch.setattr(benchmark.scoring, 'Scorer', Scorer)
   monkeypatch.setattr(benchmark.tflite_engine, 'Runner', runner)
@@ -339,9 +336,9 @@ def test_tflite_model_rates_time_each_model_alone(monkeypatch):
       'dynamic, 2 threads, tf.lite.Interpreter': batch / 0.8,
       'int8, 1 threads': batch / 0.1, 'int8, 2 threads': batch / 0.05,
       'int8, 2 threads, tf.lite.Interpreter': batch / 0.8}
-  assert timing[2] == ('model-none (tf)', 2)
+  assert ran[2][:2] == ('model-none (tf)', 2)
   frames, _ = benchmark.features.example_geometry(params.HParams())
-  assert {shape for _, _, shape in made['shapes']} == {(batch, frames, 96)}
+  assert {shape for _, _, shape in ran} == {(batch, frames, 96)}
 
 
 def test_a_failed_measuring_child_is_an_error(tmp_path, monkeypatch):

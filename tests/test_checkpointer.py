@@ -10,6 +10,7 @@ import tensorflow as tf
 import checkpoints
 import params
 import train
+from conftest import REPO, run_main
 
 
 class _Batches:
@@ -91,7 +92,6 @@ print('\n'.join(read))
 def test_links_to_a_glob_named_checkpoint_go_at_exit(tmp_path):
   """A prefix with glob characters is read through links to its files;
   the links are removed when the process ends, the checkpoint kept."""
-  from conftest import REPO, run_main
   folder = tmp_path / 'run [1]*'
   folder.mkdir()
   (folder / 'model.ckpt-5.index').write_text('index')
