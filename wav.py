@@ -190,5 +190,16 @@ def read_samples(path, header, start, count):
     if bad.any():
       raise WavError('frame %d holds a NaN or infinite sample' % (
           start + int(np.flatnonzero(bad)[0])))
-  mono = frames[:, 0] if header.channels == 1 else frames.mean(axis=1)
-  return mono.astype(np.float32)
+  return _mix_down(frames).astype(np.float32)
+
+
+def _mix_down(frames):
+  """[frames, channels] -> [frames], the channels' mean, added one channel
+  at a time: ~3x faster than frames.mean(axis=1), a reduction over a short
+  last axis, and equal to it bit for bit up to 7 channels (from 8, NumPy
+  adds in another order: within float64 rounding)."""
+  mono = frames[:, 0].copy()
+  for channel in range(1, frames.shape[1]):
+    mono += frames[:, channel]
+  mono /= frames.shape[1]
+  return mono

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -119,6 +120,32 @@ def test_export_writes_and_reports_the_quantized_model(tiny_export):
     assert entry['model'] == 'crnn'
     assert entry['hparams']['crnn_filters'] == 4
     assert entry['class_names'] == [r[1] for r in read_csv_rows(CLASS_MAP)]
+
+
+def test_a_stop_while_the_check_clips_are_made_comes_before_scoring(
+    tagger, tiny_export, monkeypatch, parse_hparams):
+  """The export's check of its examples-in models heeds a stop request that
+  arrived while its clips' examples were being made, before it scores any:
+  the float model alone is checked here, so no later check would see it."""
+  import export
+  import scoring
+  import stopping
+  scorer = scoring.Scorer('crnn', 80, parse_hparams(TAG_HPARAMS))
+  scorer.load(tagger['checkpoint'])
+  real = export._quantization_check_clips
+  scored = []
+
+  def clips_then_a_stop(scorer):
+    made = real(scorer)
+    stopping._requested.append(signal.SIGTERM)
+    return made
+
+  monkeypatch.setattr(export, '_quantization_check_clips', clips_then_a_stop)
+  monkeypatch.setattr(scorer, 'score_examples', scored.append)
+  with stopping.requests():
+    with pytest.raises(stopping.Stopped, match='stopped by SIGTERM'):
+      export.check_examples_models(tiny_export['dir'], scorer, ['none'])
+  assert scored == []
 
 
 # --- every engine flag reaches the interpreter ------------------------------
