@@ -398,6 +398,41 @@ def test_plot_is_a_png(tmp_path):
   assert not [n for n in os.listdir(tmp_path) if n != 'lwlrap.png']
 
 
+def test_plot_draws_each_configuration_the_reference_last(tmp_path,
+                                                          monkeypatch):
+  """Each configuration once, with its own rows; the reference last, so
+  that it is drawn over the others, whatever its place in the rows."""
+  rows = study.summarize(
+      [(c, seed, step, 0.3 + 0.001 * step + 0.01 * seed)
+       for c in ('base', 'lr', 'wide') for seed in (1, 2)
+       for step in (100, 200)], 'base')
+  drawn = []
+  real = study._plot_config
+
+  def spy(ax, mine, config, is_reference, colors):
+    drawn.append((config, is_reference, sorted({r['config'] for r in mine})))
+    real(ax, mine, config, is_reference, colors)
+
+  monkeypatch.setattr(study, '_plot_config', spy)
+  study.plot(rows, 'base', str(tmp_path / 'lwlrap.png'))
+  assert drawn == [('lr', False, ['lr']), ('wide', False, ['wide']),
+                   ('base', True, ['base'])]
+
+
+def test_help_says_what_each_option_does(capsys):
+  with pytest.raises(SystemExit) as stopped:
+    study.parse_args(['--help'])
+  assert stopped.value.code == 0
+  out = ' '.join(capsys.readouterr().out.split())
+  for needle in ('--spec SPEC the study spec (JSON)',
+                 '--study_dir STUDY_DIR folder of the runs and the summary',
+                 '--only ONLY comma-separated configurations to run (default: '
+                 'all); the summary covers every one',
+                 '--summarize_only rebuild results, tables and plot from the '
+                 'eval files; run nothing'):
+    assert needle in out, out
+
+
 def test_time_left_from_the_runs_done_whole(monkeypatch):
   """The mean duration of the runs this process did whole, times the runs
   left; resumed runs (shorter) only while no run was done whole."""
