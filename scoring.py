@@ -187,9 +187,9 @@ class Scorer:
     called once per clip as soon as all its examples are scored (scores
     checked finite). Progress lines go to `out` (default stdout).
     """
-    batches = (waveform_examples(chunks, self.hparams)
-               .batch(self.batch_size)
-               .prefetch(tf.data.AUTOTUNE))
+    batches = inputs.without_autotuning(
+        waveform_examples(chunks, self.hparams).batch(self.batch_size)
+        .prefetch(tf.data.AUTOTUNE))
     return self._score(batches, names, clip_samples, label,
                        on_examples=on_examples, on_clip=on_clip, out=out,
                        partial=True)

@@ -237,3 +237,30 @@ def test_device_features_train_as_the_cpu_pipeline(dataset, tmp_path):
     if key.startswith('weights/'):
       np.testing.assert_allclose(device.get_tensor(key), cpu.get_tensor(key),
                                  rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_scoring_pipelines_run_without_autotuning(clips, monkeypatch):
+  """Eval and inference's batches, and tagging's: tf.data's autotuning
+  off (see inputs.without_autotuning), every example still there; the
+  training pipeline keeps it."""
+  import tensorflow as tf
+  import scoring
+  hparams = params.parse_hparams('batch_size=4')
+  paths = [os.path.join(clips['clip_dir'], f) for f, _ in clips['rows']]
+  batches = inputs.scoring_dataset(paths, hparams, 4)
+  assert batches.options().autotune.enabled is False
+  keys = np.concatenate([k.numpy() for _, k in batches])
+  assert sorted(keys) == sorted(list(range(SHORT_CLIPS)) + [SHORT_CLIPS] * 3)
+  training = inputs.train_dataset(clips['csv'], clips['clip_dir'],
+                                  clips['class_names'], hparams, 4, epochs=1)
+  assert training.options().autotune.enabled is not False
+
+  scorer = scoring.Scorer('crnn', 80, params.parse_hparams('crnn_filters=1'))
+  seen = []
+  monkeypatch.setattr(scorer, '_score', lambda batches, *args, **kwargs:
+                      seen.append(batches.options().autotune.enabled))
+  chunks = tf.data.Dataset.from_tensors((np.int32(0), np.int32(0),
+                                         np.zeros(44100, np.float32),
+                                         np.int32(1)))
+  scorer.score_waveforms(chunks, ['a.wav'], [44100])
+  assert seen == [False]
