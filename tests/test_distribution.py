@@ -383,9 +383,10 @@ def test_tf_config_checked_before_anything_is_made(tmp_path, dataset):
 
 # --- a cluster that does not form ------------------------------------------
 
-def test_peers_waited_for_until_the_deadline(monkeypatch):
-  """Worker 0 of a cluster whose worker 1 never starts: an error naming
-  worker 1's address and the flag once the deadline has passed."""
+def test_peers_waited_for_until_the_deadline(monkeypatch, capsys):
+  """Worker 0 of a cluster whose worker 1 never starts: a line saying what
+  it waits for, then an error naming worker 1's address and the flag once
+  the deadline has passed."""
   import distribution
   from files import UserError
   ports = free_ports(2)
@@ -399,6 +400,9 @@ def test_peers_waited_for_until_the_deadline(monkeypatch):
   message = str(raised.value)
   assert 'worker 1 (localhost:%d)' % ports[1] in message, message
   assert '--cluster_start_timeout_seconds=1' in message, message
+  assert capsys.readouterr().out == (
+      'Joining the cluster as worker 0 (localhost:%d) of 2 tasks; waiting up '
+      'to 1 s for the others\n' % ports[0])
 
 
 def test_lost_tasks_named_in_an_error(monkeypatch):
