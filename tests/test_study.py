@@ -258,6 +258,37 @@ def test_failing_command_is_one_line_and_exit_1(tmp_path, capsys):
                  'main.py: error: boom); see %s\n' % log)
 
 
+class SkippingMain(FakeMain):
+  """FakeMain whose eval exits 0 but writes no eval-N.txt for these steps."""
+
+  def __init__(self, skip):
+    super().__init__()
+    self.skip = skip
+
+  def __call__(self, argv, log_path, cwd):
+    code = super().__call__(argv, log_path, cwd)
+    if self.calls[-1][0] == 'eval':
+      eval_dir = argv[argv.index('--eval_dir') + 1]
+      for step in self.skip:
+        os.remove(os.path.join(eval_dir, 'eval-%d.txt' % step))
+    return code
+
+
+def test_eval_that_writes_too_little_is_one_line(tmp_path, capsys):
+  """An eval that ends well without scoring every chosen step: the first
+  step it left out is named."""
+  spec = _spec(tmp_path, CONFIGS)
+  out = str(tmp_path / 'out')
+  code = study.main(['--spec', spec.path, '--study_dir', out],
+                    runner=SkippingMain(skip=(100, 200)))
+  run = os.path.join(out, 'runs', 'base', 'seed-1')
+  assert code == 1
+  assert capsys.readouterr().err == (
+      'study.py: error: base/seed-1: eval wrote no %s; see %s\n' % (
+          os.path.join(run, 'eval', 'eval-100.txt'),
+          os.path.join(run, 'eval.log')))
+
+
 def test_only_and_summarize_only(tmp_path, capsys, monkeypatch):
   spec = _spec(tmp_path, CONFIGS)
   out = str(tmp_path / 'out')
