@@ -264,3 +264,18 @@ def test_scoring_pipelines_run_without_autotuning(clips, monkeypatch):
                                          np.int32(1)))
   scorer.score_waveforms(chunks, ['a.wav'], [44100])
   assert seen == [False]
+
+
+def test_example_cache_size_worked_by_hand(clips):
+  """13 examples (10 short clips, one of three), 80 classes, defaults: 100
+  frames x 96 bands of float32 and 80 float32 labels each (38,720 bytes);
+  as crops, 99 hops of 441 samples and a 1,102-sample window of 16-bit
+  samples, a frame count and the labels (89,846 bytes). Two sources add."""
+  hparams = params.parse_hparams()
+  one = [inputs.Source(clips['csv'], clips['clip_dir'])]
+  names = clips['class_names']
+  assert inputs.example_cache_size(one, names, hparams) == (13, 13 * 38720)
+  assert inputs.example_cache_size(one, names, hparams, crops=True) == (
+      13, 13 * 89846)
+  assert inputs.example_cache_size(one * 2, names, hparams) == (
+      26, 26 * 38720)

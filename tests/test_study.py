@@ -320,6 +320,21 @@ def test_only_and_summarize_only(tmp_path, capsys, monkeypatch):
       'study.py: error: --only: slow is not a configuration of ')
 
 
+def test_unknown_key_at_the_top_of_a_spec(tmp_path, capsys):
+  _spec(tmp_path, CONFIGS)
+  raw = json.loads((tmp_path / 'study.json').read_text())
+  raw['steps'] = [100]
+  (tmp_path / 'study.json').write_text(json.dumps(raw))
+  code = study.main(['--spec', str(tmp_path / 'study.json'), '--study_dir',
+                     str(tmp_path / 'out')], runner=FakeMain())
+  assert code == 1
+  assert capsys.readouterr().err == (
+      "study.py: error: %s: unknown key 'steps' (known: class_map, "
+      "train_csv, train_clip_dir, test_csv, test_clip_dir, model, seeds, "
+      "reference, configs)\n" % (tmp_path / 'study.json'))
+  assert not (tmp_path / 'out').exists()
+
+
 @pytest.mark.parametrize('change, message', [
     ({'hparams': 'lr=0.1,seed=3'}, 'configs.base.hparams: seed is set by the'
      ' study'),
@@ -448,6 +463,21 @@ def test_plot_draws_each_configuration_the_reference_last(tmp_path,
   study.plot(rows, 'base', str(tmp_path / 'lwlrap.png'))
   assert drawn == [('lr', False, ['lr']), ('wide', False, ['wide']),
                    ('base', True, ['base'])]
+
+
+def test_plot_is_drawn_whatever_backend_the_environment_names(tmp_path):
+  """study.py draws with Agg, whatever MPLBACKEND says: here the
+  third-party mplcairo backend, as a user's shell may export it, which this
+  environment does not have."""
+  script = ('import sys; sys.path.insert(0, %r); import study; '
+            'study.plot(study.summarize([("a", 1, 100, 0.5), ("a", 2, 100, '
+            '0.6)], "a"), "a", %r)' % (REPO, str(tmp_path / 'p.png')))
+  env = dict(os.environ,
+             MPLBACKEND='module://mplcairo.base')
+  result = subprocess.run([sys.executable, '-c', script], env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert (tmp_path / 'p.png').read_bytes()[:4] == b'\x89PNG'
 
 
 def test_help_says_what_each_option_does(capsys):
