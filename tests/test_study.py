@@ -460,9 +460,15 @@ def test_plot_draws_each_configuration_the_reference_last(tmp_path,
     real(ax, mine, config, is_reference, colors)
 
   monkeypatch.setattr(study, '_plot_config', spy)
+  import matplotlib.axes
+  grids = []
+  monkeypatch.setattr(matplotlib.axes.Axes, 'grid',
+                      lambda self, *args, **kwargs: grids.append(kwargs))
   study.plot(rows, 'base', str(tmp_path / 'lwlrap.png'))
   assert drawn == [('lr', False, ['lr']), ('wide', False, ['wide']),
                    ('base', True, ['base'])]
+  # A light grid (matplotlib's own calls set no alpha).
+  assert [g for g in grids if 'alpha' in g] == [{'alpha': 0.3}]
 
 
 def test_plot_is_drawn_whatever_backend_the_environment_names(tmp_path):
