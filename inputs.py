@@ -321,9 +321,10 @@ def scoring_dataset(clip_paths, hparams, batch_size):
 def without_autotuning(batches):
   """A scoring pipeline with tf.data's autotuning off (parallel calls and
   prefetch at their starting sizes). With it on, deleting the exhausted
-  iterator waits for the autotuner's thread: 3.1 to 3.7 s in 4 of 6 runs
-  scoring 60 clips (~7 s of work) with MobileNet on 2 cores, 17 to 20 s
-  under load; the pipeline reads as fast without it (benchmark.py)."""
+  iterator waits for the autotuner's thread: 2.8 to 3.0 s in 2 of 4 runs
+  scoring 60 clips (7.4 s of work) with MobileNet on 2 quiet cores, up to
+  20 s under load; the scoring loop takes as long without it
+  (docs/fast-cpu-scoring.md)."""
   options = tf.data.Options()
   options.autotune.enabled = False
   return batches.with_options(options)
