@@ -356,3 +356,23 @@ def tagger(tmp_path_factory):
             'checkpoint': os.path.join(train_dir,
                                        'model.ckpt-%d' % TAG_STEPS)}
   return shared(tmp_path_factory, 'tagger', make)
+
+
+def calibration_args(data):
+  return ['--calibration_csv_path', data['train_csv'],
+          '--calibration_clip_dir', data['train_clip_dir']]
+
+
+@pytest.fixture(scope='session')
+def tagger_export(tmp_path_factory, tagger):
+  """The tagger exported with an int8 model calibrated on its training
+  clips."""
+  def make(folder):
+    export_dir = str(folder / 'export')
+    result = check_ok(run_main(export_args(
+        tagger['checkpoint'], export_dir,
+        calibration_args(tagger['data']) + ['--quantize', 'int8'])))
+    return {'dir': export_dir, 'result': result,
+            'int8': os.path.join(export_dir, 'examples_int8.tflite'),
+            'float32': os.path.join(export_dir, 'examples_float32.tflite')}
+  return shared(tmp_path_factory, 'tagger_export', make)

@@ -14,28 +14,10 @@ import numpy as np
 import pytest
 
 import tflite_engine
-from conftest import (CLASS_MAP, HPARAMS, TAG_HPARAMS, check_ok, export_args,
-                      labeled_rows, main_in_process, read_csv_rows, run_main,
-                      write_pcm_wav)
+from conftest import (CLASS_MAP, HPARAMS, TAG_HPARAMS, calibration_args,
+                      check_ok, export_args, labeled_rows, main_in_process,
+                      read_csv_rows, run_main, write_pcm_wav)
 from test_cli_errors import assert_one_error
-
-
-@pytest.fixture(scope='module')
-def tiny_export(tmp_path_factory, tagger):
-  """The tiny trained CRNN exported with an int8 model calibrated on its
-  training clips."""
-  export_dir = str(tmp_path_factory.mktemp('engine') / 'export')
-  result = check_ok(run_main(export_args(
-      tagger['checkpoint'], export_dir, _calibration(tagger['data']) +
-      ['--quantize', 'int8'])))
-  return {'dir': export_dir, 'result': result,
-          'int8': os.path.join(export_dir, 'examples_int8.tflite'),
-          'float32': os.path.join(export_dir, 'examples_float32.tflite')}
-
-
-def _calibration(data):
-  return ['--calibration_csv_path', data['train_csv'],
-          '--calibration_clip_dir', data['train_clip_dir']]
 
 
 def _check_clips(folder, count=3):
@@ -78,7 +60,7 @@ def test_float_engine_matches_keras(mobilenet_train, mobilenet_export,
     np.testing.assert_allclose(run(engine), keras, atol=1e-4, rtol=0)
 
 
-def test_int8_engine_on_a_trained_tiny_model(tagger, tiny_export,
+def test_int8_engine_on_a_trained_tiny_model(tagger, tagger_export,
                                              parse_hparams, tmp_path):
   """The exported int8 model scores real-shaped clips and the model's own
   training clips within the self-check's bound of the Keras model, and
@@ -92,7 +74,7 @@ def test_int8_engine_on_a_trained_tiny_model(tagger, tiny_export,
   run = lambda engine=None: _scores('crnn', hparams, tagger['checkpoint'],
                                     paths, engine)
   keras = run()
-  int8 = run(tflite_engine.Engine('tflite', model_path=tiny_export['int8']))
+  int8 = run(tflite_engine.Engine('tflite', model_path=tagger_export['int8']))
   difference = np.abs(int8 - keras).max()
   assert 1e-4 < difference <= export.QUANTIZED_TOLERANCE, difference
   recorded_rows = slice(len(paths) - len(recorded), None)
@@ -100,11 +82,11 @@ def test_int8_engine_on_a_trained_tiny_model(tagger, tiny_export,
           np.argmax(keras[recorded_rows], 1)).all()
 
 
-def test_export_writes_and_reports_the_quantized_model(tiny_export):
-  assert sorted(os.listdir(tiny_export['dir'])) == [
+def test_export_writes_and_reports_the_quantized_model(tagger_export):
+  assert sorted(os.listdir(tagger_export['dir'])) == [
       'class_map.csv', 'examples_float32.tflite', 'examples_int8.tflite',
       'model.tflite', 'saved_model']
-  out = tiny_export['result'].stdout
+  out = tagger_export['result'].stdout
   assert re.search(r'examples_float32.tflite: example scores within \S+ of '
                    r'the Keras model', out)
   found = re.search(r'examples_int8.tflite: example scores within (\S+), '
@@ -115,7 +97,7 @@ def test_export_writes_and_reports_the_quantized_model(tiny_export):
   assert float(found.group(1)) <= export.QUANTIZED_TOLERANCE
   for kind in ('none', 'int8'):
     entry = tflite_engine.read_metadata(os.path.join(
-        tiny_export['dir'], tflite_engine.EXAMPLES_FILES[kind]))
+        tagger_export['dir'], tflite_engine.EXAMPLES_FILES[kind]))
     assert entry['quantization'] == kind
     assert entry['model'] == 'crnn'
     assert entry['hparams']['crnn_filters'] == 4
@@ -123,7 +105,7 @@ def test_export_writes_and_reports_the_quantized_model(tiny_export):
 
 
 def test_a_stop_while_the_check_clips_are_made_comes_before_scoring(
-    tagger, tiny_export, monkeypatch, parse_hparams):
+    tagger, tagger_export, monkeypatch, parse_hparams):
   """The export's check of its examples-in models heeds a stop request that
   arrived while its clips' examples were being made, before it scores any:
   the float model alone is checked here, so no later check would see it."""
@@ -144,7 +126,7 @@ def test_a_stop_while_the_check_clips_are_made_comes_before_scoring(
   monkeypatch.setattr(scorer, 'score_examples', scored.append)
   with stopping.requests():
     with pytest.raises(stopping.Stopped, match='stopped by SIGTERM'):
-      export.check_examples_models(tiny_export['dir'], scorer, ['none'])
+      export.check_examples_models(tagger_export['dir'], scorer, ['none'])
   assert scored == []
 
 
@@ -195,7 +177,7 @@ def _kind(seen):
   return 'int8' if seen['int8'] > seen['float32'] else 'dynamic'
 
 
-def test_engine_flags_reach_the_interpreter(tagger, tiny_export, tmp_path,
+def test_engine_flags_reach_the_interpreter(tagger, tagger_export, tmp_path,
                                             parse_hparams):
   """Each scoring mode with its engine flags, in a main.py whose
   interpreters are spied on: --engine tflite makes one that runs the
@@ -210,7 +192,7 @@ def test_engine_flags_reach_the_interpreter(tagger, tiny_export, tmp_path,
       '--mode', 'inference', '--inference_checkpoint', checkpoint,
       '--inference_clip_dir', data['train_clip_dir'],
       '--predictions_csv_path', csv_path, '--engine', 'tflite',
-      '--tflite_threads', '3', '--quantize', 'int8'] + _calibration(data))
+      '--tflite_threads', '3', '--quantize', 'int8'] + calibration_args(data))
   assert seen == [(3, 'int8')]
   assert '; TFLite engine: int8, converted in memory, 3 threads)\n' in (
       result.stdout)
@@ -232,10 +214,11 @@ def test_engine_flags_reach_the_interpreter(tagger, tiny_export, tmp_path,
       '--mode', 'relabel', '--relabel_csv_path', data['train_csv'],
       '--relabel_clip_dir', data['train_clip_dir'], '--relabeled_csv_path',
       str(tmp_path / 'relabeled.csv'), '--engine', 'tflite',
-      '--tflite_threads', '3', '--tflite_model', tiny_export['int8']])
+      '--tflite_threads', '3', '--tflite_model', tagger_export['int8']])
   assert seen == [(3, 'int8')]
   assert ('Relabelling with %s (batch-norm statistics: precise; TFLite '
-          'engine: int8, 3 threads)\n' % tiny_export['int8']) in result.stdout
+          'engine: int8, 3 threads)\n' % tagger_export['int8']) in (
+              result.stdout)
 
   train_dir = tmp_path / 'train'  # the last checkpoint alone
   train_dir.mkdir()
@@ -262,7 +245,7 @@ def _inference_with_model(data, model, tmp_path, extra=()):
                   list(extra))
 
 
-def test_a_model_file_that_is_not_one(tagger, tiny_export, tmp_path):
+def test_a_model_file_that_is_not_one(tagger, tagger_export, tmp_path):
   """Missing, not a TFLite model, a TFLite model without this project's
   metadata (the waveform model.tflite), or one LiteRT cannot run: one line
   naming the file, nothing written."""
@@ -270,7 +253,7 @@ def test_a_model_file_that_is_not_one(tagger, tiny_export, tmp_path):
   garbage.write_bytes(b'\x1c\x00\x00\x00TFL3' + bytes(range(256)) * 4)
   text = tmp_path / 'text.tflite'
   text.write_text('hello\n')
-  with open(tiny_export['int8'], 'rb') as f:
+  with open(tagger_export['int8'], 'rb') as f:
     head = f.read()
   cut = tmp_path / 'cut.tflite'
   cut.write_bytes(head[:len(head) // 2])
@@ -278,7 +261,7 @@ def test_a_model_file_that_is_not_one(tagger, tiny_export, tmp_path):
            (str(garbage), 'not a TFLite model'),
            (str(text), 'not a TFLite model'),
            (str(cut), 'LiteRT cannot run it'),
-           (os.path.join(tiny_export['dir'], 'model.tflite'),
+           (os.path.join(tagger_export['dir'], 'model.tflite'),
             'without the run it was exported from')]
   for path, needle in cases:
     assert_one_error(_inference_with_model(tagger['data'], path, tmp_path),
@@ -286,7 +269,7 @@ def test_a_model_file_that_is_not_one(tagger, tiny_export, tmp_path):
   assert not (tmp_path / 'out.csv').exists()
 
 
-def test_a_model_file_of_another_run(tagger, tiny_export, mobilenet_train,
+def test_a_model_file_of_another_run(tagger, tagger_export, mobilenet_train,
                                      tmp_path):
   """Another class map, another quantization than --quantize asks, other
   hparams, a checkpoint of another model: one line naming the file or the
@@ -297,7 +280,7 @@ def test_a_model_file_of_another_run(tagger, tiny_export, mobilenet_train,
   rows = tmp_path / 'bark.csv'
   rows.write_text('fname,labels\n%s,Bark\n' % labeled_rows(
       data['train_csv'])[0][0])
-  model = tiny_export['int8']
+  model = tagger_export['int8']
   assert_one_error(run_main([
       '--mode', 'relabel', '--class_map_path', str(other_map),
       '--relabel_csv_path', str(rows), '--relabel_clip_dir',

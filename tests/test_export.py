@@ -15,7 +15,7 @@ import pytest
 
 import waveform_model  # noqa: F401  (what export wraps)
 
-from conftest import (CLASS_MAP, HPARAMS, check_ok, export_args,
+from conftest import (CLASS_MAP, HPARAMS, TAG_HPARAMS, check_ok, export_args,
                       labeled_rows, read_class_names, read_csv_rows,
                       run_main, subprocess_env, train_args, truth_matrix)
 from test_cli import _lwlrap_bounds, _overall_lwlrap, _within
@@ -149,23 +149,22 @@ def test_embeddings_are_the_pooled_features_and_batch_signature(
                                atol=1e-5, err_msg=key)
 
 
-def test_crnn_export(tmp_path, crnn_train, dataset):
-  export_dir = str(tmp_path / 'crnn')
-  checkpoint = os.path.join(crnn_train['train_dir'], 'model.ckpt-101')
-  check_ok(run_main(export_args(checkpoint, export_dir)))
+def test_crnn_export(tagger, tagger_export, parse_hparams):
+  """The tagger's CRNN (its export shared with test_engine.py): the
+  SavedModel's embeddings are the GRU's output, its clip scores those of
+  --mode inference's scorer on one of its training clips."""
   import tensorflow as tf
-  model = tf.saved_model.load(os.path.join(export_dir, 'saved_model'))
-  clip = os.path.join(dataset['test_clip_dir'],
-                      sorted(os.listdir(dataset['test_clip_dir']))[0])
-  waveform = read_pcm(clip)
-  out = model.signatures['serving_default'](waveform=tf.constant(waveform))
+  model = tf.saved_model.load(os.path.join(tagger_export['dir'],
+                                           'saved_model'))
+  clip = os.path.join(tagger['data']['train_clip_dir'],
+                      labeled_rows(tagger['data']['train_csv'])[0][0])
+  out = model.signatures['serving_default'](waveform=tf.constant(
+      read_pcm(clip)))
   assert out['embeddings'].shape[1] == 32  # the GRU's output
   import files
-  import params
   import scoring
-  scorer = scoring.Scorer('crnn', 80, params.parse_hparams(
-      crnn_train['hparams']))
-  scorer.load(checkpoint)
+  scorer = scoring.Scorer('crnn', 80, parse_hparams(TAG_HPARAMS))
+  scorer.load(tagger['checkpoint'])
   np.testing.assert_allclose(out['clip_scores'].numpy(),
                              scorer.score([clip], files.check_wavs([clip]))[0],
                              atol=1e-5)

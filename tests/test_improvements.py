@@ -17,7 +17,7 @@ import augment  # noqa: E402
 import features  # noqa: E402
 import params  # noqa: E402
 
-from conftest import check_ok, run_main, train_args  # noqa: E402
+from conftest import run_main, train_args  # noqa: E402
 from test_cli_errors import assert_one_error  # noqa: E402
 
 
@@ -365,15 +365,13 @@ def test_width_multiplier_readme_figures():
   assert counts(2.0) == (12807360, 1702303744)
 
 
-def test_warm_start_between_widths_is_refused(tmp_path, dataset):
-  source = str(tmp_path / 'quarter')
-  check_ok(run_main(train_args(
-      'mobilenet-v1', dataset['train_clip_dir'], dataset['train_csv'],
-      source, 1, hparams='batch_size=4,width=0.25,bn_stats_batches=1')))
+def test_warm_start_between_widths_is_refused(tmp_path, dataset,
+                                              mobilenet_train):
+  """The shared run has the default width, 1.0."""
   assert_one_error(run_main(train_args(
       'mobilenet-v1', dataset['train_clip_dir'], dataset['train_csv'],
       str(tmp_path / 'half'), 1,
       hparams='batch_size=4,width=0.5,warmstart=1',
-      extra=['--warmstart_checkpoint', os.path.join(source, 'model.ckpt-1')])),
-                   '--warmstart_checkpoint', 'width=0.25', 'not 0.5')
+      extra=['--warmstart_checkpoint', mobilenet_train['checkpoint']])),
+                   '--warmstart_checkpoint', 'width=1.0', 'not 0.5')
 
