@@ -363,6 +363,14 @@ def test_crnn_eval_every_checkpoint(crnn_train, crnn_eval, dataset,
                               truth, scores, class_names)
     assert text in crnn_eval['result'].stdout
     _check_eval_scalars(scalars, step, truth, scores)
+    # Its last progress line: every clip and example scored, and the running
+    # lwlrap over the finished clips is now the overall one.
+    prefix = os.path.join(crnn_train['train_dir'], 'model.ckpt-%d' % step)
+    last = re.findall(r'^eval %s: (\d+)/(\d+) clips, (\d+)/(\d+) examples, '
+                      r'.* left, running lwlrap (\S+)$' % re.escape(prefix),
+                      crnn_eval['result'].stdout, re.M)[-1]
+    assert last[:2] == (str(len(rows)),) * 2 and last[2] == last[3], last
+    assert float(last[4]) == pytest.approx(_overall_lwlrap(text), abs=1e-4)
 
 
 @pytest.fixture(scope='module')
