@@ -344,6 +344,10 @@ def test_unknown_key_at_the_top_of_a_spec(tmp_path, capsys):
      '--max_steps=5 is set by the study'),
     ({'hparams': 'lr=fast'}, 'configs.base.hparams: hparam lr=fast'),
     ({'epochs': 3}, "configs.base.unknown key 'epochs'"),
+    # Several: the first in alphabetical order, whatever order a set keeps.
+    (dict.fromkeys(['zeta', 'mu', 'kappa', 'omega', 'nu', 'eta', 'beta',
+                    'xi', 'tau', 'psi'], 1), "configs.base.unknown key "
+     "'beta'"),
     ({'max_steps': 0}, 'configs.base.max_steps: a positive integer is '
      'required'),
 ])
