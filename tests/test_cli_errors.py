@@ -31,11 +31,11 @@ def assert_one_error(result, *needles):
 
 # --- flags ------------------------------------------------------------------
 
-def _train_flags(dataset, **overrides):
+def _train_flags(dataset, train_dir, **overrides):
   flags = {'mode': 'train', 'class_map_path': CLASS_MAP,
            'train_clip_dir': dataset['train_clip_dir'],
            'train_csv_path': dataset['train_csv'],
-           'train_dir': '/nonexistent/never/created', 'hparams': 'batch_size=4'}
+           'train_dir': train_dir, 'hparams': 'batch_size=4'}
   flags.update(overrides)
   return ['--%s=%s' % (k, v) for k, v in flags.items() if v is not None]
 
@@ -55,10 +55,14 @@ def _train_flags(dataset, **overrides):
 ], ids=['mode', 'unknown-flag', 'class-map', 'train-dir', 'hparam-value',
         'hparam-name', 'lrdecay', 'warmstart', 'warmstart-missing',
         'max-steps-0'])
-def test_bad_flags(dataset, overrides, extra, needles):
-  assert_one_error(run_main(_train_flags(dataset, **overrides) + extra),
+def test_bad_flags(dataset, tmp_path, overrides, extra, needles):
+  # (In the test's own folder: a run that wrongly creates it leaves nothing
+  # behind for the next run of the suite.)
+  train_dir = tmp_path / 'never' / 'created'
+  assert_one_error(run_main(_train_flags(
+      dataset, **dict({'train_dir': str(train_dir)}, **overrides)) + extra),
                    *needles)
-  assert not os.path.exists('/nonexistent/never/created')
+  assert os.listdir(str(tmp_path)) == []
 
 
 def test_missing_mode(dataset):
@@ -250,8 +254,10 @@ def test_class_map_not_utf8(tmp_path, dataset):
   class_map = str(tmp_path / 'class_map.csv')
   with open(class_map, 'wb') as f:
     f.write(b'0,Bass_drum\n1,Hiss\xff\n')
-  assert_one_error(run_main(_train_flags(dataset, class_map_path=class_map)),
+  assert_one_error(run_main(_train_flags(dataset, str(tmp_path / 'train'),
+                                         class_map_path=class_map)),
                    class_map)
+  assert os.listdir(str(tmp_path)) == ['class_map.csv']
 
 
 def test_bad_clip_in_eval_csv(tmp_path, clips):
