@@ -150,6 +150,16 @@ def load_model_from_checkpoint(model_name, hparams, checkpoint_prefix):
   return plain_models.load_checkpoint(net, checkpoint_prefix)
 
 
+def scorer_scores(model_name, hparams, checkpoint, paths, engine=None):
+  """[clips, classes] clip scores as eval, inference and relabel make them
+  (scoring.Scorer, the Keras engine unless another is given)."""
+  import files
+  import scoring
+  scorer = scoring.Scorer(model_name, 80, hparams, engine=engine)
+  scorer.load(checkpoint)
+  return scorer.score(paths, files.check_wavs(paths))
+
+
 def independent_clip_scores(model_name, hparams, checkpoint_prefix, clip_dir,
                             fnames):
   """[clips, classes] mean sigmoid score over each clip's examples, from the

@@ -16,7 +16,7 @@ import pytest
 import tflite_engine
 from conftest import (CLASS_MAP, HPARAMS, TAG_HPARAMS, calibration_args,
                       check_ok, export_args, labeled_rows, main_in_process,
-                      read_csv_rows, run_main, write_pcm_wav)
+                      read_csv_rows, run_main, scorer_scores, write_pcm_wav)
 from test_cli_errors import assert_one_error
 
 
@@ -34,14 +34,6 @@ def _check_clips(folder, count=3):
   return paths
 
 
-def _scores(model_name, hparams, checkpoint, paths, engine=None):
-  import files
-  import scoring
-  scorer = scoring.Scorer(model_name, 80, hparams, engine=engine)
-  scorer.load(checkpoint)
-  return scorer.score(paths, files.check_wavs(paths))
-
-
 def test_float_engine_matches_keras(mobilenet_train, mobilenet_export,
                                     parse_hparams, tmp_path):
   """Through the whole pipeline, the float32 TFLite model (converted in
@@ -49,9 +41,8 @@ def test_float_engine_matches_keras(mobilenet_train, mobilenet_export,
   clips within 1e-4 of the Keras model."""
   hparams = parse_hparams(HPARAMS)
   paths = _check_clips(tmp_path)
-  run = lambda engine=None: _scores('mobilenet-v1', hparams,
-                                    mobilenet_train['checkpoint'], paths,
-                                    engine)
+  run = lambda engine=None: scorer_scores(
+      'mobilenet-v1', hparams, mobilenet_train['checkpoint'], paths, engine)
   keras = run()
   assert np.ptp(keras, axis=0).max() > 1e-4  # the clips are told apart
   exported = os.path.join(mobilenet_export['dir'], 'examples_float32.tflite')
@@ -71,8 +62,8 @@ def test_int8_engine_on_a_trained_tiny_model(tagger, tagger_export,
   recorded = [os.path.join(data['train_clip_dir'], fname)
               for fname, _ in labeled_rows(data['train_csv'])[:6]]
   paths = _check_clips(tmp_path) + recorded
-  run = lambda engine=None: _scores('crnn', hparams, tagger['checkpoint'],
-                                    paths, engine)
+  run = lambda engine=None: scorer_scores(
+      'crnn', hparams, tagger['checkpoint'], paths, engine)
   keras = run()
   int8 = run(tflite_engine.Engine('tflite', model_path=tagger_export['int8']))
   difference = np.abs(int8 - keras).max()
@@ -197,7 +188,7 @@ def test_engine_flags_reach_the_interpreter(tagger, tagger_export, tmp_path,
   assert '; TFLite engine: int8, converted in memory, 3 threads)\n' in (
       result.stdout)
   rows = read_csv_rows(csv_path)[1:]
-  keras = _scores('crnn', parse_hparams(TAG_HPARAMS), checkpoint,
+  keras = scorer_scores('crnn', parse_hparams(TAG_HPARAMS), checkpoint,
                   [os.path.join(data['train_clip_dir'], r[0]) for r in rows])
   assert np.abs(np.array([[float(v) for v in r[1:]] for r in rows]) -
                 keras).max() > 1e-4

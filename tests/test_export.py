@@ -17,7 +17,8 @@ import waveform_model  # noqa: F401  (what export wraps)
 
 from conftest import (CLASS_MAP, HPARAMS, TAG_HPARAMS, check_ok, export_args,
                       labeled_rows, read_class_names, read_csv_rows,
-                      run_main, subprocess_env, train_args, truth_matrix)
+                      run_main, scorer_scores, subprocess_env, train_args,
+                      truth_matrix)
 from test_cli import _lwlrap_bounds, _overall_lwlrap, _within
 from test_cli_errors import _Run, assert_one_error
 
@@ -161,13 +162,10 @@ def test_crnn_export(tagger, tagger_export, parse_hparams):
   out = model.signatures['serving_default'](waveform=tf.constant(
       read_pcm(clip)))
   assert out['embeddings'].shape[1] == 32  # the GRU's output
-  import files
-  import scoring
-  scorer = scoring.Scorer('crnn', 80, parse_hparams(TAG_HPARAMS))
-  scorer.load(tagger['checkpoint'])
-  np.testing.assert_allclose(out['clip_scores'].numpy(),
-                             scorer.score([clip], files.check_wavs([clip]))[0],
-                             atol=1e-5)
+  np.testing.assert_allclose(
+      out['clip_scores'].numpy(),
+      scorer_scores('crnn', parse_hparams(TAG_HPARAMS), tagger['checkpoint'],
+                    [clip])[0], atol=1e-5)
 
 
 def test_failed_self_check_leaves_nothing(tmp_path, mobilenet_train,
