@@ -84,7 +84,7 @@ DATA_KEYS = ('class_map', 'train_csv', 'train_clip_dir', 'test_csv',
              'test_clip_dir')
 SPEC_KEYS = DATA_KEYS + ('model', 'seeds', 'reference', 'configs')
 CONFIG_KEYS = ('hparams', 'max_steps', 'eval_steps', 'train_flags', 'model',
-               'train_csv', 'train_clip_dir', 'before')
+               'train_csv', 'train_clip_dir', 'before', 'steps_before')
 # Flags the study sets for each run itself.
 RESERVED_FLAGS = ('mode', 'model', 'hparams', 'max_steps', 'train_dir',
                   'class_map_path', 'train_clip_dir', 'train_csv_path')
@@ -122,6 +122,11 @@ class Config:
   train_csv: str = None
   train_clip_dir: str = None
   before: tuple = ()
+  # Training steps its weights had before this run (a warm start from
+  # another run): added to its steps in the results, table and plot, so
+  # that it meets the reference at equal training steps. Reporting only,
+  # not a run setting: it can be added to a study whose runs are done.
+  steps_before: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,13 +229,17 @@ def _parse_config(name, entry, default_model):
                                              for a in before):
     raise ValueError(where + 'before: a list of main.py arguments is '
                      'required')
+  steps_before = entry.get('steps_before', 0)
+  if not _is_int(steps_before) or steps_before < 0:
+    raise ValueError(where + 'steps_before: a non-negative integer is '
+                     'required')
   return Config(name, _model(entry.get('model', default_model),
                              where + 'model'),
                 _hparams(entry.get('hparams', ''), where + 'hparams'),
                 max_steps, _eval_steps(entry, max_steps, where),
                 _train_flags(entry.get('train_flags', []), where),
                 entry.get('train_csv'), entry.get('train_clip_dir'),
-                tuple(before))
+                tuple(before), steps_before)
 
 
 def _hparams(text, where):
@@ -511,7 +520,7 @@ def read_lwlrap(path):
 
 def collect(spec, study_dir):
   """[(config, seed, step, lwlrap, eval file)] of every chosen step scored
-  so far, in spec order."""
+  so far, in spec order; step counts the configuration's steps_before."""
   results = []
   for config in spec.configs.values():
     for seed in spec.seeds:
@@ -519,8 +528,8 @@ def collect(spec, study_dir):
       for step in config.eval_steps:
         path = eval_file(folder, step)
         if os.path.exists(path):
-          results.append((config.name, seed, step, read_lwlrap(path),
-                          os.path.relpath(path, study_dir)))
+          results.append((config.name, seed, step + config.steps_before,
+                          read_lwlrap(path), os.path.relpath(path, study_dir)))
   return results
 
 
@@ -608,8 +617,8 @@ def table_md(spec, rows):
       'per-seed differences over the seeds both have, with its 95%% t '
       'interval. An interval needs 2 seeds.' % ref, '',
       '| configuration | model | hparams | max_steps |', '| --- | --- | --- | --- |']
-  lines += ['| %s | %s | `%s` | %d |' % (c.name, c.model, c.hparams or '-',
-                                         c.max_steps)
+  lines += ['| %s | %s | `%s` | %s |' % (c.name, c.model, c.hparams or '-',
+                                         _budget(c))
             for c in spec.configs.values()]
   for step in sorted({r['step'] for r in rows}):
     lines += ['', '## Step %d' % step, '',
@@ -618,6 +627,12 @@ def table_md(spec, rows):
               '| --- | ---: | ---: | --- | ---: | --- | ---: |']
     lines += [_md_row(r, ref) for r in rows if r['step'] == step]
   return '\n'.join(lines) + '\n'
+
+
+def _budget(config):
+  if not config.steps_before:
+    return str(config.max_steps)
+  return '%d after %d' % (config.max_steps, config.steps_before)
 
 
 def _md_row(row, reference):

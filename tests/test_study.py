@@ -350,6 +350,10 @@ def test_unknown_key_at_the_top_of_a_spec(tmp_path, capsys):
      "'beta'"),
     ({'max_steps': 0}, 'configs.base.max_steps: a positive integer is '
      'required'),
+    ({'steps_before': -100}, 'configs.base.steps_before: a non-negative '
+     'integer is required'),
+    ({'steps_before': 1.5}, 'configs.base.steps_before: a non-negative '
+     'integer is required'),
 ])
 def test_spec_errors(tmp_path, capsys, change, message):
   _spec(tmp_path, CONFIGS)
@@ -658,3 +662,42 @@ def test_a_configuration_may_chain_on_other_runs(tmp_path):
                               study.run_dir(out, 'noisy', 1))
   assert dict(zip(noisy[2::2], noisy[3::2]))['--train_csv_path'] == (
       data + '/test.csv')
+
+
+def test_a_warm_started_configuration_is_compared_at_equal_steps(tmp_path):
+  """steps_before shifts a configuration's steps: 100 steps after 100 of
+  another run meet the reference's step 200, not its step 100."""
+  spec = _spec(tmp_path, {
+      'base': {'max_steps': 200},
+      'warm': {'max_steps': 100, 'steps_before': 100, 'eval_steps': [0, 100],
+               'train_flags': ['--warmstart_checkpoint',
+                               '{runs}/base/seed-{seed}/train/model.ckpt-100']}})
+  out = str(tmp_path / 'out')
+  runner = FakeMain()
+  study.run_study(spec, out, runner=runner, say=lambda line: None)
+  # The runs themselves are unchanged: warm trains and scores its own steps.
+  assert ('train', 'warm/seed-2', [0, 100]) in runner.calls
+  assert ('eval', 'warm/seed-2', [0, 100]) in runner.calls
+  with open(os.path.join(out, 'results.csv')) as f:
+    warm = [r for r in csv.DictReader(f) if r['config'] == 'warm']
+  assert [(r['seed'], r['step'], r['eval_file']) for r in warm] == [
+      ('1', '100', 'runs/warm/seed-1/eval/eval-0.txt'),
+      ('1', '200', 'runs/warm/seed-1/eval/eval-100.txt'),
+      ('2', '100', 'runs/warm/seed-2/eval/eval-0.txt'),
+      ('2', '200', 'runs/warm/seed-2/eval/eval-100.txt')]
+  rows = _rows_by_key(study.summarize(study.collect(spec, out), 'base'))
+  runs = os.path.join(out, 'runs')
+  for step in (100, 200):
+    diffs = [fake_lwlrap(os.path.join(runs, 'warm', 'seed-%d' % s),
+                         step - 100) -
+             fake_lwlrap(os.path.join(runs, 'base', 'seed-%d' % s), step)
+             for s in (1, 2)]
+    # Its own step 100 scores 0.1 below the reference's step 200.
+    assert rows[('warm', step)]['diff'] == pytest.approx(-0.1)
+    assert rows[('warm', step)]['diff'] == pytest.approx(sum(diffs) / 2)
+    assert rows[('warm', step)]['paired'] == 2
+  assert ('warm', 0) not in rows
+  with open(os.path.join(out, 'table.md')) as f:
+    table = f.read()
+  assert '| warm | mobilenet-v1 | `-` | 100 after 100 |' in table
+  assert '| base | mobilenet-v1 | `-` | 200 |' in table
