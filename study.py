@@ -115,6 +115,11 @@ class Config:
   max_steps: int
   eval_steps: tuple
   train_flags: tuple
+  # Training steps its weights had before this run (a warm start from
+  # another run): added to its steps in the results, table and plot, so
+  # that it meets the reference at equal training steps. Reporting only,
+  # not a run setting: it can be added to a study whose runs are done.
+  steps_before: int
   # This configuration's own training data (main.py's comma-separated
   # sources), or None for the spec's; and main.py arguments run before its
   # training (e.g. a relabelling). Each may hold {seed}, {runs} (the study's
@@ -122,11 +127,6 @@ class Config:
   train_csv: str = None
   train_clip_dir: str = None
   before: tuple = ()
-  # Training steps its weights had before this run (a warm start from
-  # another run): added to its steps in the results, table and plot, so
-  # that it meets the reference at equal training steps. Reporting only,
-  # not a run setting: it can be added to a study whose runs are done.
-  steps_before: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,8 +238,8 @@ def _parse_config(name, entry, default_model):
                 _hparams(entry.get('hparams', ''), where + 'hparams'),
                 max_steps, _eval_steps(entry, max_steps, where),
                 _train_flags(entry.get('train_flags', []), where),
-                entry.get('train_csv'), entry.get('train_clip_dir'),
-                tuple(before), steps_before)
+                steps_before, entry.get('train_csv'),
+                entry.get('train_clip_dir'), tuple(before))
 
 
 def _hparams(text, where):
