@@ -53,7 +53,9 @@ Outputs in DIR, rebuilt after every run and by --summarize_only from the
 eval files: results.csv (config, seed, step, lwlrap, eval file),
 table.csv and table.md (per configuration and step: seeds, mean, 95%
 Student t interval of the mean, paired difference to the reference with its
-95% t interval) and lwlrap.png (mean against step with the 95% band).
+95% t interval) and lwlrap.png (mean against step with the 95% band, every
+configuration). "plots": {"NAME": [CONFIG, ...]} in the spec adds
+lwlrap-NAME.png, the named configurations beside the reference only.
 """
 
 import argparse
@@ -82,7 +84,7 @@ MAIN = os.path.join(HERE, 'main.py')
 CHECKPOINT_EVERY = 100
 DATA_KEYS = ('class_map', 'train_csv', 'train_clip_dir', 'test_csv',
              'test_clip_dir')
-SPEC_KEYS = DATA_KEYS + ('model', 'seeds', 'reference', 'configs')
+SPEC_KEYS = DATA_KEYS + ('model', 'seeds', 'reference', 'configs', 'plots')
 CONFIG_KEYS = ('hparams', 'max_steps', 'eval_steps', 'train_flags', 'model',
                'train_csv', 'train_clip_dir', 'before', 'steps_before')
 # Flags the study sets for each run itself.
@@ -138,6 +140,10 @@ class Spec:
   seeds: tuple
   reference: str
   configs: dict  # name: Config, in the spec's order
+  # Extra plots, name: configurations drawn beside the reference, so that
+  # a question (a section of a report) gets a picture of its own rather
+  # than a share of one crowded with every configuration.
+  plots: dict
 
 
 def checkpoint_steps(max_steps):
@@ -188,7 +194,26 @@ def _parse_spec(path, raw):
     raise ValueError('reference: %r is not one of the configs (%s)' % (
         reference, ', '.join(configs)))
   return Spec(path, folder, data, {k: raw[k] for k in DATA_KEYS},
-              tuple(seeds), reference, configs)
+              tuple(seeds), reference, configs,
+              _plots(raw.get('plots', {}), configs))
+
+
+def _plots(entry, configs):
+  if not isinstance(entry, dict):
+    raise ValueError('plots: an object of lists of configurations is required')
+  plots = {}
+  for name, chosen in entry.items():
+    if not NAME.fullmatch(name):
+      raise ValueError('plots: %r is not a name of letters, digits, _, . and'
+                       ' -' % name)
+    if not isinstance(chosen, list) or not chosen:
+      raise ValueError('plots.%s: a list of configurations is required' % name)
+    for config in chosen:
+      if config not in configs:
+        raise ValueError('plots.%s: %r is not one of the configs (%s)' % (
+            name, config, ', '.join(configs)))
+    plots[name] = tuple(chosen)
+  return plots
 
 
 def _is_int(value):
@@ -701,8 +726,8 @@ def _plot_config(ax, rows, config, is_reference, colors):
 
 
 def write_summary(spec, study_dir):
-  """results.csv, table.csv, table.md and lwlrap.png from the eval files;
-  returns the number of results."""
+  """results.csv, table.csv, table.md, lwlrap.png and the spec's plots from
+  the eval files; returns the number of results."""
   results = collect(spec, study_dir)
   rows = summarize(results, spec.reference)
   files.write_atomically(os.path.join(study_dir, 'results.csv'),
@@ -713,6 +738,11 @@ def write_summary(spec, study_dir):
                          table_md(spec, rows))
   if rows:
     plot(rows, spec.reference, os.path.join(study_dir, 'lwlrap.png'))
+  for name, chosen in spec.plots.items():
+    mine = [r for r in rows if r['config'] in chosen + (spec.reference,)]
+    if any(r['config'] in chosen for r in mine):
+      plot(mine, spec.reference,
+           os.path.join(study_dir, 'lwlrap-%s.png' % name))
   return len(results)
 
 

@@ -331,7 +331,7 @@ def test_unknown_key_at_the_top_of_a_spec(tmp_path, capsys):
   assert capsys.readouterr().err == (
       "study.py: error: %s: unknown key 'steps' (known: class_map, "
       "train_csv, train_clip_dir, test_csv, test_clip_dir, model, seeds, "
-      "reference, configs)\n" % (tmp_path / 'study.json'))
+      "reference, configs, plots)\n" % (tmp_path / 'study.json'))
   assert not (tmp_path / 'out').exists()
 
 
@@ -477,6 +477,56 @@ def test_plot_draws_each_configuration_the_reference_last(tmp_path,
                    ('base', True, ['base'])]
   # A light grid (matplotlib's own calls set no alpha).
   assert [g for g in grids if 'alpha' in g] == [{'alpha': 0.3}]
+
+
+def test_the_specs_plots_draw_their_configurations_beside_the_reference(
+    tmp_path, monkeypatch):
+  """lwlrap.png draws every configuration; each of the spec's plots its own
+  ones and the reference, with the same rows, and none for a plot with no
+  results yet."""
+  spec = _spec(tmp_path, {'base': {'max_steps': 200},
+                          'fast': {'max_steps': 100},
+                          'wide': {'max_steps': 100},
+                          'late': {'max_steps': 100}}, seeds=(1, 2, 3),
+               plots={'quick': ['fast'], 'both': ['wide', 'fast'],
+                      'later': ['late']})
+  out = str(tmp_path / 'out')
+  study.run_study(spec, out, only=('base', 'fast', 'wide'), runner=FakeMain(),
+                  say=lambda line: None)
+  drawn = {}
+  monkeypatch.setattr(study, 'plot', lambda rows, reference, path: drawn.update(
+      {os.path.basename(path): (reference, rows)}))
+  assert study.write_summary(spec, out) == 3 * (3 + 2 + 2)
+  every = study.summarize(study.collect(spec, out), 'base')
+  assert drawn['lwlrap.png'] == ('base', every)
+  assert drawn['lwlrap-quick.png'] == (
+      'base', [r for r in every if r['config'] in ('base', 'fast')])
+  assert drawn['lwlrap-both.png'] == (
+      'base', [r for r in every if r['config'] != 'late'])
+  assert sorted(drawn) == ['lwlrap-both.png', 'lwlrap-quick.png',
+                           'lwlrap.png']
+
+
+@pytest.mark.parametrize('plots, message', [
+    ([], 'plots: an object of lists of configurations is required'),
+    ({'a/b': ['fast']}, "plots: 'a/b' is not a name of letters, digits, _, ."
+     " and -"),
+    ({'quick': []}, 'plots.quick: a list of configurations is required'),
+    ({'quick': 'fast'}, 'plots.quick: a list of configurations is required'),
+    ({'quick': ['fast', 'slow']}, "plots.quick: 'slow' is not one of the "
+     "configs (base, fast)"),
+])
+def test_plot_errors(tmp_path, capsys, plots, message):
+  _spec(tmp_path, CONFIGS)
+  raw = json.loads((tmp_path / 'study.json').read_text())
+  raw['plots'] = plots
+  (tmp_path / 'study.json').write_text(json.dumps(raw))
+  code = study.main(['--spec', str(tmp_path / 'study.json'), '--study_dir',
+                     str(tmp_path / 'out')], runner=FakeMain())
+  assert code == 1
+  assert capsys.readouterr().err == 'study.py: error: %s: %s\n' % (
+      tmp_path / 'study.json', message)
+  assert not (tmp_path / 'out').exists()
 
 
 def test_plot_is_drawn_whatever_backend_the_environment_names(tmp_path):
