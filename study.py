@@ -209,7 +209,7 @@ def _plots(entry, configs):
     if not isinstance(chosen, list) or not chosen:
       raise ValueError('plots.%s: a list of configurations is required' % name)
     for config in chosen:
-      if config not in configs:
+      if not isinstance(config, str) or config not in configs:
         raise ValueError('plots.%s: %r is not one of the configs (%s)' % (
             name, config, ', '.join(configs)))
     plots[name] = tuple(chosen)

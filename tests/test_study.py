@@ -515,6 +515,8 @@ def test_the_specs_plots_draw_their_configurations_beside_the_reference(
     ({'quick': 'fast'}, 'plots.quick: a list of configurations is required'),
     ({'quick': ['fast', 'slow']}, "plots.quick: 'slow' is not one of the "
      "configs (base, fast)"),
+    ({'quick': [['fast']]}, "plots.quick: ['fast'] is not one of the "
+     "configs (base, fast)"),
 ])
 def test_plot_errors(tmp_path, capsys, plots, message):
   _spec(tmp_path, CONFIGS)
