@@ -753,3 +753,43 @@ def test_a_warm_started_configuration_is_compared_at_equal_steps(tmp_path):
     table = f.read()
   assert '| warm | mobilenet-v1 | `-` | 100 after 100 |' in table
   assert '| base | mobilenet-v1 | `-` | 200 |' in table
+
+
+# --- The committed study results -------------------------------------------
+
+@pytest.mark.parametrize('name', ['drums_600', 'long_2000'])
+def test_the_committed_results_are_rebuilt_from_their_runs(tmp_path, name):
+  """README's study figures come from studies/results/NAME: its results.csv
+  and table.csv are what the eval reports in runs/ give, and every run
+  there was made with its configuration's settings in the spec. The
+  spec's data is not in the repository: it is stood in for by empty files
+  at the same relative paths."""
+  spec_path = os.path.join(REPO, 'studies', name + '.json')
+  with open(spec_path) as f:
+    raw = json.load(f)
+  for key in study.DATA_KEYS:
+    path = tmp_path / raw[key]
+    if key.endswith('clip_dir'):
+      path.mkdir(parents=True, exist_ok=True)
+    else:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text('')
+  (tmp_path / 'spec.json').write_text(json.dumps(raw))
+  spec = study.load_spec(str(tmp_path / 'spec.json'))
+  results_dir = os.path.join(REPO, 'studies', 'results', name)
+  results = study.collect(spec, results_dir)
+  with open(os.path.join(results_dir, 'results.csv')) as f:
+    assert f.read() == study.results_csv(results)
+  with open(os.path.join(results_dir, 'table.csv')) as f:
+    assert f.read() == study.table_csv(
+        study.summarize(results, spec.reference))
+  runs = {(config, seed) for config, seed, *_ in results}
+  assert len(runs) >= 2 * len(spec.seeds)
+  for config, seed in runs:
+    folder = study.run_dir(results_dir, config, seed)
+    with open(os.path.join(folder, 'run.json')) as f:
+      assert json.load(f) == study.run_settings(spec, spec.configs[config],
+                                                seed)
+    with open(os.path.join(folder, 'train-command.txt')) as f:
+      assert ' --hparams %s ' % study.run_hparams(spec.configs[config],
+                                                  seed) in f.read()
