@@ -189,10 +189,8 @@ def _parse_spec(path, raw):
     raise ValueError('configs: an object of configurations is required')
   configs = {name: _parse_config(name, entry, default_model)
              for name, entry in entries.items()}
-  reference = raw.get('reference', next(iter(configs)))
-  if reference not in configs:
-    raise ValueError('reference: %r is not one of the configs (%s)' % (
-        reference, ', '.join(configs)))
+  reference = _config_name(raw.get('reference', next(iter(configs))),
+                           configs, 'reference')
   return Spec(path, folder, data, {k: raw[k] for k in DATA_KEYS},
               tuple(seeds), reference, configs,
               _plots(raw.get('plots', {}), configs))
@@ -208,12 +206,16 @@ def _plots(entry, configs):
                        ' -' % name)
     if not isinstance(chosen, list) or not chosen:
       raise ValueError('plots.%s: a list of configurations is required' % name)
-    for config in chosen:
-      if not isinstance(config, str) or config not in configs:
-        raise ValueError('plots.%s: %r is not one of the configs (%s)' % (
-            name, config, ', '.join(configs)))
-    plots[name] = tuple(chosen)
+    plots[name] = tuple(_config_name(c, configs, 'plots.' + name)
+                        for c in chosen)
   return plots
+
+
+def _config_name(value, configs, where):
+  if not isinstance(value, str) or value not in configs:
+    raise ValueError('%s: %r is not one of the configs (%s)' % (
+        where, value, ', '.join(configs)))
+  return value
 
 
 def _is_int(value):
