@@ -633,12 +633,16 @@ def _interval(low, high, sign=''):
   return '[%s, %s]' % (format(low, sign + '.4f'), format(high, sign + '.4f'))
 
 
-def table_md(spec, rows):
+def table_md(spec, rows, study_dir):
   ref = spec.reference
+  # Relative to the table's own folder, so that the link holds wherever the
+  # study folder and its spec are moved together.
+  where = os.path.relpath(spec.path, study_dir)
   lines = [
       '# Study: test lwlrap', '',
-      'Spec `%s`; seeds %s; test set `%s`.' % (
-          spec.path, ', '.join(map(str, spec.seeds)), spec.raw_data['test_csv']),
+      'Spec [`%s`](%s); seeds %s; test set `%s`.' % (
+          where, where, ', '.join(map(str, spec.seeds)),
+          spec.raw_data['test_csv']),
       'Mean over seeds with its 95%% Student t interval; Δ is the paired '
       'difference to the reference `%s` at the same step: the mean of the '
       'per-seed differences over the seeds both have, with its 95%% t '
@@ -699,10 +703,9 @@ def plot(rows, reference, path):
   ax.set_ylabel('test lwlrap')
   ax.grid(alpha=0.3)
   handles, labels = ax.get_legend_handles_labels()
-  first = sorted(range(len(labels)),
-                 key=lambda i: not labels[i].endswith('(reference)'))
-  ax.legend([handles[i] for i in first], [labels[i] for i in first],
-            loc='best')
+  if configs[-1] == reference:  # drawn last, listed first
+    handles, labels = handles[-1:] + handles[:-1], labels[-1:] + labels[:-1]
+  ax.legend(handles, labels, loc='best')
   fig.tight_layout()
   temporary = path + '.tmp.png'
   fig.savefig(temporary)
@@ -715,8 +718,9 @@ def _plot_config(ax, rows, config, is_reference, colors):
   means = [r['mean'] for r in rows]
   low = [r['mean'] if r['low'] is None else r['low'] for r in rows]
   high = [r['mean'] if r['high'] is None else r['high'] for r in rows]
-  style = (dict(color='black', linewidth=2.5, label=config + ' (reference)',
-                zorder=3) if is_reference else
+  label = config if config == 'reference' else config + ' (reference)'
+  style = (dict(color='black', linewidth=2.5, label=label, zorder=3)
+           if is_reference else
            dict(color=next(colors), linewidth=1.5, label=config))
   if len(rows) == 1:
     ax.errorbar(steps, means, yerr=[[means[0] - low[0]], [high[0] - means[0]]],
@@ -737,7 +741,7 @@ def write_summary(spec, study_dir):
   files.write_atomically(os.path.join(study_dir, 'table.csv'),
                          table_csv(rows))
   files.write_atomically(os.path.join(study_dir, 'table.md'),
-                         table_md(spec, rows))
+                         table_md(spec, rows, study_dir))
   if rows:
     plot(rows, spec.reference, os.path.join(study_dir, 'lwlrap.png'))
   for name, chosen in spec.plots.items():

@@ -85,7 +85,8 @@ def test_table_files(tmp_path):
   assert float(wide['high']) == pytest.approx(0.70 + T975[2] * 0.1 / 3 ** 0.5,
                                               abs=1e-6)
   assert [r['diff'] for r in table if r['config'] == 'base'] == ['']
-  text = study.table_md(spec, rows)
+  text = study.table_md(spec, rows, str(tmp_path / 'studies' / 'first'))
+  assert 'Spec [`../../study.json`](../../study.json); seeds 1, 2, 3;' in text
   assert '| wide | 3 | 0.7000 | [0.4516, 0.9484] | +0.1000 | ' \
          '[-0.0242, +0.2242] | 3 |' in text
   assert '| base | 3 | 0.6000 |' in text and '| reference |' in text
@@ -477,6 +478,27 @@ def test_plot_draws_each_configuration_the_reference_last(tmp_path,
                    ('base', True, ['base'])]
   # A light grid (matplotlib's own calls set no alpha).
   assert [g for g in grids if 'alpha' in g] == [{'alpha': 0.3}]
+
+
+@pytest.mark.parametrize('reference, first', [('base', 'base (reference)'),
+                                              ('reference', 'reference')])
+def test_the_legend_lists_the_reference_first(tmp_path, monkeypatch,
+                                              reference, first):
+  """The reference heads the legend, however the rows order it, and a
+  reference named `reference` is not called so twice."""
+  rows = study.summarize(
+      [(c, seed, step, 0.3 + 0.001 * step + 0.01 * seed)
+       for c in ('lr', reference, 'wide') for seed in (1, 2)
+       for step in (100, 200)], reference)
+  import matplotlib.axes
+  legends = []
+  monkeypatch.setattr(matplotlib.axes.Axes, 'legend',
+                      lambda self, handles, labels, **kw: legends.append(
+                          (labels, [h.get_color() for h in handles])))
+  study.plot(rows, reference, str(tmp_path / 'lwlrap.png'))
+  ((labels, colors),) = legends
+  assert labels == [first, 'lr', 'wide']
+  assert colors[0] == 'black' and 'black' not in colors[1:]
 
 
 def test_the_specs_plots_draw_their_configurations_beside_the_reference(
