@@ -7,13 +7,18 @@ SpecAugment (Park et al., Interspeech 2019), without time warping: per
 example, specaug_freq_masks bands ranges and specaug_time_masks frame ranges,
 each of a width drawn uniformly from 0 to specaug_freq_width (or
 specaug_time_width) and a start drawn uniformly from where it fits, are set
-to the example's mean, so that a mask carries no energy of its own.
+to the example's mean, so that a mask carries no energy of its own. With
+frontend=pcen the examples are mel energies, which the model's PCEN layer
+compresses; specaug_after_pcen=1 moves the masks into the model, onto PCEN's
+output (SpecAugmentLayer), so that they are gaps of the model's features,
+as masks on log-mel examples are, and not loud blocks that PCEN sees.
 
 mixup (Zhang et al., ICLR 2018): each example is mixed with another of the
 same batch (a random permutation), x = l x + (1 - l) x', y = l y + (1 - l) y',
 with l drawn from Beta(mixup, mixup) per example.
 """
 
+import keras
 import tensorflow as tf
 
 
@@ -48,6 +53,19 @@ def spec_augment(examples, hparams):
   return tf.where(covered, mean, examples)
 
 
+class SpecAugmentLayer(keras.layers.Layer):
+  """SpecAugment's masks inside the model (specaug_after_pcen): applied
+  in training only; scoring and the PreciseBN statistics see the
+  features as they are."""
+
+  def __init__(self, hparams, **kwargs):
+    super().__init__(**kwargs)
+    self.hparams = hparams
+
+  def call(self, examples, training=None):
+    return spec_augment(examples, self.hparams) if training else examples
+
+
 def mixup(examples, labels, alpha):
   """Examples and labels mixed with a partner of the same batch."""
   batch = tf.shape(examples)[0]
@@ -65,7 +83,8 @@ def mixup(examples, labels, alpha):
 def make(hparams):
   """The augmentation (examples, labels) -> (examples, labels) the hparams
   ask for, or None."""
-  masks = hparams.specaug_freq_masks or hparams.specaug_time_masks
+  masks = ((hparams.specaug_freq_masks or hparams.specaug_time_masks) and
+           not hparams.specaug_after_pcen)
   if not masks and not hparams.mixup:
     return None
 

@@ -32,6 +32,7 @@ def build_model(model_name, num_classes, hparams, static=False):
   """Keras model: [batch, frames, bands] log-mel examples -> [batch, classes]
   logits. static: no loops over the batch (for TFLite; same numbers)."""
   import keras
+  import augment
   import features
   from layers import initializer
   build = architecture(model_name).build
@@ -41,6 +42,8 @@ def build_model(model_name, num_classes, hparams, static=False):
   if hparams.frontend == 'pcen':
     # The model owns the compression of the mel energies.
     x = features.PCEN(hparams, name='pcen')(x)
+    if hparams.specaug_after_pcen:
+      x = augment.SpecAugmentLayer(hparams, name='specaug')(x)
   x = keras.layers.Reshape((frames, hparams.mel_bands, 1), name='to_image')(x)
   # float32 logits whatever the precision policy: the sigmoid and the loss
   # need its range.

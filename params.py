@@ -121,6 +121,10 @@ class HParams:
   specaug_freq_width: int = 0
   specaug_time_masks: int = 0
   specaug_time_width: int = 0
+  # With frontend=pcen, 1 sets the masks on PCEN's output (to its example
+  # mean), inside the model, instead of on the mel energies before it, where
+  # a mask is a loud flat block whose edges PCEN turns into onsets.
+  specaug_after_pcen: int = 0
   # mixup in training: examples and labels mixed within the batch with
   # weights drawn from Beta(mixup, mixup); 0 is off. BCE only.
   mixup: float = 0.0
@@ -286,10 +290,15 @@ def _check(hparams):
   if not 0 <= hparams.seed < 2 ** 31:
     raise ValueError('hparam seed=%s: must be between 0 and 2**31 - 1' %
                      hparams.seed)
+  if hparams.specaug_after_pcen and (
+      hparams.frontend != 'pcen' or
+      not (hparams.specaug_freq_masks or hparams.specaug_time_masks)):
+    raise ValueError('hparam specaug_after_pcen=1: needs frontend=pcen and '
+                     'specaug_freq_masks or specaug_time_masks')
   if hparams.pcen_s >= 1:
     raise ValueError('hparam pcen_s=%s: must be below 1' % hparams.pcen_s)
   for name in ('nesterov', 'bn_sync', 'bn', 'warmstart', 'pcen_trainable',
-               'cosine_decay', 'score_averaged'):
+               'cosine_decay', 'score_averaged', 'specaug_after_pcen'):
     if getattr(hparams, name) not in (0, 1):
       raise ValueError('hparam %s=%s: must be 0 or 1' % (
           name, getattr(hparams, name)))

@@ -317,6 +317,82 @@ def test_scoring_ignores_the_training_augmentation(augmented_run, dataset):
   np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+# --- SpecAugment after PCEN --------------------------------------------------
+
+AFTER_PCEN = ('frontend=pcen,specaug_time_masks=2,specaug_time_width=30,'
+              'specaug_freq_masks=2,specaug_freq_width=20,'
+              'specaug_after_pcen=1')
+
+
+def test_masks_after_pcen_are_set_on_its_output():
+  """In training, the model's features are PCEN of the energies as given
+  (NumPy), with whole frames and whole bands set to the example's mean of
+  them; in scoring, PCEN's output unmasked."""
+  import keras
+  import model
+  hparams = params.parse_hparams(AFTER_PCEN + ',width=0.25')
+  net = model.build_model('mobilenet-v1', 80, hparams)
+  pcen = keras.Model(net.input, net.get_layer('pcen').output)
+  masked = keras.Model(net.input, net.get_layer('specaug').output)
+  rng = np.random.default_rng(6)
+  energies = (rng.gamma(0.5, 2.0, (64, 100, 96)) * np.repeat(
+      [1e-3, 1.0, 30.0, 0.01], 25)[None, :, None]).astype(np.float32)
+  compressed = pcen(energies).numpy()
+  np.testing.assert_allclose(compressed, np_pcen(
+      energies, hparams.pcen_s, hparams.pcen_alpha, hparams.pcen_delta,
+      hparams.pcen_r, hparams.pcen_eps), rtol=2e-4, atol=2e-5)
+  np.testing.assert_array_equal(masked(energies, training=False).numpy(),
+                                compressed)
+  tf.random.set_seed(6)
+  got = masked(energies, training=True).numpy()
+  changed = got != compressed
+  means = np.broadcast_to(compressed.mean(axis=(1, 2), keepdims=True),
+                          got.shape)
+  np.testing.assert_allclose(got[changed], means[changed], rtol=1e-5)
+  frames, bands = changed.all(axis=2), changed.all(axis=1)
+  np.testing.assert_array_equal(changed, frames[:, :, None] |
+                                bands[:, None, :])
+  assert frames.any(axis=1).mean() > 0.8 and bands.any(axis=1).mean() > 0.8
+  assert frames.sum(axis=1).max() <= 60 and bands.sum(axis=1).max() <= 40
+
+
+@pytest.mark.parametrize('text', ['', ',mixup=0.3'])
+def test_masks_after_pcen_leave_the_step_to_mixup_alone(text):
+  """The step's augmentation does not mask the energies again: mixup
+  alone (the same draws as augment.mixup's), or nothing."""
+  hparams = params.parse_hparams(AFTER_PCEN + text)
+  made = augment.make(hparams)
+  if not text:
+    assert made is None
+    return
+  rng = np.random.default_rng(7)
+  examples = tf.constant(rng.gamma(0.5, 2.0, (16, 100, 96)), tf.float32)
+  labels = tf.constant((rng.random((16, 80)) < 0.1).astype(np.float32))
+  tf.random.set_seed(7)
+  got = [t.numpy() for t in made(examples, labels)]
+  tf.random.set_seed(7)
+  expected = [t.numpy() for t in augment.mixup(examples, labels, 0.3)]
+  np.testing.assert_array_equal(got[0], expected[0])
+  np.testing.assert_array_equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize('text', [
+    'specaug_time_masks=2,specaug_time_width=30,specaug_after_pcen=1',
+    'frontend=pcen,specaug_after_pcen=1',
+    'frontend=pcen,specaug_freq_width=20,specaug_after_pcen=1'])
+def test_masks_after_pcen_need_pcen_and_masks(text):
+  with pytest.raises(ValueError, match='specaug_after_pcen=1: needs '
+                     'frontend=pcen and specaug_freq_masks or '
+                     'specaug_time_masks'):
+    params.parse_hparams(text)
+
+
+def test_masks_after_pcen_is_0_or_1():
+  with pytest.raises(ValueError, match='specaug_after_pcen=2: must be 0 '
+                     'or 1'):
+    params.parse_hparams(AFTER_PCEN.replace('after_pcen=1', 'after_pcen=2'))
+
+
 def test_mixup_is_refused_with_mfom():
   with pytest.raises(ValueError, match='mixup=0.2.*loss=bce'):
     params.parse_hparams('mixup=0.2,loss=mfom_microf1')
