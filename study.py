@@ -495,8 +495,8 @@ def machine(cpuinfo='/proc/cpuinfo', code_folder=HERE):
     tensorflow = importlib.metadata.version('tensorflow')
   except importlib.metadata.PackageNotFoundError:
     tensorflow = 'not installed'
-  return '%s, %d cores; TensorFlow %s; code %s' % (
-      _cpu(cpuinfo), os.cpu_count() or 0, tensorflow, _code(code_folder))
+  return '%s, %s cores; TensorFlow %s; code %s' % (
+      _cpu(cpuinfo), os.cpu_count() or '?', tensorflow, _code(code_folder))
 
 
 # --- Commands ---------------------------------------------------------------

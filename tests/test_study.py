@@ -480,6 +480,15 @@ def test_machine_names_the_cpu_its_vector_instructions_and_the_code(
   assert study.machine(str(cpuinfo), str(code)).endswith(
       'code %s (modified)' % head)
   assert study.machine(str(cpuinfo), str(tmp_path)).endswith('code unknown')
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  _git(empty, 'init', '-q')  # a checkout without a commit
+  assert study.machine(str(cpuinfo), str(empty)).endswith('code unknown')
+  # Without /proc/cpuinfo (not Linux): what the platform says.
+  import platform
+  named = platform.processor() or platform.machine()
+  assert named and study.machine(str(tmp_path / 'none'), str(code)).startswith(
+      named + ', %d cores; ' % os.cpu_count())
   cpuinfo.write_text('model name\t: Old CPU\nflags\t\t: sse2\n')
   assert study.machine(str(cpuinfo), str(code)).startswith(
       'Old CPU, family ? model ?, no AVX2, ')
