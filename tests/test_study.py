@@ -563,10 +563,11 @@ def test_the_legend_lists_the_reference_first(tmp_path, monkeypatch,
   legends = []
   monkeypatch.setattr(matplotlib.axes.Axes, 'legend',
                       lambda self, handles, labels, **kw: legends.append(
-                          (labels, [h.get_color() for h in handles])))
+                          (labels, [h.get_label() for h in handles],
+                           [h.get_color() for h in handles])))
   study.plot(rows, reference, str(tmp_path / 'lwlrap.png'))
-  ((labels, colors),) = legends
-  assert labels == [first, 'lr', 'wide']
+  ((labels, own_labels, colors),) = legends
+  assert labels == own_labels == [first, 'lr', 'wide']
   assert colors[0] == 'black' and 'black' not in colors[1:]
 
 
