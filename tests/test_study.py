@@ -484,6 +484,9 @@ def test_machine_names_the_cpu_its_vector_instructions_and_the_code(
   empty.mkdir()
   _git(empty, 'init', '-q')  # a checkout without a commit
   assert study.machine(str(cpuinfo), str(empty)).endswith('code unknown')
+  cpuinfo.write_bytes(b'model name\t: Caf\xe9 CPU\nflags\t\t: avx2\n')
+  assert study.machine(str(cpuinfo), str(code)).startswith(
+      'Caf\ufffd CPU, family ? model ?, avx2, ')
   # Without /proc/cpuinfo (not Linux): what the platform says.
   import platform
   named = platform.processor() or platform.machine()
