@@ -233,6 +233,7 @@ def test_every_hparam_is_classified_as_model_defining_or_not():
       'opt', 'lr', 'adam_eps', 'momentum', 'nesterov', 'lrdecay',
       'decay_epochs', 'inverse_time_decay', 'loss', 'specaug_freq_masks',
       'specaug_freq_width', 'specaug_time_masks', 'specaug_time_width',
+      'specaug_after_pcen',
       'mixup', 'bn_stats_batches', 'seed', 'warmup_steps', 'cosine_decay',
       'lr_floor', 'decay_horizon', 'ema_decay', 'noisy_loss', 'noisy_lsmooth',
       'lq_q', 'bootstrap_soft_beta', 'bootstrap_hard_beta',
