@@ -21,6 +21,8 @@ with l drawn from Beta(mixup, mixup) per example.
 import keras
 import tensorflow as tf
 
+import params
+
 
 def _masks(shape, count, max_width, axis_length):
   """[batch, axis_length] float 1 where any of `count` masks covers, drawn
@@ -83,8 +85,7 @@ def mixup(examples, labels, alpha):
 def make(hparams):
   """The augmentation (examples, labels) -> (examples, labels) the hparams
   ask for, or None."""
-  masks = ((hparams.specaug_freq_masks or hparams.specaug_time_masks) and
-           not hparams.specaug_after_pcen)
+  masks = params.has_masks(hparams) and not hparams.specaug_after_pcen
   if not masks and not hparams.mixup:
     return None
 

@@ -45,6 +45,7 @@ import features  # noqa: E402
 import files  # noqa: E402
 import inference  # noqa: E402
 import inputs  # noqa: E402
+import machine  # noqa: E402
 import make_demo_data  # noqa: E402
 import model as model_lib  # noqa: E402
 import mobilenet  # noqa: E402
@@ -420,8 +421,9 @@ def main():
                                 'class_map.csv')
   class_names = files.read_class_map(class_map_path)
   num_classes = len(class_names)
-  print('TensorFlow %s, %d CPU cores, GPUs: %s' % (
-      tf.__version__, os.cpu_count(),
+  # The ratios depend on the CPU's vector instructions as much as on cores.
+  print('%s; GPUs: %s' % (
+      machine.describe(),
       [d.name for d in tf.config.list_physical_devices('GPU')] or 'none'))
   with tempfile.TemporaryDirectory() as tmp:
     data = _training_data(tmp, args.train_steps, hparams, args.test_clips)

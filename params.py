@@ -190,6 +190,11 @@ def stft_geometry(hparams):
   return window, hop, fft_length
 
 
+def has_masks(hparams):
+  """Whether the hparams ask for any SpecAugment mask."""
+  return bool(hparams.specaug_freq_masks or hparams.specaug_time_masks)
+
+
 def example_geometry(hparams):
   """Returns (window, hop) of an example, in spectrogram frames."""
   frames_per_second = 1.0 / hparams.stft_hop_seconds
@@ -290,9 +295,8 @@ def _check(hparams):
   if not 0 <= hparams.seed < 2 ** 31:
     raise ValueError('hparam seed=%s: must be between 0 and 2**31 - 1' %
                      hparams.seed)
-  if hparams.specaug_after_pcen and (
-      hparams.frontend != 'pcen' or
-      not (hparams.specaug_freq_masks or hparams.specaug_time_masks)):
+  if hparams.specaug_after_pcen and (hparams.frontend != 'pcen' or
+                                     not has_masks(hparams)):
     raise ValueError('hparam specaug_after_pcen=1: needs frontend=pcen and '
                      'specaug_freq_masks or specaug_time_masks')
   if hparams.pcen_s >= 1:

@@ -65,11 +65,9 @@ import csv
 import ctypes
 import dataclasses
 import fcntl
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import signal
@@ -79,6 +77,7 @@ import sys
 import time
 
 import files
+import machine
 import model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -441,64 +440,6 @@ def remove_stale_claims(folder):
         os.remove(os.path.join(eval_dir, entry))
 
 
-# --- Where a run ran ---------------------------------------------------------
-
-# CPU features that decide which kernels TensorFlow's CPU ops run, and with
-# them the rounding of a run's numbers.
-ISA_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'avx512_vnni',
-             'amx_tile')
-
-
-def _cpu(cpuinfo):
-  """'<model name>, family F model M, <ISA flags>' of the first CPU in
-  /proc/cpuinfo, or the platform's processor where there is none."""
-  fields = {}
-  try:
-    with open(cpuinfo, errors='replace') as f:
-      for line in f:
-        if not line.strip():
-          break
-        key, _, value = line.partition(':')
-        fields[key.strip()] = value.strip()
-  except OSError:
-    return platform.processor() or platform.machine() or 'unknown CPU'
-  flags = set(fields.get('flags', '').split())
-  return '%s, family %s model %s, %s' % (
-      fields.get('model name', 'unknown CPU'), fields.get('cpu family', '?'),
-      fields.get('model', '?'),
-      ' '.join(f for f in ISA_FLAGS if f in flags) or 'no AVX2')
-
-
-def _code(folder):
-  """The commit of the code in `folder`, '(modified)' when tracked files
-  differ from it; 'unknown' outside a git checkout."""
-  def git(*args):
-    return subprocess.run(['git', '-C', folder] + list(args), text=True,
-                          capture_output=True, timeout=30)
-  try:
-    head = git('rev-parse', '--short=12', 'HEAD')
-    changed = git('status', '--porcelain', '--untracked-files=no')
-  except (OSError, subprocess.SubprocessError):
-    return 'unknown'
-  if head.returncode or changed.returncode:
-    return 'unknown'
-  return head.stdout.strip() + (' (modified)' if changed.stdout.strip()
-                                else '')
-
-
-def machine(cpuinfo='/proc/cpuinfo', code_folder=HERE):
-  """One line naming what a seeded run's numbers depend on besides its
-  settings and data: the CPU and its vector instructions, the cores,
-  TensorFlow and the code. Two runs of one seed agree bit for bit only
-  where this line is the same."""
-  try:
-    tensorflow = importlib.metadata.version('tensorflow')
-  except importlib.metadata.PackageNotFoundError:
-    tensorflow = 'not installed'
-  return '%s, %s cores; TensorFlow %s; code %s' % (
-      _cpu(cpuinfo), os.cpu_count() or '?', tensorflow, _code(code_folder))
-
-
 # --- Commands ---------------------------------------------------------------
 
 def _prctl():
@@ -546,7 +487,7 @@ class Runner:
       raise Stopped(self.stop)
     with open(log_path, 'a') as log:
       log.write('\n$ %s  # %s\n# on %s\n' % (
-          shlex.join(argv), time.strftime('%c'), machine()))
+          shlex.join(argv), time.strftime('%c'), machine.describe()))
       log.flush()
       self.start(argv, log, cwd)
       try:

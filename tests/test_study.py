@@ -15,6 +15,7 @@ import pytest
 
 from conftest import (CLASS_MAP, REPO, _default_sigint, run_main,
                       subprocess_env)
+import machine
 import study
 
 # Student t 97.5% quantiles from a printed table, not from scipy.
@@ -436,67 +437,6 @@ def test_stop_is_passed_to_the_command(tmp_path, signum):
   assert '[1/4] base/seed-1: training to step 200' in out
 
 
-CPUINFO = """processor\t: 0
-vendor_id\t: GenuineIntel
-cpu family\t: 6
-model\t\t: 85
-model name\t: Intel(R) Xeon(R) Platinum 8259CL CPU @ 2.50GHz
-flags\t\t: fpu sse2 avx avx2 fma avx512f avx512cd avx512_vnni sha_ni
-
-processor\t: 1
-model name\t: Another CPU
-flags\t\t: amx_tile
-"""
-
-
-def _git(folder, *args):
-  return subprocess.run(['git', '-C', str(folder)] + list(args), check=True,
-                        capture_output=True, text=True).stdout.strip()
-
-
-def test_machine_names_the_cpu_its_vector_instructions_and_the_code(
-    tmp_path):
-  """The first CPU's name, family, model and the vector instructions that
-  change TensorFlow's kernels (in a fixed order, the others left out); the
-  cores; TensorFlow's version; the commit, marked when tracked files
-  differ from it."""
-  import tensorflow as tf
-  cpuinfo = tmp_path / 'cpuinfo'
-  cpuinfo.write_text(CPUINFO)
-  code = tmp_path / 'code'
-  code.mkdir()
-  _git(code, 'init', '-q')
-  (code / 'train.py').write_text('steps = 200\n')
-  _git(code, 'add', 'train.py')
-  _git(code, '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'c')
-  head = _git(code, 'rev-parse', 'HEAD')[:12]
-  cpu = ('Intel(R) Xeon(R) Platinum 8259CL CPU @ 2.50GHz, family 6 model 85, '
-         'avx2 fma avx512f avx512_vnni, %d cores' % os.cpu_count())
-  assert study.machine(str(cpuinfo), str(code)) == (
-      '%s; TensorFlow %s; code %s' % (cpu, tf.__version__, head))
-  (code / 'notes.txt').write_text('untracked\n')
-  assert study.machine(str(cpuinfo), str(code)).endswith('code ' + head)
-  (code / 'train.py').write_text('steps = 1000\n')
-  assert study.machine(str(cpuinfo), str(code)).endswith(
-      'code %s (modified)' % head)
-  assert study.machine(str(cpuinfo), str(tmp_path)).endswith('code unknown')
-  empty = tmp_path / 'empty'
-  empty.mkdir()
-  _git(empty, 'init', '-q')  # a checkout without a commit
-  assert study.machine(str(cpuinfo), str(empty)).endswith('code unknown')
-  cpuinfo.write_bytes(b'model name\t: Caf\xe9 CPU\nflags\t\t: avx2\n')
-  assert study.machine(str(cpuinfo), str(code)).startswith(
-      'Caf\ufffd CPU, family ? model ?, avx2, ')
-  # Without /proc/cpuinfo (not Linux): what the platform says.
-  import platform
-  named = platform.processor() or platform.machine()
-  assert named and study.machine(str(tmp_path / 'none'), str(code)).startswith(
-      named + ', %d cores; ' % os.cpu_count())
-  cpuinfo.write_text('model name\t: Old CPU\nflags\t\t: sse2\n')
-  assert study.machine(str(cpuinfo), str(code)).startswith(
-      'Old CPU, family ? model ?, no AVX2, ')
-
-
 def test_each_command_is_logged_with_where_it_ran(tmp_path):
   log = tmp_path / 'train.log'
   log.write_text('earlier\n')
@@ -505,7 +445,7 @@ def test_each_command_is_logged_with_where_it_ran(tmp_path):
   lines = log.read_text().splitlines()
   assert lines[:2] == ['earlier', '']
   assert lines[2].startswith('$ %s -c ' % sys.executable)
-  assert lines[3:] == ['# on ' + study.machine(), 'step 200']
+  assert lines[3:] == ['# on ' + machine.describe(), 'step 200']
 
 
 # --- Plot -------------------------------------------------------------------
