@@ -396,6 +396,13 @@ def rss_child(clip_dir, checkpoint, class_map_path):
   print(peak_kib / 1024.0)
 
 
+def header():
+  """The machine the ratios were measured on: they depend on the CPU's
+  vector instructions as much as on its cores."""
+  gpus = [d.name for d in tf.config.list_physical_devices('GPU')]
+  return '%s; GPUs: %s' % (machine.describe(), ', '.join(gpus) or 'none')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--test_clips', type=int, default=60,
@@ -421,10 +428,7 @@ def main():
                                 'class_map.csv')
   class_names = files.read_class_map(class_map_path)
   num_classes = len(class_names)
-  # The ratios depend on the CPU's vector instructions as much as on cores.
-  print('%s; GPUs: %s' % (
-      machine.describe(),
-      [d.name for d in tf.config.list_physical_devices('GPU')] or 'none'))
+  print(header())
   with tempfile.TemporaryDirectory() as tmp:
     data = _training_data(tmp, args.train_steps, hparams, args.test_clips)
     checkpoint = write_checkpoint(os.path.join(tmp, 'model.ckpt-0'),

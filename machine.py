@@ -13,6 +13,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # them the rounding of a run's numbers.
 ISA_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512_bf16', 'avx512_vnni',
              'amx_tile')
+# A git that hangs (a stale lock on a network disk) must not stop a study.
+GIT_TIMEOUT_SECONDS = 30
 
 
 def _cpu(cpuinfo):
@@ -40,7 +42,8 @@ def _code(folder):
   differ from it; 'unknown' outside a git checkout."""
   def git(*args):
     return subprocess.run(['git', '-C', folder] + list(args), text=True,
-                          capture_output=True, timeout=30)
+                          capture_output=True,
+                          timeout=GIT_TIMEOUT_SECONDS)
   try:
     head = git('rev-parse', '--short=12', 'HEAD')
     changed = git('status', '--porcelain', '--untracked-files=no')

@@ -355,3 +355,26 @@ def test_a_failed_measuring_child_is_an_error(tmp_path, monkeypatch):
   args.train_steps = 15
   with pytest.raises(subprocess.CalledProcessError):
     benchmark.op_determinism_train_rate(args)
+
+
+def test_the_header_names_the_machine_and_its_gpus(monkeypatch):
+  """The first line says where the ratios were measured: the machine as
+  study logs name it, and the GPUs TensorFlow sees (none on a CPU-only
+  machine, their names otherwise)."""
+  import machine
+  import tensorflow as tf
+  monkeypatch.setattr(machine, 'describe', lambda: 'Some CPU, avx2, 2 cores')
+  monkeypatch.setattr(tf.config, 'list_physical_devices',
+                      lambda kind: [] if kind == 'GPU' else ['cpu'])
+  assert benchmark.header() == 'Some CPU, avx2, 2 cores; GPUs: none'
+
+  class Device:
+    def __init__(self, name):
+      self.name = name
+
+  monkeypatch.setattr(tf.config, 'list_physical_devices', lambda kind: [
+      Device('/physical_device:GPU:%d' % i) for i in range(3)
+  ] if kind == 'GPU' else [])
+  assert benchmark.header() == (
+      'Some CPU, avx2, 2 cores; GPUs: /physical_device:GPU:0, '
+      '/physical_device:GPU:1, /physical_device:GPU:2')

@@ -3,6 +3,7 @@
 import os
 import platform
 import subprocess
+import time
 
 import tensorflow as tf
 
@@ -66,3 +67,17 @@ def test_machine_names_the_cpu_its_vector_instructions_and_the_code(
   cpuinfo.write_text('model name\t: Old CPU\nflags\t\t: sse2\n')
   assert machine.describe(str(cpuinfo), str(code)).startswith(
       'Old CPU, family ? model ?, no AVX2, ')
+
+
+def test_a_hanging_git_leaves_the_code_unknown(tmp_path, monkeypatch):
+  """A git that does not answer within the timeout is given up on: the
+  line says 'code unknown' instead of the study waiting for it."""
+  fake = tmp_path / 'bin'
+  fake.mkdir()
+  (fake / 'git').write_text('#!/bin/sh\nsleep 5\necho abcdef123456\n')
+  (fake / 'git').chmod(0o755)
+  monkeypatch.setenv('PATH', '%s:%s' % (fake, os.environ['PATH']))
+  monkeypatch.setattr(machine, 'GIT_TIMEOUT_SECONDS', 0.5)
+  started = time.monotonic()
+  assert machine.describe(code_folder=str(tmp_path)).endswith('code unknown')
+  assert time.monotonic() - started < 4
