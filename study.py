@@ -65,6 +65,7 @@ import csv
 import ctypes
 import dataclasses
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -695,10 +696,10 @@ def plot(rows, reference, path):
   configs = list(dict.fromkeys(r['config'] for r in rows))
   # The reference last, so that it is drawn over the others.
   configs.sort(key=lambda c: c == reference)
-  colors = iter(plt.rcParams['axes.prop_cycle'].by_key()['color'])
+  styles = _line_styles(plt.rcParams['axes.prop_cycle'].by_key()['color'])
   for config in configs:
     mine = [r for r in rows if r['config'] == config]
-    _plot_config(ax, mine, config, config == reference, colors)
+    _plot_config(ax, mine, config, config == reference, styles)
   fewest, most = min(r['seeds'] for r in rows), max(r['seeds'] for r in rows)
   ax.set_title('Test lwlrap: mean and 95%% interval over %s seed%s' % (
       most if fewest == most else '%d–%d' % (fewest, most),
@@ -717,7 +718,16 @@ def plot(rows, reference, path):
   os.replace(temporary, path)
 
 
-def _plot_config(ax, rows, config, is_reference, colors):
+def _line_styles(colors):
+  """Endless (colour, line style): each colour solid, then each dashed,
+  dotted, dash-dotted, so that a study of more configurations than the
+  palette has colours still tells its lines apart."""
+  for dashes in itertools.cycle(('-', '--', ':', '-.')):
+    for color in colors:
+      yield color, dashes
+
+
+def _plot_config(ax, rows, config, is_reference, styles):
   steps = [r['step'] for r in rows]
   means = [r['mean'] for r in rows]
   low = [r['mean'] if r['low'] is None else r['low'] for r in rows]
@@ -725,7 +735,8 @@ def _plot_config(ax, rows, config, is_reference, colors):
   label = config if config == 'reference' else config + ' (reference)'
   style = (dict(color='black', linewidth=2.5, label=label, zorder=3)
            if is_reference else
-           dict(color=next(colors), linewidth=1.5, label=config))
+           dict(zip(('color', 'linestyle'), next(styles)), linewidth=1.5,
+                label=config))
   if len(rows) == 1:
     ax.errorbar(steps, means, yerr=[[means[0] - low[0]], [high[0] - means[0]]],
                 marker='o', capsize=6, **style)

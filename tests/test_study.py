@@ -514,6 +514,34 @@ def test_the_legend_lists_the_reference_first(tmp_path, monkeypatch,
   assert colors[0] == 'black' and 'black' not in colors[1:]
 
 
+def test_more_configurations_than_colours_get_lines_of_their_own(
+    tmp_path, monkeypatch):
+  """Past the palette's 10 colours the lines turn dashed, then dotted:
+  23 configurations and the reference give 24 lines, no two alike, and
+  the study goes on instead of running out of colours."""
+  names = ['c%02d' % i for i in range(23)]
+  rows = study.summarize(
+      [(c, seed, step, 0.3 + 0.001 * step + 0.01 * seed)
+       for c in ['base'] + names for seed in (1, 2)
+       for step in (100, 200)], 'base')
+  import matplotlib.axes
+  legends = []
+  monkeypatch.setattr(matplotlib.axes.Axes, 'legend',
+                      lambda self, handles, labels, **kw: legends.append(
+                          [(h.get_label(), h.get_color(), h.get_linestyle())
+                           for h in handles]))
+  study.plot(rows, 'base', str(tmp_path / 'lwlrap.png'))
+  ((lines,),) = [legends]
+  assert [label for label, _, _ in lines] == ['base (reference)'] + names
+  styles = [(color, dashes) for _, color, dashes in lines]
+  assert len(set(styles)) == 24
+  import matplotlib.pyplot as plt
+  palette = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  assert styles[1:] == ([(c, '-') for c in palette] +
+                        [(c, '--') for c in palette] +
+                        [(c, ':') for c in palette[:3]])
+
+
 def test_the_specs_plots_draw_their_configurations_beside_the_reference(
     tmp_path, monkeypatch):
   """lwlrap.png draws every configuration; each of the spec's plots its own
