@@ -655,10 +655,11 @@ def test_each_configuration_is_drawn_with_its_interval():
   rows = [{'step': 100, 'mean': 0.5, 'low': 0.4, 'high': 0.7},
           {'step': 200, 'mean': 0.6, 'low': None, 'high': None}]
   ax = Axes()
-  study._plot_config(ax, rows, 'wide', False, iter(['red']))
+  study._plot_config(ax, rows, 'wide', False, iter([('red', '--')]))
   (plot, args, kwargs), (band, band_args, band_kwargs) = ax.calls
-  assert (plot, args, kwargs['label'], kwargs['color']) == (
-      'plot', ([100, 200], [0.5, 0.6]), 'wide', 'red')
+  assert (plot, args, kwargs['label'], kwargs['color'],
+          kwargs['linestyle']) == (
+      'plot', ([100, 200], [0.5, 0.6]), 'wide', 'red', '--')
   assert (band, band_args, band_kwargs['color']) == (
       'fill_between', ([100, 200], [0.4, 0.6], [0.7, 0.6]), 'red')
   ax = Axes()
