@@ -660,6 +660,7 @@ def test_each_configuration_is_drawn_with_its_interval():
   assert (plot, args, kwargs['label'], kwargs['color'],
           kwargs['linestyle']) == (
       'plot', ([100, 200], [0.5, 0.6]), 'wide', 'red', '--')
+  plot_kwargs = kwargs
   assert (band, band_args, band_kwargs['color']) == (
       'fill_between', ([100, 200], [0.4, 0.6], [0.7, 0.6]), 'red')
   ax = Axes()
@@ -668,6 +669,8 @@ def test_each_configuration_is_drawn_with_its_interval():
   assert (name, args, kwargs['label'], kwargs['color']) == (
       'errorbar', ([100], [0.5]), 'base (reference)', 'black')
   assert [e[0] for e in kwargs['yerr']] == pytest.approx([0.1, 0.2])
+  # The reference stands out: a thicker line than any other's.
+  assert kwargs['linewidth'] > plot_kwargs['linewidth']
 
 
 # --- A real study -----------------------------------------------------------
