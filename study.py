@@ -697,9 +697,11 @@ def plot(rows, reference, path):
   # The reference last, so that it is drawn over the others.
   configs.sort(key=lambda c: c == reference)
   styles = _line_styles(plt.rcParams['axes.prop_cycle'].by_key()['color'])
+  handles = []  # in drawing order (matplotlib lists error bars last)
   for config in configs:
     mine = [r for r in rows if r['config'] == config]
-    _plot_config(ax, mine, config, config == reference, styles)
+    handles.append(_plot_config(ax, mine, config, config == reference,
+                                styles))
   fewest, most = min(r['seeds'] for r in rows), max(r['seeds'] for r in rows)
   ax.set_title('Test lwlrap: mean and 95%% interval over %s seed%s' % (
       most if fewest == most else '%d–%d' % (fewest, most),
@@ -707,10 +709,9 @@ def plot(rows, reference, path):
   ax.set_xlabel('training step')
   ax.set_ylabel('test lwlrap')
   ax.grid(alpha=0.3)
-  handles, labels = ax.get_legend_handles_labels()
   if configs[-1] == reference:  # drawn last, listed first
-    handles, labels = handles[-1:] + handles[:-1], labels[-1:] + labels[:-1]
-  ax.legend(handles, labels, loc='best')
+    handles = handles[-1:] + handles[:-1]
+  ax.legend(handles, [h.get_label() for h in handles], loc='best')
   fig.tight_layout()
   temporary = path + '.tmp.png'
   fig.savefig(temporary)
@@ -728,6 +729,7 @@ def _line_styles(colors):
 
 
 def _plot_config(ax, rows, config, is_reference, styles):
+  """Draws one configuration; returns its legend handle."""
   steps = [r['step'] for r in rows]
   means = [r['mean'] for r in rows]
   low = [r['mean'] if r['low'] is None else r['low'] for r in rows]
@@ -738,12 +740,13 @@ def _plot_config(ax, rows, config, is_reference, styles):
            dict(zip(('color', 'linestyle'), next(styles)), linewidth=1.5,
                 label=config))
   if len(rows) == 1:
-    ax.errorbar(steps, means, yerr=[[means[0] - low[0]], [high[0] - means[0]]],
-                marker='o', capsize=6, **style)
-  else:
-    ax.plot(steps, means, marker='o', markersize=4, **style)
-    ax.fill_between(steps, low, high, color=style['color'],
-                    alpha=0.15 if is_reference else 0.2, linewidth=0)
+    return ax.errorbar(steps, means,
+                       yerr=[[means[0] - low[0]], [high[0] - means[0]]],
+                       marker='o', capsize=6, **style)
+  (line,) = ax.plot(steps, means, marker='o', markersize=4, **style)
+  ax.fill_between(steps, low, high, color=style['color'],
+                  alpha=0.15 if is_reference else 0.2, linewidth=0)
+  return line
 
 
 def write_summary(spec, study_dir):
