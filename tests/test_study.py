@@ -678,6 +678,13 @@ def test_each_configuration_is_drawn_with_its_interval():
   assert [e[0] for e in kwargs['yerr']] == pytest.approx([0.1, 0.2])
   # The reference stands out: a thicker line than any other's.
   assert kwargs['linewidth'] > plot_kwargs['linewidth']
+  # Its band is lighter than the others', so that theirs show through it,
+  # and no band has an outline that would read as a line of its own.
+  ax = Axes()
+  study._plot_config(ax, rows, 'base', True, iter([]))
+  reference_band = ax.calls[1][2]
+  assert reference_band['alpha'] < band_kwargs['alpha']
+  assert reference_band['linewidth'] == band_kwargs['linewidth'] == 0
 
 
 # --- A real study -----------------------------------------------------------
