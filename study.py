@@ -723,6 +723,7 @@ def _line_styles(colors):
   """Endless (colour, line style): each colour solid, then each dashed,
   dotted, dash-dotted, so that a study of more configurations than the
   palette has colours still tells its lines apart."""
+  colors = list(colors) or ['C0']  # an empty palette would loop forever
   for dashes in itertools.cycle(('-', '--', ':', '-.')):
     for color in colors:
       yield color, dashes

@@ -3,6 +3,7 @@ resuming, failures and stops with stand-in commands, and one real study of
 two seeds on the tiny dataset."""
 
 import csv
+import itertools
 import json
 import os
 import signal
@@ -544,6 +545,26 @@ def test_more_configurations_than_colours_get_lines_of_their_own(
   assert styles[1:] == ([(c, '-') for c in palette] +
                         [(c, '--') for c in palette] +
                         [(c, ':') for c in palette[:3]])
+
+
+def test_an_empty_palette_still_gives_lines():
+  """A style sheet without colours must not hang the plot: the lines fall
+  back to the first default colour and still differ by their dashes."""
+  def first(colors, n):
+    def hung(*_):
+      raise TimeoutError('_line_styles yielded nothing for 10 s')
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)  # a generator that never yields fails, not hangs
+    try:
+      return list(itertools.islice(study._line_styles(colors), n))
+    finally:
+      signal.alarm(0)
+      signal.signal(signal.SIGALRM, previous)
+  assert first([], 5) == [
+      ('C0', '-'), ('C0', '--'), ('C0', ':'), ('C0', '-.'), ('C0', '-')]
+  # An iterator is read once and kept for every line style.
+  assert first(iter(['red', 'blue']), 3) == [
+      ('red', '-'), ('blue', '-'), ('red', '--')]
 
 
 def test_the_specs_plots_draw_their_configurations_beside_the_reference(
