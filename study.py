@@ -76,6 +76,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 
 import files
 import machine
@@ -869,10 +870,22 @@ def run_study(spec, study_dir, only=(), runner=None, say=print):
   progress = Progress(len(runs), len(runs) - len(left), say)
   for config, seed in left:
     execute(spec, config, seed, study_dir, runner, progress)
-    write_summary(spec, study_dir)
+    _summarize_between_runs(spec, study_dir, say)
   count = write_summary(spec, study_dir)
   say('%d results; summary in %s (table.md, table.csv, lwlrap.png, '
       'results.csv)' % (count, study_dir))
+
+
+def _summarize_between_runs(spec, study_dir, say):
+  """The summary so far. A table or plot that fails to draw is reported and
+  the study trains on, so that such a bug costs a summary, not the night's
+  runs; the summary after the last run raises it."""
+  try:
+    write_summary(spec, study_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    traceback.print_exc()
+    say('summary failed (%s: %s); the study goes on and writes it again '
+        'after the last run' % (type(e).__name__, e))
 
 
 def lock(study_dir):

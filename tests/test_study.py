@@ -229,6 +229,33 @@ def test_resume_runs_only_what_is_left(tmp_path):
         r['lwlrap'])
 
 
+def test_a_summary_that_fails_does_not_stop_the_runs(tmp_path, monkeypatch,
+                                                      capsys):
+  """A plot that raises after each run is reported and the study trains
+  on; the summary after the last run raises it. Once the plot is mended,
+  the same command writes the summary and runs nothing."""
+  spec = _spec(tmp_path, CONFIGS)
+  out = str(tmp_path / 'out')
+
+  def broken(rows, reference, path):
+    raise ValueError('no colours left')
+  monkeypatch.setattr(study, 'plot', broken)
+  lines, runner = [], FakeMain()
+  with pytest.raises(ValueError, match='no colours left'):
+    study.run_study(spec, out, runner=runner, say=lines.append)
+  assert len(runner.calls) == 8  # two configurations, two seeds, trained
+  failed = [l for l in lines if l.startswith('summary failed')]
+  assert failed == ['summary failed (ValueError: no colours left); the study '
+                    'goes on and writes it again after the last run'] * 4
+  assert 'Traceback' in capsys.readouterr().err
+  with open(os.path.join(out, 'results.csv')) as f:
+    assert len(list(csv.DictReader(f))) == 8
+  monkeypatch.undo()
+  again = FakeMain()
+  study.run_study(spec, out, runner=again, say=lambda line: None)
+  assert again.calls == [] and os.path.exists(os.path.join(out, 'lwlrap.png'))
+
+
 def test_a_run_refuses_other_settings(tmp_path):
   out = str(tmp_path / 'out')
   study.run_study(_spec(tmp_path, CONFIGS), out, runner=FakeMain(),
