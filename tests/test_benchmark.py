@@ -164,9 +164,11 @@ def test_main_prints_the_ratios_of_its_measurements(monkeypatch, capsys):
                       lambda: None)
   monkeypatch.setattr(benchmark.make_demo_data, 'make_clip', make_clip)
   monkeypatch.setattr(benchmark.make_demo_data, 'write_wav', lambda *a: None)
+  monkeypatch.setattr(benchmark, 'header', lambda: 'the machine')
   monkeypatch.setattr(sys, 'argv', ['benchmark.py', '--train_steps', '5'])
   benchmark.main()
   out = capsys.readouterr().out
+  assert out.startswith('the machine\n')  # ratios are read beside it
   engines = seen.pop('engines')
   assert seen == {'checkpoint': 'ckpt', 'clips': [5, 600]}
   assert engines[0] == {'clips': 60} and engines[2:4] == (default, 'ckpt')
@@ -276,9 +278,11 @@ def test_engines_only_measures_the_engines_alone(monkeypatch, capsys):
                       lambda: None)
   monkeypatch.setattr(sys, 'argv', ['benchmark.py', '--engines_only',
                                     '--test_clips', '7'])
+  monkeypatch.setattr(benchmark, 'header', lambda: 'the machine')
   benchmark.main()
   assert called == [({'clips': 7}, 'ckpt')]
-  assert 'ratio' not in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert out.startswith('the machine\n') and 'ratio' not in out
 
 
 def test_tflite_model_rates_time_each_model_alone(monkeypatch):
