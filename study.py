@@ -868,9 +868,10 @@ def run_study(spec, study_dir, only=(), runner=None, say=print):
       'already' % (spec.path, len(runs), len({c.name for c, _ in runs}),
                    len(spec.seeds), study_dir, len(runs) - len(left)))
   progress = Progress(len(runs), len(runs) - len(left), say)
-  for config, seed in left:
+  for number, (config, seed) in enumerate(left, 1):
     execute(spec, config, seed, study_dir, runner, progress)
-    _summarize_between_runs(spec, study_dir, say)
+    if number < len(left):  # the last run's summary is the one below
+      _summarize_between_runs(spec, study_dir, say)
   count = write_summary(spec, study_dir)
   say('%d results; summary in %s (table.md, table.csv, lwlrap.png, '
       'results.csv)' % (count, study_dir))

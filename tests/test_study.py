@@ -237,16 +237,22 @@ def test_a_summary_that_fails_does_not_stop_the_runs(tmp_path, monkeypatch,
   spec = _spec(tmp_path, CONFIGS)
   out = str(tmp_path / 'out')
 
+  drawn = []
+
   def broken(rows, reference, path):
+    drawn.append(len(rows))
     raise ValueError('no colours left')
   monkeypatch.setattr(study, 'plot', broken)
   lines, runner = [], FakeMain()
   with pytest.raises(ValueError, match='no colours left'):
     study.run_study(spec, out, runner=runner, say=lines.append)
   assert len(runner.calls) == 8  # two configurations, two seeds, trained
+  # Between runs 1-2, 2-3 and 3-4, then once after the last: each run's
+  # results drawn once, none twice.
   failed = [l for l in lines if l.startswith('summary failed')]
   assert failed == ['summary failed (ValueError: no colours left); the study '
-                    'goes on and writes it again after the last run'] * 4
+                    'goes on and writes it again after the last run'] * 3
+  assert len(drawn) == 4
   assert 'Traceback' in capsys.readouterr().err
   with open(os.path.join(out, 'results.csv')) as f:
     assert len(list(csv.DictReader(f))) == 8
