@@ -247,8 +247,8 @@ def test_a_summary_that_fails_does_not_stop_the_runs(tmp_path, monkeypatch,
   with pytest.raises(ValueError, match='no colours left'):
     study.run_study(spec, out, runner=runner, say=lines.append)
   assert len(runner.calls) == 8  # two configurations, two seeds, trained
-  # Between runs 1-2, 2-3 and 3-4, then once after the last: each run's
-  # results drawn once, none twice.
+  # Drawn between runs 1-2, 2-3 and 3-4, then once after the last run (not
+  # twice after it).
   failed = [l for l in lines if l.startswith('summary failed')]
   assert failed == ['summary failed (ValueError: no colours left); the study '
                     'goes on and writes it again after the last run'] * 3
