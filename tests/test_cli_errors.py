@@ -35,7 +35,7 @@ def _train_flags(dataset, train_dir, **overrides):
   flags = {'mode': 'train', 'class_map_path': CLASS_MAP,
            'train_clip_dir': dataset['train_clip_dir'],
            'train_csv_path': dataset['train_csv'],
-           'train_dir': train_dir, 'hparams': 'batch_size=4'}
+           'train_dir': train_dir, 'hparams': 'batch_size=4,bn_stats_batches=2'}
   flags.update(overrides)
   return ['--%s=%s' % (k, v) for k, v in flags.items() if v is not None]
 
@@ -460,7 +460,9 @@ def test_sigint_saves_and_exits_130(tmp_path, dataset):
   128 + 2."""
   train_dir = str(tmp_path / 'train')
   run = _Run(train_args('crnn', dataset['train_clip_dir'], dataset['train_csv'],
-                        train_dir, 100000, hparams='batch_size=4,crnn_filters=4'))
+                        train_dir, 100000,
+                        hparams='batch_size=4,crnn_filters=4,'
+                                'bn_stats_batches=2'))
   run.wait_for(r'step 2 loss')
   rc, out, err = run.finish(signal.SIGINT)
   assert rc == 128 + 2 == 130

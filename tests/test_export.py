@@ -345,7 +345,7 @@ def test_memory_of_a_long_waveform_stays_bounded(pcen_run, tmp_path):
 # --- the PCEN front end, destinations, stop requests ------------------------
 
 PCEN_HPARAMS = ('batch_size=4,lr=0.01,crnn_filters=4,crnn_bndecay=0.9,'
-                'frontend=pcen')
+                'frontend=pcen,bn_stats_batches=2')
 
 
 @pytest.fixture(scope='module')

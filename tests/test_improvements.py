@@ -219,7 +219,8 @@ def test_mixup_weights_partners_and_labels():
 AUGMENTED = ('batch_size=4,lr=0.001,crnn_filters=4,crnn_dropout=0,'
              'crnn_bndecay=0.9,weights_init_stddev=0.3,'
              'specaug_time_masks=2,specaug_time_width=40,'
-             'specaug_freq_masks=2,specaug_freq_width=30,mixup=0.4,seed=2')
+             'specaug_freq_masks=2,specaug_freq_width=30,mixup=0.4,seed=2,'
+             'bn_stats_batches=2')
 
 
 @pytest.fixture(scope='module')

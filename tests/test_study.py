@@ -770,7 +770,8 @@ def test_real_study_of_two_seeds(tmp_path, dataset, capsys):
       'test_csv': dataset['validation_csv'],
       'test_clip_dir': dataset['train_clip_dir'], 'model': 'crnn',
       'seeds': [1, 2],
-      'configs': {'tiny': {'hparams': 'batch_size=4,crnn_filters=4',
+      'configs': {'tiny': {'hparams': 'batch_size=4,crnn_filters=4,'
+                                      'bn_stats_batches=2',
                            'max_steps': 2, 'eval_steps': [2]}}}))
   out = tmp_path / 'out'
   command = ['--spec', str(spec), '--study_dir', str(out)]
