@@ -12,7 +12,7 @@ import pytest
 import reference
 from conftest import (CLASS_MAP, HPARAMS, check_ok, independent_clip_scores,
                       independent_lwlrap, labeled_rows, read_class_names,
-                      read_csv_rows, run_main, train_args,
+                      read_csv_rows, run_main, shared, train_args,
                       truth_matrix)
 
 
@@ -331,16 +331,19 @@ def test_crnn_train_writes_loss_summaries_every_10_steps(crnn_train):
   assert loss_steps == list(range(10, 101, 10))
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def crnn_eval(tmp_path_factory, crnn_train, dataset):
-  eval_dir = str(tmp_path_factory.mktemp('crnn') / 'eval')
-  result = check_ok(run_main(
-      ['--mode', 'eval', '--model', 'crnn', '--class_map_path', CLASS_MAP,
-       '--eval_clip_dir', dataset['train_clip_dir'],
-       '--eval_csv_path', dataset['validation_csv'],
-       '--train_dir', crnn_train['train_dir'], '--eval_dir', eval_dir,
-       '--hparams', crnn_train['hparams']]))
-  return {'result': result, 'eval_dir': eval_dir}
+  """eval of the shared CRNN run (made once for every test process)."""
+  def make(root):
+    eval_dir = str(root / 'eval')
+    result = check_ok(run_main(
+        ['--mode', 'eval', '--model', 'crnn', '--class_map_path', CLASS_MAP,
+         '--eval_clip_dir', dataset['train_clip_dir'],
+         '--eval_csv_path', dataset['validation_csv'],
+         '--train_dir', crnn_train['train_dir'], '--eval_dir', eval_dir,
+         '--hparams', crnn_train['hparams']]))
+    return {'result': result, 'eval_dir': eval_dir}
+  return shared(tmp_path_factory, 'crnn_eval', make)
 
 
 def test_crnn_eval_every_checkpoint(crnn_train, crnn_eval, dataset,

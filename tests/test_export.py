@@ -17,8 +17,8 @@ import waveform_model  # noqa: F401  (what export wraps)
 
 from conftest import (CLASS_MAP, HPARAMS, TAG_HPARAMS, check_ok, export_args,
                       labeled_rows, read_class_names, read_csv_rows,
-                      run_main, scorer_scores, subprocess_env, train_args,
-                      truth_matrix)
+                      run_main, scorer_scores, shared, subprocess_env,
+                      train_args, truth_matrix)
 from test_cli import _lwlrap_bounds, _overall_lwlrap, _within
 from test_cli_errors import _Run, assert_one_error
 
@@ -348,20 +348,22 @@ PCEN_HPARAMS = ('batch_size=4,lr=0.01,crnn_filters=4,crnn_bndecay=0.9,'
                 'frontend=pcen,bn_stats_batches=2')
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def pcen_run(tmp_path_factory, dataset):
   """A tiny CRNN with the PCEN front end, trained 4 steps and exported into
-  a folder whose path holds every glob character."""
-  root = tmp_path_factory.mktemp('pcen')
-  train_dir = str(root / 'train')
-  check_ok(run_main(train_args('crnn', dataset['train_clip_dir'],
-                               dataset['train_csv'], train_dir, 4,
-                               hparams=PCEN_HPARAMS)))
-  checkpoint = os.path.join(train_dir, 'model.ckpt-4')
-  export_dir = str(root / 'run [1]*?' / 'export')
-  result = check_ok(run_main(export_args(checkpoint, export_dir)))
-  return {'train_dir': train_dir, 'checkpoint': checkpoint,
-          'export_dir': export_dir, 'export': result}
+  a folder whose path holds every glob character (read-only for the
+  tests: made once for every test process)."""
+  def make(root):
+    train_dir = str(root / 'train')
+    check_ok(run_main(train_args('crnn', dataset['train_clip_dir'],
+                                 dataset['train_csv'], train_dir, 4,
+                                 hparams=PCEN_HPARAMS)))
+    checkpoint = os.path.join(train_dir, 'model.ckpt-4')
+    export_dir = str(root / 'run [1]*?' / 'export')
+    result = check_ok(run_main(export_args(checkpoint, export_dir)))
+    return {'train_dir': train_dir, 'checkpoint': checkpoint,
+            'export_dir': export_dir, 'export': result}
+  return shared(tmp_path_factory, 'pcen_run', make)
 
 
 def test_export_dir_with_glob_characters(pcen_run, tmp_path):

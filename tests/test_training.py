@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import reference
-from conftest import HPARAMS, read_class_names
+from conftest import HPARAMS, read_class_names, shared
 
 BASE = 'batch_size=4'  # default lr (1e-4): one Adam step moves a weight <= lr
 LR = 1e-4
@@ -55,13 +55,15 @@ def _trainable_paths(model_name, hparams):
   return [v.path for v in net.trainable_variables]
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def crnn_bce3(tmp_path_factory, dataset):
-  """crnn, bce, 3 steps (read-only for the tests: copy to mutate)."""
-  train_dir = tmp_path_factory.mktemp('crnn_bce3') / 'train'
-  out = _train(dataset, 'crnn', BASE, train_dir, 3)
-  assert [s for s, _ in _losses(out)] == [1, 2, 3]
-  return str(train_dir)
+  """crnn, bce, 3 steps (read-only for the tests: copy to mutate; made
+  once for every test process)."""
+  def make(root):
+    out = _train(dataset, 'crnn', BASE, root / 'train', 3)
+    assert [s for s, _ in _losses(out)] == [1, 2, 3]
+    return str(root / 'train')
+  return shared(tmp_path_factory, 'crnn_bce3', make)
 
 
 # --- resume -----------------------------------------------------------------
@@ -852,18 +854,21 @@ AVERAGED = 'batch_size=4,crnn_filters=4,crnn_dropout=0,lr=0.01,seed=5,' \
     'ema_decay=0.5,bn_stats_batches=2'
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def averaged_run(tmp_path_factory, dataset):
-  """crnn, 4 steps with a checkpoint after each, weights averaged."""
+  """crnn, 4 steps with a checkpoint after each, weights averaged (made
+  once for every test process)."""
   import train
-  train_dir = tmp_path_factory.mktemp('averaged') / 'train'
-  patch = pytest.MonkeyPatch()
-  patch.setattr(train, 'CHECKPOINT_EVERY', 1)
-  try:
-    _train(dataset, 'crnn', AVERAGED, train_dir, 4)
-  finally:
-    patch.undo()
-  return train_dir
+
+  def make(root):
+    patch = pytest.MonkeyPatch()
+    patch.setattr(train, 'CHECKPOINT_EVERY', 1)
+    try:
+      _train(dataset, 'crnn', AVERAGED, root / 'train', 4)
+    finally:
+      patch.undo()
+    return root / 'train'
+  return shared(tmp_path_factory, 'averaged_run', make)
 
 
 def test_weight_average_is_the_recurrence(averaged_run):
