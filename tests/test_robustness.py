@@ -18,8 +18,8 @@ import main  # noqa: F401  (run as a subprocess by these tests)
 
 from conftest import (CLASS_MAP, check_ok, independent_clip_scores,
                       labeled_rows, read_class_names,
-                      read_csv_rows, run_main, train_args, truth_matrix,
-                      write_pcm_wav)
+                      read_csv_rows, run_main, shared, train_args,
+                      truth_matrix, write_pcm_wav)
 from test_cli import _lwlrap_bounds, _within
 from test_cli_errors import _Run, assert_one_error
 
@@ -43,17 +43,19 @@ def _inference_args(checkpoint, clip_dir, csv_path, extra=()):
           '--predictions_csv_path', csv_path] + list(extra)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def remembered(tmp_path_factory, dataset):
   """crnn trained 1 step with RUN_HPARAMS in a folder whose name has glob
-  characters (TensorFlow reads checkpoint prefixes as patterns)."""
-  root = tmp_path_factory.mktemp('remember')
-  train_dir = str(root / 'runs' / 't d[1]')
-  result = check_ok(run_main(train_args(
-      'crnn', dataset['train_clip_dir'], dataset['train_csv'], train_dir, 1,
-      hparams=RUN_HPARAMS)))
-  return {'root': root, 'train_dir': train_dir, 'result': result,
-          'checkpoint': os.path.join(train_dir, 'model.ckpt-1')}
+  characters (TensorFlow reads checkpoint prefixes as patterns); read-only
+  for the tests, made once for every test process."""
+  def make(root):
+    train_dir = str(root / 'runs' / 't d[1]')
+    result = check_ok(run_main(train_args(
+        'crnn', dataset['train_clip_dir'], dataset['train_csv'], train_dir, 1,
+        hparams=RUN_HPARAMS)))
+    return {'train_dir': train_dir, 'result': result,
+            'checkpoint': os.path.join(train_dir, 'model.ckpt-1')}
+  return shared(tmp_path_factory, 'remembered', make)
 
 
 def _plain_copy(prefix, folder):
@@ -80,8 +82,8 @@ def test_run_record_in_train_dir(remembered):
 
 
 def test_eval_and_inference_use_the_recorded_hparams(remembered, dataset,
-                                                     parse_hparams):
-  eval_dir = str(remembered['root'] / 'eval')
+                                                     parse_hparams, tmp_path):
+  eval_dir = str(tmp_path / 'eval')
   result = check_ok(run_main(_eval_args(remembered['train_dir'], eval_dir,
                                         dataset)))
   assert 'Using --model crnn and the hparams recorded in' in result.stdout
@@ -93,7 +95,7 @@ def test_eval_and_inference_use_the_recorded_hparams(remembered, dataset,
     scores = independent_clip_scores(
         'crnn', hparams, _plain_copy(
             os.path.join(remembered['train_dir'], 'model.ckpt-%d' % step),
-            str(remembered['root'] / 'plain')),
+            str(tmp_path / 'plain')),
         dataset['train_clip_dir'], [f for f, _ in rows])
     with open(os.path.join(eval_dir, 'eval-%d.txt' % step)) as f:
       overall = float(f.read().rsplit(' = ', 1)[1])
@@ -102,14 +104,14 @@ def test_eval_and_inference_use_the_recorded_hparams(remembered, dataset,
 
   # Inference, given the checkpoint by its .index file; a training-only
   # hparam may differ.
-  csv_path = str(remembered['root'] / 'submission.csv')
+  csv_path = str(tmp_path / 'submission.csv')
   check_ok(run_main(_inference_args(
       remembered['checkpoint'] + '.index', dataset['test_clip_dir'], csv_path,
       ['--hparams', 'lr=0.5'])))
   fnames = sorted(os.listdir(dataset['test_clip_dir']))
   expected = independent_clip_scores(
       'crnn', hparams, _plain_copy(remembered['checkpoint'],
-                                   str(remembered['root'] / 'plain')),
+                                   str(tmp_path / 'plain')),
       dataset['test_clip_dir'], fnames)
   got = np.array([[float(v) for v in row[1:]]
                   for row in read_csv_rows(csv_path)[1:]])
@@ -122,13 +124,13 @@ def test_eval_and_inference_use_the_recorded_hparams(remembered, dataset,
     (['--model', 'mobilenet-v1'], ['--model mobilenet-v1', '--model crnn']),
 ])
 def test_contradicting_the_checkpoint_is_an_error(remembered, dataset, extra,
-                                                  needles):
-  csv_path = str(remembered['root'] / 'refused.csv')
+                                                  needles, tmp_path):
+  csv_path = str(tmp_path / 'refused.csv')
   assert_one_error(run_main(_inference_args(
       remembered['checkpoint'], dataset['test_clip_dir'], csv_path, extra)),
                    remembered['checkpoint'], *needles)
   assert not os.path.exists(csv_path)
-  eval_dir = str(remembered['root'] / 'refused_eval')
+  eval_dir = str(tmp_path / 'refused_eval')
   assert_one_error(run_main(_eval_args(remembered['train_dir'], eval_dir,
                                        dataset, extra)), *needles)
   assert not [n for n in os.listdir(eval_dir) if n.startswith('eval-')]
