@@ -12,8 +12,8 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import (CLASS_MAP, HPARAMS, popen_main, read_csv_rows,
-                      run_main, train_args, write_pcm_wav)
+from conftest import (CLASS_MAP, FEW_BN_BATCHES, HPARAMS, popen_main,
+                      read_csv_rows, run_main, train_args, write_pcm_wav)
 
 
 def assert_one_error(result, *needles):
@@ -35,7 +35,7 @@ def _train_flags(dataset, train_dir, **overrides):
   flags = {'mode': 'train', 'class_map_path': CLASS_MAP,
            'train_clip_dir': dataset['train_clip_dir'],
            'train_csv_path': dataset['train_csv'],
-           'train_dir': train_dir, 'hparams': 'batch_size=4,bn_stats_batches=2'}
+           'train_dir': train_dir, 'hparams': 'batch_size=4,' + FEW_BN_BATCHES}
   flags.update(overrides)
   return ['--%s=%s' % (k, v) for k, v in flags.items() if v is not None]
 
@@ -461,8 +461,8 @@ def test_sigint_saves_and_exits_130(tmp_path, dataset):
   train_dir = str(tmp_path / 'train')
   run = _Run(train_args('crnn', dataset['train_clip_dir'], dataset['train_csv'],
                         train_dir, 100000,
-                        hparams='batch_size=4,crnn_filters=4,'
-                                'bn_stats_batches=2'))
+                        hparams='batch_size=4,crnn_filters=4,' +
+                        FEW_BN_BATCHES))
   run.wait_for(r'step 2 loss')
   rc, out, err = run.finish(signal.SIGINT)
   assert rc == 128 + 2 == 130

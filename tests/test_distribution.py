@@ -19,15 +19,15 @@ import time
 import numpy as np
 import pytest
 
-from conftest import (CLASS_MAP, check_ok, run_main, subprocess_env,
-                      train_args)
+from conftest import (CLASS_MAP, FEW_BN_BATCHES, check_ok, run_main,
+                      subprocess_env, train_args)
 from test_cli_errors import _Run, assert_one_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Smooth activations and no dropout: with ReLU, float rounding that differs
 # between the two runs flips an occasional unit on or off, which moves
 # MobileNet's gradients by a few percent; the CRNN's ELU has no such edge.
-CRNN = 'batch_size=4,crnn_filters=4,crnn_dropout=0,bn_stats_batches=2'
+CRNN = 'batch_size=4,crnn_filters=4,crnn_dropout=0,' + FEW_BN_BATCHES
 
 
 # Runs tests/two_devices.py as `python -c` would run it, in a forked run
@@ -267,8 +267,8 @@ def test_mixed_precision_trains_and_scores_float32(tmp_path, dataset,
   train_dir = str(tmp_path / 'train')
   out = check_ok(run_main(train_args(
       'crnn', dataset['train_clip_dir'], dataset['train_csv'], train_dir, 3,
-      hparams='batch_size=4,crnn_filters=4,bn_stats_batches=2,precision=' +
-      precision))).stdout
+      hparams='batch_size=4,crnn_filters=4,%s,precision=%s' % (
+          FEW_BN_BATCHES, precision)))).stdout
   losses = [float(l) for l in re.findall(r'^step \d+ loss (\S+)', out, re.M)]
   assert len(losses) == 3 and all(np.isfinite(losses))
   prefix = os.path.join(train_dir, 'model.ckpt-3')

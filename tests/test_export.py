@@ -15,7 +15,8 @@ import pytest
 
 import waveform_model  # noqa: F401  (what export wraps)
 
-from conftest import (CLASS_MAP, HPARAMS, TAG_HPARAMS, check_ok, export_args,
+from conftest import (CLASS_MAP, FEW_BN_BATCHES, HPARAMS, TAG_HPARAMS,
+                      check_ok, export_args,
                       labeled_rows, read_class_names, read_csv_rows,
                       run_main, scorer_scores, shared, subprocess_env,
                       train_args, truth_matrix)
@@ -345,7 +346,7 @@ def test_memory_of_a_long_waveform_stays_bounded(pcen_run, tmp_path):
 # --- the PCEN front end, destinations, stop requests ------------------------
 
 PCEN_HPARAMS = ('batch_size=4,lr=0.01,crnn_filters=4,crnn_bndecay=0.9,'
-                'frontend=pcen,bn_stats_batches=2')
+                'frontend=pcen,' + FEW_BN_BATCHES)
 
 
 @pytest.fixture(scope='session')

@@ -17,7 +17,7 @@ import augment  # noqa: E402
 import features  # noqa: E402
 import params  # noqa: E402
 
-from conftest import run_main, train_args  # noqa: E402
+from conftest import FEW_BN_BATCHES, run_main, train_args  # noqa: E402
 from test_cli_errors import assert_one_error  # noqa: E402
 
 
@@ -220,7 +220,7 @@ AUGMENTED = ('batch_size=4,lr=0.001,crnn_filters=4,crnn_dropout=0,'
              'crnn_bndecay=0.9,weights_init_stddev=0.3,'
              'specaug_time_masks=2,specaug_time_width=40,'
              'specaug_freq_masks=2,specaug_freq_width=30,mixup=0.4,seed=2,'
-             'bn_stats_batches=2')
+             + FEW_BN_BATCHES)
 
 
 @pytest.fixture(scope='module')

@@ -16,7 +16,8 @@ import pytest
 
 import main  # noqa: F401  (run as a subprocess by these tests)
 
-from conftest import (CLASS_MAP, check_ok, independent_clip_scores,
+from conftest import (CLASS_MAP, FEW_BN_BATCHES, check_ok,
+                      independent_clip_scores,
                       labeled_rows, read_class_names,
                       read_csv_rows, run_main, shared, train_args,
                       truth_matrix, write_pcm_wav)
@@ -25,8 +26,8 @@ from test_cli_errors import _Run, assert_one_error
 
 # A tiny CRNN with the seed's 64 bands: features and architecture differ
 # from the defaults, so scoring it with the defaults would be wrong.
-RUN_HPARAMS = ('batch_size=4,lr=0.001,mel_bands=64,crnn_filters=4,'
-               'bn_stats_batches=2')
+RUN_HPARAMS = ('batch_size=4,lr=0.001,mel_bands=64,crnn_filters=4,' +
+               FEW_BN_BATCHES)
 
 
 def _eval_args(train_dir, eval_dir, dataset, extra=()):

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from conftest import (CLASS_MAP, REPO, _default_sigint, run_main,
-                      subprocess_env)
+from conftest import (CLASS_MAP, FEW_BN_BATCHES, REPO, _default_sigint,
+                      run_main, subprocess_env)
 import machine
 import study
 
@@ -770,8 +770,8 @@ def test_real_study_of_two_seeds(tmp_path, dataset, capsys):
       'test_csv': dataset['validation_csv'],
       'test_clip_dir': dataset['train_clip_dir'], 'model': 'crnn',
       'seeds': [1, 2],
-      'configs': {'tiny': {'hparams': 'batch_size=4,crnn_filters=4,'
-                                      'bn_stats_batches=2',
+      'configs': {'tiny': {'hparams': 'batch_size=4,crnn_filters=4,' +
+                                      FEW_BN_BATCHES,
                            'max_steps': 2, 'eval_steps': [2]}}}))
   out = tmp_path / 'out'
   command = ['--spec', str(spec), '--study_dir', str(out)]

@@ -11,20 +11,20 @@ import numpy as np
 import pytest
 
 import reference
-from conftest import HPARAMS, read_class_names, shared
+from conftest import FEW_BN_BATCHES, HPARAMS, read_class_names, shared
 
 BASE = 'batch_size=4'  # default lr (1e-4): one Adam step moves a weight <= lr
 LR = 1e-4
 
 
 def _train(dataset, model_name, hparams, train_dir, max_steps, **kwargs):
-  """Runs train.train; returns its stdout. PreciseBN over 2 batches where
-  hparams do not say: with the default 20, a third of a short run's time."""
+  """Runs train.train; returns its stdout. FEW_BN_BATCHES where hparams
+  do not set bn_stats_batches."""
   import inputs
   import params
   import train
   if 'bn_stats_batches' not in hparams:
-    hparams += ',bn_stats_batches=2'
+    hparams += ',' + FEW_BN_BATCHES
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
     train.train(model_name, params.parse_hparams(hparams), read_class_names(),
@@ -628,7 +628,7 @@ def test_train_cache_examples_reads_each_clip_once(tmp_path, dataset):
   train_dir = tmp_path / 'cached'
   run = _Run(train_args(
       'crnn', str(clips), dataset['train_csv'], str(train_dir), 30,
-      hparams='batch_size=4,crnn_filters=4,bn_stats_batches=2',
+      hparams='batch_size=4,crnn_filters=4,' + FEW_BN_BATCHES,
       extra=['--train_cache_examples']))
   run.wait_for(r'step 2 loss')
   shutil.rmtree(str(clips))
