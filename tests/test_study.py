@@ -893,7 +893,7 @@ def test_a_warm_started_configuration_is_compared_at_equal_steps(tmp_path):
 
 # --- The committed study results -------------------------------------------
 
-@pytest.mark.parametrize('name', ['drums_600', 'long_2000'])
+@pytest.mark.parametrize('name', ['drums_600', 'long_2000', 'combined_2000'])
 def test_the_committed_results_are_rebuilt_from_their_runs(tmp_path, name):
   """README's study figures come from studies/results/NAME: its results.csv
   and table.csv are what the eval reports in runs/ give, and every run
