@@ -273,4 +273,18 @@ def calibration_examples(paths, hparams, count=CALIBRATION_EXAMPLES,
     chosen.extend(examples[keep])
     if len(chosen) >= count:
       break
-  return np.stack(chosen)
+  chosen = np.stack(chosen)
+  _refuse_silence(chosen, os.path.dirname(paths[0]), hparams)
+  return chosen
+
+
+def _refuse_silence(examples, folder, hparams):
+  """UserError if the examples are digital silence: the log's floor
+  everywhere, and padding (0). int8 ranges fitted to them clip every
+  sound."""
+  floor = np.log(np.float32(hparams.mel_log_offset))
+  if np.all(np.isclose(examples, floor, rtol=0, atol=1e-5) | (examples == 0)):
+    raise UserError('%s: the calibration clips are digital silence (every '
+                    'example holds only the log-mel floor, %.3g, and '
+                    'padding); calibrate int8 on clips like those it will '
+                    'score' % (folder, floor))

@@ -2,7 +2,8 @@
 the Keras model does (float32 within 1e-4; int8 within
 export.QUANTIZED_TOLERANCE with the same top class), each engine flag
 reaches the interpreter, bad model files and flags are one line, and an
-int8 export calibrated on silence is refused with nothing written."""
+int8 export calibrated on silence, or beyond the self-check's bound, is
+refused with nothing written."""
 
 import json
 import os
@@ -324,9 +325,9 @@ def test_calibration_csv_without_a_readable_clip(mobilenet_train, tmp_path):
 
 
 def test_int8_calibrated_on_silence_is_refused(tagger, tmp_path):
-  """Calibrated on digital silence, the int8 model's ranges are wrong for
-  any sound: the self-check refuses it, with one line, and nothing is
-  left."""
+  """Calibrated on digital silence, int8 would know one input value: the
+  export refuses it, with one line naming the clips' folder, and nothing
+  is left."""
   folder = tmp_path / 'silence'
   folder.mkdir()
   for i in range(4):
@@ -339,9 +340,55 @@ def test_int8_calibrated_on_silence_is_refused(tagger, tmp_path):
       tagger['checkpoint'], str(out),
       ['--quantize', 'int8', '--calibration_csv_path', str(csv_path),
        '--calibration_clip_dir', str(folder)]))
-  assert_one_error(result, 'examples_int8.tflite', 'away from the float '
-                   'model', 'nothing written')
+  assert_one_error(result, str(folder) + ': ', 'digital silence', '-6.91')
   assert sorted(os.listdir(str(tmp_path))) == ['silence', 'silence.csv']
+
+
+def test_calibration_examples_of_silence_and_of_a_quiet_tone(tmp_path,
+                                                           parse_hparams):
+  """Examples of silent clips (the log's floor, and padding) are refused,
+  naming the folder; one clip of a -60 dB tone among them is a sound, and
+  its examples rise above the floor."""
+  from files import UserError
+  hparams = parse_hparams('')
+  paths = []
+  for i in range(3):
+    paths.append(str(tmp_path / ('%d.wav' % i)))
+    write_pcm_wav(paths[-1], np.zeros(30000 + 20000 * i, np.int16))
+  with pytest.raises(UserError) as raised:
+    tflite_engine.calibration_examples(paths, hparams)
+  assert str(raised.value).startswith(str(tmp_path) + ': ')
+  assert 'digital silence' in str(raised.value)
+  t = np.arange(44100) / 44100
+  paths.append(str(tmp_path / 'tone.wav'))
+  write_pcm_wav(paths[-1], np.round(32.768 * np.sin(2 * np.pi * 1000 * t)))
+  examples = tflite_engine.calibration_examples(paths, hparams)
+  assert examples.max() > np.log(hparams.mel_log_offset) + 1
+
+
+def test_an_int8_model_beyond_the_bound_is_refused(tagger, tagger_export,
+                                                   tmp_path):
+  """With the bound set to half the difference the fixture's export
+  reported, the same export is refused: one line with the figures, and
+  nothing written."""
+  reported = float(re.search(r'examples_int8.tflite: example scores within '
+                             r'(\S+),', tagger_export['result'].stdout)[1])
+  bound = round(reported / 2, 3)
+  script = main_in_process(before='import runtime\n'
+                           'runtime.import_tensorflow()\n'
+                           'import export\n'
+                           'export.QUANTIZED_TOLERANCE = %r\n' % bound)
+  out = tmp_path / 'out'
+  result = run_main(export_args(
+      tagger['checkpoint'], str(out),
+      calibration_args(tagger['data']) + ['--quantize', 'int8']),
+                    script=script)
+  line = assert_one_error(result, 'examples_int8.tflite scores an example ',
+                          'away from the float model (allowed %g;' % bound,
+                          'of 12 clips); nothing written')
+  assert abs(float(re.search(r'example (\S+) away', line)[1]) -
+             reported) <= 0.01, (line, reported)
+  assert not out.exists()
 
 
 def test_quantized_differences_worked_by_hand():
