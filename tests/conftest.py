@@ -382,8 +382,10 @@ def _calibration_set(folder, data):
   synthetic clips never fall below their noise floor (log-mel about -4),
   while the check clips, like recordings, reach digital silence (-6.9):
   calibrated on the synthetic ones alone, int8 clips those quiet passages
-  and its error on the check clips depends on the CPU the tagger trained
-  on (0.3 to 0.7 of the 0.6 bound); with the quiet clips it is about 0.1."""
+  and its largest error on the check clips lands on either side of the
+  0.6 bound with the seed and the CPU the tagger trained on (0.53 to 0.72
+  for seeds 1 to 3 on one machine); with the quiet clips, 0.06 to 0.22
+  (docs/fast-cpu-scoring.md)."""
   import export
   os.makedirs(str(folder))
   rows = labeled_rows(data['train_csv'])
