@@ -281,8 +281,8 @@ def calibration_examples(paths, hparams, count=CALIBRATION_EXAMPLES,
 def _refuse_silence(examples, folder, hparams):
   """UserError if the examples are digital silence: the log's floor
   everywhere, and padding (0). int8 ranges fitted to them clip every
-  sound."""
-  floor = np.log(np.float32(hparams.mel_log_offset))
+  sound. The tolerance covers float32 rounding of the pipeline's log."""
+  floor = np.log(hparams.mel_log_offset)
   if np.all(np.isclose(examples, floor, rtol=0, atol=1e-5) | (examples == 0)):
     raise UserError('%s: the calibration clips are digital silence (every '
                     'example holds only the log-mel floor, %.3g, and '

@@ -347,19 +347,21 @@ def test_int8_calibrated_on_silence_is_refused(tagger, tmp_path):
 
 def test_calibration_examples_of_silence_and_of_a_quiet_tone(tmp_path,
                                                            parse_hparams):
-  """Examples of silent clips (the log's floor, and padding) are refused,
-  naming the folder; one clip of a -60 dB tone among them is a sound, and
-  its examples rise above the floor."""
+  """Examples of silent clips (the log's floor in float32, and padding)
+  are refused, naming the folder, from one clip or three; one clip of a
+  -60 dB tone among them is a sound, and its examples rise above the
+  floor."""
   from files import UserError
   hparams = parse_hparams('')
   paths = []
   for i in range(3):
     paths.append(str(tmp_path / ('%d.wav' % i)))
     write_pcm_wav(paths[-1], np.zeros(30000 + 20000 * i, np.int16))
-  with pytest.raises(UserError) as raised:
-    tflite_engine.calibration_examples(paths, hparams)
-  assert str(raised.value).startswith(str(tmp_path) + ': ')
-  assert 'digital silence' in str(raised.value)
+  for silent in (paths[:1], paths):
+    with pytest.raises(UserError) as raised:
+      tflite_engine.calibration_examples(silent, hparams)
+    assert str(raised.value).startswith(str(tmp_path) + ': ')
+    assert 'digital silence' in str(raised.value)
   t = np.arange(44100) / 44100
   paths.append(str(tmp_path / 'tone.wav'))
   write_pcm_wav(paths[-1], np.round(32.768 * np.sin(2 * np.pi * 1000 * t)))
