@@ -83,7 +83,7 @@ TFLITE_TOLERANCE = 5e-4
 EXAMPLES_TOLERANCE = 1e-4
 # On example scores: a quantized model's largest difference from the float
 # one over the check clips. Measured (see docs/fast-cpu-scoring.md): int8
-# 0.15 to 0.22, dynamic 0.01 to 0.04 (0.18 and 0.06 on 150 recorded test
+# 0.06 to 0.22, dynamic 0.01 to 0.04 (0.18 and 0.06 on 150 recorded test
 # clips); int8 calibrated on silence 0.86 to 0.88, or on clips without
 # quiet passages 0.53 to 0.72.
 QUANTIZED_TOLERANCE = 0.6

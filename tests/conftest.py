@@ -127,6 +127,13 @@ def write_pcm_wav(path, samples, rate=SAMPLE_RATE, channels=1):
     w.writeframes(pcm.tobytes())
 
 
+def write_check_clip(path, seconds, seed):
+  """A WAV file of export.check_waveform (recorded-sound dynamics)."""
+  import export
+  write_pcm_wav(path, np.round(32768 * export.check_waveform(seconds,
+                                                             seed=seed)))
+
+
 def read_class_names():
   import files
   return files.read_class_map(CLASS_MAP)
@@ -386,21 +393,17 @@ def _calibration_set(folder, data):
   0.6 bound with the seed and the CPU the tagger trained on (0.53 to 0.72
   for seeds 1 to 3 on one machine); with the quiet clips, 0.06 to 0.22
   (docs/fast-cpu-scoring.md)."""
-  import export
   os.makedirs(str(folder))
   rows = labeled_rows(data['train_csv'])
   for fname, _ in rows:
     os.link(os.path.join(data['train_clip_dir'], fname),
             os.path.join(str(folder), fname))
-  lines = ['"%s","%s"' % (fname, ','.join(labels)) for fname, labels in rows]
   for i in range(QUIET_CALIBRATION_CLIPS):
     fname = 'quiet%d.wav' % i
-    write_pcm_wav(os.path.join(str(folder), fname), np.round(
-        32768 * export.check_waveform(3.0, seed=100 + i)))
-    lines.append('%s,Hiss' % fname)
+    write_check_clip(os.path.join(str(folder), fname), 3.0, seed=100 + i)
+    rows.append((fname, ['Hiss']))
   csv_path = os.path.join(str(folder), 'calibration.csv')
-  with open(csv_path, 'w') as f:
-    f.write('fname,labels\n' + '\n'.join(lines) + '\n')
+  make_demo_data.write_csv(csv_path, rows)
   return {'calibration_csv': csv_path, 'calibration_clip_dir': str(folder)}
 
 

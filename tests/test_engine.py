@@ -18,21 +18,18 @@ import tflite_engine
 from conftest import (CLASS_MAP, HPARAMS, TAG_HPARAMS, calibration_args,
                       check_ok, export_args, labeled_rows, main_in_process,
                       read_class_names, read_csv_rows, run_main,
-                      scorer_scores, write_pcm_wav)
+                      scorer_scores, write_check_clip, write_pcm_wav)
 from test_cli_errors import assert_one_error
 
 
 def _check_clips(folder, count=3):
   """WAV files of export.check_waveform (recorded-sound dynamics), several
   seeds and lengths."""
-  import export
   os.makedirs(str(folder), exist_ok=True)
   paths = []
   for seed in range(count):
-    path = os.path.join(str(folder), 'check%d.wav' % seed)
-    write_pcm_wav(path, np.round(32768 * export.check_waveform(
-        3.0 + 2 * seed, seed=seed)))
-    paths.append(path)
+    paths.append(os.path.join(str(folder), 'check%d.wav' % seed))
+    write_check_clip(paths[-1], 3.0 + 2 * seed, seed)
   return paths
 
 
