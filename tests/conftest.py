@@ -112,7 +112,7 @@ def popen_main(args, cwd=None):
 
 
 def check_ok(result):
-  assert result.returncode == 0, 'rc=%d\nstdout:\n%s\nstderr:\n%s' % (
+  assert result.returncode == 0, 'rc=%s\nstdout:\n%s\nstderr:\n%s' % (
       result.returncode, result.stdout[-3000:], result.stderr[-3000:])
   return result
 

@@ -11,17 +11,27 @@ import of TensorFlow does (runtime.import_tensorflow: one inter-op thread,
 devices listed) and run no op, so no eager context, thread pool or device
 memory is inherited. The tests start a run afresh where a fork could differ
 from one: other values of the environment variables TensorFlow reads when
-it is imported.
+it is imported, or a GPU the run could see (tests/forks.py).
 
-Protocol, one JSON line each way (tests/forks.py is the client): a
-request {id, args, cwd, env, stdout, stderr (files the client made),
-sigint_ignored, and optionally script: a `python -c` script to run with
-main.py and args as its arguments} is answered with {id, pid} once forked,
-and later {id, returncode} when the child ends (negative: killed by that
-signal, as subprocess reports it).
+GPUs are hidden from the server (CUDA_VISIBLE_DEVICES empty before
+TensorFlow is imported): listing devices would otherwise initialise CUDA,
+and a child forked from a process that has done so hangs or fails when it
+uses CUDA itself. Each child dies with the server (PR_SET_PDEATHSIG), and
+the server notes on stderr each child it forks and each exit, so that a
+server that dies leaves its last doings behind.
+
+Protocol, one JSON line each way (tests/forks.py is the client): once
+imported, the server says {ready: its pid, gpus: the GPUs TensorFlow lists
+in it, CUDA_VISIBLE_DEVICES: as it has it}; then a request {id, args, cwd,
+env, stdout, stderr (files the client made), sigint_ignored, and optionally
+script: a `python -c` script to run with main.py and args as its
+arguments} is answered with {id, pid} once forked, and later {id,
+returncode} when the child ends (negative: killed by that signal, as
+subprocess reports it).
 """
 
 import atexit
+import ctypes
 import json
 import os
 import random
@@ -34,6 +44,7 @@ import traceback
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, 'main.py')
 sys.path.insert(0, REPO)  # as `python main.py` has it
+os.environ['CUDA_VISIBLE_DEVICES'] = ''  # before TensorFlow: no GPU here
 
 # What main.py imports, at once or lazily.
 import absl.app  # noqa: E402,F401
@@ -50,14 +61,27 @@ import train  # noqa: E402,F401
 
 # As main.py does before its first op (devices listed, their chatter kept
 # off stderr): the same settings in every child.
-runtime.import_tensorflow()
+tf = runtime.import_tensorflow()
+
+PR_SET_PDEATHSIG = 1
+_prctl = getattr(ctypes.CDLL(None), 'prctl', None)  # Linux
+
+
+def log(text):
+  # Flushed at once: a child must not inherit (and write out) any of it.
+  sys.stderr.write('forkserver.py: %s\n' % text)
+  sys.stderr.flush()
 
 
 def _redirect(fd, path, flags):
   os.dup2(os.open(path, flags, 0o644), fd)
 
 
-def child(request):
+def child(request, server):
+  if _prctl:
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != server:  # it died before that took effect
+      os._exit(1)
   os.chdir(request['cwd'])
   os.environ.clear()
   os.environ.update(request['env'])
@@ -99,6 +123,7 @@ def serve():
   exit as it happens, so that several runs (the workers of a cluster) can
   go at once. Ends, killing what is left, when its client goes."""
   replies = os.fdopen(os.dup(1), 'w')
+  server = os.getpid()
 
   def reply(**fields):
     replies.write(json.dumps(fields) + '\n')
@@ -118,18 +143,27 @@ def serve():
         pid = os.fork()
         if pid == 0:
           replies.close()
-          child(request)
+          child(request, server)
         children[pid] = request['id']
+        log('forked %d: %smain.py %s' % (
+            pid, 'python -c SCRIPT ' if request.get('script') else '',
+            ' '.join(request['args'])))
         reply(id=request['id'], pid=pid)
     while children:
       pid, status = os.waitpid(-1, os.WNOHANG)
       if not pid:
         break
-      reply(id=children.pop(pid), returncode=os.waitstatus_to_exitcode(status))
+      code = os.waitstatus_to_exitcode(status)
+      log('%d exited: %d' % (pid, code))
+      reply(id=children.pop(pid), returncode=code)
   for pid in children:
     os.kill(pid, signal.SIGKILL)
 
 
 if __name__ == '__main__':
-  print(json.dumps({'ready': os.getpid()}), flush=True)
+  print(json.dumps({
+      'ready': os.getpid(),
+      'gpus': [d.name for d in tf.config.list_physical_devices('GPU')],
+      'CUDA_VISIBLE_DEVICES': os.environ.get('CUDA_VISIBLE_DEVICES')}),
+        flush=True)
   serve()
