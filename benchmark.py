@@ -54,7 +54,6 @@ import runtime  # noqa: E402
 import scoring  # noqa: E402
 import tflite_engine  # noqa: E402
 import train  # noqa: E402
-import wav  # noqa: E402
 
 TEST_SET_CLIPS = 4481
 TEST_SET_HOURS = 12.9
@@ -317,8 +316,8 @@ def cached_rate(data, class_names, hparams, threads):
   options = tf.data.Options()
   options.threading.private_threadpool_size = threads
   options.threading.max_intra_op_parallelism = 1
-  per_epoch = sum(features.num_examples(wav.read_header(os.path.join(
-      data['train_clip_dir'], f)).num_frames, hparams) for f, _ in rows)
+  per_epoch = sum(features.num_examples(n, hparams) for n in files.check_clips(
+      [os.path.join(data['train_clip_dir'], f) for f, _ in rows]))
   count, start = 0, None
   for examples, _ in inputs.train_dataset(
       data['train_csv'], data['train_clip_dir'], class_names, hparams,
@@ -356,9 +355,9 @@ def inference_rate(data, class_names, hparams, checkpoint, out_csv,
                    engine=None, batch_size=None):
   """Examples/s from WAV files to a written submission.csv, with an engine
   (tflite_engine.Engine; default Keras) and batch size (default the Scorer's)."""
-  fnames = files.list_wavs(data['test_clip_dir'])
+  fnames = files.list_clips(data['test_clip_dir'])
   paths = [os.path.join(data['test_clip_dir'], f) for f in fnames]
-  samples = files.check_wavs(paths)
+  samples = files.check_clips(paths)
   scorer = scoring.Scorer(MODEL, len(class_names), hparams, engine=engine)
   scorer.load(checkpoint)
   scorer.batch_size = batch_size or scorer.batch_size
@@ -383,8 +382,8 @@ def peak_rss_mib(clip_dir, checkpoint, class_map_path):
 def rss_child(clip_dir, checkpoint, class_map_path):
   runtime.use_one_inter_op_thread()
   class_names = files.read_class_map(class_map_path)
-  fnames = files.list_wavs(clip_dir)
-  samples = files.check_wavs([os.path.join(clip_dir, f) for f in fnames])
+  fnames = files.list_clips(clip_dir)
+  samples = files.check_clips([os.path.join(clip_dir, f) for f in fnames])
   with tempfile.TemporaryDirectory() as tmp:
     inference.infer(MODEL, params.HParams(), class_names, clip_dir, fnames,
                     samples, checkpoint, os.path.join(tmp, 'submission.csv'))

@@ -239,7 +239,7 @@ def _check_clip(runs, scorer, work_dir):
   samples = check_waveform()
   path = os.path.join(work_dir, 'check.wav')
   _write_wav(path, samples)
-  expected = scorer.score([path], files.check_wavs([path]),
+  expected = scorer.score([path], files.check_clips([path]),
                           label='export check')[0]
   lines = []
   for (kind, run), tolerance in zip(runs, (SAVED_MODEL_TOLERANCE,

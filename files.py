@@ -2,7 +2,7 @@
 written so that a half-written output never appears.
 
 Everything here is plain Python (no TensorFlow), so a bad class map, CSV or
-WAV file is reported in a second, as one line naming the file and the fault.
+audio file is reported in a second, as one line naming the file and the fault.
 """
 
 import csv
@@ -11,7 +11,7 @@ import tempfile
 
 import numpy as np
 
-import wav
+import audio
 
 _SHOW = 5  # offenders named in one error line
 
@@ -150,42 +150,67 @@ def label_matrix(rows, class_names):
   return matrix
 
 
-def inspect_wav(path):
-  """Returns (problem, num_samples) of a WAV file; problem is None when the
-  pipeline can read it (see wav.pipeline_problem), else what is wrong."""
+def inspect_clip(path):
+  """Returns (problem, num_samples, note) of an audio file: problem is None
+  when the pipeline can read it (audio.inspect), else what is wrong;
+  num_samples its length at 44.1 kHz; note what to tell the user (a name
+  that says another format), or None."""
   try:
-    header = wav.read_header(path)
-  except wav.WavError as e:
-    return str(e), 0
-  problem = wav.pipeline_problem(header)
-  return (problem, 0) if problem else (None, header.num_frames)
+    clip = audio.inspect(path)
+  except audio.AudioError as e:
+    return str(e), 0, None
+  return None, audio.num_samples(clip), clip.note
 
 
-def check_wavs(paths):
-  """Returns each WAV file's number of samples; raises UserError naming the
-  first few unusable files, if any."""
+def check_clips(paths, notes=None):
+  """Returns each audio file's number of samples at 44.1 kHz; raises
+  UserError naming the first few unusable files, if any. notes: a list to
+  which `path: note` is added for each file with a note."""
   problems, lengths = [], []
   for path in paths:
-    problem, num_samples = inspect_wav(path)
+    problem, num_samples, note = inspect_clip(path)
     if problem:
       problems.append('%s: %s' % (path, problem))
+    if note and notes is not None:
+      notes.append('%s: %s' % (path, note))
     lengths.append(num_samples)
   if problems:
     raise UserError(_summarise('clips with unusable audio', problems))
   return lengths
 
 
-def list_wavs(clip_dir):
-  """Returns the sorted .wav file names in clip_dir (files, and links even
-  if broken, which check_wavs then reports); raises if there are none."""
+def note_line(notes):
+  """One line of the files' notes, the first few named, or ''."""
+  return 'note: ' + _summarise('files not in the format their names say',
+                               notes) if notes else ''
+
+
+def _audio_file(folder, name):
+  """Whether a folder's entry is a file (or a link, even a broken one)
+  named as audio, or one libsndfile can open whatever its name."""
+  path = os.path.join(folder, name)
+  if not (os.path.islink(path) or os.path.isfile(path)):
+    return False
+  if os.path.splitext(name)[1].lower() in audio.AUDIO_EXTENSIONS:
+    return True
+  try:
+    audio.inspect(path)
+  except (audio.AudioError, OSError):
+    return False
+  return True
+
+
+def list_clips(clip_dir):
+  """Returns the sorted names of the audio files in clip_dir: files named
+  as audio (.wav, .flac, .mp3, .ogg, .m4a, ...; check_clips reports those
+  that cannot be read) and any other file libsndfile can open; raises if
+  there are none."""
   if not os.path.isdir(clip_dir):
     raise UserError('%s: clip folder not found' % clip_dir)
   names = sorted(n for n in os.listdir(clip_dir)
-                 if n.lower().endswith('.wav') and (
-                     os.path.islink(os.path.join(clip_dir, n)) or
-                     os.path.isfile(os.path.join(clip_dir, n))))
+                 if _audio_file(clip_dir, n))
   if not names:
-    raise UserError('%s: no .wav files in this folder' % clip_dir)
+    raise UserError('%s: no audio files in this folder' % clip_dir)
   return names
 
 

@@ -1,4 +1,4 @@
-"""Inference: scores every .wav in a folder and writes a Kaggle submission."""
+"""Inference: scores every audio file in a folder and writes a Kaggle submission."""
 
 import csv
 import io
@@ -25,7 +25,7 @@ def submission_csv(fnames, class_names, scores):
 
 def infer(model_name, hparams, class_names, clip_dir, fnames, clip_samples,
           checkpoint_path, predictions_csv_path, engine=None):
-  """fnames: the sorted .wav names in clip_dir (from files.list_wavs);
+  """fnames: the sorted audio file names in clip_dir (files.list_clips);
   engine: a tflite_engine.Engine (default Keras)."""
   scorer = scoring.Scorer(model_name, len(class_names), hparams,
                           engine=engine)

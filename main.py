@@ -135,15 +135,17 @@ flags.DEFINE_float('eval_claim_timeout_seconds', 600.0,
 flags.DEFINE_string('inference_checkpoint', None,
                     'Checkpoint (model.ckpt-N prefix) to run inference with.')
 flags.DEFINE_string('inference_clip_dir', None,
-                    'Folder of WAV clips to predict (every .wav in it).')
+                    'Folder of audio clips to predict (every audio file in '
+                    'it: WAV, FLAC, Ogg, MP3, AIFF, ...).')
 flags.DEFINE_string('predictions_csv_path', None,
                     'Where to write the Kaggle submission CSV.')
 flags.DEFINE_string('export_dir', None,
                     'Folder (new or empty) to write the export of '
                     '--inference_checkpoint into (--mode export).')
 flags.DEFINE_list('tag_paths', None,
-                  'Tag mode: comma-separated WAV files and folders (every '
-                  '.wav directly in them) to tag with --inference_checkpoint.')
+                  'Tag mode: comma-separated audio files and folders (every '
+                  'audio file directly in them) to tag with '
+                  '--inference_checkpoint.')
 flags.DEFINE_integer('top_k', 3, 'Tag mode: classes printed per file.',
                      lower_bound=1)
 flags.DEFINE_string('timeline_csv_path', None,
@@ -546,7 +548,7 @@ class _Inputs:
   rows: list = None  # (fname, labels) of the mode's CSV
   clip_dir: str = ''
   fnames: list = dataclasses.field(default_factory=list)
-  samples: list = None  # each clip's samples (files.check_wavs)
+  samples: list = None  # each clip's samples (files.check_clips)
   sources: list = None  # training sources
   tag_files: list = None
   engine: tflite_engine.Engine = None
@@ -562,7 +564,7 @@ def _list_inputs(class_names):
     return found, list(FLAGS.tag_paths) + found.tag_files
   if FLAGS.mode == 'inference':
     found.clip_dir = FLAGS.inference_clip_dir
-    found.fnames = files.list_wavs(found.clip_dir)
+    found.fnames = files.list_clips(found.clip_dir)
   elif FLAGS.mode == 'train':
     found.sources = _train_sources()
     found.rows = [files.read_labeled_csv(s.csv_path, s.clip_dir, class_names)
@@ -585,8 +587,11 @@ def run():
   _check_outputs(read_paths + [p for s in found.sources or ()
                                for p in (s.csv_path, s.clip_dir)])
   if FLAGS.mode != 'tag':
-    # Tag mode reads any WAV, and reports each unreadable one on its own.
-    found.samples = files.check_wavs(read_paths)
+    # Tag mode reports each unreadable file (and each note) on its own.
+    notes = []
+    found.samples = files.check_clips(read_paths, notes)
+    if notes:
+      print('main.py: %s' % files.note_line(notes), file=sys.stderr)
   found.engine = _engine(found.class_names)
   _make_output_dirs()
   tf = runtime.import_tensorflow()

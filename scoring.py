@@ -158,7 +158,7 @@ class Scorer:
   def score(self, clip_paths, clip_samples, label='Scoring', on_progress=None):
     """Returns [num_clips, num_classes] float64 clip scores.
 
-    clip_samples (from files.check_wavs) gives each clip's length, so that
+    clip_samples (from files.check_clips) gives each clip's length, so that
     progress counts finished clips exactly. on_progress(finished, scores), if
     given, returns extra text for the progress line (e.g. a running lwlrap).
     """

@@ -1,11 +1,11 @@
-"""Tagging (--mode tag): the top classes of any uncompressed WAV file, and
-optionally a timeline of the scores of each of its examples.
+"""Tagging (--mode tag): the top classes of any audio file libsndfile
+reads, and optionally a timeline of the scores of each of its examples.
 
-Each file is read a block at a time (wav.read_samples: 8/16/24/32-bit PCM
-or 32/64-bit float, any number of channels, mixed down to mono), resampled
-to 44.1 kHz block by block (Source), and cut by the Reader into the chunks
-the scoring pipeline cuts a 16-bit clip into (features.chunk_bounds). The
-chunks go to
+Each file is read a block at a time by audio.Source (decoded by
+libsndfile, any number of channels mixed down to mono, resampled to
+44.1 kHz by soxr), and cut by the Reader into the chunks the scoring
+pipeline cuts a 16-bit clip into (features.chunk_bounds), kept as float
+samples. The chunks go to
 the scoring engine (scoring.Scorer.score_waveforms): the folded model, the
 checkpoint's batch-norm statistics and batches across files, as in eval and
 inference. Only a few chunks of ~8.5 s are in memory at a time, however long
@@ -17,38 +17,28 @@ TensorFlow is imported); tag() imports the engine.
 """
 
 import csv
-import functools
 import io
-import math
 import os
 import sys
 
 import numpy as np
 
+import audio
 import files
 import stopping
-import wav
 from files import UserError
-
-# resample_poly's filter has 20 * max(up, down) + 1 taps for a rate ratio
-# up/down in lowest terms. Every rate up to this one has a filter of at most
-# 4M taps (32 MB, copied once per block); so do the usual higher rates
-# (88.2, 96, 176.4, 192, 352.8, 384, 768 kHz: down <= 2560). Beyond it, only
-# odd rates (e.g. 200003 Hz) are refused.
-MAX_RESAMPLING_TERM = 200000
-
 
 def list_files(tag_paths):
   """The files to tag, in the order given: each path naming a file (or a
   link, even a broken one, which is then reported as unreadable), and every
-  .wav file directly in each path naming a folder, sorted by name. Raises
-  UserError naming a path that does not exist or a folder without .wav
-  files."""
+  audio file directly in each path naming a folder (files.list_clips),
+  sorted by name. Raises UserError naming a path that does not exist or a
+  folder without audio files."""
   found = []
   for path in tag_paths:
     if os.path.isdir(path):
       try:
-        names = files.list_wavs(path)
+        names = files.list_clips(path)
       except UserError as e:
         raise UserError('--tag_paths: %s' % e) from None
       found.extend(os.path.join(path, name) for name in names)
@@ -57,73 +47,6 @@ def list_files(tag_paths):
     else:
       raise UserError('--tag_paths: %s not found' % path)
   return found
-
-
-@functools.lru_cache(maxsize=4)
-def _lowpass(up, down):
-  """The anti-aliasing filter resample_poly designs for up/down when given
-  no filter (a Kaiser-windowed sinc, beta 5, cut off at the lower of the
-  two Nyquist frequencies, 10 zero crossings each side), made once per
-  ratio instead of once per block."""
-  from scipy import signal
-  largest = max(up, down)
-  taps = signal.firwin(2 * 10 * largest + 1, 1.0 / largest,
-                       window=('kaiser', 5.0))
-  taps.flags.writeable = False
-  return taps
-
-
-class Source:
-  """One WAV file as a 44.1 kHz mono waveform, read a block at a time.
-
-  A file at another rate is resampled with scipy.signal.resample_poly by
-  up/down = 44100 / rate in lowest terms; its length at 44.1 kHz is
-  resample_poly's, ceil(frames * up / down). A block [start, end) is
-  computed from the input frames the filter reaches from it (all of them:
-  the filter's half-length either side), starting on a multiple of `down`,
-  where the block's output grid is the whole signal's. So every block
-  holds exactly the samples that resampling the whole file at once would
-  give, and blocks can be read in any order and size.
-  """
-
-  def __init__(self, path, header):
-    self.path = path
-    self.header = header
-    common = math.gcd(wav.SAMPLE_RATE, header.sample_rate)
-    self.up = wav.SAMPLE_RATE // common
-    self.down = header.sample_rate // common
-    self.num_samples = -(-header.num_frames * self.up // self.down)
-
-  def problem(self):
-    """None, or why this file's rate cannot be resampled."""
-    if max(self.up, self.down) > MAX_RESAMPLING_TERM:
-      return ('sample rate %d Hz: resampling it to %d Hz needs a filter of '
-              '%d taps; convert the file to a common rate first' % (
-                  self.header.sample_rate, wav.SAMPLE_RATE,
-                  20 * max(self.up, self.down) + 1))
-    return None
-
-  def read(self, start, end):
-    """Samples [start, end) of the 44.1 kHz waveform, float32."""
-    if self.up == self.down:
-      return wav.read_samples(self.path, self.header, start, end - start)
-    from scipy import signal
-    up, down = self.up, self.down
-    taps = _lowpass(up, down)
-    half = (len(taps) - 1) // 2
-    # Output sample m sits at input frame m * down / up and takes the input
-    # frames k with |m * down - k * up| <= half.
-    first = max(0, -(-(start * down - half) // up))
-    stop = min(self.header.num_frames, ((end - 1) * down + half) // up + 1)
-    # Output j of a block starting at input frame f is output f * up / down
-    # + j of the whole signal when f * up / down is whole, i.e. f is a
-    # multiple of down (up and down have no common factor).
-    first -= first % down
-    block = wav.read_samples(self.path, self.header, first, stop - first)
-    resampled = signal.resample_poly(block.astype(np.float64), up, down,
-                                     window=taps)
-    offset = start - first * up // down
-    return resampled[offset:offset + end - start].astype(np.float32)
 
 
 class Reader:
@@ -136,20 +59,17 @@ class Reader:
 
   def __init__(self, paths, hparams):
     self.hparams = hparams
-    self.sources, self.failures = [], {}
+    self.sources, self.failures, self.notes = [], {}, {}
     for i, path in enumerate(paths):
-      source, problem = None, None
       try:
-        header = wav.read_header(path)
-        problem = wav.sample_problem(header)
-        if not problem:
-          source = Source(path, header)
-          problem = source.problem()
-      except wav.WavError as e:
-        problem = str(e)
-      if problem:
-        self.failures[i], source = problem, None
-      self.sources.append(source)
+        clip = audio.inspect(path)
+      except audio.AudioError as e:
+        self.failures[i] = str(e)
+        self.sources.append(None)
+        continue
+      if clip.note:
+        self.notes[i] = clip.note
+      self.sources.append(audio.Source(path, clip))
 
   @property
   def clip_samples(self):
@@ -168,7 +88,7 @@ class Reader:
           samples = source.read(int(start), int(end))
           yield np.int32(i), np.int32(first), samples, np.int32(count)
           first += int(count)
-      except wav.WavError as e:
+      except audio.AudioError as e:
         self.failures[i] = str(e)
 
   def dataset(self):
@@ -271,6 +191,8 @@ def tag(model_name, hparams, class_names, paths, checkpoint_path, top_k,
   out, err = out or sys.stdout, err or sys.stderr
   reader = Reader(paths, hparams)
   failures = reader.failures
+  for i, note in sorted(reader.notes.items()):
+    print('%s: note: %s' % (paths[i], note), file=err, flush=True)
   top_k = min(top_k, len(class_names))
   lines = _Lines(paths, class_names, top_k, failures, out, err)
   lines.release()  # the files before the first readable one
@@ -298,7 +220,7 @@ def tag(model_name, hparams, class_names, paths, checkpoint_path, top_k,
   if timeline:
     _, hop, _ = features.stft_geometry(hparams)
     example_seconds = features.example_geometry(hparams)[1] * hop / (
-        wav.SAMPLE_RATE)
+        audio.SAMPLE_RATE)
     tagged = [i for i in range(len(paths)) if i not in failures]
     files.write_atomically(timeline_csv_path, timeline.csv(
         paths, class_names, tagged, example_seconds))

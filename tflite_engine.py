@@ -252,10 +252,10 @@ def calibration_clips(csv_path, clip_dir, class_names):
   can be (checked before any conversion)."""
   rows = files.read_labeled_csv(csv_path, clip_dir, class_names)
   paths = [os.path.join(clip_dir, fname) for fname, _ in rows]
-  readable = [p for p in paths if files.inspect_wav(p)[0] is None]
+  readable = [p for p in paths if files.inspect_clip(p)[0] is None]
   if not readable:
     raise UserError('%s: no readable clip in %s to calibrate on (%s)' % (
-        csv_path, clip_dir, files.inspect_wav(paths[0])[0]))
+        csv_path, clip_dir, files.inspect_clip(paths[0])[0]))
   return readable
 
 

@@ -127,6 +127,24 @@ def write_pcm_wav(path, samples, rate=SAMPLE_RATE, channels=1):
     w.writeframes(pcm.tobytes())
 
 
+def write_audio(path, samples, rate=SAMPLE_RATE, **kwargs):
+  """An audio file written by libsndfile (soundfile): float samples
+  ([frames] or [frames, channels]) in the format its extension names
+  (kwargs: soundfile.write's format and subtype, e.g. a lossless
+  subtype='PCM_16' FLAC)."""
+  import soundfile
+  soundfile.write(str(path), np.asarray(samples, np.float32), rate, **kwargs)
+  return str(path)
+
+
+def cut_in_half(path, dest):
+  """dest: the first half of path's bytes, as a copy cut short."""
+  data = open(str(path), 'rb').read()
+  with open(str(dest), 'wb') as f:
+    f.write(data[:len(data) // 2])
+  return str(dest)
+
+
 def write_check_clip(path, seconds, seed):
   """A WAV file of export.check_waveform (recorded-sound dynamics)."""
   import export
@@ -168,7 +186,7 @@ def scorer_scores(model_name, hparams, checkpoint, paths, engine=None):
   import scoring
   scorer = scoring.Scorer(model_name, 80, hparams, engine=engine)
   scorer.load(checkpoint)
-  return scorer.score(paths, files.check_wavs(paths))
+  return scorer.score(paths, files.check_clips(paths))
 
 
 def independent_clip_scores(model_name, hparams, checkpoint_prefix, clip_dir,

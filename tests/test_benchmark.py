@@ -253,7 +253,7 @@ def test_inference_rate_scores_every_example_into_a_submission(
   out_csv = str(tmp_path / 'submission.csv')
   rate, total = benchmark.inference_rate(data, class_names, hparams,
                                          checkpoint, out_csv, batch_size=5)
-  clips = sorted(files.list_wavs(data['test_clip_dir']))
+  clips = sorted(files.list_clips(data['test_clip_dir']))
   assert total == sum(features.num_examples(wav.read_header(
       benchmark.os.path.join(data['test_clip_dir'], f)).num_frames, hparams)
                       for f in clips)

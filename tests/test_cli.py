@@ -258,7 +258,7 @@ def test_eval_rerun_skips_evaluated_checkpoints(
   class_names = read_class_names()
   rows = labeled_rows(dataset['validation_csv'])
   import files
-  samples = files.check_wavs([os.path.join(dataset['train_clip_dir'], f)
+  samples = files.check_clips([os.path.join(dataset['train_clip_dir'], f)
                               for f, _ in rows])
   evaluation.evaluate('mobilenet-v1', parse_hparams(HPARAMS), class_names,
                       rows, dataset['train_clip_dir'], samples,
@@ -294,7 +294,7 @@ def test_batched_scoring_equals_per_clip_scoring(
   paths = [os.path.join(dataset['train_clip_dir'], f)
            for f, _ in labeled_rows(dataset['validation_csv'])]
   paths += sorted(glob.glob(os.path.join(inference_clips, '*.wav')))
-  samples = files.check_wavs(paths)
+  samples = files.check_clips(paths)
   scorer = scoring.Scorer('mobilenet-v1', 80, hparams)
   scorer.load(mobilenet_train['checkpoint'])
   batched = scorer.score(paths, samples)
@@ -390,7 +390,7 @@ def crnn_eval_41_clips(tmp_path_factory, crnn_train, parse_hparams):
   class_names = read_class_names()
   rows = labeled_rows(data['validation_csv'])
   assert len(rows) == 41
-  samples = files.check_wavs([os.path.join(data['train_clip_dir'], f)
+  samples = files.check_clips([os.path.join(data['train_clip_dir'], f)
                               for f, _ in rows])
   eval_dir = str(root / 'eval')
   evaluation.evaluate('crnn', parse_hparams(crnn_train['hparams']),
@@ -456,7 +456,7 @@ def test_two_scorers_in_one_process_load_crnn_checkpoint(
   checkpoint = os.path.join(crnn_train['train_dir'], 'model.ckpt-101')
   fnames = [f for f, _ in labeled_rows(dataset['validation_csv'])]
   paths = [os.path.join(dataset['train_clip_dir'], f) for f in fnames]
-  samples = files.check_wavs(paths)
+  samples = files.check_clips(paths)
   first = scoring.Scorer('crnn', 80, hparams)
   second = scoring.Scorer('crnn', 80, hparams)
   first.load(checkpoint)

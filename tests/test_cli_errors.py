@@ -12,8 +12,9 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import (CLASS_MAP, FEW_BN_BATCHES, HPARAMS, popen_main,
-                      read_csv_rows, run_main, train_args, write_pcm_wav)
+from conftest import (CLASS_MAP, FEW_BN_BATCHES, HPARAMS, cut_in_half,
+                      popen_main, read_csv_rows, run_main, train_args,
+                      write_audio, write_pcm_wav)
 
 
 def assert_one_error(result, *needles):
@@ -155,21 +156,30 @@ def clips(tmp_path_factory, dataset):
   folder = tmp_path_factory.mktemp('clips')
   good = os.path.join(dataset['train_clip_dir'], 'c0000.wav')
   shutil.copy(good, str(folder / 'good.wav'))
-  rng = np.random.default_rng(0)
-  noise = rng.integers(-5000, 5000, 22050)
-  write_pcm_wav(folder / 'rate48k.wav', noise, rate=48000)
-  write_pcm_wav(folder / 'stereo.wav', np.repeat(noise, 2), channels=2)
+  noise = np.random.default_rng(0).uniform(-0.2, 0.2, 88200)
+  for ext in ('flac', 'mp3', 'ogg'):
+    cut_in_half(write_audio(folder / ('whole.' + ext), noise),
+                folder / ('cut.' + ext))
   write_pcm_wav(folder / 'empty.wav', [])
   with open(good, 'rb') as f:
     data = f.read()
   with open(str(folder / 'truncated.wav'), 'wb') as f:
     f.write(data[:30])  # cut inside the header
+  (folder / 'song.m4a').write_bytes(b'\x00\x00\x00\x20ftypM4A ' +
+                                    b'\x00' * 100)
+  (folder / 'notes.wav').write_text('not audio\n')
   return folder
 
 
-BAD_CLIPS = [('rate48k.wav', 'sample rate 48000 Hz, expected 44100'),
-             ('stereo.wav', '2 channels, expected mono'),
-             ('truncated.wav', 'truncated'),
+# Every file is cut in half (2.0 s long); the seconds readable are pinned
+# by test_audio.py.
+BAD_CLIPS = [('cut.flac', 'truncated or damaged: 0.'),
+             ('cut.mp3', 'truncated or damaged: 0.'),
+             ('cut.ogg', 'truncated: the Ogg stream has no end; '),
+             ('song.m4a', 'libsndfile cannot read; converting it to FLAC or '
+              'WAV works'),
+             ('notes.wav', 'not an audio file libsndfile can read'),
+             ('truncated.wav', 'not an audio file libsndfile can read'),
              ('empty.wav', 'empty')]
 
 
@@ -262,13 +272,13 @@ def test_class_map_not_utf8(tmp_path, dataset):
 
 def test_bad_clip_in_eval_csv(tmp_path, clips):
   csv_path = _csv(tmp_path / 'eval.csv', [('good.wav', 'Bass_drum'),
-                                          ('stereo.wav', 'Hiss')])
+                                          ('cut.flac', 'Hiss')])
   result = run_main(['--mode', 'eval', '--model', 'crnn',
                      '--class_map_path', CLASS_MAP,
                      '--eval_clip_dir', str(clips), '--eval_csv_path',
                      csv_path, '--train_dir', str(tmp_path / 'train'),
                      '--eval_dir', str(tmp_path / 'eval')])
-  assert_one_error(result, 'stereo.wav', 'expected mono')
+  assert_one_error(result, 'cut.flac', 'truncated or damaged')
   assert not (tmp_path / 'eval').exists()
 
 
@@ -279,7 +289,7 @@ def test_inference_empty_folder(tmp_path, fake_checkpoint):
   folder.mkdir()
   assert_one_error(run_main(_inference_args(
       str(folder), fake_checkpoint, str(tmp_path / 'p.csv'))),
-                   str(folder), 'no .wav files')
+                   str(folder), 'no audio files')
   assert not (tmp_path / 'p.csv').exists()
 
 
@@ -290,7 +300,7 @@ def test_inference_folder_without_wavs(tmp_path, fake_checkpoint):
   (folder / 'sub.wav').mkdir()  # a folder named like a clip is no clip
   assert_one_error(run_main(_inference_args(
       str(folder), fake_checkpoint, str(tmp_path / 'p.csv'))),
-                   str(folder), 'no .wav files')
+                   str(folder), 'no audio files')
 
 
 def test_inference_missing_checkpoint(tmp_path, dataset):
@@ -539,7 +549,7 @@ def _evaluate(dataset, train_dir, eval_dir):
   import params
   from conftest import labeled_rows, read_class_names
   rows = labeled_rows(dataset['validation_csv'])
-  samples = files.check_wavs([os.path.join(dataset['train_clip_dir'], f)
+  samples = files.check_clips([os.path.join(dataset['train_clip_dir'], f)
                               for f, _ in rows])
   evaluation.evaluate('mobilenet-v1', params.parse_hparams(HPARAMS),
                       read_class_names(), rows, dataset['train_clip_dir'],

@@ -284,7 +284,7 @@ def test_mixed_precision_trains_and_scores_float32(tmp_path, dataset,
   clip = os.path.join(dataset['test_clip_dir'],
                       sorted(os.listdir(dataset['test_clip_dir']))[0])
   import files
-  scores = scorer.score([clip], files.check_wavs([clip]))
+  scores = scorer.score([clip], files.check_clips([clip]))
   assert scores.dtype == np.float64 and np.all(np.isfinite(scores))
   examples = np.zeros((2, 100, 96), np.float32)
   assert scorer.inference_model(examples).dtype == tf.float32

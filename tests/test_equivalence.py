@@ -125,7 +125,7 @@ def test_engine_matches_plain_model_per_clip(data, tmp_path, monkeypatch,
   monkeypatch.setattr(scoring, 'BATCH_SIZE', 5)  # batches span clips
   hparams = params.parse_hparams(flags)
   clip_dir = data['test_clip_dir']
-  names = files.list_wavs(clip_dir)
+  names = files.list_clips(clip_dir)
   examples = {n: inputs.clip_to_log_mel_examples(n, clip_dir, hparams)
               for n in names}
   # Non-trivial batch-norm parameters and statistics, so that folding has
@@ -144,7 +144,7 @@ def test_engine_matches_plain_model_per_clip(data, tmp_path, monkeypatch,
   paths = [os.path.join(clip_dir, n) for n in names]
   scorer = scoring.Scorer('mobilenet-v1', NUM_CLASSES, hparams)
   scorer.load(prefix)
-  batched = scorer.score(paths, files.check_wavs(paths))
+  batched = scorer.score(paths, files.check_clips(paths))
   for name, row in zip(names, batched):
     expected = tf.reduce_mean(tf.sigmoid(plain(examples[name],
                                                training=False)), 0)

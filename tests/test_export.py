@@ -404,7 +404,7 @@ def test_pcen_train_eval_export_tag(pcen_run, dataset, parse_hparams,
   fnames = [fname for fname, _ in rows]
   csv_path = str(tmp_path / 'submission.csv')
   inference.infer('crnn', hparams, class_names, dataset['train_clip_dir'],
-                  fnames, files.check_wavs([
+                  fnames, files.check_clips([
                       os.path.join(dataset['train_clip_dir'], f)
                       for f in fnames]),
                   pcen_run['checkpoint'], csv_path)

@@ -199,7 +199,7 @@ def fmt_chunk(tag=1, channels=1, rate=44100, bits=16):
 def test_inspect_good_wav(tmp_path):
   path = tmp_path / 'good.wav'
   make_demo_data.write_wav(str(path), np.zeros(12345))
-  assert files.inspect_wav(str(path)) == (None, 12345)
+  assert files.inspect_clip(str(path)) == (None, 12345, None)
 
 
 def test_inspect_wav_with_extra_odd_chunk(tmp_path):
@@ -208,32 +208,36 @@ def test_inspect_wav_with_extra_odd_chunk(tmp_path):
   path = tmp_path / 'list.wav'
   path.write_bytes(riff([fmt_chunk(), chunk(b'LIST', b'abc'),
                          chunk(b'data', data)]))
-  assert files.inspect_wav(str(path)) == (None, 777)
+  assert files.inspect_clip(str(path)) == (None, 777, None)
   with wave.open(str(path)) as w:  # the stdlib agrees it is valid
     assert w.getnframes() == 777
 
 
-@pytest.mark.parametrize('maker, fragment', [
-    (lambda p: pcm_wav(p, rate=48000), 'sample rate 48000 Hz, expected 44100'),
-    (lambda p: pcm_wav(p, channels=2), '2 channels'),
-    (lambda p: pcm_wav(p, width=1), '8-bit'),
-    (lambda p: pcm_wav(p, width=3), '24-bit'),
-    (lambda p: pcm_wav(p, num_samples=0), 'empty'),
+@pytest.mark.parametrize('maker, num_samples', [
+    (lambda p: pcm_wav(p, rate=48000), 918),  # 1000 * 44100 // 48000
+    (lambda p: pcm_wav(p, channels=2), 1000),
+    (lambda p: pcm_wav(p, width=1), 1000),
+    (lambda p: pcm_wav(p, width=3), 1000),
 ])
-def test_inspect_bad_pcm(tmp_path, maker, fragment):
-  path = maker(tmp_path / 'bad.wav')
-  problem, num_samples = files.inspect_wav(path)
-  assert problem is not None and fragment in problem
-  assert num_samples == 0
+def test_inspect_other_wavs_are_read_by_libsndfile(tmp_path, maker,
+                                                  num_samples):
+  import audio
+  path = maker(tmp_path / 'other.wav')
+  assert files.inspect_clip(path) == (None, num_samples, None)
+  assert audio.inspect(path).data_offset == -1  # not the tf.data fast path
+
+
+def test_inspect_empty_pcm(tmp_path):
+  problem, num_samples, _ = files.inspect_clip(
+      pcm_wav(tmp_path / 'bad.wav', num_samples=0))
+  assert problem == 'empty (no audio samples)' and num_samples == 0
 
 
 def test_inspect_float_wav(tmp_path):
   data = np.zeros(100, '<f4').tobytes()
   path = tmp_path / 'float.wav'
   path.write_bytes(riff([fmt_chunk(tag=3, bits=32), chunk(b'data', data)]))
-  problem, _ = files.inspect_wav(str(path))
-  assert problem is not None
-  assert 'format tag 3' in problem and '32-bit' in problem
+  assert files.inspect_clip(str(path)) == (None, 100, None)
 
 
 def test_inspect_truncated_and_streamed(tmp_path):
@@ -243,55 +247,56 @@ def test_inspect_truncated_and_streamed(tmp_path):
   # A data chunk that claims more than the file holds (cut short, or written
   # through a pipe with size 0xFFFFFFFF): the audio runs to the end.
   path.write_bytes(raw[:-100])
-  assert files.inspect_wav(str(path)) == (None, 950)
+  assert files.inspect_clip(str(path)) == (None, 950, None)
   path.write_bytes(raw[:-101])  # an odd byte: 949 whole samples
-  assert files.inspect_wav(str(path)) == (None, 949)
+  assert files.inspect_clip(str(path)) == (None, 949, None)
   streamed = raw[:40] + struct.pack('<I', 0xFFFFFFFF) + raw[44:]
   path.write_bytes(streamed)
-  assert files.inspect_wav(str(path)) == (None, 1000)
+  assert files.inspect_clip(str(path)) == (None, 1000, None)
   # Less than one whole sample is no audio.
   path.write_bytes(raw[:45])
-  problem, _ = files.inspect_wav(str(path))
+  problem, _, _ = files.inspect_clip(str(path))
   assert problem is not None and 'empty' in problem
   # Cut inside the header: no data chunk at all.
   path.write_bytes(raw[:30])
-  problem, _ = files.inspect_wav(str(path))
-  assert problem is not None and 'truncated' in problem
+  problem, _, _ = files.inspect_clip(str(path))
+  assert problem and 'not an audio file libsndfile can read' in problem
 
 
 def test_inspect_empty_and_not_riff(tmp_path):
   empty = tmp_path / 'empty.wav'
   empty.write_bytes(b'')
-  assert files.inspect_wav(str(empty))[0] == 'empty file'
+  assert files.inspect_clip(str(empty))[0] == 'empty file'
   text = tmp_path / 'text.wav'
   text.write_bytes(b'this is not audio at all, just text\n')
-  problem, _ = files.inspect_wav(str(text))
-  assert problem is not None and 'not a WAV' in problem
+  problem, _, _ = files.inspect_clip(str(text))
+  assert problem == ('not an audio file libsndfile can read (Format not '
+                     'recognised)')
   short = tmp_path / 'short.wav'
   short.write_bytes(b'RIFF')
-  assert files.inspect_wav(str(short))[0] is not None
+  assert files.inspect_clip(str(short))[0] is not None
 
 
 def test_inspect_data_before_fmt(tmp_path):
   path = tmp_path / 'order.wav'
   path.write_bytes(riff([chunk(b'data', b'\x00' * 10), fmt_chunk()]))
-  problem, _ = files.inspect_wav(str(path))
+  problem, _, _ = files.inspect_clip(str(path))
   assert problem is not None
 
 
-def test_check_wavs(tmp_path):
+def test_check_clips(tmp_path):
   good1 = tmp_path / 'g1.wav'
   good2 = tmp_path / 'g2.wav'
   make_demo_data.write_wav(str(good1), np.zeros(500))
   make_demo_data.write_wav(str(good2), np.zeros(44100))
-  assert files.check_wavs([str(good1), str(good2)]) == [500, 44100]
-  bad = pcm_wav(tmp_path / 'stereo.wav', channels=2)
+  assert files.check_clips([str(good1), str(good2)]) == [500, 44100]
+  bad = pcm_wav(tmp_path / 'empty.wav', num_samples=0)
   with pytest.raises(files.UserError) as e:
-    files.check_wavs([str(good1), bad, str(good2)])
+    files.check_clips([str(good1), bad, str(good2)])
   message = str(e.value)
   assert bad in message
   assert str(good1) not in message and str(good2) not in message
-  assert '2 channels' in message
+  assert 'empty (no audio samples)' in message
 
 
 # ---------------------------------------------------------------- writing
@@ -339,20 +344,24 @@ def test_write_atomically_failed_rename_keeps_old_file(tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == ['out.txt']
 
 
-def test_list_wavs(tmp_path):
-  for name in ['b.wav', 'a.wav', 'C.WAV', 'notes.txt']:
+def test_list_clips(tmp_path):
+  for name in ['b.wav', 'a.wav', 'C.WAV', 'notes.txt', 'd.flac', 'e.mp3',
+               'f.m4a']:
     (tmp_path / name).write_bytes(b'')
   (tmp_path / 'dir.wav').mkdir()
-  assert files.list_wavs(str(tmp_path)) == ['C.WAV', 'a.wav', 'b.wav']
+  # Any file libsndfile opens, whatever its name.
+  make_demo_data.write_wav(str(tmp_path / 'take1.dat'), np.zeros(10))
+  assert files.list_clips(str(tmp_path)) == [
+      'C.WAV', 'a.wav', 'b.wav', 'd.flac', 'e.mp3', 'f.m4a', 'take1.dat']
 
 
-def test_list_wavs_errors(tmp_path):
+def test_list_clips_errors(tmp_path):
   (tmp_path / 'readme.txt').write_text('x')
   with pytest.raises(files.UserError) as e:
-    files.list_wavs(str(tmp_path))
+    files.list_clips(str(tmp_path))
   assert str(tmp_path) in str(e.value)
   with pytest.raises(files.UserError):
-    files.list_wavs(str(tmp_path / 'missing'))
+    files.list_clips(str(tmp_path / 'missing'))
 
 
 # ---------------------------------------------------------------- make_class_map

@@ -312,7 +312,7 @@ def test_scoring_ignores_the_training_augmentation(augmented_run, dataset):
   paths = [os.path.join(dataset['test_clip_dir'], f) for f in fnames]
   scorer = scoring.Scorer('crnn', 80, hparams)
   scorer.load(prefix)
-  got = scorer.score(paths, files.check_wavs(paths))
+  got = scorer.score(paths, files.check_clips(paths))
   expected = independent_clip_scores('crnn', hparams, prefix,
                                      dataset['test_clip_dir'], fnames)
   np.testing.assert_allclose(got, expected, atol=1e-5)

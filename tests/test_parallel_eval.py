@@ -251,7 +251,7 @@ def _evaluate_in_process(dataset, train_dir, eval_dir, **options):
   import params
   from conftest import HPARAMS, labeled_rows, read_class_names
   rows = labeled_rows(dataset['validation_csv'])
-  samples = files.check_wavs([os.path.join(dataset['train_clip_dir'], f)
+  samples = files.check_clips([os.path.join(dataset['train_clip_dir'], f)
                               for f, _ in rows])
 
   def time_out(signum, frame):

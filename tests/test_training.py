@@ -929,7 +929,7 @@ def test_scoring_uses_the_averaged_weights_unless_told(averaged_run,
     scorer = scoring.Scorer('crnn', 80, params.parse_hparams(
         AVERAGED + ',score_averaged=%d' % flag))
     got[flag] = (scorer.load(prefix),
-                 scorer.score([clip], files.check_wavs([clip]))[0])
+                 scorer.score([clip], files.check_clips([clip]))[0])
   assert got[1][0] == 'precise of the averaged weights'
   assert got[0][0] == 'precise'
   np.testing.assert_allclose(got[1][1], expected('ema', 'ema_precise_bn'),
