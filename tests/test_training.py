@@ -754,6 +754,13 @@ def test_a_seed_repeats_a_run_bit_for_bit(tmp_path, dataset):
   again_dir, again_out = run('again', SEEDED + ',seed=%d' % seed)
   assert 'drawn' not in again_out
   assert _losses(again_out) == _losses(out)
+  # A lossless FLAC copy of the clips is the same run.
+  flac_csv = _flac_copy(dataset, tmp_path / 'flac')
+  flac_out = check_ok(run_main(train_args(
+      'crnn', str(tmp_path / 'flac'), flac_csv, str(tmp_path / 'flac_run'),
+      1, hparams=SEEDED + ',seed=%d' % seed))).stdout
+  assert [s for s, _ in _losses(flac_out)] == [1]
+  assert _losses(flac_out) == _losses(out)[:1]
   for step in (0, 3):
     first = _checkpoint_values(os.path.join(drawn_dir, 'model.ckpt-%d' % step))
     second = _checkpoint_values(os.path.join(again_dir,
@@ -770,6 +777,22 @@ def test_a_seed_repeats_a_run_bit_for_bit(tmp_path, dataset):
   initial = _checkpoint_values(os.path.join(drawn_dir, 'model.ckpt-0'))
   other = _checkpoint_values(str(tmp_path / 'other' / 'model.ckpt-0'))
   assert np.abs(other[key] - initial[key]).max() > 0.01
+
+
+def _flac_copy(dataset, folder):
+  """The training clips as 16-bit FLAC files in folder; its CSV's path."""
+  import soundfile
+  import make_demo_data
+  from conftest import labeled_rows
+  os.makedirs(str(folder))
+  rows = []
+  for fname, labels in labeled_rows(dataset['train_csv']):
+    pcm, rate = soundfile.read(os.path.join(dataset['train_clip_dir'],
+                                            fname), dtype='int16')
+    rows.append((fname[:-4] + '.flac', labels))
+    soundfile.write(str(folder / rows[-1][0]), pcm, rate, subtype='PCM_16')
+  make_demo_data.write_csv(str(folder / 'train.csv'), rows)
+  return str(folder / 'train.csv')
 
 
 def test_two_resumes_of_a_checkpoint_are_the_same_run(tmp_path, dataset):
