@@ -15,7 +15,10 @@ layers and timed on in-memory random tensors:
 4. the PreciseBN update at a checkpoint over the training time between two
    checkpoints (target < 0.10);
 
-then ratios 5 and 6 (distributed and mixed-precision training), and the
+then ratios 5 and 6 (distributed and mixed-precision training), ratio 9
+(the decoding speed of FLAC, Ogg Vorbis and MP3 against WAV, with the
+resamplers compared: benchmark_audio.py; `--audio_only` measures these
+alone), and the
 TFLite engine (--engine tflite) end to end, WAV files through the Scorer
 with its features, for float32, dynamic and int8 models converted in
 memory, over the plain model's forward pass at the Scorer's batch size
@@ -40,6 +43,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import batchnorm  # noqa: E402
+import benchmark_audio  # noqa: E402
 import checkpoints  # noqa: E402
 import features  # noqa: E402
 import files  # noqa: E402
@@ -413,6 +417,9 @@ def main():
   parser.add_argument('--engines_only', action='store_true',
                       help='measure only the scoring engines (Keras and '
                       'TFLite) against the plain forward pass')
+  parser.add_argument('--audio_only', action='store_true',
+                      help='measure only the decoding of each format '
+                      '(WAV, FLAC, Ogg, MP3) and the resamplers')
   args = parser.parse_args()
   if args.rss_child:
     rss_child(*args.rss_child)
@@ -434,6 +441,10 @@ def main():
                                   num_classes, hparams)
     if args.engines_only:
       engine_ratios(data, class_names, hparams, checkpoint, tmp)
+      return
+    formats = benchmark_audio.report(data['test_clip_dir'],
+                                     os.path.join(tmp, 'formats'), hparams)
+    if args.audio_only:
       return
 
     plain_forward = plain_forward_rate(num_classes, hparams, repeats=8)
@@ -519,6 +530,9 @@ def main():
   print('ratio 8, seeded (ordered) / unseeded training pipeline: %.2f; '
         'training with op determinism / without: %.2f' % (
             on_cpu[1] / unordered[1], determinism_train / pipeline_train))
+  print('ratio 9, decoding and examples of FLAC, Ogg Vorbis, MP3 / WAV: '
+        '%s' % ', '.join('%.2f' % (formats[name] / formats['WAV'])
+                         for name in ('FLAC', 'Ogg Vorbis', 'MP3')))
   print('Estimated time to score the FSDKaggle2019 test set (%d clips, %.1f '
         'h, ~%d examples): %.1f min' % (TEST_SET_CLIPS, TEST_SET_HOURS,
                                         test_examples,

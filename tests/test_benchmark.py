@@ -5,9 +5,11 @@ themselves belong to the benchmark, not to a test)."""
 
 import dataclasses
 import math
+import os
 import re
 import sys
 
+import numpy as np
 import pytest
 
 import benchmark
@@ -146,7 +148,8 @@ def test_main_prints_the_ratios_of_its_measurements(monkeypatch, capsys):
         clip_dir.rsplit('/', 1)[1]]
 
   for name, value in dict(
-      _training_data=lambda tmp, steps, hp, clips: {'clips': clips},
+      _training_data=lambda tmp, steps, hp, clips: {'clips': clips,
+                                                   'test_clip_dir': None},
       write_checkpoint=lambda path, n, hp: 'ckpt',
       plain_forward_rate=plain_forward_rate,
       inference_rate=inference_rate,
@@ -165,18 +168,24 @@ def test_main_prints_the_ratios_of_its_measurements(monkeypatch, capsys):
   monkeypatch.setattr(benchmark.make_demo_data, 'make_clip', make_clip)
   monkeypatch.setattr(benchmark.make_demo_data, 'write_wav', lambda *a: None)
   monkeypatch.setattr(benchmark, 'header', lambda: 'the machine')
+  monkeypatch.setattr(benchmark.benchmark_audio, 'report', lambda *a: (
+      seen.update(formats=a[0]) or {'WAV': 100.0, 'FLAC': 90.0,
+                                    'Ogg Vorbis': 50.0, 'MP3': 40.0}))
   monkeypatch.setattr(sys, 'argv', ['benchmark.py', '--train_steps', '5'])
   benchmark.main()
   out = capsys.readouterr().out
   assert out.startswith('the machine\n')  # ratios are read beside it
   engines = seen.pop('engines')
+  assert seen.pop('formats') is None  # the data's test_clip_dir
   assert seen == {'checkpoint': 'ckpt', 'clips': [5, 600]}
-  assert engines[0] == {'clips': 60} and engines[2:4] == (default, 'ckpt')
+  assert engines[0] == {'clips': 60, 'test_clip_dir': None}
+  assert engines[2:4] == (default, 'ckpt')
   ratios = dict(re.findall(r'^(ratio \d), [^:]*: ([\d.]+)', out, re.M))
   # PreciseBN: 100 steps of 64 examples at 40 examples/s take 160 s.
   assert ratios == {'ratio 1': '1.25', 'ratio 2': '0.80', 'ratio 3': '1.20',
                     'ratio 4': '0.100', 'ratio 5': '0.95', 'ratio 6': '1.50',
-                    'ratio 7': '0.75', 'ratio 8': '1.25'}
+                    'ratio 7': '0.75', 'ratio 8': '1.25', 'ratio 9': '0.90'}
+  assert 'MP3 / WAV: 0.90, 0.50, 0.40\n' in out
   assert 'training with op determinism / without: 0.90' in out
   assert ('Training pipeline CPU time per example: 4.00 ms with the examples '
           'made on the CPU, 3.00 ms with --features_on device (250 and 300 '
@@ -283,6 +292,85 @@ def test_engines_only_measures_the_engines_alone(monkeypatch, capsys):
   assert called == [({'clips': 7}, 'ckpt')]
   out = capsys.readouterr().out
   assert out.startswith('the machine\n') and 'ratio' not in out
+
+
+def test_audio_only_measures_the_formats_and_resamplers_alone(monkeypatch,
+                                                              capsys):
+  called = []
+  monkeypatch.setattr(benchmark, '_training_data',
+                      lambda tmp, steps, hp, clips: {'test_clip_dir': 'd'})
+  monkeypatch.setattr(benchmark, 'write_checkpoint', lambda *a: 'ckpt')
+  monkeypatch.setattr(benchmark.benchmark_audio, 'report',
+                      lambda *a: called.append(a[0]))
+  monkeypatch.setattr(benchmark, 'plain_forward_rate',
+                      lambda *a: pytest.fail('measured more than audio'))
+  monkeypatch.setattr(benchmark.runtime, 'use_one_inter_op_thread',
+                      lambda: None)
+  monkeypatch.setattr(sys, 'argv', ['benchmark.py', '--audio_only'])
+  monkeypatch.setattr(benchmark, 'header', lambda: 'the machine')
+  benchmark.main()
+  assert called == ['d']
+  assert 'ratio' not in capsys.readouterr().out
+
+
+def test_resampler_rows_rank_the_resamplers(monkeypatch):
+  """On 2 s of tones: soxr's errors far below resample_poly's (whose
+  filter is -6 dB at the lower Nyquist frequency), aliases removed; and
+  the time per minute is the mean of the repeats scaled to 60 s."""
+  import benchmark_audio
+  rows = benchmark_audio.resampler_rows(seconds=3.0, repeats=1)
+  by = {(name, rate): (error, alias) for name, rate, error, alias, _ in rows}
+  assert len(rows) == 6 and all(r[4] > 0 for r in rows)
+  for rate in (48000, 22050):
+    assert by['soxr VHQ', rate][0] < by['soxr HQ', rate][0] + 1
+    assert by['soxr HQ', rate][0] < by['scipy resample_poly', rate][0] - 20
+    assert by['scipy resample_poly', rate][0] < -25
+  assert by['soxr VHQ', 48000][1] < -100 < by['scipy resample_poly',
+                                               48000][1] < -5
+  assert by['soxr VHQ', 22050][1] is None
+  monkeypatch.setattr(benchmark_audio.time, 'perf_counter', Clock(
+      *[0.0, 0.5] * 6))
+  rows = benchmark_audio.resampler_rows(seconds=2.0, repeats=2)
+  assert [r[4] for r in rows] == [7.5] * 6  # 0.25 s per 2 s of audio
+  lines = benchmark_audio.resampler_lines([('r', 48000, -70.04, -130.0, 0.25),
+                                           ('r', 22050, -50.0, None, 1.0)])
+  assert lines == [
+      'r, 48000 Hz to 44.1 kHz: error -70.0 dB, aliases -130.0 dB, 0.250 s '
+      'per minute of audio',
+      'r, 22050 Hz to 44.1 kHz: error -50.0 dB, 1.000 s per minute of audio']
+
+
+def test_format_rates_decode_copies_of_the_same_clips(tmp_path, monkeypatch,
+                                                      capsys):
+  import benchmark_audio
+  import make_demo_data
+  clip_dir = tmp_path / 'clips'
+  clip_dir.mkdir()
+  rng = np.random.default_rng(0)
+  for i, seconds in enumerate((1.0, 9.0)):
+    make_demo_data.write_wav(str(clip_dir / ('c%d.wav' % i)),
+                             make_demo_data.make_clip(['Hiss'], seconds, rng))
+  monkeypatch.setattr(benchmark_audio, 'resampler_rows', lambda: [])
+  hparams = params.HParams()
+  rates = benchmark_audio.report(str(clip_dir), str(tmp_path / 'out'),
+                                 hparams)
+  assert list(rates) == ['WAV', 'FLAC', 'Ogg Vorbis', 'MP3']
+  assert all(rate > 0 for rate in rates.values())
+  assert sorted(os.listdir(str(tmp_path / 'out'))) == ['flac', 'mp3', 'ogg']
+  assert sorted(os.listdir(str(tmp_path / 'out' / 'mp3'))) == ['c0.mp3',
+                                                               'c1.mp3']
+  out = capsys.readouterr().out
+  assert out.startswith('Decoding and examples (no model), 2 clips: WAV ')
+  assert 'examples/s (1.00 x WAV), FLAC ' in out
+  # Every example of every copy, each pass: 2 + 18 examples, timed by a
+  # clock that moves 1 s a pass.
+  monkeypatch.setattr(benchmark_audio.time, 'perf_counter',
+                      Clock(*[0.0, 1.0] * 8))
+  copies = benchmark_audio.format_copies(
+      [str(clip_dir / 'c0.wav'), str(clip_dir / 'c1.wav')],
+      str(tmp_path / 'again'))
+  assert benchmark_audio.format_rates(copies, hparams) == {
+      'WAV': 20.0, 'FLAC': 20.0, 'Ogg Vorbis': 20.0, 'MP3': 20.0}
 
 
 def test_tflite_model_rates_time_each_model_alone(monkeypatch):

@@ -458,9 +458,10 @@ def test_a_long_file_is_tagged_in_bounded_memory(tagger, tmp_path, engine,
   allocator caches, not the file: 0.7 to 0.8 GiB for both), +33 and +42 MiB
   with TFLite (0.9 GiB for both); forked from the test's server, +26 and
   +24 MiB (0.4 and 0.5 GiB, most of it shared with the server); the MP3,
-  +34 MiB (0.7 GiB for both). The bound, 160 MiB, is far below what holding the file
-  would take: its samples alone are 303 MiB as float32 at 44.1 kHz mono
-  (330 MiB of bytes as stored, 1.3 GiB as float64 frames)."""
+  forked, +34 MiB (0.7 GiB for both). The bound, 160 MiB, is far below
+  what holding the file would take: its samples alone are 303 MiB as
+  float32 at 44.1 kHz mono (330 MiB of the WAV's bytes, 1.3 GiB as float64
+  frames)."""
   long_path = str(tmp_path / ('long.' + ext))
   short_path = str(tmp_path / ('short.' + ext))
   write_long = write_sparse_wav if ext == 'wav' else write_sparse_mp3
