@@ -50,17 +50,21 @@ def _flac_versions(folder, pcm, name):
 @pytest.fixture(scope='module')
 def flac_set(tmp_path_factory):
   """Two clips (10.3 s: two chunks; 0.7 s) as WAV and as FLAC, and a
-  CSV of each."""
+  CSV of each kind (_flac_versions) and of the first clip's WAV with the
+  second's FLAC (a set of both kinds)."""
   import make_demo_data
   folder = tmp_path_factory.mktemp('flac_set')
   versions = [_flac_versions(folder, _int16_clip(s, i), 'c%d' % i)
               for i, s in enumerate((10.3, 0.7))]
+  versions.append([versions[0][0], versions[1][1]])  # mixed
   csvs = []
-  for kind in range(3):
+  for kind in range(4):
     csvs.append(str(folder / ('kind%d.csv' % kind)))
+    paths = ([v[kind] for v in versions[:2]] if kind < 3 else versions[2])
     make_demo_data.write_csv(csvs[-1], [
-        (os.path.basename(v[kind]), ['Buzz', 'Hiss']) for v in versions])
-  return {'folder': str(folder), 'versions': versions, 'csvs': csvs}
+        (os.path.basename(p), ['Buzz', 'Hiss']) for p in paths])
+  return {'folder': str(folder), 'versions': versions[:2], 'csvs': csvs,
+          'mixed': versions[2]}
 
 
 def test_flac_gives_the_wavs_examples_in_every_pipeline(flac_set,
@@ -93,13 +97,14 @@ def test_flac_gives_the_wavs_examples_in_every_pipeline(flac_set,
 
   for crops in (False, True):
     wav_batches = first_batches(0, crops)
-    for kind in (1, 2):
+    for kind in (1, 2, 3):
       for got, want in zip(first_batches(kind, crops), wav_batches):
         for a, b in zip(got, want):
           np.testing.assert_array_equal(a, b)
 
   def scoring(kind):
-    paths = [v[kind] for v in flac_set['versions']]
+    paths = ([v[kind] for v in flac_set['versions']] if kind < 3 else
+             flac_set['mixed'])
     found = {}
     for examples, clip in inputs.scoring_dataset(paths, hparams, 4):
       for example, i in zip(examples.numpy(), clip.numpy()):
@@ -109,7 +114,7 @@ def test_flac_gives_the_wavs_examples_in_every_pipeline(flac_set,
 
   wav_scoring = scoring(0)
   assert sorted(wav_scoring) == [0, 1] and len(wav_scoring[0]) == 21
-  for kind in (1, 2):
+  for kind in (1, 2, 3):
     got = scoring(kind)
     for i in wav_scoring:
       np.testing.assert_array_equal(got[i], wav_scoring[i])
