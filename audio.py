@@ -272,6 +272,4 @@ class Source:
     if bad.any():
       raise AudioError('frame %d holds a NaN or infinite sample' % (
           start + int(np.flatnonzero(bad)[0])))
-    if frames.shape[1] == 1:
-      return frames[:, 0]
-    return frames.mean(axis=1, dtype=np.float64).astype(np.float32)
+    return frames.mean(axis=1)  # float32, as mono needs no averaging

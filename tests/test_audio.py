@@ -259,12 +259,14 @@ def test_a_file_cut_during_a_run_stops_it_with_the_seconds_readable(
     ('song.dat', b'\x00\x00\x00\x20ftypmp42', 'an MP4/M4A file (AAC or ALAC '
      'audio)'),
     ('song.raw', b'\xff\xf1\x50\x80', 'an AAC (ADTS) stream'),
-    ('song.wma', b'\x30\x26\xb2\x75', 'a WMA file')])
+    ('song.wma', b'\x30\x26\xb2\x75', 'a WMA file'),
+    ('tiny.aac', b'\xff', 'an AAC file'),
+    ('tiny.dat', b'\xff\xf9', 'an AAC (ADTS) stream')])
 def test_formats_libsndfile_cannot_read_say_what_to_do(tmp_path, name, head,
                                                        kind):
   import audio
   path = tmp_path / name
-  path.write_bytes(head + b'\x00' * 200)
+  path.write_bytes(head + (b'\x00' * 200 if len(head) > 2 else b''))
   with pytest.raises(audio.AudioError) as error:
     audio.inspect(str(path))
   ext = os.path.splitext(name)[1]
@@ -314,3 +316,40 @@ def test_a_name_that_lies_is_read_by_content_with_a_note(tmp_path):
   mean = noise.astype(np.float32).mean(axis=1)
   np.testing.assert_allclose(samples['wav'], soxr.resample(
       mean, 22050, 44100, quality='VHQ')[1000:30000], rtol=0, atol=1e-6)
+
+
+def test_a_length_a_little_long_is_read_as_silence(tmp_path):
+  """A length that overstates the file by less than 0.1 s (an estimate)
+  is read with silence at the end; by more, the file is truncated."""
+  import audio
+  path = write_audio(tmp_path / 'a.flac', _noise(1.0))
+  clip = audio.inspect(path)
+  near = clip._replace(frames=clip.frames + 4000)  # 0.09 s more
+  audio._check_complete(path, near)
+  got = audio.Source(path, near).read(40000, clip.frames + 4000)
+  assert np.abs(got[:4100 - 4000]).max() > 0.01
+  np.testing.assert_array_equal(got[4100:], 0)
+  far = clip._replace(frames=clip.frames + 4500)  # 0.1 s more
+  with pytest.raises(audio.AudioError) as error:
+    audio._check_complete(path, far)
+  assert str(error.value) == 'truncated or damaged: 1.0 s of 1.1 s readable'
+  with pytest.raises(audio.AudioError) as error:
+    audio.Source(path, far).read(40000, clip.frames + 4500)
+  assert str(error.value) == ('truncated: 1.0 s of 1.1 s readable (did the '
+                              'file change?)')
+
+
+def test_the_mp3_decoders_warnings_are_silenced(tmp_path, capfd):
+  """libsndfile's MP3 decoder warns on stderr about a cut file: only our
+  own line is shown; stderr works again after, and no descriptor leaks."""
+  import sys
+  import audio
+  cut = cut_in_half(write_audio(tmp_path / 'a.mp3', _noise(2.0)),
+                    tmp_path / 'cut.mp3')
+  open_fds = len(os.listdir('/proc/self/fd'))
+  capfd.readouterr()
+  with pytest.raises(audio.AudioError):
+    audio.inspect(cut)
+  print('after', file=sys.stderr, flush=True)
+  assert capfd.readouterr().err == 'after\n'
+  assert len(os.listdir('/proc/self/fd')) == open_fds
