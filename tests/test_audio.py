@@ -170,12 +170,16 @@ def test_every_format_tags_and_infers_from_the_command_line(tagger,
   written as float32 text, equal to the last digit); the lossy ones within
   LOSSY_BOUND, with the same top class; the WAV named .mp3 gets a note."""
   paths = _lossy_versions(tmp_path / 'formats')
+
+  def main_on_the_folder(mode, folder_flag, output_flag, output):
+    return check_ok(run_main([
+        '--mode', mode, '--class_map_path', CLASS_MAP,
+        '--inference_checkpoint', tagger['checkpoint'],
+        folder_flag, str(tmp_path / 'formats'), output_flag, output]))
+
   timeline = str(tmp_path / 'timeline.csv')
-  tagged = check_ok(run_main([
-      '--mode', 'tag', '--class_map_path', CLASS_MAP,
-      '--inference_checkpoint', tagger['checkpoint'],
-      '--tag_paths', str(tmp_path / 'formats'),
-      '--timeline_csv_path', timeline]))
+  tagged = main_on_the_folder('tag', '--tag_paths', '--timeline_csv_path',
+                              timeline)
   assert '%s: note: named .mp3 but holds WAV audio; read as WAV' % (
       paths['named']) in tagged.stderr.splitlines()
   rows = read_csv_rows(timeline)[1:]
@@ -184,11 +188,8 @@ def test_every_format_tags_and_infers_from_the_command_line(tagger,
     by_file.setdefault(row[0], []).append(row[2:])
   assert sorted(by_file) == sorted(paths.values())
   submission = str(tmp_path / 'submission.csv')
-  inferred = check_ok(run_main([
-      '--mode', 'inference', '--class_map_path', CLASS_MAP,
-      '--inference_checkpoint', tagger['checkpoint'],
-      '--inference_clip_dir', str(tmp_path / 'formats'),
-      '--predictions_csv_path', submission]))
+  inferred = main_on_the_folder('inference', '--inference_clip_dir',
+                                '--predictions_csv_path', submission)
   assert ('main.py: note: 1 files not in the format their names say: %s: '
           'named .mp3 but holds WAV audio; read as WAV' % paths['named']
           in inferred.stderr.splitlines())
