@@ -21,6 +21,7 @@ import math
 import os
 
 import numpy as np
+import soundfile
 
 import wav
 
@@ -97,11 +98,6 @@ def _quiet_stderr():
     os.close(saved)
 
 
-def _soundfile():
-  import soundfile
-  return soundfile
-
-
 def inspect(path):
   """The Clip of an audio file; AudioError saying what is wrong with it."""
   try:
@@ -116,7 +112,6 @@ def inspect(path):
       raise AudioError('empty file')
   except OSError as e:
     raise AudioError('cannot read (%s)' % (e.strerror or e)) from None
-  soundfile = _soundfile()
   with _quiet_stderr():
     try:
       info = soundfile.info(path)
@@ -166,7 +161,6 @@ def _seconds(frames, rate):
 def _check_complete(path, clip):
   """AudioError if the file ends before its header says (a cut FLAC or MP3:
   its last frames cannot be reached) or its Ogg stream has no end."""
-  soundfile = _soundfile()
   slack = int(LENGTH_SLACK_SECONDS * clip.rate)
   try:
     with soundfile.SoundFile(path) as f:
@@ -187,7 +181,6 @@ def _check_complete(path, clip):
 def _readable_frames(path):
   """How many frames libsndfile decodes from the start before the file
   ends or fails (to _COUNT_BLOCK frames)."""
-  soundfile = _soundfile()
   count = 0
   try:
     with soundfile.SoundFile(path) as f:
@@ -251,7 +244,6 @@ class Source:
 
   def _frames(self, start, count):
     """Input frames [start, start + count), channels averaged, float32."""
-    soundfile = _soundfile()
     try:
       with soundfile.SoundFile(self.path) as f:
         f.seek(start)
