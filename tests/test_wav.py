@@ -100,3 +100,25 @@ def test_header_fields(tmp_path):
   header = wav.read_header(str(path))
   assert (header.format_tag, header.bits, header.num_frames) == (3, 32, 100)
   assert not wav.pipeline_reads(header)
+
+
+@pytest.mark.parametrize('changes,reads', [
+    ({}, True), ({'format_tag': 3}, False), ({'bits': 24}, False),
+    ({'bits': 8}, False), ({'sample_rate': 48000}, False),
+    ({'sample_rate': 44101}, False), ({'channels': 2}, False)])
+def test_the_pipeline_reads_only_44100_hz_mono_16_bit_pcm(changes, reads):
+  """Those are cut out of the file's bytes by tf.data; any other WAV goes
+  to libsndfile (audio.py), which decodes it to the same values, so only
+  this says which way a file takes."""
+  header = wav.Header(format_tag=1, channels=1, sample_rate=44100, bits=16,
+                      data_offset=44, num_frames=10)
+  assert wav.pipeline_reads(header._replace(**changes)) is reads
+
+
+def test_a_pipeline_wav_is_inspected_by_its_header(tmp_path):
+  import audio
+  path = tmp_path / 'x.wav'
+  path.write_bytes(riff(ODD_HEADERS['junk_and_fact_first']))
+  clip = audio.inspect(str(path))
+  assert clip == audio.Clip('WAV', 44100, 1, NUM_SAMPLES,
+                            12 + 36 + 24 + 12 + 8, None)
