@@ -264,4 +264,6 @@ class Source:
     if bad.any():
       raise AudioError('frame %d holds a NaN or infinite sample' % (
           start + int(np.flatnonzero(bad)[0])))
-    return frames.mean(axis=1)  # float32, as mono needs no averaging
+    # Summed in float64: float32 sums of 3 or more channels round by more
+    # than 1e-7.
+    return frames.mean(axis=1, dtype=np.float64).astype(np.float32)
