@@ -382,7 +382,7 @@ def _engine(class_names):
     # The --hparams the file fixes, before TensorFlow starts.
     _merge(tflite_engine.run_of(entry, FLAGS.tflite_model)[1],
            FLAGS.tflite_model, **_FILE_FIXES)
-    tflite_engine.interpreter(FLAGS.tflite_model, 1)  # LiteRT can run it
+    tflite_engine.Runner(FLAGS.tflite_model, 1)  # LiteRT can run it, as described
   calibration = ()
   if FLAGS.calibration_csv_path:
     calibration = tuple(tflite_engine.calibration_clips(
