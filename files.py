@@ -7,6 +7,7 @@ WAV file is reported in a second, as one line naming the file and the fault.
 
 import csv
 import os
+import stat
 import tempfile
 
 import numpy as np
@@ -150,9 +151,32 @@ def label_matrix(rows, class_names):
   return matrix
 
 
+_KINDS = ((stat.S_ISFIFO, 'a named pipe'), (stat.S_ISSOCK, 'a socket'),
+          (stat.S_ISCHR, 'a character device'),
+          (stat.S_ISBLK, 'a block device'), (stat.S_ISDIR, 'a folder'))
+
+
+def not_a_file(path):
+  """What `path` (or the file a link names) is when it is not a regular
+  file, judged without opening it: opening a named pipe waits for a
+  writer, for ever. None for a regular file or a path that cannot be
+  looked at (its reader then says why)."""
+  try:
+    mode = os.stat(path).st_mode
+  except OSError:
+    return None
+  for test, kind in _KINDS:
+    if test(mode):
+      return 'not a regular file (%s)' % kind
+  return None
+
+
 def inspect_wav(path):
   """Returns (problem, num_samples) of a WAV file; problem is None when the
   pipeline can read it (see wav.pipeline_problem), else what is wrong."""
+  problem = not_a_file(path)
+  if problem:
+    return problem, 0
   try:
     header = wav.read_header(path)
   except wav.WavError as e:
@@ -176,14 +200,16 @@ def check_wavs(paths):
 
 
 def list_wavs(clip_dir):
-  """Returns the sorted .wav file names in clip_dir (files, and links even
-  if broken, which check_wavs then reports); raises if there are none."""
+  """Returns the sorted .wav names in clip_dir: files, and links even if
+  broken, named pipes, sockets and devices, which check_wavs then reports
+  rather than leaving them out unsaid; not folders. Raises if there are
+  none."""
   if not os.path.isdir(clip_dir):
     raise UserError('%s: clip folder not found' % clip_dir)
   names = sorted(n for n in os.listdir(clip_dir)
                  if n.lower().endswith('.wav') and (
                      os.path.islink(os.path.join(clip_dir, n)) or
-                     os.path.isfile(os.path.join(clip_dir, n))))
+                     not os.path.isdir(os.path.join(clip_dir, n))))
   if not names:
     raise UserError('%s: no .wav files in this folder' % clip_dir)
   return names

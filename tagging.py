@@ -40,8 +40,9 @@ MAX_RESAMPLING_TERM = 200000
 
 def list_files(tag_paths):
   """The files to tag, in the order given: each path naming a file (or a
-  link, even a broken one, which is then reported as unreadable), and every
-  .wav file directly in each path naming a folder, sorted by name. Raises
+  link, even a broken one, or a named pipe, socket or device: each then
+  reported as unreadable), and every .wav entry but folders directly in
+  each path naming a folder, sorted by name. Raises
   UserError naming a path that does not exist or a folder without .wav
   files."""
   found = []
@@ -126,6 +127,25 @@ class Source:
     return resampled[offset:offset + end - start].astype(np.float32)
 
 
+def _open(path):
+  """(Source, None) for a file that can be tagged, else (None, why not)."""
+  # Looked at before wav opens it: opening a named pipe would wait for a
+  # writer.
+  problem = files.not_a_file(path)
+  if problem:
+    return None, problem
+  try:
+    header = wav.read_header(path)
+  except wav.WavError as e:
+    return None, str(e)
+  problem = wav.sample_problem(header)
+  if problem:
+    return None, problem
+  source = Source(path, header)
+  problem = source.problem()
+  return (None, problem) if problem else (source, None)
+
+
 class Reader:
   """The files to tag, read for the scoring engine: each file's chunks
   (features.chunk_bounds) as a 44.1 kHz mono waveform, when tf.data asks
@@ -138,17 +158,9 @@ class Reader:
     self.hparams = hparams
     self.sources, self.failures = [], {}
     for i, path in enumerate(paths):
-      source, problem = None, None
-      try:
-        header = wav.read_header(path)
-        problem = wav.sample_problem(header)
-        if not problem:
-          source = Source(path, header)
-          problem = source.problem()
-      except wav.WavError as e:
-        problem = str(e)
+      source, problem = _open(path)
       if problem:
-        self.failures[i], source = problem, None
+        self.failures[i] = problem
       self.sources.append(source)
 
   @property

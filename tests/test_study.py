@@ -404,6 +404,30 @@ def test_spec_errors(tmp_path, capsys, change, message):
                                                      message))
 
 
+@pytest.mark.parametrize('configs, message', [
+    # json.dumps cannot write a key twice: the spec is written by hand.
+    ('{"base": {"max_steps": 200}, "fast": {"max_steps": 100}, '
+     '"base": {"max_steps": 300}}',
+     "configs: configuration 'base' is named twice"),
+    ('{"base": {"max_steps": 200, "hparams": "lr=0.1", "max_steps": 300}}',
+     "configs.base: key 'max_steps' is given twice"),
+], ids=['configuration', 'key'])
+def test_a_name_given_twice_in_a_spec_is_refused(tmp_path, capsys, configs,
+                                                  message):
+  _spec(tmp_path, CONFIGS)
+  text = (tmp_path / 'study.json').read_text()
+  start = text.index('"configs": ') + len('"configs": ')
+  end = start + len(json.dumps(CONFIGS))
+  assert json.loads(text[start:end]) == CONFIGS
+  (tmp_path / 'study.json').write_text(text[:start] + configs + text[end:])
+  code = study.main(['--spec', str(tmp_path / 'study.json'), '--study_dir',
+                     str(tmp_path / 'out')], runner=FakeMain())
+  assert code == 1
+  assert capsys.readouterr().err == 'study.py: error: %s: %s\n' % (
+      tmp_path / 'study.json', message)
+  assert not (tmp_path / 'out').exists()
+
+
 def test_a_budget_of_one_step(tmp_path):
   spec = _spec(tmp_path, {'base': {'max_steps': 1}})
   assert spec.configs['base'].max_steps == 1
