@@ -550,3 +550,32 @@ def test_quantized_differences_worked_by_hand():
   assert example == pytest.approx(0.7)
   assert clip == pytest.approx(0.4)
   assert agree == 1
+
+
+def _metadata_entries(data):
+  """[(name, bytes)] of a TFLite model's metadata, read with LiteRT's
+  schema."""
+  from ai_edge_litert import schema_py_generated as schema
+  model = schema.Model.GetRootAs(data, 0)
+  entries = []
+  for i in range(model.MetadataLength()):
+    metadata = model.Metadata(i)
+    buffer = model.Buffers(metadata.Buffer())
+    entries.append((metadata.Name().decode(),
+                    buffer.DataAsNumpy().tobytes()))
+  return entries
+
+
+def test_new_metadata_replaces_ours_and_keeps_the_converters(tagger_export):
+  """Rewriting the entry leaves the converter's own metadata (its minimum
+  runtime version, ...) as they were, and holds one entry of ours: the new
+  one."""
+  with open(tagger_export['float32'], 'rb') as f:
+    data = f.read()
+  before = _metadata_entries(data)
+  others = [e for e in before if e[0] != tflite_engine.METADATA_NAME]
+  assert others and len(others) < len(before)  # the converter's and ours
+  after = _metadata_entries(tflite_engine.with_metadata(data, {'a': 7}))
+  assert [e for e in after if e[0] != tflite_engine.METADATA_NAME] == others
+  ours = [e for e in after if e[0] == tflite_engine.METADATA_NAME]
+  assert [json.loads(blob) for _, blob in ours] == [{'a': 7}]
