@@ -901,33 +901,6 @@ def test_example_cache_size_counts_the_bands(two_sources):
       count, count * (4 * 50 * 64 + 4 * 80))
 
 
-def test_benchmarks_plain_network_takes_the_hparams():
-  """benchmark.py's stock-layer MobileNet with 64 bands, bneps=0.25 and
-  bndecay=0.5: with model.py's weights, the same logits in inference and
-  the same moving statistics after a training call."""
-  import benchmark
-  import model as model_lib
-  hparams = _hparams('mel_bands=64,bneps=0.25,bndecay=0.5')
-  ours = model_lib.build_model(benchmark.MODEL, 80, hparams)
-  plain = benchmark.plain_mobilenet(80, hparams)
-  rng = np.random.default_rng(0)
-  weights = [rng.uniform(0.5, 1.5, w.shape) if w.ndim == 1 else
-             rng.normal(0, 0.3, w.shape) for w in ours.get_weights()]
-  ours.set_weights(weights)
-  plain.set_weights(weights)
-  batch = rng.normal(-4, 2, (2, 100, 64)).astype(np.float32)
-  expected = np.asarray(ours(batch, training=False))
-  np.testing.assert_allclose(np.asarray(plain(batch, training=False)),
-                             expected, rtol=1e-4,
-                             atol=1e-4 * np.abs(expected).max())
-  ours(batch, training=True)
-  plain(batch, training=True)
-  for a, b in zip(ours.get_weights(), plain.get_weights()):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
-  # bndecay 0.5 moved the first moving mean halfway from the weights set.
-  assert not np.allclose(ours.get_weights()[3], weights[3], atol=1e-3)
-
-
 def test_benchmarks_precise_bn_timing_uses_bn_stats_batches(monkeypatch):
   import benchmark
 
