@@ -596,3 +596,21 @@ def test_self_check_clip_has_the_dynamics_of_recorded_sound():
   assert np.mean(levels < loud - 40) >= 0.15  # quiet passages
   assert np.sum(np.diff(levels) >= 20) >= 3  # onsets
   assert levels[0] == -100  # it starts with digital silence
+
+
+def test_only_errors_inside_the_build_are_renamed(tmp_path):
+  """A write error inside the export's build folder is renamed to the
+  part of --export_dir it was writing; an error about any other path (a
+  clip, a checkpoint) is left as it is."""
+  import errno
+  import export
+  build = str(tmp_path / 'build')
+  inside = OSError(errno.ENOSPC, 'No space left on device',
+                   os.path.join(build, 'saved_model', 'variables'))
+  renamed = export._writing_error(inside, [build], '/out/my_tagger')
+  assert str(renamed) == ('--export_dir: cannot write /out/my_tagger/'
+                          'saved_model (No space left on device); nothing '
+                          'written')
+  for path in (str(tmp_path / 'clips' / 'a.wav'), build + '_other/x', None):
+    outside = OSError(errno.EIO, 'Input/output error', path)
+    assert export._writing_error(outside, [build], '/out/my_tagger') is None
