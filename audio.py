@@ -19,6 +19,7 @@ import collections
 import contextlib
 import math
 import os
+import stat
 
 import numpy as np
 import soundfile
@@ -98,8 +99,31 @@ def _quiet_stderr():
     os.close(saved)
 
 
+_KINDS = ((stat.S_ISFIFO, 'a named pipe'), (stat.S_ISSOCK, 'a socket'),
+          (stat.S_ISCHR, 'a character device'),
+          (stat.S_ISBLK, 'a block device'), (stat.S_ISDIR, 'a folder'))
+
+
+def not_a_file(path):
+  """What `path` (or the file a link names) is when it is not a regular
+  file, judged without opening it: opening a named pipe waits for a
+  writer, for ever. None for a regular file or a path that cannot be
+  looked at (inspect then says why)."""
+  try:
+    mode = os.stat(path).st_mode
+  except OSError:
+    return None
+  for test, kind in _KINDS:
+    if test(mode):
+      return 'not a regular file (%s)' % kind
+  return None
+
+
 def inspect(path):
   """The Clip of an audio file; AudioError saying what is wrong with it."""
+  problem = not_a_file(path)
+  if problem:
+    raise AudioError(problem)
   try:
     header = wav.read_header(path)
   except wav.WavError:

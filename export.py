@@ -52,12 +52,15 @@ gives the Keras model's example scores within EXAMPLES_TOLERANCE (the same
 arithmetic, no FFT), and a quantized one the float one's example scores
 within QUANTIZED_TOLERANCE on QUANTIZED_CHECK_CLIPS real-shaped clips (and a
 few calibration clips); the report gives the largest example and clip score
-differences and on how many clips the top class agrees. See docs/fast-cpu-scoring.md for the bound's
-measurements.
+differences and on how many clips the top class agrees. The same check
+(check_quantized) holds a model --engine tflite quantizes in memory. See
+docs/fast-cpu-scoring.md for the bound's measurements.
 """
 
 import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 
@@ -152,8 +155,7 @@ def write_tflite(tagger, path):
     except Exception as e:  # the converter raises several kinds
       raise UserError('export: TFLite conversion failed: %s' % (
           str(e).strip().splitlines() or [type(e).__name__])[0]) from None
-  with open(path, 'wb') as f:
-    f.write(model)
+  _write_file(path, model)
 
 
 def tflite_ops(path):
@@ -311,28 +313,11 @@ def export(model_name, hparams, class_names, class_map_path, checkpoint_path,
                               calibration_paths=tuple(calibration_paths)))
   statistics = scorer.load(checkpoint_path)
   stopping.check()
-  parent = os.path.dirname(os.path.abspath(export_dir))
-  os.makedirs(parent, exist_ok=True)
-  building = tempfile.mkdtemp(dir=parent, prefix='.export-')
-  links = tempfile.mkdtemp(prefix='export-link-')
   entries = {kind: tflite_engine.record(model_name, hparams, class_names,
                                         kind, checkpoint_path, statistics)
              for kind in _kinds(quantize)}
-  try:
-    # TensorFlow reads a SavedModel's variables path as a glob pattern
-    # (`run[1]/` would match nothing): everything goes through a link whose
-    # path holds no pattern characters.
-    work = os.path.join(links, 'export')
-    os.symlink(building, work)
-    report = _build(scorer, class_names, class_map_path, work, entries)
-    if os.path.isdir(export_dir):
-      os.rmdir(export_dir)  # checked empty before the run
-    os.rename(building, export_dir)
-  except BaseException:
-    shutil.rmtree(building, ignore_errors=True)
-    raise
-  finally:
-    shutil.rmtree(links, ignore_errors=True)
+  report = _build_into(export_dir, lambda folder: _build(
+      scorer, class_names, class_map_path, folder, entries))
   names = [SAVED_MODEL, TFLITE] + [tflite_engine.EXAMPLES_FILES[kind]
                                    for kind in entries]
   print('Exported %s (batch-norm statistics: %s) to %s' % (
@@ -342,6 +327,85 @@ def export(model_name, hparams, class_names, class_map_path, checkpoint_path,
       _size(os.path.join(export_dir, name)) / 1e6) for name in names))
   for line in report:
     print('  ' + line)
+
+
+def _build_into(export_dir, build):
+  """build(folder) -> report, run on a new folder that becomes export_dir
+  once it is complete: export_dir ends whole or as it was, and no temporary
+  folder remains. An OSError or TensorFlow error about a file of the export
+  names --export_dir, not the temporary paths it is written through."""
+  parent = os.path.dirname(os.path.abspath(export_dir))
+  building = links = work = None
+  try:
+    os.makedirs(parent, exist_ok=True)
+    building = tempfile.mkdtemp(dir=parent, prefix='.export-')
+    # TensorFlow reads a SavedModel's variables path as a glob pattern
+    # (`run[1]/` would match nothing): everything goes through a link whose
+    # path holds no pattern characters.
+    links = tempfile.mkdtemp(prefix='export-link-')
+    work = os.path.join(links, 'export')
+    os.symlink(building, work)
+    report = build(work)
+    _move_into_place(building, export_dir)
+    return report
+  except BaseException as e:
+    if building:
+      shutil.rmtree(building, ignore_errors=True)
+    named = _writing_error(e, [p for p in (work, building, export_dir) if p],
+                           export_dir)
+    if named:
+      raise named from None
+    raise
+  finally:
+    if links:
+      shutil.rmtree(links, ignore_errors=True)
+
+
+def _move_into_place(building, export_dir):
+  """Renames the built folder to export_dir, over the empty folder the run
+  was checked to find there or over one made now, with that folder's mode:
+  mkdtemp made the build 0o700; a new folder has 0o777 less the umask, as
+  mkdir makes it, and an existing one keeps its own."""
+  made = not os.path.isdir(export_dir)
+  if made:
+    os.mkdir(export_dir)
+  try:
+    os.chmod(building, stat.S_IMODE(os.stat(export_dir).st_mode))
+    os.rename(building, export_dir)  # replaces an empty folder atomically
+  except BaseException:
+    if made:
+      os.rmdir(export_dir)
+    raise
+
+
+def _writing_error(error, folders, export_dir):
+  """A UserError naming --export_dir for an OSError or a TensorFlow error
+  about a path in `folders` (where the export is written, through paths
+  that mean nothing to the user), else None."""
+  if isinstance(error, OSError):
+    path, reason = error.filename, error.strerror or str(error)
+  elif isinstance(error, tf.errors.OpError):
+    # TensorFlow's file errors read `{{node...}} path; reason [Op:...]`.
+    found = re.search(r'(\S+); ([^\[\n]*)', error.message)
+    path, reason = found.groups() if found else (None, None)
+  else:
+    return None
+  for folder in folders:
+    if path and (path == folder or path.startswith(folder + os.sep)):
+      inside = os.path.relpath(path, folder).split(os.sep)[0]
+      return UserError('--export_dir: cannot write %s (%s); nothing written'
+                       % (os.path.normpath(os.path.join(export_dir, inside)),
+                          reason.strip()))
+  return None
+
+
+def _write_file(path, data):
+  """Writes bytes to path; an OSError names it (a failed write does not)."""
+  try:
+    with open(path, 'wb') as f:
+      f.write(data)
+  except OSError as e:
+    raise OSError(e.errno, e.strerror or str(e), path) from None
 
 
 def _kinds(quantize):
@@ -358,13 +422,13 @@ def _build(scorer, class_names, class_map_path, folder, entries):
     stopping.check()
     print('export: converting the model part to TFLite (%s)' % kind,
           flush=True)
-    with open(os.path.join(folder, tflite_engine.EXAMPLES_FILES[kind]),
-              'wb') as f:
-      f.write(tflite_engine.with_metadata(scorer.convert(kind), entry))
+    _write_file(os.path.join(folder, tflite_engine.EXAMPLES_FILES[kind]),
+                tflite_engine.with_metadata(scorer.convert(kind), entry))
   print('export: checking the examples-in models', flush=True)
   examples_lines = check_examples_models(folder, scorer, list(entries))
   stopping.check()
-  shutil.copyfile(class_map_path, os.path.join(folder, CLASS_MAP))
+  with open(class_map_path, 'rb') as f:
+    _write_file(os.path.join(folder, CLASS_MAP), f.read())
   tagger = Tagger(scorer.waveform_model, class_names,
                   os.path.join(folder, CLASS_MAP))
   print('export: writing the SavedModel', flush=True)
@@ -390,7 +454,7 @@ def check_examples_models(folder, scorer, kinds):
   files_ = tflite_engine.EXAMPLES_FILES
   runners = {kind: tflite_engine.Runner(os.path.join(folder, files_[kind]))
              for kind in kinds}
-  clips = _quantization_check_clips(scorer)
+  clips = quantization_check_clips(scorer)
   stopping.check()
   examples = clips[0][1]
   difference = float(np.abs(runners['none'](examples) -
@@ -402,12 +466,12 @@ def check_examples_models(folder, scorer, kinds):
   lines = ['%s: example scores within %.1g of the Keras model' % (
       files_['none'], difference)]
   for kind in kinds[1:]:
-    lines.append(_check_quantized(files_[kind], runners[kind],
-                                  runners['none'], clips))
+    lines.append(check_quantized(files_[kind], runners[kind],
+                                 runners['none'], clips))
   return lines
 
 
-def _quantization_check_clips(scorer):
+def quantization_check_clips(scorer):
   """[(name, examples)]: real-shaped clips (check_waveform, several seeds)
   and the first few calibration clips."""
   clips = [('check_waveform(seed=%d)' % seed, features.waveform_to_examples(
@@ -435,14 +499,20 @@ def quantized_differences(quantized, reference, clips):
   return example, clip, agree
 
 
-def _check_quantized(name, quantized, reference, clips):
+def check_quantized(name, quantized, reference, clips, lead='export: ',
+                    after='nothing written'):
+  """The bound every quantized model is held to, exported or converted in
+  memory: its example scores (quantized: examples -> scores) within
+  QUANTIZED_TOLERANCE of the float model's (reference) on the check clips
+  (quantization_check_clips). Returns the report line; a refusal is a
+  UserError: lead, name, the figures, then `after`."""
   example, clip, agree = quantized_differences(quantized, reference, clips)
   if not example <= QUANTIZED_TOLERANCE:
-    raise UserError('export: %s scores an example %.2g away from the float '
-                    'model (allowed %g; clip scores up to %.2g away, top '
-                    'class the same on %d of %d clips); nothing written' % (
-                        name, example, QUANTIZED_TOLERANCE, clip, agree,
-                        len(clips)))
+    raise UserError('%s%s scores an example %.2g away from the float model '
+                    '(allowed %g; clip scores up to %.2g away, top class the '
+                    'same on %d of %d clips); %s' % (
+                        lead, name, example, QUANTIZED_TOLERANCE, clip,
+                        agree, len(clips), after))
   return ('%s: example scores within %.2g, clip scores within %.2g of the '
           'float model on %d clips, the same top class on %d' % (
               name, example, clip, len(clips), agree))

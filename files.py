@@ -186,13 +186,15 @@ def note_line(notes):
 
 
 def _audio_file(folder, name):
-  """Whether a folder's entry is a file (or a link, even a broken one)
-  named as audio, or one libsndfile can open whatever its name."""
+  """Whether a folder's entry is named as audio and not a folder (a link,
+  even a broken one, a named pipe, socket or device: check_clips then
+  reports it rather than leaving it out unsaid), or is a regular file
+  libsndfile can open whatever its name (a pipe is never opened)."""
   path = os.path.join(folder, name)
-  if not (os.path.islink(path) or os.path.isfile(path)):
-    return False
   if os.path.splitext(name)[1].lower() in audio.AUDIO_EXTENSIONS:
-    return True
+    return os.path.islink(path) or not os.path.isdir(path)
+  if not os.path.isfile(path):
+    return False
   try:
     audio.inspect(path)
   except (audio.AudioError, OSError):

@@ -306,14 +306,16 @@ def _check_flags():
       _check_train_hparams(hparams)
   if FLAGS.mode == 'eval':
     _check_eval_flags()
+  if FLAGS.mode == 'relabel':
+    _check_relabel_flags()
   for flag in _MODES[FLAGS.mode].output_dirs:
     path = getattr(FLAGS, flag)
     if os.path.exists(path) and not os.path.isdir(path):
       raise UserError('--%s: %s exists and is not a folder' % (flag, path))
   if FLAGS.inference_checkpoint and _MODES[FLAGS.mode].from_checkpoint:
     checkpoints.require(FLAGS.inference_checkpoint, '--inference_checkpoint')
-  if FLAGS.tflite_model and not os.path.isfile(FLAGS.tflite_model):
-    raise UserError('--tflite_model: %s not found' % FLAGS.tflite_model)
+  if FLAGS.tflite_model:
+    _check_model_file(FLAGS.tflite_model)
   for flag in _MODES[FLAGS.mode].output_files:
     if getattr(FLAGS, flag) and flag != 'export_dir':
       files.check_writable(getattr(FLAGS, flag), '--' + flag)
@@ -325,6 +327,21 @@ def _check_flags():
                       path)
     files.check_creatable_folder(path, '--export_dir')
   return hparams
+
+
+def _check_model_file(path):
+  """--tflite_model names a file; a folder (an export's, say) is named as
+  one, with the models it holds."""
+  if os.path.isdir(path):
+    try:
+      models = sorted(set(os.listdir(path)) &
+                      set(tflite_engine.EXAMPLES_FILES.values()))
+    except OSError:
+      models = []
+    raise UserError('--tflite_model: %s is a folder, not a .tflite file%s' % (
+        path, ' (it holds %s)' % ', '.join(models) if models else ''))
+  if not os.path.isfile(path):
+    raise UserError('--tflite_model: %s not found' % path)
 
 
 def _check_engine_flags():
@@ -364,7 +381,10 @@ def _engine(class_names):
     if problem:
       raise UserError('--tflite_model: %s: %s' % (FLAGS.tflite_model,
                                                   problem))
-    tflite_engine.interpreter(FLAGS.tflite_model, 1)  # LiteRT can run it
+    # The --hparams the file fixes, before TensorFlow starts.
+    _merge(tflite_engine.run_of(entry, FLAGS.tflite_model)[1],
+           FLAGS.tflite_model, **_FILE_FIXES)
+    tflite_engine.Runner(FLAGS.tflite_model, 1)  # LiteRT can run it, as described
   calibration = ()
   if FLAGS.calibration_csv_path:
     calibration = tuple(tflite_engine.calibration_clips(
@@ -380,6 +400,16 @@ def _check_eval_flags():
     for name in ('eval_poll_seconds', 'eval_idle_timeout_seconds'):
       if FLAGS[name].present:
         raise UserError('--%s is only used with --eval_continuous' % name)
+
+
+def _check_relabel_flags():
+  keep = FLAGS.relabel_keep_threshold
+  add = FLAGS.relabel_add_threshold
+  if keep > add:
+    raise UserError('--relabel_keep_threshold %s is above '
+                    '--relabel_add_threshold %s: a given label must not need '
+                    'a higher score to be kept than a new one to be added' % (
+                        keep, add))
 
 
 def _hparams_from_flags():
@@ -416,8 +446,17 @@ def _train_sources():
                             FLAGS.train_source_kinds)
 
 
+def _max_steps():
+  """The steps the run trains to (None: 1000 epochs of the pipeline)."""
+  return params.default_max_steps(FLAGS.max_steps, FLAGS.epoch_num_batches)
+
+
 def _check_train_hparams(hparams):
   sources.check_hparams(_train_sources(), hparams)
+  try:
+    params.check_schedule(hparams, _max_steps())
+  except ValueError as e:
+    raise UserError('--hparams: %s' % e) from None
   if hparams.lrdecay > 0 and not FLAGS.epoch_num_batches:
     raise UserError('--epoch_num_batches is required when lrdecay > 0')
   if hparams.warmstart and not FLAGS.warmstart_checkpoint:
@@ -469,20 +508,42 @@ def _recorded_run(hparams):
   model_name, hparams = _use_record(*record, prefix,
                                      'was trained with --model %s')
   if FLAGS.mode == 'train':
+    _check_resumed_schedule(record[1], hparams, prefix)
     _check_train_hparams(hparams)
   return model_name, hparams
 
 
-def _use_record(model_name, recorded, source, made_with):
+def _check_resumed_schedule(recorded, hparams, prefix):
+  """A resumed cosine decay keeps the horizon its run recorded: another one
+  would re-base the decay on the steps already taken (the rate would rise
+  again, following neither schedule). Records made before runs recorded
+  their horizon (decay_horizon=0) cannot be checked."""
+  horizon = recorded.get('decay_horizon') if recorded.get(
+      'cosine_decay') else 0
+  if not (horizon and hparams.cosine_decay):
+    return
+  given = params.parse_overrides(FLAGS.hparams).get('decay_horizon')
+  if (given or _max_steps()) == horizon:
+    return
+  asked = ('--hparams decay_horizon=%d' % given if given else
+           '--max_steps %d' % FLAGS.max_steps if FLAGS.max_steps else
+           'no --max_steps')
+  raise UserError(
+      '%s: %s decays the learning rate to step %d (its recorded '
+      'decay_horizon=%d), and a resumed run keeps its schedule: resume with '
+      '--max_steps %d, add decay_horizon=%d to --hparams to train on at the '
+      'floor rate, or start a new --train_dir' % (
+          asked, prefix, horizon, horizon, horizon, horizon))
+
+
+def _use_record(model_name, recorded, source, made_with, **fixes):
   """(model name, the hparams recorded in `source` with --hparams on
-  top), announced; --model, if given, must be the recorded one."""
+  top), announced; --model, if given, must be the recorded one; fixes: see
+  _merge."""
   if FLAGS['model'].present and FLAGS.model != model_name:
     raise UserError('--model %s: %s %s' % (FLAGS.model, source,
                                            made_with % model_name))
-  try:
-    hparams = params.merge(recorded, FLAGS.hparams, source)
-  except ValueError as e:
-    raise UserError('--hparams: %s' % e) from None
+  hparams = _merge(recorded, source, **fixes)
   changed = params.describe(hparams)
   # Tag mode keeps stdout for the files' lines.
   print('Using --model %s and the hparams recorded in %s%s' % (
@@ -504,7 +565,22 @@ def _tflite_run():
       raise UserError('--tflite_model: %s: %s (%s)' % (path, problem,
                                                        prefix))
   return _use_record(model_name, recorded, path,
-                     'was exported from a --model %s run')
+                     'was exported from a --model %s run', **_FILE_FIXES)
+
+
+# A model file fixes its features and architecture, and the batch-norm
+# statistics and weights folded into it: --hparams cannot change them.
+_FILE_FIXES = dict(fixed=params.MODEL_DEFINING + params.SCORING,
+                   made='exported')
+
+
+def _merge(recorded, source, fixed=params.MODEL_DEFINING, made='trained'):
+  """The hparams recorded in `source` with --hparams on top, which must not
+  change the `fixed` ones (params.merge)."""
+  try:
+    return params.merge(recorded, FLAGS.hparams, source, fixed, made)
+  except ValueError as e:
+    raise UserError('--hparams: %s' % e) from None
 
 
 def _check_outputs(read_paths):

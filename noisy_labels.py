@@ -106,7 +106,8 @@ def relabel(given, scores, keep_threshold, add_threshold):
   scores (both [clips, classes]).
 
   A given label is kept where score >= keep_threshold and dropped
-  elsewhere; a label not given is added where score >= add_threshold. A
+  elsewhere; a label not given is added where score >= add_threshold (at
+  least keep_threshold: a given label never needs more evidence). A
   clip left with no label although it had some keeps its highest-scoring
   given label (counted as kept; ties go to the lowest class index), so that
   every clip still trains toward something. Returns (float32 labels,
@@ -114,6 +115,10 @@ def relabel(given, scores, keep_threshold, add_threshold):
   """
   _check_range('keep_threshold', keep_threshold, 0.0, 1.0)
   _check_range('add_threshold', add_threshold, 0.0, 1.0)
+  if keep_threshold > add_threshold:
+    raise ValueError('keep_threshold=%s is above add_threshold=%s: a given '
+                     'label would need a higher score to stay than a new one '
+                     'to be added' % (keep_threshold, add_threshold))
   given, scores = np.asarray(given), np.asarray(scores, np.float64)
   if given.ndim != 2 or given.shape != scores.shape:
     raise ValueError('labels %s and scores %s: want the same [clips, '

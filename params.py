@@ -176,6 +176,14 @@ MODEL_DEFINING = ('stft_window_seconds', 'stft_hop_seconds', 'mel_bands',
                   'global_pool', 'bn', 'bneps', 'crnn_filters', 'frontend',
                   'pcen_s', 'pcen_eps', 'width')
 
+# The hparams that choose which of a checkpoint's batch-norm statistics and
+# weights scoring uses: a model file (--tflite_model) has them folded in.
+SCORING = ('bn_stats', 'score_averaged')
+
+# The original's training length when --max_steps is not given: this many
+# epochs.
+DEFAULT_EPOCHS = 1000
+
 # Bounds of the feature geometry: beyond them a run would fail deep inside
 # TensorFlow (or crash) instead of doing anything useful.
 _STFT_WINDOW_SECONDS = (0.001, 1.0)
@@ -225,6 +233,32 @@ def _check_geometry(hparams):
   if hparams.example_window_seconds > _MAX_EXAMPLE_WINDOW_SECONDS:
     raise ValueError('hparam example_window_seconds=%s: must be at most %s' % (
         hparams.example_window_seconds, _MAX_EXAMPLE_WINDOW_SECONDS))
+
+
+def default_max_steps(max_steps, epoch_num_batches, epochs=DEFAULT_EPOCHS):
+  """The steps a run trains for: max_steps, else `epochs` epochs of
+  epoch_num_batches batches; None when neither is given (the pipeline then
+  ends after `epochs` epochs of its own)."""
+  if max_steps is None and epoch_num_batches:
+    return epochs * epoch_num_batches
+  return max_steps
+
+
+def cosine_horizon(hparams, max_steps):
+  """The step at which cosine_decay=1 reaches its floor: decay_horizon, else
+  max_steps. Raises ValueError when there is none past the warm-up."""
+  horizon = hparams.decay_horizon or max_steps
+  if not horizon or horizon <= hparams.warmup_steps:
+    raise ValueError('hparam cosine_decay=1: the decay needs a horizon past '
+                     'the warm-up (warmup_steps=%d): set decay_horizon or '
+                     '--max_steps' % hparams.warmup_steps)
+  return horizon
+
+
+def check_schedule(hparams, max_steps):
+  """Raises ValueError for a schedule a run of max_steps cannot follow."""
+  if hparams.cosine_decay:
+    cosine_horizon(hparams, max_steps)
 
 
 def _convert(text, kind):
@@ -373,17 +407,18 @@ def describe(hparams):
                   if getattr(hparams, f.name) != getattr(defaults, f.name))
 
 
-def merge(recorded, flag_string, source):
+def merge(recorded, flag_string, source, fixed=MODEL_DEFINING,
+          made='trained'):
   """HParams for a run on a checkpoint whose record holds `recorded`
   ({hparam: value}, from from_json): the recorded values with the explicit
-  --hparams overrides applied. An override of a MODEL_DEFINING hparam with
-  another value than the recorded one raises ValueError naming both."""
+  --hparams overrides applied. An override of a `fixed` hparam (those the
+  source was `made` with and keeps) with another value than the recorded
+  one raises ValueError naming both."""
   overrides = parse_overrides(flag_string)
   for name, value in overrides.items():
-    if name in MODEL_DEFINING and name in recorded and (
-        recorded[name] != value):
-      raise ValueError('hparam %s=%s contradicts %s, trained with %s=%s' % (
-          name, value, source, name, recorded[name]))
+    if name in fixed and name in recorded and recorded[name] != value:
+      raise ValueError('hparam %s=%s contradicts %s, %s with %s=%s' % (
+          name, value, source, made, name, recorded[name]))
   hparams = dataclasses.replace(HParams(), **dict(recorded, **overrides))
   _check(hparams)
   return hparams

@@ -78,6 +78,7 @@ class Scorer:
     self.batch_size = (GPU_BATCH_SIZE if tf.config.list_logical_devices('GPU')
                        else BATCH_SIZE)
     self._calibration = None
+    self._check_clips = None
     if self.engine.model_path:
       return  # the file is the whole model
     self.model = model_lib.build_model(model_name, num_classes, hparams)
@@ -88,8 +89,11 @@ class Scorer:
                                                        hparams)
     frames, _ = features.example_geometry(hparams)
     spec = tf.TensorSpec([None, frames, hparams.mel_bands], tf.float32)
-    self._score_batch = tf.function(self.waveform_model.scores,
-                                    input_signature=[spec])
+    # The float model: what scores with the Keras engine, and the reference
+    # a model quantized in memory is checked against.
+    self._keras = tf.function(self.waveform_model.scores,
+                              input_signature=[spec])
+    self._score_batch = self._keras
 
   def load(self, checkpoint_path):
     """Loads a checkpoint (or, with an engine's model_path, that file): its
@@ -125,9 +129,25 @@ class Scorer:
           'none')
     batchnorm.fold_batch_norm(self.model, self.inference_model)
     if self.engine.tflite:
-      self._score_batch = tflite_engine.Runner(self.convert(
-          self.engine.quantize or 'none'), self.engine.threads)
+      self._score_batch = self._converted(checkpoint_path)
     return statistics + (' of the averaged weights' if averaged else '')
+
+  def _converted(self, checkpoint_path):
+    """The loaded model part converted in memory, as a Runner; a quantized
+    one is held to the bound of an export's (export.check_quantized) before
+    it scores anything."""
+    quantize = self.engine.quantize or 'none'
+    runner = tflite_engine.Runner(self.convert(quantize), self.engine.threads)
+    if quantize != 'none':
+      import export  # here, not above: export imports this module
+      if self._check_clips is None:
+        self._check_clips = export.quantization_check_clips(self)
+      export.check_quantized(
+          'the %s model converted from %s' % (quantize, checkpoint_path),
+          runner, lambda examples: np.asarray(self._keras(examples)),
+          self._check_clips, lead='--quantize %s: ' % quantize,
+          after='nothing scored with it')
+    return runner
 
   def convert(self, quantize):
     """The loaded model part as TFLite bytes (see tflite_engine.convert);

@@ -6,6 +6,7 @@ TensorFlow is imported.
 """
 
 import dataclasses
+import math
 
 from files import UserError
 
@@ -33,7 +34,8 @@ def from_flags(csv_paths, clip_dirs, weights='', kinds=''):
   --train_clip_dir (one entry per source, in the same order), and the
   optional --train_source_weights and --train_source_kinds. Raises
   UserError (one line) on lists of other lengths, a weight that is not a
-  positive number, or a kind that is not curated or noisy."""
+  positive number, weights whose sum is not finite, or a kind that is not
+  curated or noisy."""
   csvs, dirs = _split(csv_paths), _split(clip_dirs)
   if len(csvs) != len(dirs):
     raise UserError('--train_csv_path names %d sources but --train_clip_dir '
@@ -68,6 +70,11 @@ def _parse_weights(texts, count):
       raise UserError('--train_source_weights: %r is not a positive number'
                       % text)
     weights.append(weight)
+  if not math.isfinite(sum(weights)):
+    # Each share is its weight over the sum: the shares would all be 0.
+    raise UserError('--train_source_weights: %s add up to more than the '
+                    'largest float; only their ratios matter, give smaller '
+                    'numbers' % ','.join(texts))
   return weights
 
 

@@ -159,7 +159,7 @@ def checkpoint_steps(max_steps):
 def load_spec(path):
   try:
     with open(path) as f:
-      raw = json.load(f)
+      raw = json.load(f, object_pairs_hook=_Object)
   except OSError as e:
     raise StudyError('%s: cannot read (%s)' % (path, e.strerror)) from None
   except ValueError as e:
@@ -170,9 +170,32 @@ def load_spec(path):
     raise StudyError('%s: %s' % (path, e)) from None
 
 
+class _Object(dict):
+  """A JSON object that remembers the keys it was given more than once:
+  json keeps only the last value of a key, silently."""
+
+  def __init__(self, pairs):
+    super().__init__(pairs)
+    keys = [key for key, _ in pairs]
+    self.repeated = [key for i, key in enumerate(keys) if key in keys[:i]]
+
+
+def _no_repeated_keys(value, where=''):
+  """Refuses the first key given twice in any object of the spec."""
+  if isinstance(value, _Object) and value.repeated:
+    what = ('configuration %r is named twice' if where == 'configs' else
+            'key %r is given twice')
+    raise ValueError((where + ': ' if where else '') +
+                     what % value.repeated[0])
+  if isinstance(value, dict):
+    for key, child in value.items():
+      _no_repeated_keys(child, '%s.%s' % (where, key) if where else key)
+
+
 def _parse_spec(path, raw):
   if not isinstance(raw, dict):
     raise ValueError('expected a JSON object')
+  _no_repeated_keys(raw)
   _no_unknown(raw, SPEC_KEYS, '')
   folder = os.path.dirname(path)
   data = {}

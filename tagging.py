@@ -30,10 +30,10 @@ from files import UserError
 
 def list_files(tag_paths):
   """The files to tag, in the order given: each path naming a file (or a
-  link, even a broken one, which is then reported as unreadable), and every
-  audio file directly in each path naming a folder (files.list_clips),
-  sorted by name. Raises UserError naming a path that does not exist or a
-  folder without audio files."""
+  link, even a broken one, or a named pipe, socket or device: each then
+  reported as unreadable), and every audio file directly in each path
+  naming a folder (files.list_clips), sorted by name. Raises UserError
+  naming a path that does not exist or a folder without audio files."""
   found = []
   for path in tag_paths:
     if os.path.isdir(path):

@@ -92,10 +92,15 @@ def interpreter(model, threads=None):
 
 
 class Runner:
-  """examples [batch, frames, bands] -> [batch, classes] float32 scores."""
+  """examples [batch, frames, bands] -> [batch, classes] float32 scores.
+  A file's graph is checked against its metadata entry (graph_mismatch)."""
 
   def __init__(self, model, threads=None):
     self.interpreter = interpreter(model, threads)
+    if isinstance(model, str):
+      problem = graph_mismatch(self.interpreter, read_metadata(model), model)
+      if problem:
+        raise UserError('%s: %s' % (model, problem))
     self._run = self.interpreter.get_signature_runner('serving_default')
 
   def logits(self, examples):
@@ -104,6 +109,34 @@ class Runner:
   def __call__(self, examples):
     from scipy import special
     return special.expit(self.logits(examples))
+
+
+def graph_mismatch(made, entry, path):
+  """What in an interpreter's graph contradicts its metadata entry, or None:
+  its examples must be [batch, frames, bands] of the entry's hparams and its
+  logits [batch, classes] of its class names (else the first batch fails
+  deep inside LiteRT or the scores' sums)."""
+  _, recorded = run_of(entry, path)
+  hparams = dataclasses.replace(params.HParams(), **recorded)
+  frames, _ = params.example_geometry(hparams)
+  classes = len(entry.get('class_names') or [])
+  want = {'examples': ('inputs', [-1, frames, hparams.mel_bands],
+                       "its metadata's hparams make examples of %d frames of "
+                       '%d mel bands' % (frames, hparams.mel_bands)),
+          'logits': ('outputs', [-1, classes],
+                     'its metadata names %d classes' % classes)}
+  signature = made.get_signature_list().get('serving_default', {})
+  if any(name not in signature.get(kind, ()) for name, (kind, _, _)
+         in want.items()):
+    return ('its graph has no serving_default signature from examples to '
+            'logits')
+  runner = made.get_signature_runner('serving_default')
+  details = dict(runner.get_input_details(), **runner.get_output_details())
+  for name, (_, shape, meaning) in want.items():
+    got = [int(n) for n in details[name]['shape_signature']]
+    if got[1:] != shape[1:]:
+      return 'its graph has %s %s, but %s' % (name, got, meaning)
+  return None
 
 
 # --- conversion -------------------------------------------------------------
@@ -168,7 +201,8 @@ def record(model_name, hparams, class_names, quantize, checkpoint,
 
 def with_metadata(model, entry):
   """TFLite bytes with `entry` (a dict) as JSON in the metadata entry
-  METADATA_NAME."""
+  METADATA_NAME, which replaces one the model already has (read_metadata
+  would read the first of two)."""
   from ai_edge_litert import schema_py_generated as schema
   from ai_edge_litert.tools import flatbuffer_utils
   tree = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
@@ -179,7 +213,8 @@ def with_metadata(model, entry):
   metadata = schema.MetadataT()
   metadata.name = METADATA_NAME
   metadata.buffer = len(tree.buffers) - 1
-  tree.metadata = (tree.metadata or []) + [metadata]
+  tree.metadata = [m for m in tree.metadata or []
+                   if m.name != METADATA_NAME.encode()] + [metadata]
   return bytes(flatbuffer_utils.convert_object_to_bytearray(tree))
 
 

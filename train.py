@@ -33,7 +33,9 @@ from files import UserError
 
 CHECKPOINT_EVERY = 100
 SUMMARY_EVERY = 10
-DEFAULT_EPOCHS = 1000  # the original's limit when --max_steps is not given
+# The original's limit when --max_steps is not given (here, so that a test
+# can shorten it).
+DEFAULT_EPOCHS = params.DEFAULT_EPOCHS
 RECORD_FILE = 'hparams.json'  # the run's --model and hparams, in train_dir
 # Present in train_dir (holding the final step) once a run has finished, so
 # that a continuous eval knows no checkpoint will follow; removed when a run
@@ -95,15 +97,29 @@ def learning_rate(hparams, epoch_num_batches, max_steps=None):
   warmup = hparams.warmup_steps
   decay_steps, floor = 1, 1.0  # warm-up alone: then the constant lr
   if hparams.cosine_decay:
-    horizon = hparams.decay_horizon or max_steps
-    if not horizon or horizon <= warmup:
-      raise UserError('hparam cosine_decay=1: the decay needs a horizon past '
-                      'the warm-up (warmup_steps=%d): set decay_horizon or '
-                      '--max_steps' % warmup)
-    decay_steps, floor = horizon - warmup, hparams.lr_floor
+    decay_steps = _cosine_horizon(hparams, max_steps) - warmup
+    floor = hparams.lr_floor
   return keras.optimizers.schedules.CosineDecay(
       0.0 if warmup else hparams.lr, decay_steps, alpha=floor,
       warmup_target=hparams.lr if warmup else None, warmup_steps=warmup)
+
+
+def _cosine_horizon(hparams, max_steps):
+  try:
+    return params.cosine_horizon(hparams, max_steps)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+
+
+def with_horizon(hparams, max_steps):
+  """The hparams with cosine_decay's horizon in decay_horizon (the given
+  one, else max_steps), so that the run records it: resumed with another
+  --max_steps, the run still knows its schedule (main.py refuses another
+  horizon rather than re-basing the decay on the steps taken)."""
+  if not hparams.cosine_decay or hparams.decay_horizon:
+    return hparams
+  return dataclasses.replace(hparams, decay_horizon=_cosine_horizon(
+      hparams, max_steps))
 
 
 def make_optimizer(hparams, epoch_num_batches, max_steps=None):
@@ -701,22 +717,21 @@ def train(model_name, hparams, class_names, sources, train_dir,
   waveform and the training step makes the examples."""
   strategy = strategy or tf.distribute.get_strategy()
   chief = _check_strategy(strategy, hparams)
-  if max_steps is None and epoch_num_batches:
-    max_steps = DEFAULT_EPOCHS * epoch_num_batches
+  max_steps = params.default_max_steps(max_steps, epoch_num_batches,
+                                       DEFAULT_EPOCHS)
   if len(sources) > 1 or sources[0].noisy:
     _describe_sources(sources, class_names, hparams)
   if cache_examples:
     _check_cache_fits(sources, class_names, hparams,
                       distribution.num_workers(strategy),
                       features_on == 'device')
-  hparams = draw_seed(hparams)
+  hparams = draw_seed(with_horizon(hparams, max_steps))
   # Python's, NumPy's and TensorFlow's global seeds: the initial weights,
   # dropout's seed generators, the augmentation ops' seeds.
   keras.utils.set_random_seed(hparams.seed)
   state = TrainingState(model_name, hparams, len(class_names),
                         epoch_num_batches, strategy, features_on, max_steps,
                         noisy=any(s.noisy for s in sources))
-  _start_run_dir(train_dir, model_name, hparams, chief)
   manager = tf.train.CheckpointManager(
       state.checkpoint, distribution.worker_save_dir(strategy, train_dir),
       max_to_keep=None, checkpoint_name=checkpoints.NAME)
@@ -724,6 +739,9 @@ def train(model_name, hparams, class_names, sources, train_dir,
                                   warmstart_checkpoint,
                                   warmstart_include_scopes,
                                   warmstart_exclude_scopes)
+  # Once the checkpoints to start from are checked: a warm start refused
+  # (another model's checkpoint, a scope matching nothing) writes nothing.
+  _start_run_dir(train_dir, model_name, hparams, chief)
   seed = stream_seed(hparams.seed, int(state.step.numpy()))
   keras.utils.set_random_seed(seed)
   dataset = _dataset(strategy, sources, class_names, hparams,

@@ -199,13 +199,16 @@ def test_main_prints_the_ratios_of_its_measurements(monkeypatch, capsys):
   assert '~%d examples): %.1f min' % (examples, examples / 250 / 60) in out
 
 
-def test_plain_mobilenet_is_the_baselines_network():
+@pytest.mark.parametrize('overrides', ['', 'mel_bands=64,bneps=0.25,bndecay=0.5'])
+def test_plain_mobilenet_is_the_baselines_network(overrides):
   """Stock Keras layers, the same network: with the same (random) weights,
-  the same logits as model.py's MobileNet v1."""
+  the same logits as model.py's MobileNet v1 in inference, and the same
+  moving statistics after a training call, with the defaults and with the
+  hparams it reads set otherwise."""
   import numpy as np
   import features
   import model as model_lib
-  hparams = params.HParams()
+  hparams = params.parse_hparams(overrides)
   ours = model_lib.build_model(benchmark.MODEL, 80, hparams)
   plain = benchmark.plain_mobilenet(80, hparams)
   rng = np.random.default_rng(0)
@@ -221,6 +224,12 @@ def test_plain_mobilenet_is_the_baselines_network():
   np.testing.assert_allclose(np.asarray(plain(batch, training=False)),
                              expected, rtol=1e-4, atol=1e-4 * np.abs(
                                  expected).max())
+  ours(batch, training=True)
+  plain(batch, training=True)
+  for a, b in zip(ours.get_weights(), plain.get_weights()):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+  # The training call moved the first moving mean from the weights set.
+  assert not np.allclose(ours.get_weights()[3], weights[3], atol=1e-3)
 
 
 def test_plain_forward_rate(monkeypatch):

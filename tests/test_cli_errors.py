@@ -53,9 +53,13 @@ def _train_flags(dataset, train_dir, **overrides):
     ({'hparams': 'warmstart=1'}, ['--warmstart_checkpoint=/no/model.ckpt-7'],
      ['--warmstart_checkpoint', '/no/model.ckpt-7']),
     ({}, ['--max_steps=0'], ['max_steps']),
+    ({'hparams': 'batch_size=4,cosine_decay=1'}, [],
+     ['--hparams', 'cosine_decay=1', 'decay_horizon or --max_steps']),
+    ({'hparams': 'batch_size=4,cosine_decay=1,warmup_steps=50'},
+     ['--max_steps=40'], ['cosine_decay=1', 'warmup_steps=50']),
 ], ids=['mode', 'unknown-flag', 'class-map', 'train-dir', 'hparam-value',
         'hparam-name', 'lrdecay', 'warmstart', 'warmstart-missing',
-        'max-steps-0'])
+        'max-steps-0', 'cosine-without-horizon', 'cosine-within-warmup'])
 def test_bad_flags(dataset, tmp_path, overrides, extra, needles):
   # (In the test's own folder: a run that wrongly creates it leaves nothing
   # behind for the next run of the suite.)
@@ -308,6 +312,48 @@ def test_inference_missing_checkpoint(tmp_path, dataset):
   assert_one_error(run_main(_inference_args(
       dataset['test_clip_dir'], missing, str(tmp_path / 'p.csv'))),
                    '--inference_checkpoint', missing)
+
+
+@pytest.mark.parametrize('holds', [(), ('examples_float32.tflite',
+                                        'examples_int8.tflite')],
+                         ids=['empty', 'export'])
+def test_a_model_file_that_is_a_folder(tmp_path, dataset, holds):
+  """A folder (an export's, say) is named as one, with the models it holds,
+  before TensorFlow starts."""
+  from test_engine import _inference_with_model  # (it imports this module)
+  folder = tmp_path / 'export'
+  folder.mkdir()
+  for name in holds + ('model.tflite',):
+    (folder / name).write_bytes(b'')
+  result = _inference_with_model(dataset, str(folder), tmp_path)
+  line = assert_one_error(result, '--tflite_model: %s is a folder, not a '
+                          '.tflite file' % folder)
+  assert line.endswith(' (it holds %s)' % ', '.join(holds) if holds else
+                       'file')
+  assert result.stdout == ''
+  assert sorted(os.listdir(str(tmp_path))) == ['export']
+
+
+@pytest.mark.parametrize('override,recorded', [
+    ('bn_stats=moving', 'bn_stats=precise'),
+    ('score_averaged=0', 'score_averaged=1'),
+    ('mel_bands=64', 'mel_bands=96'),
+])
+def test_a_model_file_fixes_its_scoring_hparams(tmp_path, dataset,
+                                                mobilenet_export, override,
+                                                recorded):
+  """The statistics and weights folded into an exported model, like its
+  features and architecture, are the file's: another value is one line
+  naming the hparam, both values and the file, before TensorFlow starts
+  and with nothing written."""
+  from test_engine import _inference_with_model  # (it imports this module)
+  model = os.path.join(mobilenet_export['dir'], 'examples_float32.tflite')
+  result = _inference_with_model(dataset, model, tmp_path,
+                                 ['--hparams', override])
+  assert_one_error(result, '--hparams: hparam %s contradicts %s, exported '
+                   'with %s' % (override, model, recorded))
+  assert result.stdout == ''
+  assert os.listdir(str(tmp_path)) == []
 
 
 def test_inference_checkpoint_folder_gets_hint(tmp_path, dataset):

@@ -104,7 +104,7 @@ def test_a_stop_while_the_check_clips_are_made_comes_before_scoring(
   import stopping
   scorer = scoring.Scorer('crnn', 80, parse_hparams(TAG_HPARAMS))
   scorer.load(tagger['checkpoint'])
-  real = export._quantization_check_clips
+  real = export.quantization_check_clips
   scored = []
 
   def clips_then_a_stop(scorer):
@@ -112,7 +112,7 @@ def test_a_stop_while_the_check_clips_are_made_comes_before_scoring(
     stopping._requested.append(signal.SIGTERM)
     return made
 
-  monkeypatch.setattr(export, '_quantization_check_clips', clips_then_a_stop)
+  monkeypatch.setattr(export, 'quantization_check_clips', clips_then_a_stop)
   monkeypatch.setattr(scorer, 'score_examples', scored.append)
   with stopping.requests():
     with pytest.raises(stopping.Stopped, match='stopped by SIGTERM'):
@@ -138,11 +138,14 @@ class Spy(litert.Interpreter):
                  'float32': types.count('float32')}
     made.append(self.seen)
   def get_signature_runner(self, *args, **kwargs):
-    runner = super().get_signature_runner(*args, **kwargs)
-    def run(**inputs):
-      self.seen['runs'] += 1
-      return runner(**inputs)
-    return run
+    runner, seen = super().get_signature_runner(*args, **kwargs), self.seen
+    class Counted:  # the runner (its details too), its calls counted
+      def __getattr__(self, name):
+        return getattr(runner, name)
+      def __call__(self, **inputs):
+        seen['runs'] += 1
+        return runner(**inputs)
+    return Counted()
 litert.Interpreter = Spy
 ''', after="print('interpreters ' + json.dumps(made), file=sys.stderr)\n")
 
@@ -227,8 +230,9 @@ def test_engine_flags_reach_the_interpreter(tagger, tagger_export, tmp_path,
 
 # --- bad model files and flags ----------------------------------------------
 
-def _inference_with_model(data, model, tmp_path, extra=()):
-  return run_main(['--mode', 'inference', '--class_map_path', CLASS_MAP,
+def _inference_with_model(data, model, tmp_path, extra=(),
+                          class_map=CLASS_MAP):
+  return run_main(['--mode', 'inference', '--class_map_path', class_map,
                    '--inference_clip_dir', data['train_clip_dir'],
                    '--predictions_csv_path', str(tmp_path / 'out.csv'),
                    '--engine', 'tflite', '--tflite_model', model] +
@@ -256,6 +260,57 @@ def test_a_model_file_that_is_not_one(tagger, tagger_export, tmp_path):
   for path, needle in cases:
     assert_one_error(_inference_with_model(tagger['data'], path, tmp_path),
                      path, needle)
+  assert not (tmp_path / 'out.csv').exists()
+
+
+def _contradicting_model(exported, folder, name, change):
+  """A copy of an exported model whose metadata entry, changed by
+  change(entry), no longer describes its graph."""
+  entry = tflite_engine.read_metadata(exported)
+  change(entry)
+  with open(exported, 'rb') as f:
+    model = tflite_engine.with_metadata(f.read(), entry)
+  path = os.path.join(str(folder), name)
+  with open(path, 'wb') as f:
+    f.write(model)
+  return path
+
+
+def test_a_model_file_whose_graph_contradicts_its_metadata(
+    tagger, tagger_export, tmp_path):
+  """Metadata naming other mel bands, or fewer classes, than the graph's
+  tensors have: loading the file stops with one line naming it and both
+  shapes (from the command line: before any clip is scored, nothing
+  written)."""
+  exported = tagger_export['float32']
+  hparams = tflite_engine.read_metadata(exported)['hparams']
+  bands = hparams['mel_bands']
+  frames = round(hparams['example_window_seconds'] /
+                 hparams['stft_hop_seconds'])
+  classes = len(read_class_names())
+  fewer = tmp_path / 'ten_classes.csv'
+  fewer.write_text(''.join('%d,%s\n' % (i, name) for i, name in
+                           enumerate(read_class_names()[:10])))
+  other_bands = _contradicting_model(
+      exported, tmp_path, 'bands.tflite',
+      lambda entry: entry['hparams'].update(mel_bands=bands // 2))
+  other_classes = _contradicting_model(
+      exported, tmp_path, 'classes.tflite',
+      lambda entry: entry.update(class_names=entry['class_names'][:10]))
+  from files import UserError
+  for path, needles in (
+      (other_bands, ['examples [-1, %d, %d]' % (frames, bands),
+                     '%d frames of %d mel bands' % (frames, bands // 2)]),
+      (other_classes, ['logits [-1, %d]' % classes, 'names 10 classes'])):
+    with pytest.raises(UserError) as raised:
+      tflite_engine.Runner(path)
+    assert str(raised.value).startswith(path + ': its graph has ')
+    for needle in needles:
+      assert needle in str(raised.value), (needle, str(raised.value))
+  result = _inference_with_model(tagger['data'], other_classes, tmp_path,
+                                 class_map=str(fewer))
+  assert_one_error(result, other_classes, 'logits [-1, %d]' % classes,
+                   'names 10 classes')
   assert not (tmp_path / 'out.csv').exists()
 
 
@@ -366,6 +421,13 @@ def test_calibration_examples_of_silence_and_of_a_quiet_tone(tmp_path,
   assert examples.max() > np.log(hparams.mel_log_offset) + 1
 
 
+def _reported_int8_difference(tagger_export):
+  """The largest example-score difference the fixture's export reported
+  for its int8 model, as printed."""
+  return re.search(r'examples_int8.tflite: example scores within (\S+),',
+                   tagger_export['result'].stdout)[1]
+
+
 def test_an_int8_model_beyond_the_bound_is_refused(tagger, tagger_export,
                                                    monkeypatch,
                                                    parse_hparams):
@@ -376,8 +438,7 @@ def test_an_int8_model_beyond_the_bound_is_refused(tagger, tagger_export,
   import export
   import files
   import scoring
-  reported = re.search(r'examples_int8.tflite: example scores within '
-                       r'(\S+),', tagger_export['result'].stdout)[1]
+  reported = _reported_int8_difference(tagger_export)
   bound = round(float(reported) / 2, 3)
   monkeypatch.setattr(export, 'QUANTIZED_TOLERANCE', bound)
   data = tagger['data']
@@ -395,6 +456,79 @@ def test_an_int8_model_beyond_the_bound_is_refused(tagger, tagger_export,
       'export: examples_int8.tflite scores an example %s away from the '
       'float model (allowed %g; ' % (reported, bound)), str(raised.value)
   assert str(raised.value).endswith(' of 12 clips); nothing written')
+
+
+def test_in_memory_quantization_is_held_to_the_same_bound(
+    tagger, tagger_export, monkeypatch, parse_hparams):
+  """--engine tflite quantizing a checkpoint in memory, as eval, inference,
+  tag and relabel load it, is held to the export's bound: with the bound
+  set to half the difference the fixture's export reported for the same
+  checkpoint and calibration clips, loading stops with that figure, before
+  anything is scored; within the default bound the model is taken.
+  (Converted once: the check is under test.)"""
+  import export
+  import files
+  import scoring
+  real_convert, converted = tflite_engine.convert, {}
+
+  def convert_once(model, hparams, quantize, calibration=None):
+    if quantize not in converted:
+      converted[quantize] = real_convert(model, hparams, quantize,
+                                         calibration)
+    return converted[quantize]
+
+  monkeypatch.setattr(tflite_engine, 'convert', convert_once)
+  default = export.QUANTIZED_TOLERANCE
+  reported = _reported_int8_difference(tagger_export)
+  bound = round(float(reported) / 2, 3)
+  monkeypatch.setattr(export, 'QUANTIZED_TOLERANCE', bound)
+  data = tagger['data']
+  scorer = scoring.Scorer('crnn', 80, parse_hparams(TAG_HPARAMS),
+                          engine=tflite_engine.Engine(
+                              'tflite', quantize='int8', calibration_paths=(
+                                  tuple(tflite_engine.calibration_clips(
+                                      data['calibration_csv'],
+                                      data['calibration_clip_dir'],
+                                      read_class_names())))))
+  with pytest.raises(files.UserError) as raised:
+    scorer.load(tagger['checkpoint'])
+  message = str(raised.value)
+  assert message.startswith(
+      '--quantize int8: the int8 model converted from %s scores an example '
+      '%s away from the float model (allowed %g; ' % (
+          tagger['checkpoint'], reported, bound)), message
+  assert message.endswith(' of 12 clips); nothing scored with it')
+  monkeypatch.setattr(export, 'QUANTIZED_TOLERANCE', default)
+  scorer.load(tagger['checkpoint'])
+  assert list(converted) == ['int8']
+
+
+def test_int8_calibration_repeats(tagger, parse_hparams, tmp_path):
+  """The same checkpoint and calibration CSV converted twice give the same
+  int8 model, byte for byte. The clips are longer than PER_CLIP examples,
+  so which examples calibrate matters (their ranges set the scales)."""
+  import make_demo_data
+  import reference
+  import scoring
+  hparams = parse_hparams(TAG_HPARAMS)
+  assert reference.np_num_examples(8 * 44100, hparams) > (
+      tflite_engine.PER_CLIP)
+  rows = []
+  for seed in range(2):
+    rows.append(('long%d.wav' % seed, ['Hiss']))
+    write_check_clip(str(tmp_path / rows[-1][0]), 8.0, seed=200 + seed)
+  csv_path = str(tmp_path / 'calibration.csv')
+  make_demo_data.write_csv(csv_path, rows)
+  paths = tuple(tflite_engine.calibration_clips(csv_path, str(tmp_path),
+                                                read_class_names()))
+  models = []
+  for _ in range(2):
+    scorer = scoring.Scorer('crnn', 80, hparams, static=True,
+                            engine=tflite_engine.Engine(
+                                calibration_paths=paths))
+    scorer.load(tagger['checkpoint'])
+    models.append(scorer.convert('int8'))
+  assert models[0] == models[1]
 
 
 def test_quantized_differences_worked_by_hand():
@@ -416,3 +550,32 @@ def test_quantized_differences_worked_by_hand():
   assert example == pytest.approx(0.7)
   assert clip == pytest.approx(0.4)
   assert agree == 1
+
+
+def _metadata_entries(data):
+  """[(name, bytes)] of a TFLite model's metadata, read with LiteRT's
+  schema."""
+  from ai_edge_litert import schema_py_generated as schema
+  model = schema.Model.GetRootAs(data, 0)
+  entries = []
+  for i in range(model.MetadataLength()):
+    metadata = model.Metadata(i)
+    buffer = model.Buffers(metadata.Buffer())
+    entries.append((metadata.Name().decode(),
+                    buffer.DataAsNumpy().tobytes()))
+  return entries
+
+
+def test_new_metadata_replaces_ours_and_keeps_the_converters(tagger_export):
+  """Rewriting the entry leaves the converter's own metadata (its minimum
+  runtime version, ...) as they were, and holds one entry of ours: the new
+  one."""
+  with open(tagger_export['float32'], 'rb') as f:
+    data = f.read()
+  before = _metadata_entries(data)
+  others = [e for e in before if e[0] != tflite_engine.METADATA_NAME]
+  assert others and len(others) < len(before)  # the converter's and ours
+  after = _metadata_entries(tflite_engine.with_metadata(data, {'a': 7}))
+  assert [e for e in after if e[0] != tflite_engine.METADATA_NAME] == others
+  ours = [e for e in after if e[0] == tflite_engine.METADATA_NAME]
+  assert [json.loads(blob) for _, blob in ours] == [{'a': 7}]

@@ -3,6 +3,7 @@ imports only TensorFlow, the TFLite model matches it with built-in ops only,
 embeddings are the model's pooled features, and a failed self-check leaves
 nothing behind."""
 
+import errno
 import json
 import os
 import re
@@ -188,6 +189,113 @@ def test_export_dir_must_be_new_or_empty(tmp_path, mobilenet_train):
   assert_one_error(run_main(export_args(mobilenet_train['checkpoint'],
                                         str(taken))),
                    '--export_dir', str(taken), 'not an empty folder')
+
+
+class _FullDisk:
+  """A file opened for writing on a disk that fills up: it takes half of
+  what is written, then fails as write(2) does, with an error that names
+  no file."""
+
+  def __init__(self, path):
+    self.file = open(path, 'wb')
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.file.close()
+
+  def write(self, data):
+    self.file.write(data[:len(data) // 2])
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _saved_model_on_a_full_disk(save):
+  """tf.saved_model.save (`save`) writing the export's SavedModel on a disk
+  that fills up: a part written, then TensorFlow's error, naming the file
+  as it names it. Other SavedModels (the converter's) are saved."""
+  import tensorflow as tf
+
+  def full(obj, path, signatures=None):
+    if os.path.basename(path) != 'saved_model':
+      return save(obj, path, signatures=signatures)
+    os.makedirs(path)
+    with open(os.path.join(path, 'saved_model.pb.tmp0e92f6b2'), 'wb') as f:
+      f.write(b'\0' * 1000)
+    raise tf.errors.ResourceExhaustedError(
+        None, None, '%s/saved_model.pb.tmp0e92f6b2; No space left on device'
+        % path)
+  return full
+
+
+@pytest.mark.parametrize('part', ['examples_float32.tflite', 'saved_model'])
+def test_a_full_disk_names_the_export_dir(tagger, tagger_export, monkeypatch,
+                                          parse_hparams, tmp_path, part):
+  """The disk fills while a file of the export is written (the first one;
+  the SavedModel, through TensorFlow): one line naming --export_dir and the
+  part that could not be written, not the temporary folders the export is
+  written through, and nothing left of them or of export_dir. (The model
+  part is the fixture's export of the same checkpoint, not converted
+  again.)"""
+  import tempfile
+  import export
+  import files
+  import tflite_engine
+  with open(tagger_export['float32'], 'rb') as f:
+    model_part = f.read()
+  monkeypatch.setattr(tflite_engine, 'convert', lambda *args: model_part)
+  temporary = tmp_path / 'tmp'  # where the export's temporary links go
+  temporary.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(temporary))
+  if part == 'saved_model':
+    full = _saved_model_on_a_full_disk(export.tf.saved_model.save)
+    monkeypatch.setattr(export.tf.saved_model, 'save', full)
+  else:
+    monkeypatch.setattr(export, 'open', lambda path, mode='r': (
+        _FullDisk(path) if 'w' in mode else open(path, mode)), raising=False)
+  export_dir = str(tmp_path / 'out')
+  with pytest.raises(files.UserError) as raised:
+    export.export('crnn', parse_hparams(TAG_HPARAMS), read_class_names(),
+                  CLASS_MAP, tagger['checkpoint'], export_dir)
+  assert str(raised.value) == (
+      '--export_dir: cannot write %s (No space left on device); nothing '
+      'written' % os.path.join(export_dir, part))
+  assert sorted(os.listdir(str(tmp_path))) == ['tmp']
+  # What TensorFlow's autograph leaves there is not the export's.
+  assert [name for name in os.listdir(str(temporary))
+          if not name.startswith('__autograph_generated_file')] == []
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o027], ids=['022', '027'])
+def test_export_dir_mode_follows_the_umask(tagger, monkeypatch,
+                                           parse_hparams, tmp_path, umask):
+  """A new export_dir gets 0o777 less the umask, as mkdir gives a folder
+  (the export is built in a private temporary folder first); an existing
+  empty one keeps its own mode. The build is a stand-in writing one file:
+  what is under test is the folder it lands in."""
+  import export
+
+  def build(scorer, class_names, class_map_path, folder, entries):
+    with open(os.path.join(folder, 'built'), 'w') as f:
+      f.write('x')
+    return []
+
+  monkeypatch.setattr(export, '_build', build)
+  existing = tmp_path / 'existing'
+  existing.mkdir()
+  existing.chmod(0o751)
+  hparams = parse_hparams(TAG_HPARAMS)
+  previous = os.umask(umask)
+  try:
+    for export_dir, mode in ((tmp_path / 'new', 0o777 & ~umask),
+                             (existing, 0o751)):
+      export.export('crnn', hparams, read_class_names(), CLASS_MAP,
+                    tagger['checkpoint'], str(export_dir))
+      assert oct(os.stat(str(export_dir)).st_mode & 0o7777) == oct(mode)
+      assert os.listdir(str(export_dir)) == ['built']
+  finally:
+    os.umask(previous)
+  assert sorted(os.listdir(str(tmp_path))) == ['existing', 'new']
 
 
 
@@ -488,3 +596,21 @@ def test_self_check_clip_has_the_dynamics_of_recorded_sound():
   assert np.mean(levels < loud - 40) >= 0.15  # quiet passages
   assert np.sum(np.diff(levels) >= 20) >= 3  # onsets
   assert levels[0] == -100  # it starts with digital silence
+
+
+def test_only_errors_inside_the_build_are_renamed(tmp_path):
+  """A write error inside the export's build folder is renamed to the
+  part of --export_dir it was writing; an error about any other path (a
+  clip, a checkpoint) is left as it is."""
+  import errno
+  import export
+  build = str(tmp_path / 'build')
+  inside = OSError(errno.ENOSPC, 'No space left on device',
+                   os.path.join(build, 'saved_model', 'variables'))
+  renamed = export._writing_error(inside, [build], '/out/my_tagger')
+  assert str(renamed) == ('--export_dir: cannot write /out/my_tagger/'
+                          'saved_model (No space left on device); nothing '
+                          'written')
+  for path in (str(tmp_path / 'clips' / 'a.wav'), build + '_other/x', None):
+    outside = OSError(errno.EIO, 'Input/output error', path)
+    assert export._writing_error(outside, [build], '/out/my_tagger') is None

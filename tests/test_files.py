@@ -3,6 +3,8 @@
 import glob
 import os
 import re
+import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -275,6 +277,50 @@ def test_inspect_empty_and_not_riff(tmp_path):
   short = tmp_path / 'short.wav'
   short.write_bytes(b'RIFF')
   assert files.inspect_clip(str(short))[0] is not None
+
+
+class _Late(Exception):
+  pass
+
+
+def _raise_late(signum, frame):
+  raise _Late('still waiting: a named pipe was opened')
+
+
+def test_files_that_are_not_regular_are_named_and_never_opened(tmp_path):
+  folder = tmp_path / 'clips'
+  folder.mkdir()
+  make_demo_data.write_wav(str(folder / 'a.wav'), np.zeros(100))
+  os.mkfifo(str(folder / 'b_pipe.wav'))
+  os.mkfifo(str(folder / 'f_pipe'))  # not named as audio: never probed
+  os.symlink(str(folder / 'b_pipe.wav'), str(folder / 'c_link.wav'))
+  (folder / 'd_folder.wav').mkdir()
+  with socket.socket(socket.AF_UNIX) as server:
+    server.bind(str(folder / 'e_socket.wav'))
+    # Opening a named pipe for reading waits for a writer: the alarm ends
+    # the wait, so that a regression fails instead of hanging.
+    before = signal.signal(signal.SIGALRM, _raise_late)
+    signal.alarm(10)
+    try:
+      names = files.list_clips(str(folder))
+      problems = {n: files.inspect_clip(str(folder / n)) for n in names}
+      with pytest.raises(files.UserError) as caught:
+        files.check_clips([str(folder / n) for n in names])
+      device = files.inspect_clip(os.devnull)
+    finally:
+      signal.alarm(0)
+      signal.signal(signal.SIGALRM, before)
+  pipe = 'not a regular file (a named pipe)'
+  assert names == ['a.wav', 'b_pipe.wav', 'c_link.wav', 'e_socket.wav']
+  assert problems == {
+      'a.wav': (None, 100, None), 'b_pipe.wav': (pipe, 0, None),
+      'c_link.wav': (pipe, 0, None),
+      'e_socket.wav': ('not a regular file (a socket)', 0, None)}
+  assert str(caught.value) == (
+      '3 clips with unusable audio: %s: %s; %s: %s; %s: not a regular file '
+      '(a socket)' % (folder / 'b_pipe.wav', pipe, folder / 'c_link.wav',
+                      pipe, folder / 'e_socket.wav'))
+  assert device == ('not a regular file (a character device)', 0, None)
 
 
 def test_inspect_data_before_fmt(tmp_path):

@@ -130,6 +130,31 @@ def test_spec_augment_mask_widths_and_positions(axis):
   assert abs(fives.mean() - (length - 5) / 2) < 6
 
 
+@pytest.mark.parametrize('axis', ['freq', 'time'])
+def test_spec_augment_masks_start_anywhere_they_fit(axis):
+  """On a short axis, over many draws: every width from 0 to the largest
+  occurs, and for each width every start from the first band (frame) to
+  the last where the mask fits, the last band (frame) included, evenly;
+  no mask runs past the end."""
+  max_width, frames, bands = 3, 12, 8
+  length = bands if axis == 'freq' else frames
+  hparams = params.parse_hparams('specaug_%s_masks=1,specaug_%s_width=%d' % (
+      axis, axis, max_width))
+  examples = np.random.default_rng(5).normal(
+      size=(20000, frames, bands)).astype(np.float32)
+  tf.random.set_seed(5)
+  changed = augment.spec_augment(tf.constant(examples), hparams).numpy() \
+      != examples
+  starts, widths = _mask_runs(changed.all(axis=1) if axis == 'freq'
+                              else changed.all(axis=2))
+  assert sorted(set(widths)) == list(range(max_width + 1))
+  for width in range(1, max_width + 1):
+    counts = np.bincount(starts[widths == width])
+    assert len(counts) == length - width + 1, width  # none beyond the last
+    assert counts.min() > 0, width
+    assert stats.chisquare(counts).pvalue > 1e-3, (width, counts)
+
+
 def test_spec_augment_counts_both_axes():
   # Two frequency masks of at most 40 bands never cover all 96, so a frame
   # changed in every band could only come from a time mask.

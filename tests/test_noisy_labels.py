@@ -366,6 +366,16 @@ def test_relabel_thresholds_out_of_range(keep, add, message):
   assert str(error.value) == message
 
 
+def test_relabel_refuses_keep_above_add():
+  """A given label must not need more evidence than a new one: keep 0.9,
+  add 0.1 would drop a given label scored 0.5 while adding ones scored
+  0.1."""
+  with pytest.raises(ValueError) as error:
+    noisy_labels.relabel(GIVEN, SCORES, 0.9, 0.1)
+  assert str(error.value).startswith(
+      'keep_threshold=0.9 is above add_threshold=0.1')
+
+
 def test_relabel_rejects_bad_inputs():
   with pytest.raises(ValueError, match='same'):
     noisy_labels.relabel(GIVEN, SCORES[:, :3], 0.5, 0.5)

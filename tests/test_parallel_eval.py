@@ -4,7 +4,8 @@ scored twice, none left out, a dead process's claim taken over), and
 --eval_continuous follows a training run until it has finished.
 
 Every assertion holds whatever the scheduling: processes are started
-together and the tests wait for their output lines, never for fixed times.
+together and the tests wait for their output lines, never for fixed times
+(but for a claim's refresh thread, given three quarters of a timeout).
 """
 
 import os
@@ -504,3 +505,109 @@ def test_a_claim_made_too_late_is_let_go(tmp_path, monkeypatch, meanwhile):
     assert state == claims.HELD and detail.startswith(
         'eval-300.claim.2, held by other pid 1, refreshed ')
     assert os.listdir(eval_dir) == [os.path.basename(newer)]
+
+
+# --- training finishing while eval looks ------------------------------------
+
+def _training_finishes_after_listing(monkeypatch, train_dir, step):
+  """Makes the first listing of train_dir behave as if training saved
+  model.ckpt-<step> and wrote its finished file just after the listing
+  read the folder: the moment an eval that reads the two in the wrong
+  order misses that checkpoint. Returns the listings made."""
+  import checkpoints
+  import evaluation
+  real = checkpoints.list_checkpoints
+  listings = []
+
+  def listing(folder):
+    found = real(folder)
+    if not listings:
+      open(os.path.join(train_dir, 'model.ckpt-%d.index' % step), 'w').close()
+      with open(os.path.join(train_dir, evaluation.FINISHED_FILE), 'w') as f:
+        f.write('%d\n' % step)
+    listings.append(found)
+    return found
+
+  monkeypatch.setattr(checkpoints, 'list_checkpoints', listing)
+  return listings
+
+
+class _MarksEvaluated:
+  """Stands in for the evaluator: notes each checkpoint it is given and
+  writes its marker, as scoring it would."""
+
+  def __init__(self, eval_dir):
+    self.eval_dir, self.scored = eval_dir, []
+
+  def evaluate(self, step, prefix, retry_unreadable=False):
+    import claims
+    import evaluation
+    self.scored.append(step)
+    with open(claims.marker_path(self.eval_dir, step), 'w') as f:
+      f.write('evaluated\n')
+    return evaluation.EVALUATED, None
+
+
+def test_the_checkpoint_saved_as_training_finishes_is_evaluated(
+    tmp_path, monkeypatch, capsys):
+  """Continuous eval reads training_finished before it lists the
+  checkpoints: a last checkpoint and the finished file written between
+  the two are both seen at the next look, and the checkpoint scored."""
+  import evaluation
+  train_dir, eval_dir = tmp_path / 'train', tmp_path / 'eval'
+  train_dir.mkdir()
+  eval_dir.mkdir()
+  (train_dir / 'model.ckpt-0.index').write_text('')
+  (eval_dir / 'eval-0.txt').write_text('evaluated earlier\n')
+  _training_finishes_after_listing(monkeypatch, str(train_dir), 100)
+  evaluator = _MarksEvaluated(str(eval_dir))
+  evaluation._evaluate_continuously(evaluator, str(train_dir),
+                                    poll_seconds=0.01,
+                                    idle_timeout_seconds=LONG)
+  assert evaluator.scored == [100]
+  assert ('Training finished at step 100; every checkpoint in %s is '
+          'evaluated (1 by this process)\n' % train_dir
+          ) in capsys.readouterr().out
+
+
+def test_eval_waiting_for_training_sees_a_first_checkpoint_saved_as_it_ends(
+    tmp_path, monkeypatch):
+  """Eval started before training reads training_finished before it lists
+  the checkpoints too: it waits on, rather than finding training over and
+  no checkpoint."""
+  import evaluation
+  train_dir = str(tmp_path)
+  listings = _training_finishes_after_listing(monkeypatch, train_dir, 0)
+  evaluation.wait_for_first_checkpoint(train_dir, poll_seconds=0.01,
+                                       idle_timeout_seconds=LONG)
+  assert listings == [[], [(0, os.path.join(train_dir, 'model.ckpt-0'))]]
+
+
+def test_a_claim_timeout_below_the_refresh_period_is_kept(tmp_path,
+                                                          monkeypatch):
+  """With a claim timeout shorter than claims.REFRESH_SECONDS the holder
+  still refreshes its claim 4 times per timeout: another process that
+  tries to claim the checkpoint once a whole timeout has passed since it
+  was claimed finds it held, and does not score it too. (The holder's
+  refresh thread has three quarters of a timeout to spare, 1.5 s.)"""
+  import claims
+  import evaluation
+  timeout = 2.0
+  assert timeout < claims.REFRESH_SECONDS
+  train_dir, eval_dir = str(tmp_path / 'train'), str(tmp_path / 'eval')
+  os.mkdir(train_dir)
+  open(os.path.join(train_dir, 'model.ckpt-300.index'), 'w').close()
+  others = []
+
+  def score(self, step, prefix, claim, retry_unreadable):
+    time.sleep(1.25 * timeout)
+    for _ in range(3):
+      # A claim the other process gets is kept, as a live holder keeps it.
+      others.append(claims.try_claim(eval_dir, step, timeout)[0])
+      time.sleep(0.1)
+    return evaluation.EVALUATED, None
+
+  monkeypatch.setattr(evaluation._Evaluator, '_score', score)
+  evaluation.evaluate('mobilenet-v1', None, ['a'], [], train_dir, [],
+                      train_dir, eval_dir, claim_timeout_seconds=timeout)
+  assert others == [claims.HELD] * 3

@@ -69,6 +69,48 @@ def test_each_source_gives_its_share_of_the_examples(two_sources, weights,
   assert abs(from_a / total - share_a) < 4.5 * sigma
 
 
+@pytest.fixture(scope='module')
+def three_sources(tmp_path_factory):
+  """(csv, clip folder, label) of three sources of 3, 5 and 8
+  one-example clips."""
+  folder = tmp_path_factory.mktemp('three_sources')
+  return [_source_csv(folder, name, label, count, seed=seed) + (label,)
+          for name, label, count, seed in (('a', 'Bark', 3, 1),
+                                           ('b', 'Purr', 5, 2),
+                                           ('c', 'Hiss', 8, 3))]
+
+
+def test_each_of_three_sources_gets_its_weight_share(three_sources):
+  """--train_source_weights 1,2,5 as main.py reads it: over 150 batches of
+  8, each source's fraction of the examples (told apart by their labels)
+  is within 4.5 standard deviations of its weight over the sum. Any other
+  order of the weights moves two shares by at least 0.125, and shares by
+  the sources' sizes (3, 5, 8 clips) by at least 0.0625; 4.5 standard
+  deviations are at most 0.044 here."""
+  import inputs
+  import params
+  import sources as sources_lib
+  weights = np.array([1.0, 2.0, 5.0])
+  share = weights / weights.sum()
+  sources = sources_lib.from_flags(
+      ','.join(csv for csv, _, _ in three_sources),
+      ','.join(clips for _, clips, _ in three_sources),
+      ','.join('%g' % w for w in weights))
+  class_names = read_class_names()
+  columns = [class_names.index(label) for _, _, label in three_sources]
+  counts = np.zeros(3)
+  for _, labels in inputs.sources_dataset(
+      sources, class_names, params.parse_hparams('batch_size=8'),
+      seed=11).take(150):
+    labels = labels.numpy()[:, columns]
+    np.testing.assert_array_equal(labels.sum(axis=1), 1)
+    counts += labels.sum(axis=0)
+  assert counts.sum() == 1200
+  sigma = np.sqrt(share * (1 - share) / counts.sum())
+  assert (np.abs(counts / counts.sum() - share) < 4.5 * sigma).all(), (
+      counts / counts.sum(), share)
+
+
 def _batch_loss(hparams, labels, noisy, logits):
   """The loss of a batch with a noisy source, in NumPy: BCE (with lsmooth)
   for curated examples; lq for noisy ones."""
@@ -148,13 +190,14 @@ def test_relabel_writes_the_rules_applied_to_the_scores(crnn_train, dataset,
       'crnn', params.parse_hparams(crnn_train['hparams']), prefix,
       dataset['train_clip_dir'], [f for f, _ in rows])
   given = files.label_matrix(rows, class_names)
-  # Thresholds that drop some given labels and add some others, and whose
-  # roles matter (swapped, they give other labels).
-  keep = _between(scores[given == 1], 0.5)
-  add = _between(scores[given == 0], 0.98)
+  # keep < add, as the flags must be (swapped, they are refused): the
+  # lowest given label's score is below the top 0.5% of the others', so the
+  # thresholds drop given labels (bar a clip's last) and add others.
+  keep = _between(scores[given == 1], 0.0)
+  add = _between(scores[given == 0], 0.995)
+  assert keep < add
   expected, counts = noisy_labels.relabel(given, scores, keep, add)
-  assert not np.array_equal(noisy_labels.relabel(given, scores, add, keep)[0],
-                            expected)
+  assert counts['added'] > 0
   result = check_ok(run_main([
       '--mode', 'relabel', '--class_map_path', CLASS_MAP,
       '--inference_checkpoint', prefix,
@@ -177,6 +220,9 @@ def test_relabel_writes_the_rules_applied_to_the_scores(crnn_train, dataset,
                                      '--train_clip_dir 1']),
     ({'train_source_weights': '1,0'}, ['--train_source_weights', "'0'"]),
     ({'train_source_weights': '1,x'}, ['--train_source_weights', "'x'"]),
+    ({'train_source_weights': '1e308,1e308'},
+     ['--train_source_weights: 1e308,1e308 add up to more than the largest '
+      'float']),
     ({'train_source_weights': '1'}, ['1 weights for 2 sources']),
     ({'train_source_kinds': 'curated,noisy,noisy'},
      ['--train_source_kinds gives 3 kinds for 2 sources']),
@@ -184,7 +230,8 @@ def test_relabel_writes_the_rules_applied_to_the_scores(crnn_train, dataset,
     ({'hparams': 'loss=mfom_microf1'}, ['loss=mfom_microf1', 'one source']),
     ({'hparams': 'mixup=0.3', 'train_source_kinds': 'curated,noisy'},
      ['mixup=0.3', 'noisy source']),
-], ids=['clip-dirs', 'zero-weight', 'bad-weight', 'weight-count',
+], ids=['clip-dirs', 'zero-weight', 'bad-weight', 'overflowing-weights',
+         'weight-count',
         'kind-count', 'bad-kind', 'mfom', 'mixup'])
 def test_bad_sources_are_one_line_before_work(dataset, tmp_path, flags,
                                               needles):
@@ -224,6 +271,26 @@ def test_bad_relabel_flags_are_one_line(dataset, tmp_path, flag, value,
     args += [flag, value]
   assert_one_error(run_main(args), flag, needle)
   assert not os.path.exists(str(tmp_path / 'out.csv'))
+
+
+def test_keep_threshold_above_add_threshold_is_refused(dataset, tmp_path):
+  """Keep at 0.9 and add at 0.1 would drop a given label scored 0.72 and
+  add one scored 0.14: one line naming both flags and values, before the
+  checkpoint is read, nothing written."""
+  prefix = str(tmp_path / 'model.ckpt-1')
+  with open(prefix + '.index', 'w') as f:
+    f.write('not read before the flags are checked')
+  result = run_main([
+      '--mode', 'relabel', '--class_map_path', CLASS_MAP,
+      '--inference_checkpoint', prefix,
+      '--relabel_csv_path', dataset['train_csv'],
+      '--relabel_clip_dir', dataset['train_clip_dir'],
+      '--relabeled_csv_path', str(tmp_path / 'out.csv'),
+      '--relabel_keep_threshold', '0.9', '--relabel_add_threshold', '0.1'])
+  assert_one_error(result, '--relabel_keep_threshold 0.9 is above '
+                   '--relabel_add_threshold 0.1')
+  assert result.stdout == ''
+  assert os.listdir(str(tmp_path)) == ['model.ckpt-1.index']
 
 
 def test_sources_described_with_their_shares(two_sources, capsys):

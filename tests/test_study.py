@@ -371,6 +371,17 @@ def test_unknown_key_at_the_top_of_a_spec(tmp_path, capsys):
   assert not (tmp_path / 'out').exists()
 
 
+def _assert_spec_refused(tmp_path, capsys, message):
+  """study.json is refused with one line ending in `message`, exit 1, and
+  no study folder made."""
+  code = study.main(['--spec', str(tmp_path / 'study.json'), '--study_dir',
+                     str(tmp_path / 'out')], runner=FakeMain())
+  assert code == 1
+  assert capsys.readouterr().err == 'study.py: error: %s: %s\n' % (
+      tmp_path / 'study.json', message)
+  assert not (tmp_path / 'out').exists()
+
+
 @pytest.mark.parametrize('change, message', [
     ({'hparams': 'lr=0.1,seed=3'}, 'configs.base.hparams: seed is set by the'
      ' study'),
@@ -402,6 +413,25 @@ def test_spec_errors(tmp_path, capsys, change, message):
   assert code == 1 and err.count('\n') == 1
   assert err.startswith('study.py: error: %s: %s' % (tmp_path / 'study.json',
                                                      message))
+
+
+@pytest.mark.parametrize('configs, message', [
+    # json.dumps cannot write a key twice: the spec is written by hand.
+    ('{"base": {"max_steps": 200}, "fast": {"max_steps": 100}, '
+     '"base": {"max_steps": 300}}',
+     "configs: configuration 'base' is named twice"),
+    ('{"base": {"max_steps": 200, "hparams": "lr=0.1", "max_steps": 300}}',
+     "configs.base: key 'max_steps' is given twice"),
+], ids=['configuration', 'key'])
+def test_a_name_given_twice_in_a_spec_is_refused(tmp_path, capsys, configs,
+                                                  message):
+  _spec(tmp_path, CONFIGS)
+  text = (tmp_path / 'study.json').read_text()
+  start = text.index('"configs": ') + len('"configs": ')
+  end = start + len(json.dumps(CONFIGS))
+  assert json.loads(text[start:end]) == CONFIGS
+  (tmp_path / 'study.json').write_text(text[:start] + configs + text[end:])
+  _assert_spec_refused(tmp_path, capsys, message)
 
 
 def test_a_budget_of_one_step(tmp_path):
@@ -644,12 +674,7 @@ def test_plot_errors(tmp_path, capsys, plots, message):
   raw = json.loads((tmp_path / 'study.json').read_text())
   raw['plots'] = plots
   (tmp_path / 'study.json').write_text(json.dumps(raw))
-  code = study.main(['--spec', str(tmp_path / 'study.json'), '--study_dir',
-                     str(tmp_path / 'out')], runner=FakeMain())
-  assert code == 1
-  assert capsys.readouterr().err == 'study.py: error: %s: %s\n' % (
-      tmp_path / 'study.json', message)
-  assert not (tmp_path / 'out').exists()
+  _assert_spec_refused(tmp_path, capsys, message)
 
 
 def test_plot_is_drawn_whatever_backend_the_environment_names(tmp_path):

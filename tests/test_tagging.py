@@ -18,7 +18,6 @@ import struct
 import numpy as np
 import pytest
 
-import make_demo_data
 from conftest import (CLASS_MAP, check_ok, cut_in_half, main_in_process,
                       read_csv_rows, run_main, write_audio)
 from test_cli_errors import _Run, assert_one_error
@@ -444,6 +443,54 @@ def test_unreadable_files_get_one_line_each_and_the_others_are_tagged(
                    good[3]]
   by_file, _ = timeline_by_file(timeline)
   assert list(by_file) == good
+
+
+def test_named_pipes_are_named_and_skipped_and_the_others_are_tagged(
+    tagger, tmp_path):
+  # Opening a named pipe for reading waits for a writer: a run that opens
+  # one never ends, hence the timeout.
+  folder = tmp_path / 'with_pipe'
+  folder.mkdir()
+  good = [str(folder / 'a_good.wav'), str(tmp_path / 'direct.wav')]
+  for path in good:
+    write_frames(path, buzz(times(44100, 1.0)), 44100, 16)
+  pipes = [str(folder / 'b_pipe.wav'), str(tmp_path / 'pipe')]
+  for path in pipes:
+    os.mkfifo(path)
+  result = run_main(_tag_args(tagger['checkpoint'],
+                              [str(folder), pipes[1], good[1]]), timeout=120)
+  assert result.returncode == 1, result.stderr
+  assert 'Traceback' not in result.stdout + result.stderr
+  assert [parse_line(l)[0] for l in result.stdout.splitlines()] == good
+  errors = [l for l in result.stderr.splitlines() if ': error: ' in l]
+  assert errors == ['%s: error: not a regular file (a named pipe)' % p
+                    for p in pipes] + [
+                        'main.py: error: 2 of 4 files could not be tagged '
+                        '(see above)']
+
+
+def test_a_non_finite_sample_in_any_chunk_is_named(tagger, tmp_path):
+  """A NaN or infinite sample in the first, a middle or the last chunk of
+  a float file: found as that chunk is read, named by its frame, and the
+  file left out; the good file is tagged."""
+  from test_waveform_model import non_finite_waveforms
+  folder = tmp_path / 'non_finite'
+  folder.mkdir()
+  expected = {}
+  for i, (case, (waveform, at)) in enumerate(sorted(
+      non_finite_waveforms().items())):
+    path = str(folder / ('%d %s.wav' % (i, case)))
+    write_frames(path, waveform, 44100, 32, floating=True)
+    expected[path] = at
+  result = run_main(_tag_args(tagger['checkpoint'], [str(folder)]))
+  assert result.returncode == 1, result.stderr
+  assert [parse_line(l)[0] for l in result.stdout.splitlines()] == [
+      p for p, at in expected.items() if at is None]
+  errors = [l for l in result.stderr.splitlines() if ': error: ' in l]
+  assert errors == [
+      '%s: error: frame %d holds a NaN or infinite sample' % (p, at)
+      for p, at in expected.items() if at is not None] + [
+          'main.py: error: 6 of 7 files could not be tagged (see above)']
 
 
 @pytest.mark.parametrize('engine,ext', [('keras', 'wav'), ('tflite', 'wav'),

@@ -263,6 +263,18 @@ def test_bce_then_mfom_warm_start_recipe(tmp_path, dataset, crnn_bce3):
   assert np.abs(kernel.numpy() - _weight(source_reader, kernel.path)).max() > 0.01
 
 
+def test_a_refused_warm_start_writes_nothing(tmp_path, dataset, crnn_bce3):
+  """A warm start from a checkpoint of another architecture is refused
+  before the run records anything: in-process, where no main.py made the
+  folder, no train_dir at all."""
+  import files
+  with pytest.raises(files.UserError, match='crnn_filters=32, not 4'):
+    _train(dataset, 'crnn', BASE + ',crnn_filters=4,warmstart=1',
+           tmp_path / 'train', 1,
+           warmstart_checkpoint=os.path.join(crnn_bce3, 'model.ckpt-3'))
+  assert not (tmp_path / 'train').exists()
+
+
 def test_warm_start_ignored_when_resuming(tmp_path, dataset, crnn_bce3,
                                           mobilenet_train):
   """A run with checkpoints resumes; the warm-start checkpoint (here of
@@ -311,20 +323,11 @@ def test_lr_decay_in_training_summaries(tmp_path, dataset):
   """The training loop logs the decayed rate: at step 10 the optimizer has
   taken 10 steps, so with 3 batches per epoch and decay every epoch the rate
   is lr * 0.5 ** (10 // 3)."""
-  import glob
   import tensorflow as tf
   out = _train(dataset, 'crnn', 'batch_size=4,lr=0.01,lrdecay=0.5,'
                'decay_epochs=1', tmp_path, 10, epoch_num_batches=3)
   assert [s for s, _ in _losses(out)] == list(range(1, 11))
-  scalars, images = {}, {}
-  for path in glob.glob(str(tmp_path / 'events.out.tfevents.*')):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.metadata.plugin_data.plugin_name == 'images':
-          images[(value.tag, event.step)] = tf.make_ndarray(value.tensor)
-          continue
-        scalars[(value.tag, event.step)] = float(
-            tf.make_ndarray(value.tensor))
+  scalars, images = _summaries(tmp_path)
   assert sorted(scalars) == [('learning_rate', 10), ('loss', 10)]
   # The run's first examples as images at its start: width, height, then
   # three encoded images (of 100 frames by 96 bands).
@@ -338,6 +341,24 @@ def test_lr_decay_in_training_summaries(tmp_path, dataset):
                                                          rel=1e-6)
   assert scalars[('loss', 10)] == pytest.approx(_losses(out)[-1][1],
                                                 abs=1e-6)
+
+
+def _summaries(train_dir):
+  """({(tag, step): value} of the scalars, {(tag, step): encoded tensor}
+  of the images) in a run's TensorBoard event files."""
+  import glob
+  import tensorflow as tf
+  scalars, images = {}, {}
+  for path in glob.glob(os.path.join(str(train_dir),
+                                     'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == 'images':
+          images[(value.tag, event.step)] = tf.make_ndarray(value.tensor)
+          continue
+        scalars[(value.tag, event.step)] = float(
+            tf.make_ndarray(value.tensor))
+  return scalars, images
 
 
 def test_no_lr_decay_by_default(parse_hparams):
@@ -871,6 +892,45 @@ def test_cosine_decay_needs_a_horizon():
         'cosine_decay=1,warmup_steps=50'), 80, None, max_steps=40)
   with pytest.raises(ValueError, match='not with lrdecay'):
     params.parse_hparams('cosine_decay=1,lrdecay=0.9')
+
+
+def test_a_resumed_cosine_decay_keeps_its_horizon(tmp_path, dataset):
+  """A cosine run records its horizon (decay_horizon: its --max_steps).
+  The same command with a larger --max_steps, as a study that grows its
+  runs gives, would re-base the decay on the steps taken (from the floor
+  back up): it is refused, one line naming the flag and the recorded
+  horizon, nothing written. The same --max_steps resumes; with the
+  recorded horizon given, the run trains on at lr x lr_floor, the recorded
+  schedule's closed form past its horizon."""
+  import json
+  from conftest import check_ok, run_main, train_args
+  from test_cli_errors import assert_one_error
+  # Moving statistics: no PreciseBN pass at each save, a shorter test.
+  hparams = ('batch_size=2,crnn_filters=2,lr=0.01,cosine_decay=1,'
+             'lr_floor=0.25,bn_stats=moving')
+  train_dir = tmp_path / 'train'
+
+  def command(max_steps, more=''):
+    return train_args('crnn', dataset['train_clip_dir'], dataset['train_csv'],
+                      str(train_dir), max_steps, hparams=hparams + more)
+
+  check_ok(run_main(command(3)))
+  with open(str(train_dir / 'hparams.json')) as f:
+    assert json.load(f)['hparams']['decay_horizon'] == 3
+  written = {n: os.stat(str(train_dir / n)).st_mtime_ns
+             for n in os.listdir(str(train_dir))}
+  result = run_main(command(10))
+  assert_one_error(result, '--max_steps 10: %s decays the learning rate to '
+                   'step 3' % (train_dir / 'model.ckpt-3'),
+                   'decay_horizon=3')
+  assert {n: os.stat(str(train_dir / n)).st_mtime_ns
+          for n in os.listdir(str(train_dir))} == written
+  assert 'Already at step 3' in check_ok(run_main(command(3))).stdout
+  out = check_ok(run_main(command(10, ',decay_horizon=3'))).stdout
+  assert [s for s, _ in _losses(out)] == list(range(4, 11))
+  scalars, _ = _summaries(train_dir)
+  assert scalars[('learning_rate', 10)] == pytest.approx(0.01 * 0.25,
+                                                         rel=1e-6)
 
 
 AVERAGED = 'batch_size=4,crnn_filters=4,crnn_dropout=0,lr=0.01,seed=5,' \
