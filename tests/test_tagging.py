@@ -493,8 +493,10 @@ def test_a_non_finite_sample_in_any_chunk_is_named(tagger, tmp_path):
           'main.py: error: 6 of 7 files could not be tagged (see above)']
 
 
-@pytest.mark.parametrize('engine,ext', [('keras', 'wav'), ('tflite', 'wav'),
-                                        ('keras', 'mp3')])
+# Both files go through audio.Source (a 48 kHz stereo WAV is not one that
+# tf.data reads itself), so one engine each covers both engines and both
+# decoders.
+@pytest.mark.parametrize('engine,ext', [('tflite', 'wav'), ('keras', 'mp3')])
 def test_a_long_file_is_tagged_in_bounded_memory(tagger, tmp_path, engine,
                                                  ext):
   """A 30-minute file (3600 examples) is tagged with a peak resident

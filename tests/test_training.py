@@ -523,19 +523,21 @@ def one_example_clip(tmp_path_factory):
 def test_training_runs_the_default_epochs_without_max_steps(
     tmp_path, one_example_clip, monkeypatch):
   """No max_steps (main.py passes None without --max_steps): DEFAULT_EPOCHS
-  epochs (1000, asserted below; 300 here, to keep the test short) of one
-  batch each, i.e. 300 steps, with checkpoints every 100. In-process."""
+  epochs (1000, asserted below; 30 here, with a checkpoint every 10 steps
+  instead of 100, to keep the test short) of one batch each, i.e. 30
+  steps. In-process."""
   import train
-  monkeypatch.setattr(train, 'DEFAULT_EPOCHS', 300)
+  monkeypatch.setattr(train, 'DEFAULT_EPOCHS', 30)
+  monkeypatch.setattr(train, 'CHECKPOINT_EVERY', 10)
   train_dir = tmp_path / 'train'
   out = _train(one_example_clip, 'crnn', 'batch_size=1,crnn_filters=1',
                train_dir, None)
-  assert [s for s, _ in _losses(out)] == list(range(1, 301))
-  assert out.rstrip().endswith('Training finished at step 300')
+  assert [s for s, _ in _losses(out)] == list(range(1, 31))
+  assert out.rstrip().endswith('Training finished at step 30')
   steps = sorted(int(m.group(1)) for m in (
       re.fullmatch(r'model\.ckpt-(\d+)\.index', n)
       for n in os.listdir(str(train_dir))) if m)
-  assert steps == [0, 100, 200, 300]
+  assert steps == [0, 10, 20, 30]
 
 
 def test_epoch_num_batches_sets_the_default_length(tmp_path, dataset,
