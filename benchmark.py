@@ -489,11 +489,12 @@ def main():
           'examples/s on 1 thread, %.0f on 2' % (cached[1], cached[2]))
     first_update, later_update = precise_bn_seconds(data, class_names,
                                                     hparams)
-    cadence = (train.CHECKPOINT_EVERY * hparams.batch_size / pipeline_train)
+    cadence = (checkpoints.CHECKPOINT_EVERY * hparams.batch_size /
+               pipeline_train)
     print('PreciseBN: %.1f s at the first checkpoint, %.1f s at later ones '
           '(%d batches); %d training steps take %.0f s' % (
               first_update, later_update, hparams.bn_stats_batches,
-              train.CHECKPOINT_EVERY, cadence))
+              checkpoints.CHECKPOINT_EVERY, cadence))
 
     rss = {}
     for name, seconds in (('5 s', 5), ('10 min', 600)):

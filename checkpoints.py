@@ -20,6 +20,12 @@ import params
 from files import UserError
 
 NAME = 'model.ckpt'
+# A training run saves a checkpoint every this many steps, and at its end.
+CHECKPOINT_EVERY = 100
+# Present in train_dir (holding the final step) once a run has finished, so
+# that a continuous eval knows no checkpoint will follow; removed when a run
+# (re)starts.
+FINISHED_FILE = 'training_finished'
 # The checkpoint entry that records the run's --model and hparams.
 RECORD_KEY = 'run/.ATTRIBUTES/VARIABLE_VALUE'
 

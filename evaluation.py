@@ -21,9 +21,6 @@ import reports
 from metrics import Lwlrap  # noqa: F401  (evaluation.Lwlrap)
 
 
-# Present in train_dir once a training run has finished (train.FINISHED_FILE;
-# named here too so that waiting for checkpoints needs no TensorFlow).
-FINISHED_FILE = 'training_finished'
 POLL_SECONDS = 30.0
 CLAIM_TIMEOUT_SECONDS = 600.0
 # TensorFlow writes a checkpoint's .index file in place, after its data: a
@@ -39,7 +36,8 @@ def training_finished(train_dir):
   """The final step recorded in train_dir/training_finished (its text, if
   not a number), or None while training has not finished."""
   try:
-    with open(os.path.join(train_dir, FINISHED_FILE), errors='replace') as f:
+    with open(os.path.join(train_dir, checkpoints.FINISHED_FILE),
+              errors='replace') as f:
       text = f.read(100).strip()
   except (FileNotFoundError, NotADirectoryError):
     return None
@@ -67,8 +65,8 @@ class _Waiter:
       raise UserError(
           '%s: no new checkpoint for %g seconds and training has not finished'
           ' (no %s file); stopped waiting after evaluating %d checkpoints' % (
-              self.train_dir, self.idle_timeout_seconds, FINISHED_FILE,
-              evaluated))
+              self.train_dir, self.idle_timeout_seconds,
+              checkpoints.FINISHED_FILE, evaluated))
     if message != self.said:
       print(message, flush=True)
       self.said = message

@@ -78,15 +78,13 @@ import sys
 import time
 import traceback
 
+import checkpoints
 import files
 import machine
 import model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAIN = os.path.join(HERE, 'main.py')
-# train.CHECKPOINT_EVERY (train.py imports TensorFlow, which this tool does
-# not need).
-CHECKPOINT_EVERY = 100
 DATA_KEYS = ('class_map', 'train_csv', 'train_clip_dir', 'test_csv',
              'test_clip_dir')
 SPEC_KEYS = DATA_KEYS + ('model', 'seeds', 'reference', 'configs', 'plots')
@@ -153,7 +151,8 @@ class Spec:
 
 def checkpoint_steps(max_steps):
   """The steps a training run to max_steps saves: 0, every 100, the end."""
-  return sorted(set(range(0, max_steps, CHECKPOINT_EVERY)) | {max_steps})
+  return sorted(set(range(0, max_steps, checkpoints.CHECKPOINT_EVERY))
+                | {max_steps})
 
 
 def load_spec(path):
@@ -320,8 +319,8 @@ def _eval_steps(entry, max_steps, where):
     if step not in possible:
       raise ValueError(
           '%seval_steps: %d is not a checkpoint step (0, a multiple of %d '
-          'below max_steps, or max_steps=%d)' % (where, step,
-                                                 CHECKPOINT_EVERY, max_steps))
+          'below max_steps, or max_steps=%d)' % (
+              where, step, checkpoints.CHECKPOINT_EVERY, max_steps))
   return tuple(sorted(set(steps)))
 
 

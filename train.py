@@ -31,16 +31,11 @@ import runtime
 import stopping
 from files import UserError
 
-CHECKPOINT_EVERY = 100
 SUMMARY_EVERY = 10
 # The original's limit when --max_steps is not given (here, so that a test
 # can shorten it).
 DEFAULT_EPOCHS = params.DEFAULT_EPOCHS
 RECORD_FILE = 'hparams.json'  # the run's --model and hparams, in train_dir
-# Present in train_dir (holding the final step) once a run has finished, so
-# that a continuous eval knows no checkpoint will follow; removed when a run
-# (re)starts.
-FINISHED_FILE = 'training_finished'
 
 
 def make_loss(hparams, num_classes):
@@ -488,7 +483,8 @@ class Checkpointer:
   def finish(self, step):
     """Marks the run finished (for a continuous eval)."""
     if self.chief:
-      files.write_atomically(os.path.join(self.train_dir, FINISHED_FILE),
+      files.write_atomically(os.path.join(self.train_dir,
+                                              checkpoints.FINISHED_FILE),
                              '%d\n' % step)
 
 
@@ -534,9 +530,9 @@ def _stop_if_asked(agree, checkpointer, step):
 def run_loop(state, dataset, checkpointer, batch_size, max_steps,
              save_first=False):
   """Steps through the dataset until max_steps (or its end), saving every
-  CHECKPOINT_EVERY steps, at the end, and when a signal stops the run; first
-  too if save_first (a fresh run's starting point, as the original's step-0
-  checkpoint)."""
+  checkpoints.CHECKPOINT_EVERY steps, at the end, and when a signal stops
+  the run; first too if save_first (a fresh run's starting point, as the
+  original's step-0 checkpoint)."""
   train_step = make_train_step(
       state.model, state.loss_fn, state.variables, state.optimizer,
       state.step, state.strategy, state.prepare,
@@ -574,7 +570,7 @@ def run_loop(state, dataset, checkpointer, batch_size, max_steps,
                       batch_size, max_steps), flush=True)
       if current % SUMMARY_EVERY == 0:
         _summaries(state, current, float(loss))
-      if current % CHECKPOINT_EVERY == 0:
+      if current % checkpoints.CHECKPOINT_EVERY == 0:
         checkpointer.save()
       _stop_if_asked(agree, checkpointer, current)
       if max_steps is not None and current >= max_steps:
@@ -687,7 +683,7 @@ def _start_run_dir(train_dir, model_name, hparams, chief):
   `run`)."""
   os.makedirs(train_dir, exist_ok=True)
   if chief:
-    finished = os.path.join(train_dir, FINISHED_FILE)
+    finished = os.path.join(train_dir, checkpoints.FINISHED_FILE)
     if os.path.exists(finished):
       os.remove(finished)
     files.write_atomically(os.path.join(train_dir, RECORD_FILE),

@@ -12,6 +12,7 @@ import threading
 import numpy as np
 import pytest
 
+import checkpoints
 from conftest import (CLASS_MAP, FEW_BN_BATCHES, HPARAMS, cut_in_half,
                       popen_main, read_csv_rows, run_main, train_args,
                       write_audio, write_pcm_wav)
@@ -551,7 +552,7 @@ def test_non_finite_loss_stops_without_bad_checkpoint(tmp_path, dataset,
   import params
   import train
   from conftest import read_class_names
-  monkeypatch.setattr(train, 'CHECKPOINT_EVERY', 1)
+  monkeypatch.setattr(checkpoints, 'CHECKPOINT_EVERY', 1)
   train_dir = str(tmp_path / 'train')
   with pytest.raises(files.UserError) as caught:
     train.train('crnn', params.parse_hparams('batch_size=4,lr=1e30'),

@@ -17,6 +17,7 @@ import re
 import numpy as np
 import pytest
 
+import checkpoints
 import reference
 from conftest import CLASS_MAP, read_class_names, write_pcm_wav
 
@@ -519,7 +520,7 @@ def device_run(tmp_path_factory, two_sources):
   sources = [inputs.Source(*two_sources[0], weight=1.0),
              inputs.Source(*two_sources[1], weight=1.0, noisy=True)]
   patch = pytest.MonkeyPatch()
-  patch.setattr(train, 'CHECKPOINT_EVERY', 1)
+  patch.setattr(checkpoints, 'CHECKPOINT_EVERY', 1)
   out = io.StringIO()
   try:
     with contextlib.redirect_stdout(out):

@@ -320,12 +320,6 @@ def test_claim_kept_fresh_lost_and_released(tmp_path, dataset,
   assert _claims(eval_dir) == ['eval-2.claim.1']
 
 
-def test_finished_file_is_the_one_training_writes():
-  import evaluation
-  import train
-  assert evaluation.FINISHED_FILE == train.FINISHED_FILE
-
-
 # --- flags, waiting and stopping --------------------------------------------
 
 @pytest.mark.parametrize('flag,needles', [
@@ -523,7 +517,7 @@ def _training_finishes_after_listing(monkeypatch, train_dir, step):
     found = real(folder)
     if not listings:
       open(os.path.join(train_dir, 'model.ckpt-%d.index' % step), 'w').close()
-      with open(os.path.join(train_dir, evaluation.FINISHED_FILE), 'w') as f:
+      with open(os.path.join(train_dir, checkpoints.FINISHED_FILE), 'w') as f:
         f.write('%d\n' % step)
     listings.append(found)
     return found

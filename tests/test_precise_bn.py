@@ -121,7 +121,7 @@ def trained(tmp_path_factory, dataset):
   patch = pytest.MonkeyPatch()
   patch.setattr(inputs, 'statistics_dataset',
                 lambda *args, **kwargs: [tf.constant(b) for b in batches])
-  patch.setattr(train, 'CHECKPOINT_EVERY', 2)
+  patch.setattr(checkpoints, 'CHECKPOINT_EVERY', 2)
   try:
     with contextlib.redirect_stdout(io.StringIO()):
       train.train('mobilenet-v1', hparams, read_class_names(),

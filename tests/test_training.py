@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
+import checkpoints
 import reference
 from conftest import FEW_BN_BATCHES, HPARAMS, read_class_names, shared
 
@@ -44,7 +45,6 @@ def _reader(prefix):
 
 
 def _weight(reader, path):
-  import checkpoints
   return reader.get_tensor(checkpoints.checkpoint_key(path))
 
 
@@ -202,7 +202,6 @@ MFOM_KEYS = ('mfom/smooth_error_counter/alpha', 'mfom/smooth_error_counter/beta'
 @pytest.mark.parametrize('loss', ['bce', 'mfom_eer_embed', 'mfom_microf1',
                                   'mfom_eer_normalized', 'mfom_cprim'])
 def test_each_loss_trains_crnn(tmp_path, dataset, loss):
-  import checkpoints
   out = _train(dataset, 'crnn', 'batch_size=4,loss=' + loss, tmp_path, 2)
   losses = _losses(out)
   assert [s for s, _ in losses] == [1, 2]
@@ -219,7 +218,6 @@ def test_each_loss_trains_crnn(tmp_path, dataset, loss):
 def test_mfom_loss_trains_mobilenet(tmp_path, dataset):
   """At a quarter of the width: the same layer table, a fraction of the
   time."""
-  import checkpoints
   out = _train(dataset, 'mobilenet-v1',
                'batch_size=4,width=0.25,loss=mfom_eer_normalized', tmp_path, 2)
   losses = _losses(out)
@@ -528,7 +526,7 @@ def test_training_runs_the_default_epochs_without_max_steps(
   steps. In-process."""
   import train
   monkeypatch.setattr(train, 'DEFAULT_EPOCHS', 30)
-  monkeypatch.setattr(train, 'CHECKPOINT_EVERY', 10)
+  monkeypatch.setattr(checkpoints, 'CHECKPOINT_EVERY', 10)
   train_dir = tmp_path / 'train'
   out = _train(one_example_clip, 'crnn', 'batch_size=1,crnn_filters=1',
                train_dir, None)
@@ -795,7 +793,6 @@ def test_a_seed_repeats_a_run_bit_for_bit(tmp_path, dataset):
   other_out = _train(dataset, 'crnn', SEEDED + ',seed=%d' % (seed % 1000 + 1),
                      tmp_path / 'other', 3)
   assert _losses(other_out) != _losses(out)
-  import checkpoints
   key = checkpoints.checkpoint_key('logits/kernel')
   initial = _checkpoint_values(os.path.join(drawn_dir, 'model.ckpt-0'))
   other = _checkpoint_values(str(tmp_path / 'other' / 'model.ckpt-0'))
@@ -947,7 +944,7 @@ def averaged_run(tmp_path_factory, dataset):
 
   def make(root):
     patch = pytest.MonkeyPatch()
-    patch.setattr(train, 'CHECKPOINT_EVERY', 1)
+    patch.setattr(checkpoints, 'CHECKPOINT_EVERY', 1)
     try:
       _train(dataset, 'crnn', AVERAGED, root / 'train', 4)
     finally:
@@ -960,7 +957,6 @@ def test_weight_average_is_the_recurrence(averaged_run):
   """ema_t = d_t ema_{t-1} + (1 - d_t) w_t from the initial weights, with
   d_t = min(ema_decay, (1 + t) / (10 + t)), over the raw weights of each
   step's checkpoint, in NumPy."""
-  import checkpoints
   paths = _trainable_paths('crnn', AVERAGED)
   raw = [_reader(str(averaged_run / ('model.ckpt-%d' % t))) for t in range(5)]
   last = raw[-1]
@@ -988,7 +984,6 @@ def test_scoring_uses_the_averaged_weights_unless_told(averaged_run,
   import scoring
   import tensorflow as tf
   import plain_models
-  import checkpoints
   prefix = str(averaged_run / 'model.ckpt-4')
   reader = _reader(prefix)
   clip = os.path.join(dataset['test_clip_dir'],
@@ -1031,7 +1026,6 @@ def test_averaged_weights_have_their_own_precise_statistics(averaged_run,
   from the raw weights' (precise_bn)."""
   import averaging
   import batchnorm
-  import checkpoints
   import inputs
   import model as model_lib
   import params
