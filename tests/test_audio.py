@@ -255,6 +255,52 @@ def test_a_cut_file_says_how_much_was_readable(tmp_path, ext, fragment):
   assert audio.inspect(whole).frames == 4 * 44100
 
 
+
+def _ogg_crc(page):
+  """The CRC-32 of an Ogg page (polynomial 0x04C11DB7, not reflected, no
+  initial or final inversion), its checksum field taken as zero."""
+  crc = 0
+  for byte in page:
+    crc ^= byte << 24
+    for _ in range(8):
+      crc = ((crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1)
+      crc &= 0xFFFFFFFF
+  return crc
+
+
+def _ogg_page(header_type, granule, serial, sequence, body_segments=b''):
+  """An Ogg page with its checksum."""
+  import struct
+  head = struct.pack('<4sBBqIII', b'OggS', 0, header_type, granule, serial,
+                     sequence, 0) + bytes([len(body_segments)]) + body_segments
+  crc = _ogg_crc(head)
+  return head[:22] + struct.pack('<I', crc) + head[26:]
+
+
+def test_an_ogg_stream_ended_by_an_empty_page_is_whole(tmp_path):
+  """An end-of-stream page may hold no segments (27 bytes of header): the
+  stream is complete. The same file without that page has no end."""
+  import struct
+  import audio
+  path = write_audio(tmp_path / 'a.ogg', _noise(2.0))
+  data = bytearray(open(path, 'rb').read())
+  last = data.rfind(b'OggS')
+  assert data[last + 5] & 0x04  # the encoder ended the stream there
+  data[last + 5] &= ~0x04 & 0xFF
+  data[last + 22:last + 26] = b'\0\0\0\0'
+  data[last + 22:last + 26] = struct.pack('<I', _ogg_crc(bytes(data[last:])))
+  granule, serial, sequence = struct.unpack('<qII', data[last + 6:last + 22])
+  unended = str(tmp_path / 'unended.ogg')
+  with open(unended, 'wb') as f:
+    f.write(bytes(data))
+  with pytest.raises(audio.AudioError) as error:
+    audio.inspect(unended)
+  assert str(error.value).startswith('truncated: the Ogg stream has no end')
+  ended = str(tmp_path / 'ended.ogg')
+  with open(ended, 'wb') as f:
+    f.write(bytes(data) + _ogg_page(0x04, granule, serial, sequence + 1))
+  assert audio.inspect(ended).frames == audio.inspect(path).frames
+
 def test_a_file_cut_during_a_run_stops_it_with_the_seconds_readable(
     tmp_path):
   """Checked before the run, cut after: the pipeline's read says so. An
@@ -364,6 +410,19 @@ def test_a_length_a_little_long_is_read_as_silence(tmp_path):
   assert str(error.value) == ('truncated: 1.0 s of 1.1 s readable (did the '
                               'file change?)')
 
+
+
+def test_samples_beyond_full_scale_saturate_at_16_bits(tmp_path):
+  """A float file's samples at or past full scale become the 16-bit
+  extremes the pipeline takes (+1.0 and more: 32767; -1.0 and less:
+  -32768), never wrapped round to the other sign."""
+  import inputs
+  values = np.array([0.5, 1.0, 1.5, -1.0, -1.5, 0.25] * 2000, np.float32)
+  path = write_audio(tmp_path / 'loud.wav', values, subtype='FLOAT')
+  pcm, problem = inputs.decoded_pcm(path.encode(), 0, len(values))
+  assert problem == ''
+  np.testing.assert_array_equal(pcm[:6], [16384, 32767, 32767, -32768,
+                                          -32768, 8192])
 
 def test_the_mp3_decoders_warnings_are_silenced(tmp_path, capfd):
   """libsndfile's MP3 decoder warns on stderr about a cut file: only our
