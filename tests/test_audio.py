@@ -401,6 +401,11 @@ def test_a_length_a_little_long_is_read_as_silence(tmp_path):
   got = audio.Source(path, near).read(40000, clip.frames + 4000)
   assert np.abs(got[:4100 - 4000]).max() > 0.01
   np.testing.assert_array_equal(got[4100:], 0)
+  # At the bound exactly (0.1 s: 4,410 frames more) still read; one more
+  # frame is not.
+  audio._check_complete(path, clip._replace(frames=clip.frames + 4410))
+  with pytest.raises(audio.AudioError):
+    audio._check_complete(path, clip._replace(frames=clip.frames + 4411))
   far = clip._replace(frames=clip.frames + 4500)  # 0.1 s more
   with pytest.raises(audio.AudioError) as error:
     audio._check_complete(path, far)

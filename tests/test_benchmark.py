@@ -341,15 +341,16 @@ def test_resampler_rows_rank_the_resamplers(monkeypatch):
   # shows them for 10 s.
   assert round(by['soxr VHQ', 48000][0], 1) == -84.8
   assert round(by['scipy resample_poly', 22050][0], 1) == -41.1
+  # A clock that does not start at 0: a time is a difference of two readings.
   monkeypatch.setattr(benchmark_audio.time, 'perf_counter', Clock(
-      *[0.0, 0.5] * 6))
+      *[100.0, 100.5] * 6))
   rows = benchmark_audio.resampler_rows(seconds=2.0, repeats=2)
   assert [r[4] for r in rows] == [7.5] * 6  # 0.25 s per 2 s of audio
   # By default 10 s, 3 repeats: 3 s for 3 repeats, 6 s per minute.
   monkeypatch.setattr(benchmark_audio, '_resamplers', lambda: {
       'fake': lambda x, rate: np.ones(441000)})
   monkeypatch.setattr(benchmark_audio.time, 'perf_counter', Clock(
-      *[0.0, 3.0] * 2))
+      *[50.0, 53.0] * 2))
   assert [r[4] for r in benchmark_audio.resampler_rows()] == [6.0, 6.0]
   np.testing.assert_allclose(benchmark_audio._db(np.full(8, 0.1),
                                                  np.ones(3)), -20.0)
