@@ -389,15 +389,15 @@ def test_format_rates_decode_copies_of_the_same_clips(tmp_path, monkeypatch,
   assert out.startswith('Decoding and examples (no model), 2 clips: WAV ')
   assert 'examples/s (1.00 x WAV), FLAC ' in out
   # Every example of every copy, each pass: 2 + 18 examples, timed by a
-  # clock that moves 1 s a format in the first pass, 2 s in the second:
-  # the best pass counts.
+  # clock that moves 40 s a format in the first pass, 80 s in the second:
+  # the best pass counts (0.5 examples/s, below any starting guess of 1).
   monkeypatch.setattr(benchmark_audio.time, 'perf_counter',
-                      Clock(*[0.0, 1.0] * 4 + [0.0, 2.0] * 4))
+                      Clock(*[10.0, 50.0] * 4 + [10.0, 90.0] * 4))
   copies = benchmark_audio.format_copies(
       [str(clip_dir / 'c0.wav'), str(clip_dir / 'c1.wav')],
       str(tmp_path / 'again'))
   assert benchmark_audio.format_rates(copies, hparams) == {
-      'WAV': 20.0, 'FLAC': 20.0, 'Ogg Vorbis': 20.0, 'MP3': 20.0}
+      'WAV': 0.5, 'FLAC': 0.5, 'Ogg Vorbis': 0.5, 'MP3': 0.5}
 
 
 def test_tflite_model_rates_time_each_model_alone(monkeypatch):
