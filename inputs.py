@@ -159,13 +159,13 @@ def _chunks(clips, hparams, deterministic, offsets):
                           deterministic=deterministic)
 
 
-def _examples(clips, hparams, *, offsets, deterministic=False):
+def _examples(clips, hparams, deterministic=False, offsets=(0,)):
   """(key, path, data offset, num samples) clips -> (example, key) pairs,
   one per example. `key` rides along unchanged: the multi-hot labels when
   training, the clip's index when scoring. deterministic: in clip order
   (else in the order the parallel reads finish, which is faster).
-  offsets: the clips' data offsets (which of _readers the pipeline
-  needs)."""
+  offsets: the clips' data offsets (_readers; by default, WAVs the
+  pipeline reads itself)."""
   def chunk_examples(key, pcm, count, first, num_samples):
     del first, num_samples
     examples = features.chunk_examples(to_float(pcm), count, hparams)
