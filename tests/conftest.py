@@ -16,6 +16,12 @@ import sys
 import wave
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# The tests' models are tiny: oneDNN's graph rewrites and kernel set-up cost
+# more than they save at this size (test_training.py side by side: 83 s
+# without, 92 s with). Each number a test compares is held to an
+# independent computation with a tolerance either kernel library meets;
+# TF_ENABLE_ONEDNN_OPTS=1 runs the suite with oneDNN.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
