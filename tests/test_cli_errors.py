@@ -738,3 +738,52 @@ def test_error_inside_the_pipeline_becomes_one_line(tmp_path):
     for _ in dataset:
       pass
   assert main.op_error_message(e.value) == '%s: is truncated' % path
+
+
+# main.py run afresh (the fork server has imported TensorFlow), saying as
+# it exits whether TensorFlow was imported.
+_TENSORFLOW_PROBE = (
+    'import atexit, runpy, sys; atexit.register(lambda: print("tensorflow '
+    'imported: %s" % ("tensorflow" in sys.modules), file=sys.stderr)); '
+    'sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")')
+
+
+@pytest.mark.parametrize('args,needle', [
+    (['--mode', 'train', '--train_clip_dir', '.', '--train_csv_path',
+      '/no/train.csv', '--train_dir', '{tmp}/train'], '/no/train.csv'),
+    (['--mode', 'train', '--train_clip_dir', '.', '--train_csv_path',
+      '{csv}', '--train_dir', '{tmp}/train', '--hparams', 'cosine_decay=1'],
+     'cosine_decay=1'),
+    (['--mode', 'eval', '--eval_clip_dir', '.', '--eval_csv_path',
+      '/no/eval.csv', '--train_dir', '{tmp}', '--eval_dir', '{tmp}/eval'],
+     '/no/eval.csv'),
+    (['--mode', 'inference', '--inference_clip_dir', '/no/clips',
+      '--inference_checkpoint', '{ckpt}',
+      '--predictions_csv_path', '{tmp}/s.csv'], '/no/clips'),
+    (['--mode', 'export', '--inference_checkpoint', '/no/model.ckpt-1',
+      '--export_dir', '{tmp}/export'], '/no/model.ckpt-1'),
+    (['--mode', 'tag', '--inference_checkpoint', '{ckpt}',
+      '--tag_paths', '/no/a.wav'], '/no/a.wav'),
+    (['--mode', 'relabel', '--relabel_csv_path', '/no/noisy.csv',
+      '--relabel_clip_dir', '.', '--inference_checkpoint',
+      '{ckpt}', '--relabeled_csv_path', '{tmp}/r.csv'],
+     '/no/noisy.csv'),
+], ids=['train', 'train-hparams', 'eval', 'inference', 'export', 'tag',
+        'relabel'])
+def test_each_modes_checks_run_before_tensorflow_is_imported(
+    tmp_path, dataset, fake_checkpoint, args, needle):
+  """What every mode's docstring promises: a bad flag is one line, with
+  TensorFlow never imported (a refusal in well under a second)."""
+  import subprocess
+  import sys
+  from conftest import REPO, subprocess_env
+  args = [a.format(tmp=tmp_path, csv=dataset['train_csv'],
+                   ckpt=fake_checkpoint) for a in args]
+  result = subprocess.run(
+      [sys.executable, '-c', _TENSORFLOW_PROBE,
+       os.path.join(REPO, 'main.py'), '--class_map_path', CLASS_MAP] + args,
+      env=subprocess_env(), capture_output=True, text=True, timeout=120)
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert lines[-1] == 'tensorflow imported: False', result.stderr
+  result.stderr = '\n'.join(lines[:-1])
+  assert_one_error(result, needle)
