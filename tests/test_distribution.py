@@ -45,9 +45,11 @@ def two_devices(*args, check=True):
   return result
 
 
-def steps(model_name, text, mode):
-  return json.loads(two_devices('steps', model_name, text,
-                                mode).stdout.splitlines()[-1])
+def steps(model_name, text):
+  """two_devices.steps_in on one device, then on two replicas."""
+  lines = two_devices('steps', model_name, text,
+                      'none,mirrored').stdout.splitlines()
+  return [json.loads(line) for line in lines[-2:]]
 
 
 @pytest.mark.parametrize('optimizer', ['opt=sgd,lr=0.1,momentum=0.9',
@@ -60,7 +62,7 @@ def test_mirrored_steps_equal_one_device(optimizer):
   squared gradient, rounding in near-zero gradients moves a weight by up to
   ~lr, hence 3e-3 (3 steps at lr 1e-3) there."""
   text = CRNN + ',' + optimizer
-  one, two = steps('crnn', text, 'none'), steps('crnn', text, 'mirrored')
+  one, two = steps('crnn', text)
   assert one['step'] == two['step'] == 3
   np.testing.assert_allclose(two['losses'], one['losses'], rtol=1e-6)
   atol = 1e-5 if 'sgd' in optimizer else 3e-3
@@ -76,16 +78,14 @@ def test_unsynchronized_batch_norm_is_not_the_single_device_run():
   """bn_sync=0: each replica normalises with its own two examples, so even
   the first loss differs from the single-device one (which bn_sync=1
   matches, above)."""
-  one = steps('crnn', CRNN + ',bn_sync=0', 'none')
-  two = steps('crnn', CRNN + ',bn_sync=0', 'mirrored')
+  one, two = steps('crnn', CRNN + ',bn_sync=0')
   assert abs(one['losses'][0] - two['losses'][0]) > 1e-4
 
 
 def test_mirrored_mobilenet_first_step():
   """MobileNet's layer table at a quarter of its width (the same layers,
   depthwise convolutions and batch norms; a fifth of the time)."""
-  one = steps('mobilenet-v1', 'batch_size=4,width=0.25', 'none')
-  two = steps('mobilenet-v1', 'batch_size=4,width=0.25', 'mirrored')
+  one, two = steps('mobilenet-v1', 'batch_size=4,width=0.25')
   np.testing.assert_allclose(two['losses'][0], one['losses'][0], rtol=1e-5)
 
 
@@ -174,12 +174,8 @@ def test_two_workers_train_save_and_resume(tmp_path, dataset):
   assert not [n for n in names if n.startswith('.worker')]
   assert len([n for n in names if n.startswith('events.')]) == 1
 
-  # Eval scores the chief's checkpoints.
-  check_ok(run_main(
-      ['--mode', 'eval', '--class_map_path', CLASS_MAP,
-       '--eval_clip_dir', dataset['train_clip_dir'],
-       '--eval_csv_path', dataset['validation_csv'], '--train_dir', train_dir,
-       '--eval_dir', str(tmp_path / 'eval')]))
+  # (Eval reads a distributed run's checkpoints as any other's:
+  # test_mirrored_training_run_and_eval.)
 
   # Kill worker 1 mid-run: worker 0 says so in one line (after what
   # TensorFlow logs) and ends. Both start again and resume from the last
@@ -472,9 +468,10 @@ def test_peers_waited_for_until_a_signal(monkeypatch):
 # After the strategy has started: TensorFlow's runtime installs a SIGTERM
 # handler of its own in native code (Python's signal.getsignal does not see
 # it); a SIGTERM before the training loop must still be recorded.
+# Run as `python -c _SIGTERM_AFTER_START main.py`, forked as main.py is.
 _SIGTERM_AFTER_START = """
 import os, signal, sys, time
-sys.path.insert(0, %r)
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
 import distribution, stopping
 with stopping.requests():
   distribution.make_strategy('multi_worker', 60)
@@ -485,12 +482,13 @@ with stopping.requests():
 
 
 def test_sigterm_recorded_once_the_strategy_has_started():
-  config = json.dumps({'cluster': {'worker': ['localhost:%d' % free_ports(1)[0]]},
-                       'task': {'type': 'worker', 'index': 0}})
-  result = subprocess.run(
-      [sys.executable, '-c', _SIGTERM_AFTER_START % os.path.dirname(HERE)],
-      env=dict(subprocess_env(), TF_CONFIG=config), capture_output=True,
-      text=True, timeout=120)
+  os.environ['TF_CONFIG'] = json.dumps(
+      {'cluster': {'worker': ['localhost:%d' % free_ports(1)[0]]},
+       'task': {'type': 'worker', 'index': 0}})
+  try:
+    result = run_main([], timeout=120, script=_SIGTERM_AFTER_START)
+  finally:
+    del os.environ['TF_CONFIG']
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.splitlines()[-1] == 'requested %d' % signal.SIGTERM
 

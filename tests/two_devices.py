@@ -2,7 +2,7 @@
 devices, for tests/test_distribution.py (the split must happen before
 TensorFlow starts, hence a process of its own).
 
-  python two_devices.py steps MODEL HPARAMS none|mirrored   (prints JSON)
+  python two_devices.py steps MODEL HPARAMS none,mirrored   (a JSON line each)
   python two_devices.py train TRAIN_CSV CLIP_DIR TRAIN_DIR HPARAMS MAX_STEPS
 """
 
@@ -30,7 +30,14 @@ def mirrored():
   return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
 
 
-def steps(model_name, text, mode):
+def steps(model_name, text, modes):
+  """steps_in for each of the comma-separated modes, in one process (a
+  second process would pay TensorFlow's start-up again)."""
+  for mode in modes.split(','):
+    steps_in(model_name, text, mode)
+
+
+def steps_in(model_name, text, mode):
   """Three training steps on fixed batches from fixed weights; the losses,
   the step and every weight afterwards."""
   hparams = params.parse_hparams(text)
