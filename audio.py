@@ -233,6 +233,16 @@ def _ogg_ends(path):
   return len(table) == segments and whole and bool(tail[start + 5] & 0x04)
 
 
+def write_pcm16(path, pcm, rate=SAMPLE_RATE):
+  """A 16-bit PCM WAV of int16 samples ([frames], or [frames, channels]),
+  written by libsndfile: the WAV writer of the demo data, the tests and
+  export's check clip."""
+  pcm = np.asarray(pcm)
+  if pcm.dtype != np.int16:
+    raise ValueError('write_pcm16 takes int16 samples, not %s' % pcm.dtype)
+  soundfile.write(path, pcm, rate, subtype='PCM_16', format='WAV')
+
+
 class Source:
   """One file as a 44.1 kHz mono waveform of num_samples(clip) samples,
   read a block at a time, in any order: a block is resampled from the

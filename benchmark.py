@@ -56,6 +56,7 @@ import mobilenet  # noqa: E402
 import params  # noqa: E402
 import runtime  # noqa: E402
 import scoring  # noqa: E402
+import synthetic  # noqa: E402
 import tflite_engine  # noqa: E402
 import train  # noqa: E402
 
@@ -502,8 +503,8 @@ def main():
       os.makedirs(clip_dir)
       make_demo_data.write_wav(
           os.path.join(clip_dir, 'clip.wav'),
-          make_demo_data.make_clip(['Hiss'], seconds,
-                                   np.random.default_rng(seconds)))
+          synthetic.make_clip(['Hiss'], seconds,
+                              np.random.default_rng(seconds)))
       rss[name] = peak_rss_mib(clip_dir, checkpoint, class_map_path)
     print('Peak RSS: %.0f MiB for a 5 s clip, %.0f MiB for a 10 min clip' % (
         rss['5 s'], rss['10 min']))

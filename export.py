@@ -68,11 +68,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants
 
+import audio
 import features
 import files
-import make_demo_data
 import scoring
 import stopping
+import synthetic
 import tflite_engine
 import wav
 from files import UserError
@@ -184,20 +185,20 @@ def tflite_runner(path):
 def check_waveform(seconds=7.3, seed=2019, floor_db=-80, lead_seconds=0.25):
   """A waveform with the dynamics of recorded sound, 16-bit: digital
   silence at the start, then a noise floor (floor_db) and events
-  (make_demo_data's sounds) with sharp onsets and decays, their peaks spread
+  (synthetic.py's sounds) with sharp onsets and decays, their peaks spread
   evenly over 40 dB, quiet passages between them. Quiet bins beside loud
   ones are where TFLite's FFT and TensorFlow's differ most."""
   rng = np.random.default_rng(seed)
   rate = wav.SAMPLE_RATE
   signal = 10 ** (floor_db / 20) * rng.standard_normal(int(seconds * rate))
   signal[:int(lead_seconds * rate)] = 0
-  kinds = sorted(set(make_demo_data.SOUNDS.values()))
+  kinds = sorted(set(synthetic.SOUNDS.values()))
   starts = lead_seconds + np.cumsum(rng.uniform(0.1, 1.4, int(seconds)))
   starts = starts[starts < seconds - 0.2]
   for start, level in zip(starts, rng.permutation(
       np.linspace(-40, 0, len(starts)))):
     length = min(rng.uniform(0.2, 1.0), seconds - start)
-    event = make_demo_data.synth(kinds[rng.integers(len(kinds))], length, rng)
+    event = synthetic.synth(kinds[rng.integers(len(kinds))], length, rng)
     t = np.arange(len(event)) / rate
     envelope = np.minimum(t / 0.005, 1) * np.exp(-t / rng.uniform(0.1, 0.5))
     first = int(start * rate)
@@ -208,12 +209,7 @@ def check_waveform(seconds=7.3, seed=2019, floor_db=-80, lead_seconds=0.25):
 
 
 def _write_wav(path, samples):
-  import wave
-  with wave.open(path, 'wb') as w:
-    w.setnchannels(1)
-    w.setsampwidth(2)
-    w.setframerate(wav.SAMPLE_RATE)
-    w.writeframes(np.round(samples * 32768).astype('<i2').tobytes())
+  audio.write_pcm16(path, np.round(samples * 32768).astype(np.int16))
 
 
 def self_check(saved_model_dir, tflite_path, scorer, work_dir):

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import wave
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # The tests' models are tiny: oneDNN's graph rewrites and kernel set-up cost
@@ -125,12 +124,9 @@ def check_ok(result):
 
 def write_pcm_wav(path, samples, rate=SAMPLE_RATE, channels=1):
   """16-bit PCM WAV of int16 samples (interleaved when channels > 1)."""
-  pcm = np.asarray(samples, dtype='<i2')
-  with wave.open(str(path), 'wb') as w:
-    w.setnchannels(channels)
-    w.setsampwidth(2)
-    w.setframerate(rate)
-    w.writeframes(pcm.tobytes())
+  import audio
+  audio.write_pcm16(str(path), np.asarray(samples, np.int16).reshape(
+      -1, channels), rate)
 
 
 def write_audio(path, samples, rate=SAMPLE_RATE, **kwargs):

@@ -32,9 +32,9 @@ LOSSY_SNR_DB = 15.0
 
 def _int16_clip(seconds, seed):
   """Recorded-like 16-bit samples (a sum of the synthetic sounds)."""
-  import make_demo_data
+  import synthetic
   rng = np.random.default_rng(seed)
-  clip = make_demo_data.make_clip(['Buzz', 'Hiss'], seconds, rng)
+  clip = synthetic.make_clip(['Buzz', 'Hiss'], seconds, rng)
   return np.clip(np.round(clip * 32767), -32768, 32767).astype(np.int16)
 
 

@@ -165,7 +165,7 @@ def test_main_prints_the_ratios_of_its_measurements(monkeypatch, capsys):
     monkeypatch.setattr(benchmark, name, value)
   monkeypatch.setattr(benchmark.runtime, 'use_one_inter_op_thread',
                       lambda: None)
-  monkeypatch.setattr(benchmark.make_demo_data, 'make_clip', make_clip)
+  monkeypatch.setattr(benchmark.synthetic, 'make_clip', make_clip)
   monkeypatch.setattr(benchmark.make_demo_data, 'write_wav', lambda *a: None)
   monkeypatch.setattr(benchmark, 'header', lambda: 'the machine')
   monkeypatch.setattr(benchmark.benchmark_audio, 'report', lambda *a: (
