@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt
 
 demo: $(VENV)/.installed
 	rm -rf $(DEMO)
-	$(PY) make_demo_data.py --out_dir $(DEMO)/data
+	$(PY) tools/make_demo_data.py --out_dir $(DEMO)/data
 	$(PY) main.py --mode train --model mobilenet-v1 \
 	    --class_map_path class_map.csv \
 	    --train_clip_dir $(DEMO)/data/train_curated \

@@ -11,14 +11,14 @@ stops once training has finished and every checkpoint is evaluated.
 import os
 import time
 
-import checkpoints
-import files
-import stopping
-from claims import (DONE, HELD, OWNED, REFRESH_SECONDS, kept_fresh,
+from tagger.core import checkpoints
+from tagger.core import files
+from tagger.core import stopping
+from tagger.eval.claims import (DONE, HELD, OWNED, REFRESH_SECONDS, kept_fresh,
                     marker_path, try_claim)
-from files import UserError, write_atomically
-import reports
-from metrics import Lwlrap  # noqa: F401  (evaluation.Lwlrap)
+from tagger.core.files import UserError, write_atomically
+from tagger.eval import reports
+from tagger.eval.metrics import Lwlrap  # noqa: F401  (evaluation.Lwlrap)
 
 
 POLL_SECONDS = 30.0
@@ -151,7 +151,7 @@ class _Evaluator:
 
   def _score(self, step, prefix, claim, retry_unreadable):
     import tensorflow as tf  # here so that the claims above need no TF
-    import scoring
+    from tagger.engines import scoring
 
     if self.scorer is None:
       self.scorer = scoring.Scorer(self.model_name, len(self.class_names),

@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-import scoring
-from files import write_atomically
+from tagger.engines import scoring
+from tagger.core.files import write_atomically
 
 
 def submission_csv(fnames, class_names, scores):

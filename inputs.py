@@ -18,12 +18,13 @@ import os
 import numpy as np
 import tensorflow as tf
 
-import audio
-import features
-import files
-from sources import Source  # noqa: F401  (inputs.Source)
+from tagger.sound import audio
+from tagger.sound import features
+from tagger.core import files
+from tagger.core.sources import Source  # noqa: F401  (inputs.Source)
 
-from features import EXAMPLES_PER_CHUNK  # noqa: F401  (inputs.EXAMPLES_...)
+from tagger.sound.features import (  # noqa: F401  (inputs.EXAMPLES_...)
+    EXAMPLES_PER_CHUNK)
 
 EXAMPLE_SHUFFLE_BUFFER = 20000
 

@@ -21,16 +21,16 @@ from absl import app
 from absl import logging
 from absl import flags
 
-import checkpoints
-import distribution
-import files
+from tagger.core import checkpoints
+from tagger.training import distribution
+from tagger.core import files
 import model
-import params
-import runtime
-import sources
-import stopping
-import tflite_engine
-from files import UserError
+from tagger.core import params
+from tagger.core import runtime
+from tagger.core import sources
+from tagger.core import stopping
+from tagger.engines import tflite_engine
+from tagger.core.files import UserError
 
 flags.DEFINE_enum('mode', None,
                   ['train', 'eval', 'inference', 'export', 'tag', 'relabel'],
@@ -635,7 +635,7 @@ def _list_inputs(class_names):
   its outputs must not be."""
   found = _Inputs(class_names)
   if FLAGS.mode == 'tag':
-    import tagging
+    from tagger.modes import tagging
     found.tag_files = tagging.list_files(FLAGS.tag_paths)
     return found, list(FLAGS.tag_paths) + found.tag_files
   if FLAGS.mode == 'inference':
@@ -728,7 +728,7 @@ def _inference(model_name, hparams, found, strategy):
 
 
 def _export(model_name, hparams, found, strategy):
-  import export
+  from tagger.modes import export
   export.export(model_name, hparams, found.class_names, FLAGS.class_map_path,
                 FLAGS.inference_checkpoint, FLAGS.export_dir,
                 quantize=FLAGS.quantize or 'none',
@@ -736,7 +736,7 @@ def _export(model_name, hparams, found, strategy):
 
 
 def _tag(model_name, hparams, found, strategy):
-  import tagging
+  from tagger.modes import tagging
   failed = tagging.tag(model_name, hparams, found.class_names,
                        found.tag_files, FLAGS.inference_checkpoint,
                        FLAGS.top_k, FLAGS.timeline_csv_path,
@@ -747,7 +747,7 @@ def _tag(model_name, hparams, found, strategy):
 
 
 def _relabel(model_name, hparams, found, strategy):
-  import relabel
+  from tagger.modes import relabel
   relabel.relabel(model_name, hparams, found.class_names, found.rows,
                   found.clip_dir, found.samples, FLAGS.inference_checkpoint,
                   FLAGS.relabeled_csv_path, FLAGS.relabel_keep_threshold,

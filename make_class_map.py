@@ -10,7 +10,7 @@ names are the column order of a Kaggle submission.
 import csv
 import sys
 
-import files
+from tagger.core import files
 
 
 def class_names(rows):

@@ -10,12 +10,13 @@ imported when a model is built.
 
 import importlib
 
-from params import HParams, parse_hparams  # noqa: F401  (model.parse_hparams)
+# model.parse_hparams, as in the original.
+from tagger.core.params import HParams, parse_hparams  # noqa: F401
 
 # --model name -> the module holding that architecture.
 ARCHITECTURES = {
-    'mobilenet-v1': 'mobilenet',
-    'crnn': 'crnn',
+    'mobilenet-v1': 'tagger.models.mobilenet',
+    'crnn': 'tagger.models.crnn',
 }
 MODELS = tuple(ARCHITECTURES)
 
@@ -32,9 +33,9 @@ def build_model(model_name, num_classes, hparams, static=False):
   """Keras model: [batch, frames, bands] log-mel examples -> [batch, classes]
   logits. static: no loops over the batch (for TFLite; same numbers)."""
   import keras
-  import augment
-  import features
-  from layers import initializer
+  from tagger.training import augment
+  from tagger.sound import features
+  from tagger.models.layers import initializer
   build = architecture(model_name).build
   frames, _ = features.example_geometry(hparams)
   examples = keras.Input((frames, hparams.mel_bands), name='log_mel')

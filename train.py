@@ -15,21 +15,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import augment
-import averaging
-import batchnorm
-import checkpoints
-import distribution
-import features
+from tagger.training import augment
+from tagger.models import averaging
+from tagger.models import batchnorm
+from tagger.core import checkpoints
+from tagger.training import distribution
+from tagger.sound import features
 import inputs
-import mfom
+from tagger.training import mfom
 import model as model_lib
-import noisy_labels
-import params
-import files
-import runtime
-import stopping
-from files import UserError
+from tagger.training import noisy_labels
+from tagger.core import params
+from tagger.core import files
+from tagger.core import runtime
+from tagger.core import stopping
+from tagger.core.files import UserError
 
 SUMMARY_EVERY = 10
 # The original's limit when --max_steps is not given (here, so that a test

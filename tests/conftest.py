@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import forks  # noqa: E402
-import make_demo_data  # noqa: E402
+from tools import make_demo_data  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -124,7 +124,7 @@ def check_ok(result):
 
 def write_pcm_wav(path, samples, rate=SAMPLE_RATE, channels=1):
   """16-bit PCM WAV of int16 samples (interleaved when channels > 1)."""
-  import audio
+  from tagger.sound import audio
   audio.write_pcm16(str(path), np.asarray(samples, np.int16).reshape(
       -1, channels), rate)
 
@@ -149,13 +149,13 @@ def cut_in_half(path, dest):
 
 def write_check_clip(path, seconds, seed):
   """A WAV file of export.check_waveform (recorded-sound dynamics)."""
-  import export
+  from tagger.modes import export
   write_pcm_wav(path, np.round(32768 * export.check_waveform(seconds,
                                                              seed=seed)))
 
 
 def read_class_names():
-  import files
+  from tagger.core import files
   return files.read_class_map(CLASS_MAP)
 
 
@@ -184,8 +184,8 @@ def load_model_from_checkpoint(model_name, hparams, checkpoint_prefix):
 def scorer_scores(model_name, hparams, checkpoint, paths, engine=None):
   """[clips, classes] clip scores as eval, inference and relabel make them
   (scoring.Scorer, the Keras engine unless another is given)."""
-  import files
-  import scoring
+  from tagger.core import files
+  from tagger.engines import scoring
   scorer = scoring.Scorer(model_name, 80, hparams, engine=engine)
   scorer.load(checkpoint)
   return scorer.score(paths, files.check_clips(paths))
@@ -231,7 +231,7 @@ def truth_matrix(rows, class_names):
 
 @pytest.fixture(scope='session')
 def parse_hparams():
-  import params
+  from tagger.core import params
   return params.parse_hparams
 
 

@@ -51,12 +51,12 @@ import absl.app  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import keras  # noqa: E402,F401
 import evaluation  # noqa: E402,F401
-import export  # noqa: E402,F401
+from tagger.modes import export  # noqa: E402,F401
 import inference  # noqa: E402,F401
-import relabel  # noqa: E402,F401
-import scoring  # noqa: E402,F401
-import tagging  # noqa: E402,F401
-import runtime  # noqa: E402
+from tagger.modes import relabel  # noqa: E402,F401
+from tagger.engines import scoring  # noqa: E402,F401
+from tagger.modes import tagging  # noqa: E402,F401
+from tagger.core import runtime  # noqa: E402
 import train  # noqa: E402,F401
 
 # As main.py does before its first op (devices listed, their chatter kept

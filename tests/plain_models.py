@@ -136,7 +136,7 @@ def load_checkpoint(plain, checkpoint_prefix, bn_stats='precise'):
   bn_stats='precise', the batch norms' moving statistics are the
   checkpoint's precise ones (`precise_bn/<path>`, README "Batch-norm
   statistics") where it has them, as scoring uses them."""
-  import checkpoints  # only for the documented key format
+  from tagger.core import checkpoints  # only for the documented key format
   reader = tf.train.load_checkpoint(checkpoint_prefix)
   keys = reader.get_variable_to_shape_map()
   used = set()

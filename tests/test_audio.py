@@ -32,7 +32,7 @@ LOSSY_SNR_DB = 15.0
 
 def _int16_clip(seconds, seed):
   """Recorded-like 16-bit samples (a sum of the synthetic sounds)."""
-  import synthetic
+  from tagger.sound import synthetic
   rng = np.random.default_rng(seed)
   clip = synthetic.make_clip(['Buzz', 'Hiss'], seconds, rng)
   return np.clip(np.round(clip * 32767), -32768, 32767).astype(np.int16)
@@ -58,7 +58,7 @@ def flac_set(tmp_path_factory):
   """Two clips (10.3 s: two chunks; 0.7 s) as WAV and as FLAC, and a
   CSV of each kind (_flac_versions) and of the first clip's WAV with the
   second's FLAC (a set of both kinds)."""
-  import make_demo_data
+  from tools import make_demo_data
   folder = tmp_path_factory.mktemp('flac_set')
   versions = [_flac_versions(folder, _int16_clip(s, i), 'c%d' % i)
               for i, s in enumerate((10.3, 0.7))]
@@ -79,7 +79,7 @@ def test_flac_gives_the_wavs_examples_in_every_pipeline(flac_set,
   their labels, and the crops of --features_on device) and the scoring
   batches of eval, inference and relabel: equal, bit for bit."""
   import inputs
-  import tflite_engine
+  from tagger.engines import tflite_engine
   hparams = parse_hparams('batch_size=8')
   folder = flac_set['folder']
   for versions in flac_set['versions']:
@@ -133,9 +133,9 @@ def _flat(batch):
 
 def test_flac_scores_as_the_wav(flac_set, tagger):
   """The scoring engine of eval, inference and relabel: the same scores."""
-  import files
-  import params
-  import scoring
+  from tagger.core import files
+  from tagger.core import params
+  from tagger.engines import scoring
   hparams = params.parse_hparams(TAG_HPARAMS)
   scorer = scoring.Scorer('crnn', 80, hparams)
   scorer.load(tagger['checkpoint'])
@@ -217,7 +217,7 @@ def test_every_format_tags_and_infers_from_the_command_line(tagger,
 
 
 def _check_lossy_waveforms(paths):
-  import audio
+  from tagger.sound import audio
   wav = audio.Source(paths['wav'], audio.inspect(paths['wav'])).read(
       0, 4 * 44100)
   for key in ('ogg', 'opus', 'mp3'):
@@ -240,7 +240,7 @@ def _noise(seconds, rate=44100, channels=1):
     ('ogg', 'truncated: the Ogg stream has no end; ')])
 def test_a_cut_file_says_how_much_was_readable(tmp_path, ext, fragment):
   """A 4 s file cut in half: about 2 s of it readable."""
-  import audio
+  from tagger.sound import audio
   whole = write_audio(tmp_path / ('whole.' + ext), _noise(4.0))
   cut = cut_in_half(whole, tmp_path / ('cut.' + ext))
   with pytest.raises(audio.AudioError) as error:
@@ -281,7 +281,7 @@ def test_an_ogg_stream_ended_by_an_empty_page_is_whole(tmp_path):
   """An end-of-stream page may hold no segments (27 bytes of header): the
   stream is complete. The same file without that page has no end."""
   import struct
-  import audio
+  from tagger.sound import audio
   path = write_audio(tmp_path / 'a.ogg', _noise(2.0))
   data = bytearray(open(path, 'rb').read())
   last = data.rfind(b'OggS')
@@ -336,7 +336,7 @@ def test_a_file_cut_during_a_run_stops_it_with_the_seconds_readable(
     ('tiny.dat', b'\xff\xf9', 'an AAC (ADTS) stream')])
 def test_formats_libsndfile_cannot_read_say_what_to_do(tmp_path, name, head,
                                                        kind):
-  import audio
+  from tagger.sound import audio
   path = tmp_path / name
   path.write_bytes(head + (b'\x00' * 200 if len(head) > 2 else b''))
   with pytest.raises(audio.AudioError) as error:
@@ -350,7 +350,7 @@ def test_formats_libsndfile_cannot_read_say_what_to_do(tmp_path, name, head,
 @pytest.mark.parametrize('ext,kwargs', [
     ('wav', {'subtype': 'PCM_24'}), ('aiff', {}), ('wav', {})])
 def test_zero_frames_and_not_audio(tmp_path, ext, kwargs):
-  import audio
+  from tagger.sound import audio
   path = write_audio(tmp_path / ('zero.' + ext), np.zeros((0, 1)), **kwargs)
   with pytest.raises(audio.AudioError) as error:
     audio.inspect(path)
@@ -365,7 +365,7 @@ def test_zero_frames_and_not_audio(tmp_path, ext, kwargs):
 def test_a_name_that_lies_is_read_by_content_with_a_note(tmp_path):
   """An MP3 named .wav and a 24-bit WAV named .mp3 read as the same files
   named rightly, with a note."""
-  import audio
+  from tagger.sound import audio
   noise = _noise(1.0, 22050, 2)
   samples = {}
   for ext, kwargs, other in (('mp3', {}, 'wav'),
@@ -393,7 +393,7 @@ def test_a_name_that_lies_is_read_by_content_with_a_note(tmp_path):
 def test_a_length_a_little_long_is_read_as_silence(tmp_path):
   """A length that overstates the file by less than 0.1 s (an estimate)
   is read with silence at the end; by more, the file is truncated."""
-  import audio
+  from tagger.sound import audio
   path = write_audio(tmp_path / 'a.flac', _noise(1.0))
   clip = audio.inspect(path)
   near = clip._replace(frames=clip.frames + 4000)  # 0.09 s more
@@ -433,7 +433,7 @@ def test_the_mp3_decoders_warnings_are_silenced(tmp_path, capfd):
   """libsndfile's MP3 decoder warns on stderr about a cut file: only our
   own line is shown; stderr works again after, and no descriptor leaks."""
   import sys
-  import audio
+  from tagger.sound import audio
   cut = cut_in_half(write_audio(tmp_path / 'a.mp3', _noise(2.0)),
                     tmp_path / 'cut.mp3')
   open_fds = len(os.listdir('/proc/self/fd'))

@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-import benchmark
-import params
-import scoring
+from tools import benchmark
+from tagger.core import params
+from tagger.engines import scoring
 
 
 class Clock:
@@ -206,7 +206,7 @@ def test_plain_mobilenet_is_the_baselines_network(overrides):
   moving statistics after a training call, with the defaults and with the
   hparams it reads set otherwise."""
   import numpy as np
-  import features
+  from tagger.sound import features
   import model as model_lib
   hparams = params.parse_hparams(overrides)
   ours = model_lib.build_model(benchmark.MODEL, 80, hparams)
@@ -249,15 +249,14 @@ def test_plain_forward_rate(monkeypatch):
 def test_inference_rate_scores_every_example_into_a_submission(
     tmp_path, monkeypatch):
   import csv
-  import features
-  import files
-  import wav
+  from tagger.sound import features
+  from tagger.core import files
+  from tagger.sound import wav
   hparams = params.HParams()
   data = benchmark.make_demo_data.make_dataset(
       str(tmp_path / 'data'), num_train=0, num_validation=0, num_test=3,
       min_seconds=1.0, max_seconds=4.0, seed=3)
-  class_names = files.read_class_map(benchmark.os.path.join(
-      benchmark.os.path.dirname(benchmark.__file__), 'class_map.csv'))
+  class_names = files.read_class_map(benchmark.CLASS_MAP)
   checkpoint = benchmark.write_checkpoint(str(tmp_path / 'model.ckpt-0'), 80,
                                           hparams)
   sizes = []
@@ -326,7 +325,7 @@ def test_resampler_rows_rank_the_resamplers(monkeypatch):
   """On 2 s of tones: soxr's errors far below resample_poly's (whose
   filter is -6 dB at the lower Nyquist frequency), aliases removed; and
   the time per minute is the mean of the repeats scaled to 60 s."""
-  import benchmark_audio
+  from tools import benchmark_audio
   rows = benchmark_audio.resampler_rows(seconds=3.0, repeats=1)
   by = {(name, rate): (error, alias) for name, rate, error, alias, _ in rows}
   assert len(rows) == 6 and all(r[4] > 0 for r in rows)
@@ -368,8 +367,8 @@ def test_resampler_rows_rank_the_resamplers(monkeypatch):
 
 def test_format_rates_decode_copies_of_the_same_clips(tmp_path, monkeypatch,
                                                       capsys):
-  import benchmark_audio
-  import make_demo_data
+  from tools import benchmark_audio
+  from tools import make_demo_data
   clip_dir = tmp_path / 'clips'
   clip_dir.mkdir()
   rng = np.random.default_rng(0)
@@ -480,7 +479,7 @@ def test_the_header_names_the_machine_and_its_gpus(monkeypatch):
   """The first line says where the ratios were measured: the machine as
   study logs name it, and the GPUs TensorFlow sees (none on a CPU-only
   machine, their names otherwise)."""
-  import machine
+  from tagger.core import machine
   import tensorflow as tf
   monkeypatch.setattr(machine, 'describe', lambda: 'Some CPU, avx2, 2 cores')
   monkeypatch.setattr(tf.config, 'list_physical_devices',

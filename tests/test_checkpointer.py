@@ -7,8 +7,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-import checkpoints
-import params
+from tagger.core import checkpoints
+from tagger.core import params
 import train
 from conftest import REPO, run_main
 
@@ -79,7 +79,7 @@ def test_another_worker_writes_nothing_into_train_dir(tmp_path):
 _LINKS = r'''
 import os, sys
 sys.path.insert(0, %r)
-import checkpoints
+from tagger.core import checkpoints
 prefix = sys.argv[2]
 read = [checkpoints.readable(prefix) for _ in range(2)]
 for path in read:

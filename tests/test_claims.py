@@ -3,7 +3,7 @@ taken over, and races decided by the exclusive create."""
 
 import os
 
-import claims
+from tagger.eval import claims
 
 
 def test_claim_generations(tmp_path):

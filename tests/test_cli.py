@@ -257,7 +257,7 @@ def test_eval_rerun_skips_evaluated_checkpoints(
   stat = os.stat(marker)
   class_names = read_class_names()
   rows = labeled_rows(dataset['validation_csv'])
-  import files
+  from tagger.core import files
   samples = files.check_clips([os.path.join(dataset['train_clip_dir'], f)
                               for f, _ in rows])
   evaluation.evaluate('mobilenet-v1', parse_hparams(HPARAMS), class_names,
@@ -287,8 +287,8 @@ def test_mobilenet_inference_matches_independent(
 
 def test_batched_scoring_equals_per_clip_scoring(
     mobilenet_train, dataset, inference_clips, parse_hparams, monkeypatch):
-  import files
-  import scoring
+  from tagger.core import files
+  from tagger.engines import scoring
   monkeypatch.setattr(scoring, 'BATCH_SIZE', 5)  # batches span clips
   hparams = parse_hparams('batch_size=5')
   paths = [os.path.join(dataset['train_clip_dir'], f)
@@ -380,9 +380,9 @@ def test_crnn_eval_every_checkpoint(crnn_train, crnn_eval, dataset,
 def crnn_eval_41_clips(tmp_path_factory, crnn_train, parse_hparams):
   """evaluation.evaluate, in-process, on 41 short clips: the first 5% of the
   clips are ceil(2.05) = 3 of them."""
-  import files
+  from tagger.core import files
   import evaluation
-  import make_demo_data
+  from tools import make_demo_data
   root = tmp_path_factory.mktemp('eval41')
   data = make_demo_data.make_dataset(
       str(root / 'data'), num_train=0, num_validation=41, num_test=0,
@@ -450,8 +450,8 @@ def test_two_scorers_in_one_process_load_crnn_checkpoint(
     crnn_train, dataset, parse_hparams):
   """Eval/inference code used as a library: a second Scorer in the same
   process must load the same checkpoint as the first and score alike."""
-  import files
-  import scoring
+  from tagger.core import files
+  from tagger.engines import scoring
   hparams = parse_hparams(crnn_train['hparams'])
   checkpoint = os.path.join(crnn_train['train_dir'], 'model.ckpt-101')
   fnames = [f for f, _ in labeled_rows(dataset['validation_csv'])]

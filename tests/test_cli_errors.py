@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-import checkpoints
+from tagger.core import checkpoints
 from conftest import (CLASS_MAP, FEW_BN_BATCHES, HPARAMS, cut_in_half,
                       popen_main, read_csv_rows, run_main, train_args,
                       write_audio, write_pcm_wav)
@@ -547,9 +547,9 @@ def test_sigint_saves_and_exits_130(tmp_path, dataset):
 def test_non_finite_loss_stops_without_bad_checkpoint(tmp_path, dataset,
                                                       monkeypatch, capsys):
   import tensorflow as tf
-  import files
+  from tagger.core import files
   import inputs
-  import params
+  from tagger.core import params
   import train
   from conftest import read_class_names
   monkeypatch.setattr(checkpoints, 'CHECKPOINT_EVERY', 1)
@@ -592,8 +592,8 @@ def three_checkpoints(tmp_path, mobilenet_train):
 
 def _evaluate(dataset, train_dir, eval_dir):
   import evaluation
-  import files
-  import params
+  from tagger.core import files
+  from tagger.core import params
   from conftest import labeled_rows, read_class_names
   rows = labeled_rows(dataset['validation_csv'])
   samples = files.check_clips([os.path.join(dataset['train_clip_dir'], f)
@@ -609,7 +609,7 @@ def _markers(eval_dir):
 
 def test_eval_skips_checkpoint_deleted_during_run(
     tmp_path, dataset, three_checkpoints, monkeypatch, capsys):
-  import scoring
+  from tagger.engines import scoring
   original = scoring.Scorer.score
   calls = []
 
@@ -683,8 +683,8 @@ def test_eval_interrupted_marker_write_then_rerun(
 
 
 def test_checkpoint_of_another_model_or_hparams(crnn_train, parse_hparams):
-  import files
-  import scoring
+  from tagger.core import files
+  from tagger.engines import scoring
   checkpoint = os.path.join(crnn_train['train_dir'], 'model.ckpt-101')
   scorer = scoring.Scorer('mobilenet-v1', 80, parse_hparams(HPARAMS))
   with pytest.raises(files.UserError,
@@ -698,7 +698,7 @@ def test_checkpoint_of_another_model_or_hparams(crnn_train, parse_hparams):
 
 
 def test_eval_without_checkpoints(tmp_path, dataset):
-  import files
+  from tagger.core import files
   empty = tmp_path / 'train'
   empty.mkdir()
   with pytest.raises(files.UserError, match='no model.ckpt-N checkpoints'):
@@ -728,7 +728,7 @@ def test_error_inside_the_pipeline_becomes_one_line(tmp_path):
   import tensorflow as tf
   import inputs
   import main
-  import params
+  from tagger.core import params
   path = str(tmp_path / 'shrinks.wav')
   write_pcm_wav(path, np.zeros(48000, dtype=np.int16))
   dataset = inputs.scoring_dataset([path], params.HParams(), 4)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO, 'compare_classes.py')
+SCRIPT = os.path.join(REPO, 'tools', 'compare_classes.py')
 
 
 def write_report(path, values, overall):
@@ -52,7 +52,7 @@ def test_side_by_side_sorted_by_difference(tmp_path):
 
 
 def test_a_real_report_and_bad_input(tmp_path):
-  import metrics
+  from tagger.eval import metrics
   rng = np.random.default_rng(1)
   truth = (rng.random((30, 4)) < 0.4).astype(float)
   truth[truth.sum(axis=1) == 0, 0] = 1

@@ -231,7 +231,7 @@ def test_mixed_precision_computes_in_its_dtype(precision, dtype):
   float32), and float16 is loss-scaled: with a loss so small that its
   float16 gradients underflow to zero unscaled, a step still moves the
   convolutions' weights."""
-  import params
+  from tagger.core import params
   import train
   state = train.TrainingState('crnn', params.parse_hparams(
       CRNN + ',' + precision), 5, 0)
@@ -271,15 +271,15 @@ def test_mixed_precision_trains_and_scores_float32(tmp_path, dataset,
   dtypes = tf.train.load_checkpoint(prefix).get_variable_to_dtype_map()
   weights = {k: d for k, d in dtypes.items() if k.startswith('weights/')}
   assert weights and set(weights.values()) == {tf.float32}
-  import params
-  import scoring
+  from tagger.core import params
+  from tagger.engines import scoring
   from conftest import read_class_names
   scorer = scoring.Scorer('crnn', 80, params.parse_hparams(
       'crnn_filters=4,precision=' + precision))
   scorer.load(prefix)
   clip = os.path.join(dataset['test_clip_dir'],
                       sorted(os.listdir(dataset['test_clip_dir']))[0])
-  import files
+  from tagger.core import files
   scores = scorer.score([clip], files.check_clips([clip]))
   assert scores.dtype == np.float64 and np.all(np.isfinite(scores))
   examples = np.zeros((2, 100, 96), np.float32)
@@ -337,8 +337,8 @@ WORKER_0 = {'type': 'worker', 'index': 0}
      '2 "chief" tasks'),
 ])
 def test_tf_config_of_the_wrong_shape(monkeypatch, config, needle):
-  import distribution
-  from files import UserError
+  from tagger.training import distribution
+  from tagger.core.files import UserError
   monkeypatch.setenv('TF_CONFIG', config if isinstance(config, str) else
                      json.dumps(config))
   with pytest.raises(UserError) as raised:
@@ -349,7 +349,7 @@ def test_tf_config_of_the_wrong_shape(monkeypatch, config, needle):
 
 
 def test_tf_config_accepted(monkeypatch):
-  import distribution
+  from tagger.training import distribution
   # The first and last ports there are.
   config = {'cluster': {'worker': ['localhost:1', 'localhost:65535'],
                         'chief': ['[::1]:2221']},
@@ -384,8 +384,8 @@ def test_peers_waited_for_until_the_deadline(monkeypatch, capsys):
   """Worker 0 of a cluster whose worker 1 never starts: a line saying what
   it waits for, then an error naming worker 1's address and the flag once
   the deadline has passed."""
-  import distribution
-  from files import UserError
+  from tagger.training import distribution
+  from tagger.core.files import UserError
   ports = free_ports(2)
   monkeypatch.setenv('TF_CONFIG', json.dumps({
       'cluster': {'worker': ['localhost:%d' % p for p in ports]},
@@ -406,7 +406,7 @@ def test_lost_tasks_named_in_an_error(monkeypatch):
   """The other tasks of the cluster a TensorFlow error names, each once,
   in the order named; this task, and tasks the cluster does not have, are
   left out."""
-  import distribution
+  from tagger.training import distribution
   monkeypatch.setenv('TF_CONFIG', json.dumps({
       'cluster': {'worker': ['localhost:2222', 'localhost:2223',
                              'localhost:2224']},
@@ -423,7 +423,7 @@ def test_tensorflow_start_up_gets_its_time_however_late_the_peers(
   """Once every peer has answered, TensorFlow's own start-up may take what
   is left of the timeout, and at least min(timeout, 10 s) even when the
   last peer answered at the deadline."""
-  import distribution
+  from tagger.training import distribution
   limits = []
 
   class Enough(Exception):
@@ -443,8 +443,8 @@ def test_tensorflow_start_up_gets_its_time_however_late_the_peers(
 
 
 def test_peers_waited_for_until_a_signal(monkeypatch):
-  import distribution
-  import stopping
+  from tagger.training import distribution
+  from tagger.core import stopping
   ports = free_ports(2)
   monkeypatch.setenv('TF_CONFIG', json.dumps({
       'cluster': {'worker': ['localhost:%d' % p for p in ports]},
@@ -472,7 +472,8 @@ def test_peers_waited_for_until_a_signal(monkeypatch):
 _SIGTERM_AFTER_START = """
 import os, signal, sys, time
 sys.path.insert(0, os.path.dirname(sys.argv[1]))
-import distribution, stopping
+from tagger.training import distribution
+from tagger.core import stopping
 with stopping.requests():
   distribution.make_strategy('multi_worker', 60)
   os.kill(os.getpid(), signal.SIGTERM)
@@ -551,8 +552,8 @@ def test_cluster_workers_leave_together(tmp_path, dataset, monkeypatch,
   instead of run."""
   import inputs
   import tensorflow as tf
-  import distribution
-  import params
+  from tagger.training import distribution
+  from tagger.core import params
   import train
   from conftest import read_class_names
   events = []
@@ -574,7 +575,7 @@ def test_cluster_workers_leave_together(tmp_path, dataset, monkeypatch,
 _LEAVE = r'''
 import os, sys
 sys.path.insert(0, %r)
-import distribution
+from tagger.training import distribution
 real_exit = os._exit
 
 
@@ -602,7 +603,7 @@ def test_leave_flushes_the_run_and_silences_the_runtime():
 def test_which_modes_train_on_the_cluster(monkeypatch):
   """multi_worker always; auto only when TF_CONFIG names more than one
   task; none and mirrored never, whatever TF_CONFIG says."""
-  import distribution
+  from tagger.training import distribution
   two = json.dumps({'cluster': {'worker': ['localhost:1', 'localhost:2']},
                     'task': {'type': 'worker', 'index': 0}})
   one = json.dumps({'cluster': {'worker': ['localhost:1']},
@@ -626,7 +627,7 @@ def test_errors_of_the_cluster_start_name_the_task(monkeypatch):
   after it was checked; the deadline passed without the tasks it names
   (else every other task); anything else, its first line."""
   import tensorflow as tf
-  import distribution
+  from tagger.training import distribution
   monkeypatch.setenv('TF_CONFIG', json.dumps({
       'cluster': {'worker': ['hosta:2222', 'hostb:2301', 'hostc:2402']},
       'task': {'type': 'worker', 'index': 1}}))
@@ -650,7 +651,7 @@ def test_auto_mirrors_over_two_gpus_or_more(monkeypatch):
   """--distribution=auto without a cluster: MirroredStrategy once there
   are two GPUs, the default strategy with one or none."""
   import tensorflow as tf
-  import distribution
+  from tagger.training import distribution
   monkeypatch.delenv('TF_CONFIG', raising=False)
   gpus = []
   monkeypatch.setattr(tf.config, 'list_logical_devices',

@@ -14,7 +14,7 @@ import signal
 import numpy as np
 import pytest
 
-import tflite_engine
+from tagger.engines import tflite_engine
 from conftest import (CLASS_MAP, HPARAMS, TAG_HPARAMS, calibration_args,
                       check_ok, export_args, labeled_rows, main_in_process,
                       read_class_names, read_csv_rows, run_main,
@@ -55,7 +55,7 @@ def test_int8_engine_on_a_trained_tiny_model(tagger, tagger_export,
   """The exported int8 model scores real-shaped clips and the model's own
   training clips within the self-check's bound of the Keras model, and
   picks the same top class for each of those recordings."""
-  import export
+  from tagger.modes import export
   hparams = parse_hparams(TAG_HPARAMS)
   data = tagger['data']
   recorded = [os.path.join(data['train_clip_dir'], fname)
@@ -83,7 +83,7 @@ def test_export_writes_and_reports_the_quantized_model(tagger_export):
                     r'clip scores within (\S+) of the float model on 12 '
                     r'clips, the same top class on (\d+)', out)
   assert found, out
-  import export
+  from tagger.modes import export
   assert float(found.group(1)) <= export.QUANTIZED_TOLERANCE
   for kind in ('none', 'int8'):
     entry = tflite_engine.read_metadata(os.path.join(
@@ -99,9 +99,9 @@ def test_a_stop_while_the_check_clips_are_made_comes_before_scoring(
   """The export's check of its examples-in models heeds a stop request that
   arrived while its clips' examples were being made, before it scores any:
   the float model alone is checked here, so no later check would see it."""
-  import export
-  import scoring
-  import stopping
+  from tagger.modes import export
+  from tagger.engines import scoring
+  from tagger.core import stopping
   scorer = scoring.Scorer('crnn', 80, parse_hparams(TAG_HPARAMS))
   scorer.load(tagger['checkpoint'])
   real = export.quantization_check_clips
@@ -297,7 +297,7 @@ def test_a_model_file_whose_graph_contradicts_its_metadata(
   other_classes = _contradicting_model(
       exported, tmp_path, 'classes.tflite',
       lambda entry: entry.update(class_names=entry['class_names'][:10]))
-  from files import UserError
+  from tagger.core.files import UserError
   for path, needles in (
       (other_bands, ['examples [-1, %d, %d]' % (frames, bands),
                      '%d frames of %d mel bands' % (frames, bands // 2)]),
@@ -403,7 +403,7 @@ def test_calibration_examples_of_silence_and_of_a_quiet_tone(tmp_path,
   are refused, naming the folder, from one clip or three; one clip of a
   -60 dB tone among them is a sound, and its examples rise above the
   floor."""
-  from files import UserError
+  from tagger.core.files import UserError
   hparams = parse_hparams('')
   paths = []
   for i in range(3):
@@ -435,9 +435,9 @@ def test_an_int8_model_beyond_the_bound_is_refused(tagger, tagger_export,
   reported, the export's check of the same files refuses the int8 model
   with the same figure. (A refusal inside the export leaves nothing:
   test_export.py's test_failed_self_check_leaves_nothing.)"""
-  import export
-  import files
-  import scoring
+  from tagger.modes import export
+  from tagger.core import files
+  from tagger.engines import scoring
   reported = _reported_int8_difference(tagger_export)
   bound = round(float(reported) / 2, 3)
   monkeypatch.setattr(export, 'QUANTIZED_TOLERANCE', bound)
@@ -466,9 +466,9 @@ def test_in_memory_quantization_is_held_to_the_same_bound(
   checkpoint and calibration clips, loading stops with that figure, before
   anything is scored; within the default bound the model is taken.
   (Converted once: the check is under test.)"""
-  import export
-  import files
-  import scoring
+  from tagger.modes import export
+  from tagger.core import files
+  from tagger.engines import scoring
   real_convert, converted = tflite_engine.convert, {}
 
   def convert_once(model, hparams, quantize, calibration=None):
@@ -507,9 +507,9 @@ def test_int8_calibration_repeats(tagger, parse_hparams, tmp_path):
   """The same checkpoint and calibration CSV converted twice give the same
   int8 model, byte for byte. The clips are longer than PER_CLIP examples,
   so which examples calibrate matters (their ranges set the scales)."""
-  import make_demo_data
+  from tools import make_demo_data
   import reference
-  import scoring
+  from tagger.engines import scoring
   hparams = parse_hparams(TAG_HPARAMS)
   assert reference.np_num_examples(8 * 44100, hparams) > (
       tflite_engine.PER_CLIP)
@@ -535,7 +535,7 @@ def test_quantized_differences_worked_by_hand():
   """The self-check's figures on two clips of hand-picked scores: the
   largest example difference (0.7), the largest difference of the clips'
   mean scores (0.4) and the clips whose top class agrees (1 of 2)."""
-  import export
+  from tagger.modes import export
   reference = {0: [[0.1, 0.8, 0.3], [0.3, 0.6, 0.1]],
                1: [[0.9, 0.2, 0.1], [0.7, 0.2, 0.3]]}
   quantized = {0: [[0.2, 0.7, 0.3], [0.3, 0.6, 0.4]],

@@ -19,13 +19,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import files  # noqa: E402
+from tagger.core import files  # noqa: E402
 import inputs  # noqa: E402
-import make_demo_data  # noqa: E402
+from tools import make_demo_data  # noqa: E402
 import model as model_lib  # noqa: E402
-import params  # noqa: E402
+from tagger.core import params  # noqa: E402
 import plain_models  # noqa: E402
-import scoring  # noqa: E402
+from tagger.engines import scoring  # noqa: E402
 import train  # noqa: E402
 
 NUM_CLASSES = 80

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-import waveform_model  # noqa: F401  (what export wraps)
+from tagger.models import waveform_model  # noqa: F401  (what export wraps)
 
 from conftest import (CLASS_MAP, FEW_BN_BATCHES, HPARAMS, TAG_HPARAMS,
                       check_ok, export_args,
@@ -41,7 +41,7 @@ for path in clips:
   result = serve(waveform=tf.constant(pcm.astype(np.float32) / 32768.0))
   out['clips'][path] = {k: v.numpy().tolist() for k, v in result.items()}
 out['modules'] = sorted(m for m in sys.modules if m.split('.')[0] in (
-    'model', 'features', 'inputs', 'scoring', 'export', 'params'))
+    'tagger', 'model', 'inputs', 'train', 'evaluation', 'inference'))
 print(json.dumps(out))
 '''
 
@@ -98,7 +98,7 @@ def test_plain_tensorflow_reproduces_inference(mobilenet_export,
 def test_tflite_matches_saved_model_with_builtin_ops(mobilenet_export,
                                                      inference_clips):
   import tensorflow as tf
-  import export
+  from tagger.modes import export
   path = os.path.join(mobilenet_export['dir'], 'model.tflite')
   ops = export.tflite_ops(path)  # of every subgraph
   assert {'WHILE', 'CONV_2D', 'RFFT2D'} <= set(ops)  # the loop's body too
@@ -172,8 +172,8 @@ def test_crnn_export(tagger, tagger_export, parse_hparams):
 
 def test_failed_self_check_leaves_nothing(tmp_path, mobilenet_train,
                                           monkeypatch, parse_hparams):
-  import export
-  import files
+  from tagger.modes import export
+  from tagger.core import files
   monkeypatch.setattr(export, 'TFLITE_TOLERANCE', -1.0)
   export_dir = str(tmp_path / 'out')
   with pytest.raises(files.UserError, match='TFLite scores a clip'):
@@ -238,9 +238,9 @@ def test_a_full_disk_names_the_export_dir(tagger, tagger_export, monkeypatch,
   part is the fixture's export of the same checkpoint, not converted
   again.)"""
   import tempfile
-  import export
-  import files
-  import tflite_engine
+  from tagger.modes import export
+  from tagger.core import files
+  from tagger.engines import tflite_engine
   with open(tagger_export['float32'], 'rb') as f:
     model_part = f.read()
   monkeypatch.setattr(tflite_engine, 'convert', lambda *args: model_part)
@@ -273,7 +273,7 @@ def test_export_dir_mode_follows_the_umask(tagger, monkeypatch,
   (the export is built in a private temporary folder first); an existing
   empty one keeps its own mode. The build is a stand-in writing one file:
   what is under test is the folder it lands in."""
-  import export
+  from tagger.modes import export
 
   def build(scorer, class_names, class_map_path, folder, entries):
     with open(os.path.join(folder, 'built'), 'w') as f:
@@ -312,7 +312,7 @@ def _load_saved_model(export_dir, tmp_path):
 
 
 def _tflite(export_dir):
-  import export
+  from tagger.modes import export
   return export.tflite_runner(os.path.join(export_dir, 'model.tflite'))
 
 
@@ -356,10 +356,10 @@ def test_chunked_outputs_equal_the_whole_clip_computation(
   the TFLite model and the batch signature agree."""
   import keras
   import tensorflow as tf
-  import export
-  import features
+  from tagger.modes import export
+  from tagger.sound import features
   import reference
-  import scoring
+  from tagger.engines import scoring
   from conftest import write_pcm_wav
   hparams = parse_hparams(HPARAMS)
   scorer = scoring.Scorer('mobilenet-v1', 80, hparams)
@@ -497,9 +497,9 @@ def test_pcen_train_eval_export_tag(pcen_run, dataset, parse_hparams,
   inference scores (sklearn), and tag's scores (its timeline) equal the
   export's SavedModel scores and inference's clip scores."""
   import tensorflow as tf
-  import files
+  from tagger.core import files
   import inference
-  import tagging
+  from tagger.modes import tagging
   eval_dir = str(tmp_path / 'eval')
   check_ok(run_main(['--mode', 'eval', '--class_map_path', CLASS_MAP,
                      '--eval_clip_dir', dataset['train_clip_dir'],
@@ -584,7 +584,7 @@ def test_self_check_clip_has_the_dynamics_of_recorded_sound():
   differ most, and PCEN's gain amplifies that in quiet passages: the
   self-check's clip has loud 50 ms frames, quiet passages 40 dB below
   them, sharp onsets, digital silence, and 16-bit samples."""
-  import export
+  from tagger.modes import export
   samples = export.check_waveform()
   assert len(samples) == int(7.3 * 44100)
   assert np.array_equal(samples * 32768, np.round(samples * 32768))
@@ -603,7 +603,7 @@ def test_only_errors_inside_the_build_are_renamed(tmp_path):
   part of --export_dir it was writing; an error about any other path (a
   clip, a checkpoint) is left as it is."""
   import errno
-  import export
+  from tagger.modes import export
   build = str(tmp_path / 'build')
   inside = OSError(errno.ENOSPC, 'No space left on device',
                    os.path.join(build, 'saved_model', 'variables'))

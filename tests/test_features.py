@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import features
-import files
+from tagger.sound import features
+from tagger.core import files
 import inputs
-import make_demo_data
-import params
+from tools import make_demo_data
+from tagger.core import params
 
 import reference  # noqa: E402
 from conftest import write_pcm_wav  # noqa: E402

@@ -13,8 +13,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np
 import pytest
 
-import files
-import params
+from tagger.core import files
+from tagger.core import params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +46,7 @@ def test_submission_scores_read_back_as_the_same_float32():
 # --- eval report ------------------------------------------------------------
 
 def test_report_orders_ties_as_the_original():
-  import metrics
+  from tagger.eval import metrics
   names = ['Bark', 'Hiss', 'Purr', 'Slam']
   lwlrap = metrics.Lwlrap(names)
   # Every class is the top score of one clip, so all four tie at 1.0;
@@ -59,7 +59,7 @@ def test_report_orders_ties_as_the_original():
 
 
 def test_partial_lwlrap_clips_are_a_seeded_random_five_percent():
-  import reports
+  from tagger.eval import reports
   for n in (1, 19, 20, 101, 4481):
     chosen = reports.partial_clips(n)
     assert len(chosen) == int(0.05 * n) + 1
@@ -76,7 +76,7 @@ def test_eval_report_of_a_hand_worked_case():
   and Hiss 3rd of its two labels -> 1 and 2/3. Per class: Bark 1, Purr
   1/2, Hiss 2/3; overall (4 labels) (1 + 1 + 1/2 + 2/3) / 4 = 19/24. One
   clip (int(0.05 * 3) + 1) makes Lwlrap-5%."""
-  import reports
+  from tagger.eval import reports
   classes = ['Bark', 'Purr', 'Hiss']
   truth = np.array([[0, 1, 0], [1, 0, 0], [1, 0, 1]])
   scores = np.array([[0.9, 0.5, 0.1], [0.8, 0.3, 0.2], [0.7, 0.6, 0.4]])
@@ -131,8 +131,8 @@ def mobilenet_variables():
 @pytest.mark.parametrize('ours,slim', slim_names())
 def test_slim_scope_selects_the_same_variables(mobilenet_variables, ours,
                                                slim):
-  import checkpoints
-  import mobilenet
+  from tagger.core import checkpoints
+  from tagger.models import mobilenet
   aliased = checkpoints.select(mobilenet_variables, [slim], [],
                                mobilenet.SCOPE_ALIASES)
   expected = [v for v in mobilenet_variables
@@ -143,8 +143,8 @@ def test_slim_scope_selects_the_same_variables(mobilenet_variables, ours,
 
 
 def test_seed_example_excludes_the_classifier(mobilenet_variables):
-  import checkpoints
-  import mobilenet
+  from tagger.core import checkpoints
+  from tagger.models import mobilenet
   kept = checkpoints.select(mobilenet_variables, [], ['fully_connected'],
                             mobilenet.SCOPE_ALIASES)
   assert [v.path for v in kept] == [v.path for v in mobilenet_variables
@@ -152,8 +152,8 @@ def test_seed_example_excludes_the_classifier(mobilenet_variables):
 
 
 def test_scope_matching_nothing_is_an_error(mobilenet_variables):
-  import checkpoints
-  import mobilenet
+  from tagger.core import checkpoints
+  from tagger.models import mobilenet
   with pytest.raises(files.UserError) as e:
     checkpoints.select(mobilenet_variables, [], ['fully_conected'],
                        mobilenet.SCOPE_ALIASES)
@@ -168,7 +168,7 @@ def test_scope_matching_nothing_is_an_error(mobilenet_variables):
 # --- CRNN and MFoM as Keras 2 built them ------------------------------------
 
 def test_crnn_gru_gates_use_keras2_hard_sigmoid():
-  import crnn
+  from tagger.models import crnn
   x = np.array([-10.0, -2.5, -2.0, -1.0, 0.0, 0.3, 1.0, 2.5, 3.0, 10.0],
                np.float32)
   expected = np.array([0.0, 0.0, 0.1, 0.3, 0.5, 0.56, 0.7, 1.0, 1.0, 1.0])

@@ -16,8 +16,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np
 import pytest
 
-import files
-import make_demo_data
+from tagger.core import files
+from tools import make_demo_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = os.path.join(REPO, '..', 'shared', 'seeds')
@@ -223,7 +223,7 @@ def test_inspect_wav_with_extra_odd_chunk(tmp_path):
 ])
 def test_inspect_other_wavs_are_read_by_libsndfile(tmp_path, maker,
                                                   num_samples):
-  import audio
+  from tagger.sound import audio
   path = maker(tmp_path / 'other.wav')
   assert files.inspect_clip(path) == (None, num_samples, None)
   assert audio.inspect(path).data_offset == -1  # not the tf.data fast path

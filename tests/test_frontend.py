@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import features
+from tagger.sound import features
 import inputs
-import make_demo_data
-import params
+from tools import make_demo_data
+from tagger.core import params
 import reference
 
 SR = reference.SR

@@ -13,9 +13,9 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from scipy import stats  # noqa: E402
 
-import augment  # noqa: E402
-import features  # noqa: E402
-import params  # noqa: E402
+from tagger.training import augment  # noqa: E402
+from tagger.sound import features  # noqa: E402
+from tagger.core import params  # noqa: E402
 
 from conftest import FEW_BN_BATCHES, run_main, train_args  # noqa: E402
 from test_cli_errors import assert_one_error  # noqa: E402
@@ -76,7 +76,7 @@ def test_pcen_pipeline_gives_mel_energies(tmp_path):
   model compresses them): the exponential of the log-mel examples, less the
   offset, where the clip has frames; zero padding stays zero."""
   import inputs
-  import make_demo_data
+  from tools import make_demo_data
   samples = np.random.default_rng(2).uniform(-0.5, 0.5, 2 * 44100 + 5000)
   make_demo_data.write_wav(str(tmp_path / 'c.wav'), samples)
   logmel = inputs.clip_to_log_mel_examples(
@@ -328,8 +328,8 @@ def test_the_training_step_trains_on_augmented_examples(augmented_run):
 def test_scoring_ignores_the_training_augmentation(augmented_run, dataset):
   """A model trained with masks and mixup is scored on the examples as
   they are: the engine's scores equal a plain model's on NumPy features."""
-  import files
-  import scoring
+  from tagger.core import files
+  from tagger.engines import scoring
   from conftest import independent_clip_scores
   prefix = os.path.join(augmented_run['train_dir'], 'model.ckpt-1')
   hparams = params.parse_hparams(AUGMENTED)

@@ -7,7 +7,7 @@ import time
 
 import tensorflow as tf
 
-import machine
+from tagger.core import machine
 
 
 CPUINFO = """processor\t: 0

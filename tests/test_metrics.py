@@ -12,7 +12,7 @@ import pytest
 from sklearn import metrics as sk_metrics
 
 import evaluation
-import metrics
+from tagger.eval import metrics
 
 
 def random_truth(rng, rows, classes, p=0.25):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import mfom
+from tagger.training import mfom
 
 # The NumPy formulas live in tests/reference.py, shared with the loss tests
 # of test_training.py.

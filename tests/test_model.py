@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import batchnorm
-import checkpoints
-import files
+from tagger.models import batchnorm
+from tagger.core import checkpoints
+from tagger.core import files
 import model
-import params
+from tagger.core import params
 
 # The seed's MobileNet table (000_*.txt): (scope, kind, depth, stride,
 # activation shape, weights as printed, multiplies as printed).

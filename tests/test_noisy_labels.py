@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import noisy_labels
-import params
+from tagger.training import noisy_labels
+from tagger.core import params
 
 # Rows 0, 1 and 3 are multi-hot, row 2 soft. Row 0 has confident right and
 # wrong logits of +-30 and a logit of 0 (p = 0.5, not above the threshold).

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import model  # noqa: E402
-import params  # noqa: E402
+from tagger.core import params  # noqa: E402
 import plain_models  # noqa: E402
 import train  # noqa: E402
 

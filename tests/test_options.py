@@ -17,13 +17,13 @@ import re
 import numpy as np
 import pytest
 
-import checkpoints
+from tagger.core import checkpoints
 import reference
 from conftest import CLASS_MAP, read_class_names, write_pcm_wav
 
 
 def _hparams(text=''):
-  import params
+  from tagger.core import params
   return params.parse_hparams(text)
 
 
@@ -55,7 +55,7 @@ def _hparams(text=''):
 def test_hparam_combinations_out_of_range_are_refused(text, needle):
   """Each value is refused, by a message naming the hparam; the next test
   shows their neighbours (and the combinations made whole) accepted."""
-  import params
+  from tagger.core import params
   with pytest.raises(ValueError, match=needle):
     params.parse_hparams(text)
 
@@ -76,7 +76,7 @@ def test_hparam_combinations_out_of_range_are_refused(text, needle):
 def test_hparam_combinations_in_range_are_accepted(text):
   """The neighbours of the refused values above pass, with what they
   depend on given."""
-  import params
+  from tagger.core import params
   hparams = params.parse_hparams(text)
   for item in text.split(','):
     name, value = item.split('=')
@@ -89,8 +89,8 @@ def test_stft_and_example_geometry_worked_by_hand():
   frames a second a 2 s example is 100 frames and a 0.3 s hop 15. So a 3 s
   clip has 1 + (132300 - 2205) // 882 = 148 frames and ceil(148 / 15) = 10
   examples."""
-  import features
-  import params
+  from tagger.sound import features
+  from tagger.core import params
   hparams = _hparams('stft_window_seconds=0.05,stft_hop_seconds=0.02,'
                      'example_window_seconds=2,example_hop_seconds=0.3')
   assert params.stft_geometry(hparams) == (2205, 882, 4096)
@@ -130,7 +130,7 @@ def test_noisy_source_loss_follows_its_hparams(name, hparam, value):
   """With several sources, one noisy: the batch's loss is the mean of BCE
   with lsmooth over the curated examples and noisy_loss (with its own
   parameter) over the noisy ones."""
-  import params
+  from tagger.core import params
   import train
   hparams = params.parse_hparams('lsmooth=0.3,noisy_loss=%s,%s=%s' % (
       name, hparam, value))
@@ -178,14 +178,14 @@ def cli(monkeypatch):
   """run(args): main.run() in this process with the work of each mode
   replaced by a recorder; returns {function name: {parameter: value}} of
   what the mode was given. The flags are reset afterwards."""
-  import distribution
+  from tagger.training import distribution
   import evaluation
-  import export
+  from tagger.modes import export
   import inference
   import main
-  import relabel
-  import runtime
-  import tagging
+  from tagger.modes import relabel
+  from tagger.core import runtime
+  from tagger.modes import tagging
   import train
   calls = {}
 
@@ -262,7 +262,7 @@ def test_eval_flags_reach_the_eval_loop(cli, dataset, tmp_path,
   """The eval flags (continuous, its timings, the claim timeout) and the
   engine flags reach the eval loop, which scores the run's recorded model
   and hparams with --hparams on top."""
-  import files
+  from tagger.core import files
   calls = cli([
       '--mode', 'eval', '--eval_csv_path', dataset['validation_csv'],
       '--eval_clip_dir', dataset['train_clip_dir'],
@@ -298,7 +298,7 @@ def test_inference_and_export_flags_reach_their_work(cli, dataset, tmp_path,
   """Inference gets its clips, checkpoint, output and an int8 engine
   calibrated on the --calibration_* clips; export its checkpoint, folder
   and --quantize."""
-  import files
+  from tagger.core import files
   prefix = recorded_checkpoint['prefix']
   calls = cli([
       '--mode', 'inference', '--inference_clip_dir', dataset['test_clip_dir'],
@@ -332,7 +332,7 @@ def test_tag_and_relabel_flags_reach_their_work(cli, dataset, tmp_path,
                                                 recorded_checkpoint):
   """Tag gets its files, --top_k and the timeline's path; relabel its
   CSV's rows, clips, output and both thresholds."""
-  import files
+  from tagger.core import files
   prefix = recorded_checkpoint['prefix']
   clips = sorted(os.listdir(dataset['test_clip_dir']))
   paths = [os.path.join(dataset['test_clip_dir'], f) for f in clips[:2]]
@@ -539,7 +539,7 @@ def _reader(run, step):
 
 
 def _raw(reader, path):
-  import checkpoints
+  from tagger.core import checkpoints
   return reader.get_tensor(checkpoints.checkpoint_key(path)).astype(
       np.float64)
 
@@ -627,7 +627,7 @@ def test_weight_average_uses_ema_decay(device_run):
   """ema_decay=0.1: a_t = d a_(t-1) + (1 - d) w_t from the step-0 weights,
   d = min(0.1, (1 + t) / (10 + t)) = 0.1 at steps 1 and 2, over the raw
   weights of each step's checkpoint."""
-  import checkpoints
+  from tagger.core import checkpoints
   import model as model_lib
   readers = [_reader(device_run, t) for t in range(3)]
   paths = [v.path for v in model_lib.build_model(
@@ -650,7 +650,7 @@ def test_precise_statistics_cover_bn_stats_batches_of_every_source(
   """The precise statistics of the CRNN's input batch norm are each band's
   mean and variance over the examples of bn_stats_batches=1 batch of 6
   examples drawn (with the run's seed) from the clips of both sources."""
-  import checkpoints
+  from tagger.core import checkpoints
   import inputs
   hparams = _hparams(RUN)
   sources = device_run['sources']
@@ -687,7 +687,7 @@ def test_a_moving_statistics_run_saves_no_precise_statistics(tmp_path):
   statistics, so scoring them (even asking for precise ones) uses the
   moving averages; a bn_stats=precise run's checkpoints hold them."""
   import tensorflow as tf
-  import scoring
+  from tagger.engines import scoring
   import train
   saved = {}
   for kind in ('moving', 'precise'):
@@ -714,8 +714,8 @@ def test_a_moving_statistics_run_saves_no_precise_statistics(tmp_path):
 def converted():
   """A scorer of a tiny CRNN with the FEATURES hparams, and its model part
   converted to TFLite bytes (float32)."""
-  import scoring
-  import tflite_engine
+  from tagger.engines import scoring
+  from tagger.engines import tflite_engine
   hparams = _hparams(FEATURES + ',crnn_filters=2,seed=1')
   # static: the GRU unrolled, as TFLite takes it (the same numbers).
   scorer = scoring.Scorer('crnn', 80, hparams, static=True)
@@ -730,7 +730,7 @@ def test_scoring_and_tflite_take_the_feature_hparams(converted):
   the model on NumPy's examples; the scorer's batches and a TFLite model
   converted from the same model take such examples."""
   import tensorflow as tf
-  import tflite_engine
+  from tagger.engines import tflite_engine
   hparams, scorer = converted['hparams'], converted['scorer']
   rng = np.random.default_rng(4)
   samples = np.round(rng.normal(0, 3000, 40000)).astype(np.int16)
@@ -756,7 +756,7 @@ def test_a_model_file_flag_scores_with_the_file_and_its_run(
     cli, converted, dataset, tmp_path):
   """--tflite_model: inference scores with that file, and with the model
   and hparams recorded in it (none given on the command line)."""
-  import tflite_engine
+  from tagger.engines import tflite_engine
   path = str(tmp_path / 'examples_float32.tflite')
   with open(path, 'wb') as f:
     f.write(tflite_engine.with_metadata(converted['model'], tflite_engine.record(
@@ -777,8 +777,8 @@ def test_silent_calibration_is_refused_at_any_log_offset(tmp_path):
   """Digital silence gives log(mel_log_offset) everywhere: with an offset
   of 0.01 that is -4.6, and such clips are refused for calibration; a
   quiet noise clip is not."""
-  import files
-  import tflite_engine
+  from tagger.core import files
+  from tagger.engines import tflite_engine
   hparams = _hparams('mel_log_offset=0.01')
   silent = str(tmp_path / 'silent.wav')
   write_pcm_wav(silent, np.zeros(30000, np.int16))
@@ -794,8 +794,8 @@ def test_score_averaged_chooses_the_weights_that_score(device_run):
   """A checkpoint with averaged weights scores with them (and their own
   precise statistics) unless score_averaged=0: the scores of the two
   differ, each equal to the model holding those weights."""
-  import checkpoints
-  import scoring
+  from tagger.core import checkpoints
+  from tagger.engines import scoring
   prefix = str(device_run['train_dir'] / 'model.ckpt-2')
   reader = _reader(device_run, 2)
   examples = np.random.default_rng(6).normal(-3, 2, (4, 50, 64)).astype(
@@ -855,7 +855,7 @@ def test_training_needs_what_its_hparams_ask_for(cli, dataset, tmp_path,
   1000 epochs of --epoch_num_batches); MFoM refuses several sources and
   mixup a noisy one: each refused before any work, and accepted with what
   it needs."""
-  import files
+  from tagger.core import files
   base = ['--mode', 'train', '--model', 'crnn',
           '--train_csv_path', dataset['train_csv'],
           '--train_clip_dir', dataset['train_clip_dir'],
@@ -903,7 +903,7 @@ def test_example_cache_size_counts_the_bands(two_sources):
 
 
 def test_benchmarks_precise_bn_timing_uses_bn_stats_batches(monkeypatch):
-  import benchmark
+  from tools import benchmark
 
   class Measured(Exception):
     pass

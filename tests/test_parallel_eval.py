@@ -248,8 +248,8 @@ def _evaluate_in_process(dataset, train_dir, eval_dir, **options):
   """evaluation.evaluate on the validation clips; fails the test if it
   has not returned within LONG seconds."""
   import evaluation
-  import files
-  import params
+  from tagger.core import files
+  from tagger.core import params
   from conftest import HPARAMS, labeled_rows, read_class_names
   rows = labeled_rows(dataset['validation_csv'])
   samples = files.check_clips([os.path.join(dataset['train_clip_dir'], f)
@@ -275,7 +275,7 @@ def test_claim_kept_fresh_lost_and_released(tmp_path, dataset,
   """While a checkpoint is scored its claim exists, names this process and
   is refreshed; a claim taken over meanwhile (a higher generation appears)
   leaves the checkpoint to its new holder; Ctrl-C lets the claim go."""
-  import scoring
+  from tagger.engines import scoring
   train_dir = make_train_dir([1, 2, 3])
   eval_dir = str(tmp_path / 'eval')
   original = scoring.Scorer.score
@@ -380,9 +380,9 @@ def test_sigterm_always_stops_eval(tmp_path, dataset, make_train_dir,
   raised by a signal handler is caught and the run goes on), or while a
   checkpoint loads: eval stops with 143 before its next batch, writes no
   marker for the checkpoint it was scoring and lets its claim go."""
-  import features
-  import scoring
-  import stopping
+  from tagger.sound import features
+  from tagger.engines import scoring
+  from tagger.core import stopping
   sent = []
 
   def stop_once(function):
@@ -413,9 +413,9 @@ def test_continuous_eval_retries_a_checkpoint_being_written(
   """A checkpoint whose .index is incomplete when first read (TensorFlow
   writes it in place) is read again at the next look; one that stays
   unreadable is reported as damaged."""
-  import checkpoints
+  from tagger.core import checkpoints
   import evaluation
-  import scoring
+  from tagger.engines import scoring
   monkeypatch.setattr(evaluation, 'SETTLE_SECONDS', 0.2)
   good_index = mobilenet_train['checkpoint'] + '.index'
   with open(good_index, 'rb') as f:
@@ -458,7 +458,7 @@ def test_continuous_eval_retries_a_checkpoint_being_written(
 def test_a_stop_request_ends_a_wait_at_once():
   """A poll's wait (stopping.sleep) ends within its 0.1 s step of a stop
   request, however long it was to be; without one it lasts its time."""
-  import stopping
+  from tagger.core import stopping
   start = time.monotonic()
   stopping.sleep(0.25)
   assert 0.25 <= time.monotonic() - start < 0.4
@@ -477,7 +477,7 @@ def test_a_claim_made_too_late_is_let_go(tmp_path, monkeypatch, meanwhile):
   (its marker appears) or takes it over (a newer generation appears): the
   claim file just made is removed, and the checkpoint reported done or
   held; nothing of this process is left in eval_dir."""
-  import claims
+  from tagger.eval import claims
   eval_dir = str(tmp_path)
   step = 300
   newer = claims.claim_path(eval_dir, step, 2)
@@ -508,7 +508,7 @@ def _training_finishes_after_listing(monkeypatch, train_dir, step):
   model.ckpt-<step> and wrote its finished file just after the listing
   read the folder: the moment an eval that reads the two in the wrong
   order misses that checkpoint. Returns the listings made."""
-  import checkpoints
+  from tagger.core import checkpoints
   import evaluation
   real = checkpoints.list_checkpoints
   listings = []
@@ -534,7 +534,7 @@ class _MarksEvaluated:
     self.eval_dir, self.scored = eval_dir, []
 
   def evaluate(self, step, prefix, retry_unreadable=False):
-    import claims
+    from tagger.eval import claims
     import evaluation
     self.scored.append(step)
     with open(claims.marker_path(self.eval_dir, step), 'w') as f:
@@ -584,7 +584,7 @@ def test_a_claim_timeout_below_the_refresh_period_is_kept(tmp_path,
   tries to claim the checkpoint once a whole timeout has passed since it
   was claimed finds it held, and does not score it too. (The holder's
   refresh thread has three quarters of a timeout to spare, 1.5 s.)"""
-  import claims
+  from tagger.eval import claims
   import evaluation
   timeout = 2.0
   assert timeout < claims.REFRESH_SECONDS

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import inputs  # noqa: E402
-import params  # noqa: E402
+from tagger.core import params  # noqa: E402
 import reference  # noqa: E402
 from conftest import read_class_names, write_pcm_wav  # noqa: E402
 
@@ -177,7 +177,7 @@ def test_crops_make_the_pipelines_examples(tmp_path, text):
   1e-5, for a clip shorter than one STFT window, short clips and a clip of
   several chunks (whose last examples are padded)."""
   import tensorflow as tf
-  import features
+  from tagger.sound import features
   hparams = params.parse_hparams(text)
   rng = np.random.default_rng(4)
   paths = []
@@ -244,7 +244,7 @@ def test_scoring_pipelines_run_without_autotuning(clips, monkeypatch):
   off (see inputs.without_autotuning), every example still there; the
   training pipeline keeps it."""
   import tensorflow as tf
-  import scoring
+  from tagger.engines import scoring
   hparams = params.parse_hparams('batch_size=4')
   paths = [os.path.join(clips['clip_dir'], f) for f, _ in clips['rows']]
   batches = inputs.scoring_dataset(paths, hparams, 4)

@@ -16,10 +16,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import batchnorm  # noqa: E402
-import checkpoints  # noqa: E402
+from tagger.models import batchnorm  # noqa: E402
+from tagger.core import checkpoints  # noqa: E402
 import model as model_lib  # noqa: E402
-import params  # noqa: E402
+from tagger.core import params  # noqa: E402
 import plain_models  # noqa: E402
 
 NUM_CLASSES = 6
@@ -165,7 +165,7 @@ def test_checkpoints_store_precise_statistics(trained, step):
 
 
 def _scores(model_name, hparams, prefix, examples):
-  import scoring
+  from tagger.engines import scoring
   scorer = scoring.Scorer(model_name, NUM_CLASSES, hparams)
   used = scorer.load(prefix)
   return used, tf.sigmoid(scorer.inference_model(examples)).numpy()

@@ -159,9 +159,9 @@ def test_checkpoint_from_before_records_works_with_explicit_hparams(
   """A checkpoint without the `run` record (as written before runs were
   recorded) is scored with the hparams given."""
   import tensorflow as tf
-  import checkpoints
+  from tagger.core import checkpoints
   import model
-  import params
+  from tagger.core import params
   net = model.build_model('crnn', 80, params.parse_hparams(RUN_HPARAMS))
   source = _plain_copy(remembered['checkpoint'], str(tmp_path / 'source'))
   checkpoints.assign_from_checkpoint(
@@ -188,9 +188,9 @@ def _rerecorded(remembered, folder, **changes):
   its training hparams (a run as if trained with them)."""
   import dataclasses
   import tensorflow as tf
-  import checkpoints
+  from tagger.core import checkpoints
   import model
-  import params
+  from tagger.core import params
   hparams = params.parse_hparams(RUN_HPARAMS)
   net = model.build_model('crnn', 80, hparams)
   source = _plain_copy(remembered['checkpoint'], str(folder / 'source'))
@@ -229,7 +229,7 @@ def test_every_hparam_is_classified_as_model_defining_or_not():
   the reason it cannot change what a trained model computes from a
   waveform; a new hparam must be placed before this passes."""
   import dataclasses
-  import params
+  from tagger.core import params
   steering = {
       # Training only.
       'batch_size', 'dropout', 'lsmooth', 'weights_init_stddev', 'bndecay',
@@ -260,7 +260,7 @@ def test_every_hparam_is_set_to_another_value_by_some_test():
   its test)."""
   import dataclasses
   import glob
-  import params
+  from tagger.core import params
   text = ''.join(open(path).read() for path in glob.glob(
       os.path.join(os.path.dirname(os.path.abspath(__file__)), '*.py')))
   defaults = params.HParams()
@@ -285,8 +285,8 @@ def test_pcen_smoother_and_eps_are_part_of_the_model(override):
   run can only be scored (or exported, or resumed) with its own."""
   import dataclasses
   import tensorflow as tf
-  import features
-  import params
+  from tagger.sound import features
+  from tagger.core import params
   trained = params.parse_hparams('frontend=pcen')
   other = params.parse_hparams('frontend=pcen,' + override)
   rng = np.random.default_rng(5)
@@ -307,9 +307,9 @@ def test_pcen_smoother_and_eps_are_part_of_the_model(override):
 @pytest.mark.parametrize('newline,bom', [('\r', ''), ('\r\n', ''),
                                          ('\n', '\ufeff'), ('\r', '\ufeff')])
 def test_line_endings_and_bom(tmp_path, dataset, newline, bom):
-  import files
+  from tagger.core import files
   import inputs
-  import params
+  from tagger.core import params
   rows = labeled_rows(dataset['train_csv'])
   text = bom + newline.join(['fname,labels'] + [
       '%s,"%s"' % (f, ','.join(labels)) for f, labels in rows]) + newline
@@ -409,7 +409,7 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint(
 
 
 def test_checkpoints_are_listed_by_step(tmp_path):
-  import checkpoints
+  from tagger.core import checkpoints
   for step in (1000, 30, 200, 4):
     (tmp_path / ('model.ckpt-%d.index' % step)).write_bytes(b'')
   (tmp_path / 'model.ckpt-7_temp.index').write_bytes(b'')
@@ -456,9 +456,9 @@ def test_byte_offsets_of_a_seven_hour_clip(tmp_path):
   """Past 6.8 hours a 16-bit file's byte offsets pass 2**31: the last
   chunk of a 7-hour clip is read where the header says it is."""
   import tensorflow as tf
-  import features
+  from tagger.sound import features
   import inputs
-  import params
+  from tagger.core import params
   path = str(tmp_path / 'long.wav')
   frames = write_sparse_wav(path, 7)
   offsets, counts = inputs._clip_headers([path])
@@ -475,7 +475,7 @@ def test_byte_offsets_of_a_seven_hour_clip(tmp_path):
 def test_streamed_wav_is_read_to_the_end(tmp_path):
   """Written through a pipe: the data chunk's size is 0xFFFFFFFF."""
   import inputs
-  import params
+  from tagger.core import params
   import reference
   samples = np.random.default_rng(0).integers(-9000, 9000, 30000)
   write_pcm_wav(tmp_path / 'piped.wav', samples)
@@ -523,7 +523,7 @@ def test_output_path_ending_in_a_slash(tmp_path, remembered, dataset):
 
 def test_unwritable_output_folder_is_named_before_work(tmp_path,
                                                        monkeypatch):
-  import files
+  from tagger.core import files
   folder = tmp_path / 'locked'
   folder.mkdir()
   real_access = os.access
@@ -537,7 +537,7 @@ def test_unwritable_output_folder_is_named_before_work(tmp_path,
 
 
 def test_disk_full_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
-  import files
+  from tagger.core import files
   path = str(tmp_path / 'submission.csv')
   with open(path, 'w') as f:
     f.write('old')
@@ -556,7 +556,7 @@ def test_disk_full_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
 
 def test_replaced_file_keeps_its_mode_and_links_are_written_through(
     tmp_path):
-  import files
+  from tagger.core import files
   path = tmp_path / 'submission.csv'
   path.write_text('old')
   os.chmod(str(path), 0o640)

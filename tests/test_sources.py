@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import main  # noqa: F401  (run as a subprocess by these tests)
-import relabel  # noqa: F401  (--mode relabel)
+from tagger.modes import relabel  # noqa: F401  (--mode relabel)
 
 from conftest import (CLASS_MAP, check_ok, labeled_rows, read_class_names,
                       run_main, train_args, write_pcm_wav)
@@ -48,7 +48,7 @@ def test_each_source_gives_its_share_of_the_examples(two_sources, weights,
   or, without weights, of its share of the examples (6 of 15 one-example
   clips). A noisy source's examples are marked 1, a curated one's 0."""
   import inputs
-  import params
+  from tagger.core import params
   hparams = params.parse_hparams('batch_size=8')
   class_names = read_class_names()
   sources = [inputs.Source(*two_sources['a'], weight=weights[0]),
@@ -88,8 +88,8 @@ def test_each_of_three_sources_gets_its_weight_share(three_sources):
   the sources' sizes (3, 5, 8 clips) by at least 0.0625; 4.5 standard
   deviations are at most 0.044 here."""
   import inputs
-  import params
-  import sources as sources_lib
+  from tagger.core import params
+  from tagger.core import sources as sources_lib
   weights = np.array([1.0, 2.0, 5.0])
   share = weights / weights.sum()
   sources = sources_lib.from_flags(
@@ -129,8 +129,8 @@ def test_noisy_examples_get_the_noisy_loss_in_the_step(two_sources,
   batch under the step-0 weights: BCE for the curated examples and lq for
   the noisy ones. The batch is rebuilt with the run's seed (the pipeline
   is deterministic for a seed)."""
-  import params
-  import sources as sources_lib
+  from tagger.core import params
+  from tagger.core import sources as sources_lib
   import train
   from conftest import load_model_from_checkpoint
   hparams = params.parse_hparams(
@@ -179,9 +179,9 @@ def test_relabel_writes_the_rules_applied_to_the_scores(crnn_train, dataset,
   NumPy features here) and writes labels by noisy_labels.relabel's rules,
   in class-map order; the counts it prints are those of the rules."""
   from conftest import independent_clip_scores
-  import files
-  import noisy_labels
-  import params
+  from tagger.core import files
+  from tagger.training import noisy_labels
+  from tagger.core import params
   out_path = str(tmp_path / 'relabelled.csv')
   prefix = os.path.join(crnn_train['train_dir'], 'model.ckpt-101')
   rows = labeled_rows(dataset['train_csv'])
@@ -297,7 +297,7 @@ def test_sources_described_with_their_shares(two_sources, capsys):
   """The line each source gets at the start of a run: numbered from 1, its
   kind, clips, labels and share in percent."""
   import inputs
-  import params
+  from tagger.core import params
   import train
   sources = [inputs.Source(*two_sources['a'], weight=3.0),
              inputs.Source(*two_sources['b'], weight=1.0, noisy=True)]

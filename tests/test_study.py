@@ -16,8 +16,8 @@ import pytest
 
 from conftest import (CLASS_MAP, FEW_BN_BATCHES, REPO, _default_sigint,
                       run_main, subprocess_env)
-import machine
-import study
+from tagger.core import machine
+from tools import study
 
 # Student t 97.5% quantiles from a printed table, not from scipy.
 T975 = {1: 12.706205, 2: 4.302653}
@@ -472,7 +472,7 @@ def test_stop_is_passed_to_the_command(tmp_path, signum):
   stand_in.write_text(STAND_IN)
   mark = str(tmp_path / 'mark')
   env = dict(subprocess_env(), STUDY_TEST_MARK=mark)
-  code = ('import sys; sys.path.insert(0, %r); import study; '
+  code = ('import sys; sys.path.insert(0, %r); from tools import study; '
           'study.MAIN = sys.argv[1]; sys.exit(study.main(sys.argv[2:]))' %
           REPO)
   process = subprocess.Popen(
@@ -681,7 +681,7 @@ def test_plot_is_drawn_whatever_backend_the_environment_names(tmp_path):
   """study.py draws with Agg, whatever MPLBACKEND says: here the
   third-party mplcairo backend, as a user's shell may export it, which this
   environment does not have."""
-  script = ('import sys; sys.path.insert(0, %r); import study; '
+  script = ('import sys; sys.path.insert(0, %r); from tools import study; '
             'study.plot(study.summarize([("a", 1, 100, 0.5), ("a", 2, 100, '
             '0.6)], "a"), "a", %r)' % (REPO, str(tmp_path / 'p.png')))
   env = dict(os.environ,

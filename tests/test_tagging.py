@@ -192,7 +192,7 @@ FORMATS = [  # (bits, floating, extensible)
 @pytest.mark.parametrize('channels', [1, 3])
 def test_source_decodes_and_mixes_down(tmp_path, bits, floating, extensible,
                                        channels):
-  import audio
+  from tagger.sound import audio
   rng = np.random.default_rng(bits + channels)
   if floating:
     values = rng.uniform(-1.2, 1.2, (1000, channels))  # floats as stored
@@ -226,7 +226,7 @@ def test_source_decodes_and_mixes_down(tmp_path, bits, floating, extensible,
 ])
 def test_wav_formats_libsndfile_reads_or_refuses_in_one_line(
     tmp_path, tag, bits, extensible, needle):
-  import files
+  from tagger.core import files
   path = str(tmp_path / 'x.wav')
   write_wav(path, b'\x00' * 64, 8000, bits, 1, tag, extensible)
   if extensible:
@@ -246,7 +246,7 @@ def test_blockwise_resampling_equals_resampling_the_whole_file(tmp_path,
   """Blocks of any size and position, stitched, give what soxr gives for
   the whole signal at once, to its length rounded down."""
   import soxr
-  import audio
+  from tagger.sound import audio
   rng = np.random.default_rng(rate)
   frames = int(rng.integers(20000, 40000))
   mono = rng.standard_normal(frames) * 0.2
@@ -271,7 +271,7 @@ def test_blockwise_resampling_equals_resampling_the_whole_file(tmp_path,
 
 
 def test_44100_hz_is_not_resampled(tmp_path):
-  import audio
+  from tagger.sound import audio
   path = str(tmp_path / 'x.wav')
   ints = np.random.default_rng(0).integers(-32768, 32768, 5000)
   write_wav(path, sample_bytes(ints, 16), 44100, 16, 1)
@@ -285,10 +285,10 @@ def test_tag_examples_are_the_pipelines(tmp_path, parse_hparams):
   pipeline makes from a 16-bit 44.1 kHz file, each with its index, over
   several chunks; a 48 kHz file's are those of its whole resampled
   waveform framed at once."""
-  import features
+  from tagger.sound import features
   import inputs
-  import scoring
-  import tagging
+  from tagger.engines import scoring
+  from tagger.modes import tagging
   hparams = parse_hparams()
   rng = np.random.default_rng(5)
   ints = rng.integers(-20000, 20000, int(44100 * 19.3))  # 3 chunks
@@ -376,7 +376,7 @@ def test_same_clip_in_every_format_gets_the_same_tags(tagger, tmp_path):
 
 
 def inspect(path):
-  import audio
+  from tagger.sound import audio
   return audio.inspect(path)
 
 
@@ -640,9 +640,9 @@ def test_a_stop_that_ends_the_reading_stops_tagging(tagger, tmp_path,
   chunks with no batch for the scorer to stop at; the scorer then stops
   the run (Stopped), rather than reporting a file whose examples did not
   all arrive."""
-  import params
-  import stopping
-  import tagging
+  from tagger.core import params
+  from tagger.core import stopping
+  from tagger.modes import tagging
   from conftest import TAG_HPARAMS, read_class_names
   path = str(tmp_path / 'long.wav')
   write_sparse_wav(path, 60)

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-import checkpoints
+from tagger.core import checkpoints
 import reference
 from conftest import FEW_BN_BATCHES, HPARAMS, read_class_names, shared
 
@@ -22,7 +22,7 @@ def _train(dataset, model_name, hparams, train_dir, max_steps, **kwargs):
   """Runs train.train; returns its stdout. FEW_BN_BATCHES where hparams
   do not set bn_stats_batches."""
   import inputs
-  import params
+  from tagger.core import params
   import train
   if 'bn_stats_batches' not in hparams:
     hparams += ',' + FEW_BN_BATCHES
@@ -50,7 +50,7 @@ def _weight(reader, path):
 
 def _trainable_paths(model_name, hparams):
   import model as model_lib
-  import params
+  from tagger.core import params
   net = model_lib.build_model(model_name, 80, params.parse_hparams(hparams))
   return [v.path for v in net.trainable_variables]
 
@@ -183,7 +183,7 @@ def test_warm_start_include_then_exclude(mobilenet_train, fresh_mobilenet,
 
 
 def test_warm_start_nothing_matched(mobilenet_train, fresh_mobilenet):
-  import files
+  from tagger.core import files
   import train
   net, initial = fresh_mobilenet
   with pytest.raises(files.UserError, match="scope 'nope' matches no "
@@ -255,7 +255,7 @@ def test_bce_then_mfom_warm_start_recipe(tmp_path, dataset, crnn_bce3):
                              atol=1.01 * LR, rtol=0)
   # The closeness above means something: a fresh initialisation is far off.
   import model as model_lib
-  import params
+  from tagger.core import params
   fresh = model_lib.build_model('crnn', 80, params.parse_hparams(BASE))
   kernel = fresh.get_layer('logits').kernel
   assert np.abs(kernel.numpy() - _weight(source_reader, kernel.path)).max() > 0.01
@@ -265,7 +265,7 @@ def test_a_refused_warm_start_writes_nothing(tmp_path, dataset, crnn_bce3):
   """A warm start from a checkpoint of another architecture is refused
   before the run records anything: in-process, where no main.py made the
   folder, no train_dir at all."""
-  import files
+  from tagger.core import files
   with pytest.raises(files.UserError, match='crnn_filters=32, not 4'):
     _train(dataset, 'crnn', BASE + ',crnn_filters=4,warmstart=1',
            tmp_path / 'train', 1,
@@ -374,7 +374,7 @@ def test_no_lr_decay_by_default(parse_hparams):
 ])
 def test_resume_refuses_another_run(tmp_path, dataset, crnn_bce3, model_name,
                                     hparams):
-  import files
+  from tagger.core import files
   train_dir = str(tmp_path / 'train')
   shutil.copytree(crnn_bce3, train_dir)
   with pytest.raises(files.UserError) as e:
@@ -582,7 +582,7 @@ def test_resume_after_divergence_from_last_good_checkpoint(
   keeps its last good checkpoint; the same command then resumes from it:
   the step count continues and the weights are exactly the checkpoint's
   before the first new step."""
-  import files
+  from tagger.core import files
   import tensorflow as tf
   import train
   train_dir = str(tmp_path / 'train')
@@ -659,7 +659,7 @@ def test_train_cache_examples_reads_each_clip_once(tmp_path, dataset):
                     r'\(--train_cache_examples\): (\d+) examples, (\S+) GB',
                     out)
   # Each example: 100 frames x 96 bands and 80 labels, float32.
-  import params
+  from tagger.core import params
   hparams = params.parse_hparams()
   examples = sum(int(reference.np_num_examples(n, hparams))
                  for n in _clip_lengths(dataset))
@@ -674,7 +674,7 @@ def test_train_cache_examples_reads_each_clip_once(tmp_path, dataset):
 
 
 def _clip_lengths(dataset):
-  import wav
+  from tagger.sound import wav
   from conftest import labeled_rows
   return [wav.read_header(os.path.join(dataset['train_clip_dir'],
                                        fname)).num_frames
@@ -688,7 +688,7 @@ def test_a_cache_larger_than_memory_is_refused(tmp_path):
   from conftest import run_main, train_args
   from test_cli_errors import assert_one_error
   from test_robustness import write_sparse_wav
-  import runtime
+  from tagger.core import runtime
   per_clip = int(13.5 * 3600 * 2) * 4 * (100 * 96 + 80)  # ~3.7 GB
   count = runtime.available_memory() // per_clip + 2
   clips = tmp_path / 'clips'
@@ -717,7 +717,7 @@ def test_a_cache_larger_than_memory_is_refused(tmp_path):
 def test_available_memory_of_the_kernel_and_the_cgroup(monkeypatch, cgroup,
                                                        expected):
   import io
-  import runtime
+  from tagger.core import runtime
   contents = {'/proc/meminfo': 'MemTotal:       24000000 kB\n'
                                'MemFree:         1000000 kB\n'
                                'MemAvailable:    %d kB\n' % (6000 * 1024)}
@@ -802,7 +802,7 @@ def test_a_seed_repeats_a_run_bit_for_bit(tmp_path, dataset):
 def _flac_copy(dataset, folder):
   """The training clips as 16-bit FLAC files in folder; its CSV's path."""
   import soundfile
-  import make_demo_data
+  from tools import make_demo_data
   from conftest import labeled_rows
   os.makedirs(str(folder))
   rows = []
@@ -855,7 +855,7 @@ def test_schedule_against_the_closed_form(text, max_steps):
   after it; without cosine_decay the warm-up ends at the constant lr. The
   rate the optimizer of a training run applies at each step."""
   import math
-  import params
+  from tagger.core import params
   import train
   hparams = params.parse_hparams('lr=0.003,' + text)
   state = train.TrainingState('crnn', hparams, 80, None, max_steps=max_steps)
@@ -883,9 +883,9 @@ def test_schedule_against_the_closed_form(text, max_steps):
 
 
 def test_cosine_decay_needs_a_horizon():
-  import params
+  from tagger.core import params
   import train
-  import files
+  from tagger.core import files
   with pytest.raises(files.UserError, match='decay_horizon or --max_steps'):
     train.TrainingState('crnn', params.parse_hparams(
         'cosine_decay=1,warmup_steps=50'), 80, None, max_steps=40)
@@ -979,9 +979,9 @@ def test_scoring_uses_the_averaged_weights_unless_told(averaged_run,
   """A checkpoint with averaged weights is scored with them and their own
   precise statistics; score_averaged=0 scores its raw weights. Each against
   a plain model loaded independently."""
-  import files
-  import params
-  import scoring
+  from tagger.core import files
+  from tagger.core import params
+  from tagger.engines import scoring
   import tensorflow as tf
   import plain_models
   prefix = str(averaged_run / 'model.ckpt-4')
@@ -1024,11 +1024,11 @@ def test_averaged_weights_have_their_own_precise_statistics(averaged_run,
   """ema_precise_bn holds the batch-norm statistics of the averaged
   weights over the run's statistics batches, recomputed here; they differ
   from the raw weights' (precise_bn)."""
-  import averaging
-  import batchnorm
+  from tagger.models import averaging
+  from tagger.models import batchnorm
   import inputs
   import model as model_lib
-  import params
+  from tagger.core import params
   hparams = params.parse_hparams(AVERAGED)
   prefix = str(averaged_run / 'model.ckpt-4')
   reader = _reader(prefix)

@@ -12,8 +12,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np
 import pytest
 
-import files
-import wav
+from tagger.core import files
+from tagger.sound import wav
 
 NUM_SAMPLES = 7000  # 0.16 s: one example
 
@@ -69,9 +69,9 @@ ODD_HEADERS = {
 
 @pytest.mark.parametrize('name', sorted(ODD_HEADERS))
 def test_preflight_and_pipeline_agree_on_odd_headers(tmp_path, name):
-  import features
+  from tagger.sound import features
   import inputs
-  import params
+  from tagger.core import params
   import test_features
   path = tmp_path / 'odd.wav'
   path.write_bytes(riff(ODD_HEADERS[name]))
@@ -116,7 +116,7 @@ def test_the_pipeline_reads_only_44100_hz_mono_16_bit_pcm(changes, reads):
 
 
 def test_a_pipeline_wav_is_inspected_by_its_header(tmp_path):
-  import audio
+  from tagger.sound import audio
   path = tmp_path / 'x.wav'
   path.write_bytes(riff(ODD_HEADERS['junk_and_fact_first']))
   clip = audio.inspect(str(path))

@@ -36,7 +36,7 @@ def test_each_bad_sample_is_in_one_chunk_only(parse_hparams):
   the first, a middle and the last chunk, each in that one alone (chunks
   overlap)."""
   import tensorflow as tf
-  import features
+  from tagger.sound import features
   starts, ends, _ = (b.numpy() for b in features.chunk_bounds(
       tf.constant(NUM_SAMPLES), parse_hparams(TAG_HPARAMS)))
   assert len(starts) == 3

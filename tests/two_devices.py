@@ -20,7 +20,7 @@ cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-import params  # noqa: E402
+from tagger.core import params  # noqa: E402
 import train  # noqa: E402
 
 NUM_CLASSES = 5
@@ -84,8 +84,8 @@ def steps_in(model_name, text, mode):
 def train_run(train_csv, clip_dir, train_dir, text, max_steps, kinds=''):
   """train_csv, clip_dir and kinds as main.py's flags (comma-separated
   sources)."""
-  import files
-  import sources
+  from tagger.core import files
+  from tagger.core import sources
   class_names = files.read_class_map(os.path.join(
       os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
       'class_map.csv'))

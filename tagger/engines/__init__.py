@@ -1,0 +1,1 @@
+"""The engine that scores clips for every mode, and its LiteRT (TFLite) part."""

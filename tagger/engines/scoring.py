@@ -1,0 +1,292 @@
+"""The engine that scores clips, shared by eval, inference, tagging and
+relabelling.
+
+A clip's score is the mean of the sigmoid scores of all its examples, from
+the waveform model (waveform_model.py): the model runs with batch norm
+folded into its convolutions, which gives the same scores with less
+arithmetic. The examples are made on tf.data's threads by the model's front
+end (features.chunk_examples), in parallel with the model, and batched
+across clips.
+
+Eval and inference give it 16-bit 44.1 kHz mono files, which tf.data reads
+itself (Scorer.score); tagging gives it waveform chunks it reads, mixes down
+and resamples in Python (Scorer.score_waveforms). Both become the same
+examples, batches and model calls.
+
+The model call is the engine's (tflite_engine.Engine): the Keras model
+(folded), or its TFLite conversion run by LiteRT (tflite_engine.py),
+converted from the checkpoint in memory or read from an export. Everything
+before it is the same for both.
+"""
+
+import datetime
+import gc
+import sys
+import time
+import traceback
+
+import numpy as np
+import tensorflow as tf
+
+from tagger.models import averaging
+from tagger.models import batchnorm
+from tagger.core import checkpoints
+from tagger.sound import features
+import inputs
+import model as model_lib
+from tagger.core import stopping
+from tagger.engines import tflite_engine
+from tagger.models import waveform_model
+from tagger.core.files import UserError
+
+PROGRESS_EVERY_SECONDS = 10.0
+# Examples per model call when scoring on CPU. Peak memory grows with it (the
+# first layers' activations are 2.4 MB an example), while on CPU 16 scores as
+# fast as 64: a 10-minute clip then needs ~1.1x the memory of a 5-second one.
+BATCH_SIZE = 16
+# On a GPU activations stay in device memory and small batches underuse it.
+GPU_BATCH_SIZE = 64
+
+
+def waveform_examples(chunks, hparams):
+  """(clip index, first example index, samples, example count) chunks (see
+  Scorer.score_waveforms) -> (example, clip index, example index), one
+  element per example, in no particular order."""
+  def chunk_examples(clip_index, first_example, samples, count):
+    examples = features.chunk_examples(samples, count, hparams)
+    return (examples, tf.fill([count], clip_index),
+            first_example + tf.range(count))
+
+  return (chunks
+          .map(chunk_examples, num_parallel_calls=tf.data.AUTOTUNE,
+               deterministic=False)
+          .unbatch())
+
+
+class Scorer:
+  """Holds a model; `load` a checkpoint, then `score` clips with it."""
+
+  def __init__(self, model_name, num_classes, hparams, static=False,
+               engine=None):
+    """static: the inference model without loops over the batch, as TFLite
+    needs (model.build_model)."""
+    self.model_name = model_name
+    self.hparams = hparams
+    self.num_classes = num_classes
+    self.engine = engine or tflite_engine.Engine()
+    self.source = None  # what scores: a checkpoint or a .tflite file
+    self.batch_size = (GPU_BATCH_SIZE if tf.config.list_logical_devices('GPU')
+                       else BATCH_SIZE)
+    self._calibration = None
+    self._check_clips = None
+    if self.engine.model_path:
+      return  # the file is the whole model
+    self.model = model_lib.build_model(model_name, num_classes, hparams)
+    self.inference_model = batchnorm.build_inference_model(
+        model_name, num_classes, hparams, static or self.engine.tflite)
+    # What every mode scores with; export wraps it as it is.
+    self.waveform_model = waveform_model.WaveformModel(self.inference_model,
+                                                       hparams)
+    frames, _ = features.example_geometry(hparams)
+    spec = tf.TensorSpec([None, frames, hparams.mel_bands], tf.float32)
+    # The float model: what scores with the Keras engine, and the reference
+    # a model quantized in memory is checked against.
+    self._keras = tf.function(self.waveform_model.scores,
+                              input_signature=[spec])
+    self._score_batch = self._keras
+
+  def load(self, checkpoint_path):
+    """Loads a checkpoint (or, with an engine's model_path, that file): its
+    averaged weights if it has them (unless score_averaged=0), else its raw
+    ones. Returns what the scores will use: the batch-norm statistics,
+    'precise' (bn_stats=precise and the checkpoint has them for these
+    weights), 'moving' or 'none' (no batch norm), followed by ' of the
+    averaged weights' for those."""
+    if self.engine.model_path:
+      self.source = self.engine.model_path
+      self._score_batch = tflite_engine.Runner(self.source,
+                                               self.engine.threads)
+      return tflite_engine.read_metadata(self.source).get('statistics', '?')
+    self.source = checkpoint_path
+    reader = checkpoints.open_checkpoint(checkpoint_path)
+    mismatch = checkpoints.record_mismatch(reader, checkpoint_path,
+                                           self.model_name,
+                                           self.hparams)
+    if mismatch:
+      raise UserError('%s: %s' % (checkpoint_path, mismatch))
+    checkpoints.assign_from_checkpoint(self.model.weights, reader,
+                                       checkpoint_path)
+    averaged = self.hparams.score_averaged and averaging.has_average(
+        reader, self.model.trainable_variables)
+    if averaged:
+      averaging.load_average(self.model.trainable_variables, reader)
+    if self.hparams.bn_stats == 'precise':
+      statistics = batchnorm.use_precise(
+          self.model, reader, checkpoint_path,
+          averaging.PRECISE_GROUP if averaged else batchnorm.PRECISE)
+    else:
+      statistics = 'moving' if batchnorm.batch_norm_layers(self.model) else (
+          'none')
+    batchnorm.fold_batch_norm(self.model, self.inference_model)
+    if self.engine.tflite:
+      self._score_batch = self._converted(checkpoint_path)
+    return statistics + (' of the averaged weights' if averaged else '')
+
+  def _converted(self, checkpoint_path):
+    """The loaded model part converted in memory, as a Runner; a quantized
+    one is held to the bound of an export's (export.check_quantized) before
+    it scores anything."""
+    quantize = self.engine.quantize or 'none'
+    runner = tflite_engine.Runner(self.convert(quantize), self.engine.threads)
+    if quantize != 'none':
+      # Here, not above: export imports this module.
+      from tagger.modes import export
+      if self._check_clips is None:
+        self._check_clips = export.quantization_check_clips(self)
+      export.check_quantized(
+          'the %s model converted from %s' % (quantize, checkpoint_path),
+          runner, lambda examples: np.asarray(self._keras(examples)),
+          self._check_clips, lead='--quantize %s: ' % quantize,
+          after='nothing scored with it')
+    return runner
+
+  def convert(self, quantize):
+    """The loaded model part as TFLite bytes (see tflite_engine.convert);
+    int8 calibrated on the engine's calibration clips."""
+    if quantize == 'int8' and self._calibration is None:
+      self._calibration = tflite_engine.calibration_examples(
+          self.engine.calibration_paths, self.hparams)
+    return tflite_engine.convert(self.inference_model, self.hparams,
+                                 quantize, self._calibration)
+
+  def score_examples(self, examples):
+    """[batch, frames, bands] examples -> [batch, classes] float32 scores,
+    from the engine's model: the seam between the pipeline and the
+    engines."""
+    return np.asarray(self._score_batch(examples))
+
+  def engine_note(self):
+    """'' for Keras, else which TFLite model and threads score."""
+    if not self.engine.tflite:
+      return ''
+    names = {'none': 'float32', 'dynamic': 'dynamic', 'int8': 'int8'}
+    kind = (names[tflite_engine.read_metadata(self.source)['quantization']]
+            if self.engine.model_path else '%s, converted in memory' %
+            names[self.engine.quantize or 'none'])
+    return '; TFLite engine: %s, %d threads' % (
+        kind, self.engine.threads or tflite_engine.default_threads())
+
+  def score(self, clip_paths, clip_samples, label='Scoring', on_progress=None):
+    """Returns [num_clips, num_classes] float64 clip scores.
+
+    clip_samples (from files.check_clips) gives each clip's length, so that
+    progress counts finished clips exactly. on_progress(finished, scores), if
+    given, returns extra text for the progress line (e.g. a running lwlrap).
+    """
+    return self._score(
+        inputs.scoring_dataset(clip_paths, self.hparams, self.batch_size),
+        clip_paths, clip_samples, label, on_progress=on_progress)
+
+  def score_waveforms(self, chunks, names, clip_samples, label='Scoring',
+                      on_examples=None, on_clip=None, out=None):
+    """Scores clips whose waveforms are made outside tf.data (tagging reads,
+    mixes down and resamples them in Python); returns [num_clips,
+    num_classes] float64 clip scores, NaN for each clip whose examples did
+    not all arrive (a clip_samples of None: one not read at all).
+
+    chunks: a tf.data.Dataset of (clip index int32, index of the chunk's
+    first example int32, [samples] float32 44.1 kHz mono waveform, example
+    count int32), one element per chunk of features.chunk_bounds(clip_samples
+    of the clip): the samples [start, end) of the clip, of which `count`
+    examples are kept, exactly what inputs.scoring_dataset makes from a
+    16-bit file, so the examples are those of the whole-clip framing.
+    Producing them one chunk at a time keeps memory bounded by a few chunks,
+    however long the clip.
+
+    on_examples(clip_indices, example_indices, scores) sees every batch's
+    example scores (in no particular order); on_clip(index, score) is
+    called once per clip as soon as all its examples are scored (scores
+    checked finite). Progress lines go to `out` (default stdout).
+    """
+    batches = inputs.without_autotuning(
+        waveform_examples(chunks, self.hparams).batch(self.batch_size)
+        .prefetch(tf.data.AUTOTUNE))
+    return self._score(batches, names, clip_samples, label,
+                       on_examples=on_examples, on_clip=on_clip, out=out,
+                       partial=True)
+
+  def _score(self, batches, names, clip_samples, label, on_progress=None,
+             on_examples=None, on_clip=None, out=None, partial=False):
+    """The loop: batches of (examples, clip index[, example index]) ->
+    [num_clips, num_classes] mean scores, checked finite, and complete
+    unless partial (then NaN for an incomplete clip)."""
+    expected = np.array([0 if n is None else
+                         features.num_examples(n, self.hparams)
+                         for n in clip_samples], dtype=np.int64)
+    total = int(expected.sum())
+    sums = np.zeros((len(names), self.num_classes))
+    counts = np.zeros(len(names), dtype=np.int64)
+    reported = np.zeros(len(names), dtype=bool)
+    start = last_report = time.time()
+    done = 0
+
+    def report():
+      finished = (counts == expected) & (expected > 0)
+      rate = done / max(time.time() - start, 1e-9)
+      extra = on_progress(finished, sums / np.maximum(counts, 1)[:, None]) \
+          if on_progress else ''
+      print('%s: %d/%d clips, %d/%d examples, %.1f examples/s, %s left%s' % (
+          label, finished.sum(), len(names), done, total, rate,
+          datetime.timedelta(seconds=int((total - done) / max(rate, 1e-9))),
+          extra), file=out or sys.stdout, flush=True)
+
+    iterator = iter(batches)
+    try:
+      for batch in iterator:
+        stopping.check()
+        scores = self.score_examples(batch[0])
+        clip_index = batch[1].numpy()
+        np.add.at(sums, clip_index, scores)
+        counts += np.bincount(clip_index, minlength=len(names))
+        done += len(clip_index)
+        if on_examples:
+          on_examples(clip_index, batch[2].numpy(), scores)
+        if on_clip:
+          for i in np.unique(clip_index):
+            if counts[i] == expected[i] and not reported[i]:
+              reported[i] = True
+              on_clip(int(i), self._finite(sums[i] / counts[i], names[i]))
+        if time.time() - last_report >= PROGRESS_EVERY_SECONDS:
+          report()
+          last_report = time.time()
+    except BaseException as e:
+      # Stopped by an error or Ctrl-C, maybe inside the iterator's own
+      # frames: the iterator is released now, while tf.data's threads can
+      # still run Python (tagging's chunks come from a Python generator).
+      # Kept alive by the traceback until the interpreter exits, it would be
+      # destroyed when a generator call in flight can no longer finish, and
+      # the exit would hang.
+      traceback.clear_frames(e.__traceback__)
+      del iterator
+      gc.collect()
+      raise
+    stopping.check()  # a stop may have ended tagging's chunks early
+    report()
+    complete = (counts == expected) & (expected > 0)
+    if not partial and not complete.all():
+      bad = int(np.flatnonzero(~complete)[0])
+      raise UserError('%s: got %d examples, expected %d (did the file change '
+                      'during the run?)' % (names[bad], counts[bad],
+                                            expected[bad]))
+    clip_scores = np.full((len(names), self.num_classes), np.nan)
+    clip_scores[complete] = sums[complete] / counts[complete, None]
+    for i in np.flatnonzero(complete):
+      self._finite(clip_scores[i], names[i])
+    return clip_scores
+
+  @staticmethod
+  def _finite(clip_score, name):
+    if not np.all(np.isfinite(clip_score)):
+      raise UserError('%s: scores are not finite (is the checkpoint '
+                      'diverged?)' % name)
+    return clip_score

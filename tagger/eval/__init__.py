@@ -1,0 +1,1 @@
+"""Evaluation: the metrics, the reports, and eval processes sharing the work."""

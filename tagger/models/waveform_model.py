@@ -1,0 +1,89 @@
+"""The one waveform-to-scores model: 44.1 kHz waveform -> log-mel examples
+(features.LogMelExamples, chunk by chunk) -> the trained model with its
+batch norm folded -> example scores, clip scores and embeddings.
+
+Every mode scores through it. Export wraps __call__ in its SavedModel and
+TFLite signatures. Eval, inference, tagging and relabelling (scoring.Scorer)
+let tf.data make each chunk's examples with the same front end on the CPU
+threads, where that is faster than in the model's ops (see README,
+Performance), batch the examples of many clips together and call scores().
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tagger.sound import features
+
+
+class WaveformModel(tf.Module):
+  """waveform -> examples -> folded model, for one trained checkpoint (its
+  weights are the inference model's, loaded by scoring.Scorer.load)."""
+
+  def __init__(self, inference_model, hparams):
+    super().__init__()
+    self.hparams = hparams
+    self.front_end = features.LogMelExamples(hparams)
+    # The scoring model with its pooled features as a second output.
+    self.net = keras.Model(inference_model.input, [
+        inference_model.get_layer('logits').input, inference_model.output])
+    self.num_classes = inference_model.output.shape[-1]
+    self.embedding_size = self.net.outputs[0].shape[-1]
+
+  def embed_and_score(self, examples):
+    """[batch, frames, bands] -> ([batch, D] embeddings, [batch, classes]
+    sigmoid scores)."""
+    embeddings, logits = self.net(examples, training=False)
+    return embeddings, tf.sigmoid(logits)
+
+  def scores(self, examples):
+    return self.embed_and_score(examples)[1]
+
+  def _chunk(self, chunk, count):
+    """[clips, chunk samples] -> the chunk's first `count` examples' scores
+    and embeddings [clips, count, ...], their features [clips, count x
+    example hop (fewer at the end), bands], and [clips] True where every
+    sample of the chunk is finite (|x| <= the largest float is False for
+    NaN and inf, with TFLite's built-in ops)."""
+    feature, examples = self.front_end.chunk(chunk, count)
+    shape = tf.shape(examples)  # [clips, count, frames, bands]
+    embeddings, scores = self.embed_and_score(
+        tf.reshape(examples, tf.concat([[-1], shape[2:]], 0)))
+    hop = features.example_geometry(self.hparams)[1]
+    return ((tf.reshape(scores, [shape[0], count, -1]),
+             tf.reshape(embeddings, [shape[0], count, -1]),
+             feature[:, :count * hop]),
+            tf.reduce_all(tf.abs(chunk) <= np.finfo(np.float32).max, -1))
+
+  def __call__(self, waveforms):
+    """[clips, samples] -> {scores [clips, examples, classes], clip_scores
+    [clips, classes], embeddings [clips, examples, D], log_mel [clips,
+    frames, bands]}. Chunk by chunk (features.chunk_bounds), so that memory
+    holds one chunk's activations, not every example's, whatever the
+    length. A clip with a non-finite sample gets NaN for every output (the
+    model alone may turn NaN features into plausible scores)."""
+    starts, ends, counts = features.chunk_bounds(tf.shape(waveforms)[1],
+                                                self.hparams)
+    clips = tf.shape(waveforms)[0]
+
+    def body(i, finite, *outputs):
+      parts, chunk_finite = self._chunk(waveforms[:, starts[i]:ends[i]],
+                                        counts[i])
+      return (i + 1, finite & chunk_finite) + tuple(
+          tf.concat([o, p], 1) for o, p in zip(outputs, parts))
+
+    # Empty, with a length the converter cannot fold to 0 (TFLite would
+    # otherwise fix the loop's outputs at length 0).
+    empty = tf.minimum(tf.size(starts), 0)
+    initial = tuple(tf.zeros([clips, empty, n]) for n in (
+        self.num_classes, self.embedding_size, self.hparams.mel_bands))
+    _, finite, *outputs = tf.while_loop(
+        lambda i, *_: i < tf.size(starts), body,
+        (0, tf.fill([clips], True)) + initial,
+        shape_invariants=(tf.TensorShape([]), tf.TensorShape([None])) +
+        tuple(tf.TensorShape([None, None, o.shape[-1]]) for o in initial))
+    scores, embeddings, log_mel = (
+        tf.where(finite[:, None, None], o, np.float32(np.nan))
+        for o in outputs)
+    return {'scores': scores, 'clip_scores': tf.reduce_mean(scores, axis=1),
+            'embeddings': embeddings, 'log_mel': log_mel}

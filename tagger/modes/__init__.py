@@ -1,0 +1,1 @@
+"""The modes beyond the original: export, tag and relabel."""

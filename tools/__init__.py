@@ -1,0 +1,2 @@
+"""Tools around the tagger: studies over seeds, the benchmark, class
+comparisons and the demo data."""
