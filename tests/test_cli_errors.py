@@ -742,10 +742,18 @@ def test_error_inside_the_pipeline_becomes_one_line(tmp_path):
 
 # main.py run afresh (the fork server has imported TensorFlow), saying as
 # it exits whether TensorFlow was imported.
-_TENSORFLOW_PROBE = (
-    'import atexit, runpy, sys; atexit.register(lambda: print("tensorflow '
-    'imported: %s" % ("tensorflow" in sys.modules), file=sys.stderr)); '
-    'sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")')
+# Runs the script of argv[1] as __main__ with TensorFlow, Keras and LiteRT
+# unimportable: an import of any of them raises ImportError.
+WITHOUT_TENSORFLOW = r'''
+import importlib.abc, runpy, sys
+class Refuse(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] in ('tensorflow', 'keras', 'ai_edge_litert'):
+      raise ImportError('%s is unimportable here' % name)
+sys.meta_path.insert(0, Refuse())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+'''
 
 
 @pytest.mark.parametrize('args,needle', [
@@ -773,17 +781,37 @@ _TENSORFLOW_PROBE = (
 def test_each_modes_checks_run_before_tensorflow_is_imported(
     tmp_path, dataset, fake_checkpoint, args, needle):
   """What every mode's docstring promises: a bad flag is one line, with
-  TensorFlow never imported (a refusal in well under a second)."""
+  TensorFlow never imported: here it cannot be (a refusal in well under a
+  second)."""
   import subprocess
   import sys
   from conftest import REPO, subprocess_env
   args = [a.format(tmp=tmp_path, csv=dataset['train_csv'],
                    ckpt=fake_checkpoint) for a in args]
   result = subprocess.run(
-      [sys.executable, '-c', _TENSORFLOW_PROBE,
+      [sys.executable, '-c', WITHOUT_TENSORFLOW,
        os.path.join(REPO, 'main.py'), '--class_map_path', CLASS_MAP] + args,
       env=subprocess_env(), capture_output=True, text=True, timeout=120)
-  lines = [l for l in result.stderr.splitlines() if l.strip()]
-  assert lines[-1] == 'tensorflow imported: False', result.stderr
-  result.stderr = '\n'.join(lines[:-1])
   assert_one_error(result, needle)
+
+
+def test_the_core_imports_without_tensorflow(tmp_path):
+  """Every module of tagger/core/ (flags' checks, params, sources, files,
+  checkpoint naming, stopping, the runtime, the machine) imports where
+  TensorFlow cannot be imported."""
+  import glob
+  import subprocess
+  import sys
+  from conftest import REPO, subprocess_env
+  names = sorted(os.path.basename(p)[:-3] for p in glob.glob(
+      os.path.join(REPO, 'tagger', 'core', '*.py')))
+  assert {'params', 'files', 'sources', 'stopping'} <= set(names)
+  script = tmp_path / 'import_core.py'
+  script.write_text('import sys\nsys.path.insert(0, %r)\n' % REPO + ''.join(
+      'from tagger.core import %s\n' % n for n in names if n != '__init__') +
+      'print("imported")\n')
+  result = subprocess.run(
+      [sys.executable, '-c', WITHOUT_TENSORFLOW, str(script)],
+      env=subprocess_env(), capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0 and result.stdout == 'imported\n', (
+      result.stderr[-2000:])
