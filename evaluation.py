@@ -115,11 +115,11 @@ class _Evaluator:
   the summary writer are made when the first checkpoint is claimed."""
 
   def __init__(self, model_name, hparams, class_names, rows, clip_dir,
-               clip_samples, eval_dir, claim_timeout_seconds, engine=None):
+               sample_counts, eval_dir, claim_timeout_seconds, engine=None):
     self.model_name, self.hparams = model_name, hparams
     self.engine = engine
     self.class_names, self.rows = class_names, rows
-    self.clip_samples = clip_samples
+    self.sample_counts = sample_counts
     self.eval_dir = eval_dir
     self.claim_timeout = claim_timeout_seconds
     self.truth = files.label_matrix(rows, class_names)
@@ -168,7 +168,7 @@ class _Evaluator:
       if retry_unreadable and isinstance(e, checkpoints.DamagedCheckpoint):
         return UNREADABLE, e
       raise
-    scores = self.scorer.score(self.paths, self.clip_samples,
+    scores = self.scorer.score(self.paths, self.sample_counts,
                                label='eval %s' % prefix,
                                on_progress=self.running_lwlrap)
     claim.refresh()
@@ -203,7 +203,7 @@ class _Evaluator:
       self.writer.close()
 
 
-def evaluate(model_name, hparams, class_names, rows, clip_dir, clip_samples,
+def evaluate(model_name, hparams, class_names, rows, clip_dir, sample_counts,
              train_dir, eval_dir, continuous=False, poll_seconds=POLL_SECONDS,
              claim_timeout_seconds=CLAIM_TIMEOUT_SECONDS,
              idle_timeout_seconds=None, engine=None):
@@ -230,7 +230,7 @@ def evaluate(model_name, hparams, class_names, rows, clip_dir, clip_samples,
 
   os.makedirs(eval_dir, exist_ok=True)
   evaluator = _Evaluator(model_name, hparams, class_names, rows, clip_dir,
-                         clip_samples, eval_dir, claim_timeout_seconds,
+                         sample_counts, eval_dir, claim_timeout_seconds,
                          engine)
   with stopping.requests():
     try:
@@ -307,13 +307,11 @@ def _evaluate_continuously(evaluator, train_dir, poll_seconds,
 
 def _file_signature(prefix):
   """The names, sizes and mtimes of a checkpoint's files."""
-  folder, base = os.path.split(prefix)
   signature = []
-  for name in sorted(os.listdir(folder or '.')):
-    if name.startswith(base + '.'):
-      try:
-        stat = os.stat(os.path.join(folder, name))
-      except FileNotFoundError:
-        continue
-      signature.append((name, stat.st_size, stat.st_mtime_ns))
+  for path in sorted(checkpoints.files_of(prefix)):
+    try:
+      stat = os.stat(path)
+    except FileNotFoundError:
+      continue
+    signature.append((os.path.basename(path), stat.st_size, stat.st_mtime_ns))
   return tuple(signature)

@@ -23,17 +23,14 @@ def submission_csv(fnames, class_names, scores):
   return out.getvalue()
 
 
-def infer(model_name, hparams, class_names, clip_dir, fnames, clip_samples,
+def infer(model_name, hparams, class_names, clip_dir, fnames, sample_counts,
           checkpoint_path, predictions_csv_path, engine=None):
   """fnames: the sorted audio file names in clip_dir (files.list_clips);
   engine: a tflite_engine.Engine (default Keras)."""
-  scorer = scoring.Scorer(model_name, len(class_names), hparams,
-                          engine=engine)
-  statistics = scorer.load(checkpoint_path)
-  print('Scoring %s (batch-norm statistics: %s%s)' % (
-      scorer.source, statistics, scorer.engine_note()))
+  scorer = scoring.open_scorer(model_name, len(class_names), hparams,
+                               checkpoint_path, engine, 'Scoring')
   scores = scorer.score([os.path.join(clip_dir, f) for f in fnames],
-                        clip_samples, label='inference')  # all finite
+                        sample_counts, label='inference')  # all finite
   # Written to a temporary file and renamed only now that every clip is
   # scored: an existing submission is never replaced by a partial one.
   write_atomically(predictions_csv_path,

@@ -62,7 +62,7 @@ def decoded_pcm(path, start, end):
   path = path.decode() if isinstance(path, bytes) else path
   try:
     clip = _INSPECTED.get(path) or audio.inspect(path)
-    samples = audio.Source(path, clip).read(int(start), int(end))
+    samples = audio.BlockReader(path, clip).read(int(start), int(end))
   except audio.AudioError as e:
     return np.zeros(0, np.int16), str(e)
   return np.clip(np.round(samples * 32768.0), -32768, 32767).astype(

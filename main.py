@@ -618,13 +618,13 @@ def _make_output_dirs():
 
 
 @dataclasses.dataclass
-class _Inputs:
+class _ModeData:
   """What a mode reads, listed and checked before TensorFlow is imported."""
   class_names: list
   rows: list = None  # (fname, labels) of the mode's CSV
   clip_dir: str = ''
   fnames: list = dataclasses.field(default_factory=list)
-  samples: list = None  # each clip's samples (files.check_clips)
+  sample_counts: list = None  # each clip's length in samples
   sources: list = None  # training sources
   tag_files: list = None
   engine: tflite_engine.Engine = None
@@ -633,42 +633,42 @@ class _Inputs:
 def _list_inputs(class_names):
   """The mode's clips (and training sources, or files to tag), and the paths
   its outputs must not be."""
-  found = _Inputs(class_names)
+  data = _ModeData(class_names)
   if FLAGS.mode == 'tag':
     from tagger.modes import tagging
-    found.tag_files = tagging.list_files(FLAGS.tag_paths)
-    return found, list(FLAGS.tag_paths) + found.tag_files
+    data.tag_files = tagging.list_files(FLAGS.tag_paths)
+    return data, list(FLAGS.tag_paths) + data.tag_files
   if FLAGS.mode == 'inference':
-    found.clip_dir = FLAGS.inference_clip_dir
-    found.fnames = files.list_clips(found.clip_dir)
+    data.clip_dir = FLAGS.inference_clip_dir
+    data.fnames = files.list_clips(data.clip_dir)
   elif FLAGS.mode == 'train':
-    found.sources = _train_sources()
-    found.rows = [files.read_labeled_csv(s.csv_path, s.clip_dir, class_names)
-                  for s in found.sources]
-    return found, [os.path.join(s.clip_dir, f)
-                   for s, rows in zip(found.sources, found.rows)
+    data.sources = _train_sources()
+    data.rows = [files.read_labeled_csv(s.csv_path, s.clip_dir, class_names)
+                  for s in data.sources]
+    return data, [os.path.join(s.clip_dir, f)
+                   for s, rows in zip(data.sources, data.rows)
                    for f, _ in rows]
   elif FLAGS.mode in ('eval', 'relabel'):
-    found.clip_dir = getattr(FLAGS, FLAGS.mode + '_clip_dir')
-    found.rows = files.read_labeled_csv(getattr(FLAGS, FLAGS.mode +
+    data.clip_dir = getattr(FLAGS, FLAGS.mode + '_clip_dir')
+    data.rows = files.read_labeled_csv(getattr(FLAGS, FLAGS.mode +
                                                 '_csv_path'),
-                                        found.clip_dir, class_names)
-    found.fnames = [f for f, _ in found.rows]
-  return found, [os.path.join(found.clip_dir, f) for f in found.fnames]
+                                        data.clip_dir, class_names)
+    data.fnames = [f for f, _ in data.rows]
+  return data, [os.path.join(data.clip_dir, f) for f in data.fnames]
 
 
 def run():
   hparams = _check_flags()
-  found, read_paths = _list_inputs(files.read_class_map(FLAGS.class_map_path))
-  _check_outputs(read_paths + [p for s in found.sources or ()
+  data, read_paths = _list_inputs(files.read_class_map(FLAGS.class_map_path))
+  _check_outputs(read_paths + [p for s in data.sources or ()
                                for p in (s.csv_path, s.clip_dir)])
   if FLAGS.mode != 'tag':
     # Tag mode reports each unreadable file (and each note) on its own.
     notes = []
-    found.samples = files.check_clips(read_paths, notes)
+    data.sample_counts = files.check_clips(read_paths, notes)
     if notes:
       print('main.py: %s' % files.note_line(notes), file=sys.stderr)
-  found.engine = _engine(found.class_names)
+  data.engine = _engine(data.class_names)
   _make_output_dirs()
   tf = runtime.import_tensorflow()
   logging.set_verbosity(logging.WARNING)  # e.g. per-save saver notices
@@ -687,7 +687,7 @@ def run():
                                          FLAGS.eval_idle_timeout_seconds)
   model_name, hparams = _recorded_run(hparams)
   try:
-    _MODES[FLAGS.mode].runner(model_name, hparams, found, strategy)
+    _MODES[FLAGS.mode].runner(model_name, hparams, data, strategy)
   except tf.errors.OpError as e:
     lost = distribution.lost_tasks(e)
     if lost is not None:
@@ -697,9 +697,9 @@ def run():
     raise UserError(op_error_message(e)) from None
 
 
-def _train(model_name, hparams, found, strategy):
+def _train(model_name, hparams, data, strategy):
   import train
-  train.train(model_name, hparams, found.class_names, found.sources,
+  train.train(model_name, hparams, data.class_names, data.sources,
               FLAGS.train_dir, epoch_num_batches=FLAGS.epoch_num_batches,
               max_steps=FLAGS.max_steps,
               warmstart_checkpoint=FLAGS.warmstart_checkpoint,
@@ -709,49 +709,49 @@ def _train(model_name, hparams, found, strategy):
               features_on=FLAGS.features_on)
 
 
-def _eval(model_name, hparams, found, strategy):
+def _eval(model_name, hparams, data, strategy):
   import evaluation
   evaluation.evaluate(
-      model_name, hparams, found.class_names, found.rows, found.clip_dir,
-      found.samples, FLAGS.train_dir, FLAGS.eval_dir,
+      model_name, hparams, data.class_names, data.rows, data.clip_dir,
+      data.sample_counts, FLAGS.train_dir, FLAGS.eval_dir,
       continuous=FLAGS.eval_continuous, poll_seconds=FLAGS.eval_poll_seconds,
       claim_timeout_seconds=FLAGS.eval_claim_timeout_seconds,
       idle_timeout_seconds=FLAGS.eval_idle_timeout_seconds,
-      engine=found.engine)
+      engine=data.engine)
 
 
-def _inference(model_name, hparams, found, strategy):
+def _inference(model_name, hparams, data, strategy):
   import inference
-  inference.infer(model_name, hparams, found.class_names, found.clip_dir,
-                  found.fnames, found.samples, FLAGS.inference_checkpoint,
-                  FLAGS.predictions_csv_path, engine=found.engine)
+  inference.infer(model_name, hparams, data.class_names, data.clip_dir,
+                  data.fnames, data.sample_counts, FLAGS.inference_checkpoint,
+                  FLAGS.predictions_csv_path, engine=data.engine)
 
 
-def _export(model_name, hparams, found, strategy):
+def _export(model_name, hparams, data, strategy):
   from tagger.modes import export
-  export.export(model_name, hparams, found.class_names, FLAGS.class_map_path,
+  export.export(model_name, hparams, data.class_names, FLAGS.class_map_path,
                 FLAGS.inference_checkpoint, FLAGS.export_dir,
                 quantize=FLAGS.quantize or 'none',
-                calibration_paths=found.engine.calibration_paths)
+                calibration_paths=data.engine.calibration_paths)
 
 
-def _tag(model_name, hparams, found, strategy):
+def _tag(model_name, hparams, data, strategy):
   from tagger.modes import tagging
-  failed = tagging.tag(model_name, hparams, found.class_names,
-                       found.tag_files, FLAGS.inference_checkpoint,
+  failed = tagging.tag(model_name, hparams, data.class_names,
+                       data.tag_files, FLAGS.inference_checkpoint,
                        FLAGS.top_k, FLAGS.timeline_csv_path,
-                       engine=found.engine)
+                       engine=data.engine)
   if failed:
     raise UserError('%d of %d files could not be tagged (see above)' % (
-        failed, len(found.tag_files)))
+        failed, len(data.tag_files)))
 
 
-def _relabel(model_name, hparams, found, strategy):
+def _relabel(model_name, hparams, data, strategy):
   from tagger.modes import relabel
-  relabel.relabel(model_name, hparams, found.class_names, found.rows,
-                  found.clip_dir, found.samples, FLAGS.inference_checkpoint,
+  relabel.relabel(model_name, hparams, data.class_names, data.rows,
+                  data.clip_dir, data.sample_counts, FLAGS.inference_checkpoint,
                   FLAGS.relabeled_csv_path, FLAGS.relabel_keep_threshold,
-                  FLAGS.relabel_add_threshold, engine=found.engine)
+                  FLAGS.relabel_add_threshold, engine=data.engine)
 
 
 def _lost_message(lost):

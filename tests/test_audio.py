@@ -218,12 +218,12 @@ def test_every_format_tags_and_infers_from_the_command_line(tagger,
 
 def _check_lossy_waveforms(paths):
   from tagger.sound import audio
-  wav = audio.Source(paths['wav'], audio.inspect(paths['wav'])).read(
+  wav = audio.BlockReader(paths['wav'], audio.inspect(paths['wav'])).read(
       0, 4 * 44100)
   for key in ('ogg', 'opus', 'mp3'):
     clip = audio.inspect(paths[key])
     assert audio.num_samples(clip) == len(wav), key
-    got = audio.Source(paths[key], clip).read(0, len(wav))
+    got = audio.BlockReader(paths[key], clip).read(0, len(wav))
     snr = 10 * np.log10(np.sum(wav ** 2) / np.sum((got - wav) ** 2))
     assert snr > LOSSY_SNR_DB, (key, snr)
 
@@ -379,7 +379,7 @@ def test_a_name_that_lies_is_read_by_content_with_a_note(tmp_path):
     assert clips[1].note == 'named .%s but holds %s audio; read as %s' % (
         other, container, container)
     assert clips[1]._replace(note=None) == clips[0]
-    reads = [audio.Source(p, c).read(1000, 30000)
+    reads = [audio.BlockReader(p, c).read(1000, 30000)
              for p, c in zip((right, wrong), clips)]
     np.testing.assert_array_equal(reads[1], reads[0])
     samples[ext] = reads[0]
@@ -398,7 +398,7 @@ def test_a_length_a_little_long_is_read_as_silence(tmp_path):
   clip = audio.inspect(path)
   near = clip._replace(frames=clip.frames + 4000)  # 0.09 s more
   audio._check_complete(path, near)
-  got = audio.Source(path, near).read(40000, clip.frames + 4000)
+  got = audio.BlockReader(path, near).read(40000, clip.frames + 4000)
   assert np.abs(got[:4100 - 4000]).max() > 0.01
   np.testing.assert_array_equal(got[4100:], 0)
   # At the bound exactly (0.1 s: 4,410 frames more) still read; one more
@@ -411,7 +411,7 @@ def test_a_length_a_little_long_is_read_as_silence(tmp_path):
     audio._check_complete(path, far)
   assert str(error.value) == 'truncated or damaged: 1.0 s of 1.1 s readable'
   with pytest.raises(audio.AudioError) as error:
-    audio.Source(path, far).read(40000, clip.frames + 4500)
+    audio.BlockReader(path, far).read(40000, clip.frames + 4500)
   assert str(error.value) == ('truncated: 1.0 s of 1.1 s readable (did the '
                               'file change?)')
 

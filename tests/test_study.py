@@ -505,7 +505,7 @@ def test_each_command_is_logged_with_where_it_ran(tmp_path):
   log = tmp_path / 'train.log'
   log.write_text('earlier\n')
   argv = [sys.executable, '-c', 'print("step 200")']
-  assert study.Runner()(argv, str(log), str(tmp_path)) == 0
+  assert study.CommandRunner()(argv, str(log), str(tmp_path)) == 0
   lines = log.read_text().splitlines()
   assert lines[:2] == ['earlier', '']
   assert lines[2].startswith('$ %s -c ' % sys.executable)
@@ -770,7 +770,7 @@ def test_each_configuration_is_drawn_with_its_interval():
 
 class ForkedMain:
   """Runs study.py's commands of main.py as run_main does (forked where it
-  can be), each one's output appended to its log as study.Runner has it."""
+  can be), each one's output appended to its log as study.CommandRunner has it."""
 
   def __init__(self):
     self.modes = []
@@ -787,7 +787,7 @@ class ForkedMain:
 def test_real_study_of_two_seeds(tmp_path, dataset, capsys):
   """crnn, 1 configuration x 2 seeds x 2 steps, scored at step 2 on the
   validation clips, through study.py's command line (its runs of main.py
-  forked: test_stop_is_passed_to_the_command covers study.Runner)."""
+  forked: test_stop_is_passed_to_the_command covers study.CommandRunner)."""
   spec = tmp_path / 'study.json'
   spec.write_text(json.dumps({
       'class_map': CLASS_MAP, 'train_csv': dataset['train_csv'],

@@ -206,7 +206,7 @@ def test_source_decodes_and_mixes_down(tmp_path, bits, floating, extensible,
   path = str(tmp_path / 'x.wav')
   write_wav(path, sample_bytes(values, bits, floating), 44100, bits,
             channels, FLOAT if floating else PCM, extensible)
-  source = audio.Source(path, audio.inspect(path))
+  source = audio.BlockReader(path, audio.inspect(path))
   got = source.read(0, 1000)
   assert got.dtype == np.float32
   np.testing.assert_allclose(got, stored.mean(axis=1), rtol=0, atol=1e-7)
@@ -252,7 +252,7 @@ def test_blockwise_resampling_equals_resampling_the_whole_file(tmp_path,
   mono = rng.standard_normal(frames) * 0.2
   path = str(tmp_path / 'x.wav')
   write_frames(path, mono, rate, 32, floating=True)
-  source = audio.Source(path, audio.inspect(path))
+  source = audio.BlockReader(path, audio.inspect(path))
   whole = soxr.resample(mono.astype(np.float32), rate, 44100, quality='VHQ')
   assert source.num_samples == resampled_length(frames, rate)
   assert len(whole) - 1 <= source.num_samples <= len(whole)
@@ -275,7 +275,7 @@ def test_44100_hz_is_not_resampled(tmp_path):
   path = str(tmp_path / 'x.wav')
   ints = np.random.default_rng(0).integers(-32768, 32768, 5000)
   write_wav(path, sample_bytes(ints, 16), 44100, 16, 1)
-  source = audio.Source(path, audio.inspect(path))
+  source = audio.BlockReader(path, audio.inspect(path))
   np.testing.assert_array_equal(source.read(100, 4000),
                                 (ints[100:4000] / 32768.0).astype(np.float32))
 
@@ -493,7 +493,7 @@ def test_a_non_finite_sample_in_any_chunk_is_named(tagger, tmp_path):
           'main.py: error: 6 of 7 files could not be tagged (see above)']
 
 
-# Both files go through audio.Source (a 48 kHz stereo WAV is not one that
+# Both files go through audio.BlockReader (a 48 kHz stereo WAV is not one that
 # tf.data reads itself), so one engine each covers both engines and both
 # decoders.
 @pytest.mark.parametrize('engine,ext', [('tflite', 'wav'), ('keras', 'mp3')])

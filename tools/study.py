@@ -104,7 +104,7 @@ class StudyError(Exception):
   """A problem reported as one line, exit status 1."""
 
 
-class Stopped(Exception):
+class StudyStopped(Exception):
   """SIGINT or SIGTERM: the study stops with 128 + the signal number."""
 
   def __init__(self, signum):
@@ -442,19 +442,13 @@ def link_checkpoints(folder, steps, name):
     os.remove(os.path.join(links, entry))
   for step in steps:
     prefix = checkpoint_prefix(folder, step)
-    shards = _checkpoint_files(prefix)
-    if not os.path.exists(prefix + '.index') or not shards:
+    paths = sorted(checkpoints.files_of(prefix))
+    if prefix + '.index' not in paths or len(paths) < 2:  # index, shards
       raise StudyError('%s: training left no checkpoint %s; delete %s to '
                        'redo the run' % (name, prefix, folder))
-    for path in shards + [prefix + '.index']:
+    for path in paths:
       os.symlink(os.path.relpath(path, links),
                  os.path.join(links, os.path.basename(path)))
-
-
-def _checkpoint_files(prefix):
-  folder, base = os.path.split(prefix)
-  return [os.path.join(folder, n) for n in sorted(os.listdir(folder))
-          if re.fullmatch(re.escape(base) + r'\.data-\d+-of-\d+', n)]
 
 
 def remove_stale_claims(folder):
@@ -478,7 +472,7 @@ def _prctl():
 
 def _child_setup(prctl):
   """In the child, before exec: signals unblocked (blocked around the
-  start, see Runner.start) and SIGINT at its default, so that main.py's
+  start, see CommandRunner.start) and SIGINT at its default, so that main.py's
   stop handlers take them; SIGTERM when the study dies, so that no
   training is left running into a run folder."""
   signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
@@ -487,7 +481,7 @@ def _child_setup(prctl):
     prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-class Runner:
+class CommandRunner:
   """Runs one command at a time with its output appended to a log, and
   passes each SIGINT or SIGTERM the study gets on to it. The child has a
   session of its own, so that Ctrl-C in a terminal reaches it once, through
@@ -511,7 +505,7 @@ class Runner:
 
   def __call__(self, argv, log_path, cwd):
     if self.stop:
-      raise Stopped(self.stop)
+      raise StudyStopped(self.stop)
     with open(log_path, 'a') as log:
       log.write('\n$ %s  # %s\n# on %s\n' % (
           shlex.join(argv), time.strftime('%c'), machine.describe()))
@@ -522,7 +516,7 @@ class Runner:
       finally:
         self.child = None
     if self.stop:
-      raise Stopped(self.stop)
+      raise StudyStopped(self.stop)
     return code
 
   def start(self, argv, log, cwd):
@@ -552,7 +546,7 @@ def _last_line(log_path):
 def run_command(runner, argv, log_path, cwd, what, name):
   try:
     code = runner(argv, log_path, cwd)
-  except Stopped as e:
+  except StudyStopped as e:
     e.during = e.during or '%s (%s)' % (name, what)
     raise
   if code != 0:
@@ -885,7 +879,7 @@ def execute(spec, config, seed, study_dir, runner, progress):
 
 def run_study(spec, study_dir, only=(), runner=None, say=print):
   """Runs what is left of the study, then writes the summary."""
-  runner = runner or Runner()
+  runner = runner or CommandRunner()
   runs = plan(spec, only)
   left = [(c, s) for c, s in runs
           if not is_finished(run_dir(study_dir, c.name, s), c)]
@@ -946,7 +940,7 @@ def main(argv=None, runner=None):
   """The command line; runner: the function running a command (tests)."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
   if runner is None:
-    runner = Runner()
+    runner = CommandRunner()
     runner.install()
   study_dir = os.path.abspath(args.study_dir)
   try:
@@ -964,7 +958,7 @@ def main(argv=None, runner=None):
   except StudyError as e:
     print('study.py: error: %s' % e, file=sys.stderr)
     return 1
-  except Stopped as e:
+  except StudyStopped as e:
     print('study.py: stopped by %s%s; what is done is kept, run the same '
           'command to continue' % (e, ' during ' + e.during if e.during
                                    else ''), file=sys.stderr)

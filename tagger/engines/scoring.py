@@ -63,6 +63,18 @@ def waveform_examples(chunks, hparams):
           .unbatch())
 
 
+def open_scorer(model_name, num_classes, hparams, checkpoint_path, engine,
+                doing, out=None):
+  """A Scorer (engine: a tflite_engine.Engine, default Keras) loaded with a
+  checkpoint, announced in one line that begins with `doing`."""
+  scorer = Scorer(model_name, num_classes, hparams, engine=engine)
+  statistics = scorer.load(checkpoint_path)
+  print('%s %s (batch-norm statistics: %s%s)' % (
+      doing, scorer.source, statistics, scorer.engine_note()),
+        file=out or sys.stdout, flush=True)
+  return scorer
+
+
 class Scorer:
   """Holds a model; `load` a checkpoint, then `score` clips with it."""
 
@@ -176,27 +188,27 @@ class Scorer:
     return '; TFLite engine: %s, %d threads' % (
         kind, self.engine.threads or tflite_engine.default_threads())
 
-  def score(self, clip_paths, clip_samples, label='Scoring', on_progress=None):
+  def score(self, clip_paths, sample_counts, label='Scoring', on_progress=None):
     """Returns [num_clips, num_classes] float64 clip scores.
 
-    clip_samples (from files.check_clips) gives each clip's length, so that
+    sample_counts (from files.check_clips) gives each clip's length, so that
     progress counts finished clips exactly. on_progress(finished, scores), if
     given, returns extra text for the progress line (e.g. a running lwlrap).
     """
     return self._score(
         inputs.scoring_dataset(clip_paths, self.hparams, self.batch_size),
-        clip_paths, clip_samples, label, on_progress=on_progress)
+        clip_paths, sample_counts, label, on_progress=on_progress)
 
-  def score_waveforms(self, chunks, names, clip_samples, label='Scoring',
+  def score_waveforms(self, chunks, names, sample_counts, label='Scoring',
                       on_examples=None, on_clip=None, out=None):
     """Scores clips whose waveforms are made outside tf.data (tagging reads,
     mixes down and resamples them in Python); returns [num_clips,
     num_classes] float64 clip scores, NaN for each clip whose examples did
-    not all arrive (a clip_samples of None: one not read at all).
+    not all arrive (a sample_counts of None: one not read at all).
 
     chunks: a tf.data.Dataset of (clip index int32, index of the chunk's
     first example int32, [samples] float32 44.1 kHz mono waveform, example
-    count int32), one element per chunk of features.chunk_bounds(clip_samples
+    count int32), one element per chunk of features.chunk_bounds(sample_counts
     of the clip): the samples [start, end) of the clip, of which `count`
     examples are kept, exactly what inputs.scoring_dataset makes from a
     16-bit file, so the examples are those of the whole-clip framing.
@@ -211,18 +223,18 @@ class Scorer:
     batches = inputs.without_autotuning(
         waveform_examples(chunks, self.hparams).batch(self.batch_size)
         .prefetch(tf.data.AUTOTUNE))
-    return self._score(batches, names, clip_samples, label,
+    return self._score(batches, names, sample_counts, label,
                        on_examples=on_examples, on_clip=on_clip, out=out,
                        partial=True)
 
-  def _score(self, batches, names, clip_samples, label, on_progress=None,
+  def _score(self, batches, names, sample_counts, label, on_progress=None,
              on_examples=None, on_clip=None, out=None, partial=False):
     """The loop: batches of (examples, clip index[, example index]) ->
     [num_clips, num_classes] mean scores, checked finite, and complete
     unless partial (then NaN for an incomplete clip)."""
     expected = np.array([0 if n is None else
                          features.num_examples(n, self.hparams)
-                         for n in clip_samples], dtype=np.int64)
+                         for n in sample_counts], dtype=np.int64)
     total = int(expected.sum())
     sums = np.zeros((len(names), self.num_classes))
     counts = np.zeros(len(names), dtype=np.int64)

@@ -24,18 +24,15 @@ def labels_csv(fnames, class_names, labels):
   return out.getvalue()
 
 
-def relabel(model_name, hparams, class_names, rows, clip_dir, clip_samples,
+def relabel(model_name, hparams, class_names, rows, clip_dir, sample_counts,
             checkpoint_path, output_path, keep_threshold, add_threshold,
             engine=None):
   """rows: the CSV's (fname, labels), checked; engine: a tflite_engine.Engine."""
-  scorer = scoring.Scorer(model_name, len(class_names), hparams,
-                          engine=engine)
-  statistics = scorer.load(checkpoint_path)
-  print('Relabelling with %s (batch-norm statistics: %s%s)' % (
-      scorer.source, statistics, scorer.engine_note()))
+  scorer = scoring.open_scorer(model_name, len(class_names), hparams,
+                               checkpoint_path, engine, 'Relabelling with')
   fnames = [fname for fname, _ in rows]
   scores = scorer.score([os.path.join(clip_dir, f) for f in fnames],
-                        clip_samples, label='relabel')
+                        sample_counts, label='relabel')
   labels, counts = noisy_labels.relabel(
       files.label_matrix(rows, class_names), scores, keep_threshold,
       add_threshold)

@@ -1,7 +1,7 @@
 """Tagging (--mode tag): the top classes of any audio file libsndfile
 reads, and optionally a timeline of the scores of each of its examples.
 
-Each file is read a block at a time by audio.Source (decoded by
+Each file is read a block at a time by audio.BlockReader (decoded by
 libsndfile, any number of channels mixed down to mono, resampled to
 44.1 kHz by soxr), and cut by the Reader into the chunks the scoring
 pipeline cuts a 16-bit clip into (features.chunk_bounds), kept as float
@@ -69,10 +69,10 @@ class Reader:
         continue
       if clip.note:
         self.notes[i] = clip.note
-      self.sources.append(audio.Source(path, clip))
+      self.sources.append(audio.BlockReader(path, clip))
 
   @property
-  def clip_samples(self):
+  def sample_counts(self):
     """Each file's samples at 44.1 kHz; None for a file not read at all."""
     return [s.num_samples if s else None for s in self.sources]
 
@@ -197,19 +197,16 @@ def tag(model_name, hparams, class_names, paths, checkpoint_path, top_k,
   lines = _Lines(paths, class_names, top_k, failures, out, err)
   lines.release()  # the files before the first readable one
   num_examples = [features.num_examples(n or 0, hparams)
-                  for n in reader.clip_samples]
+                  for n in reader.sample_counts]
   timeline = (_Timeline(num_examples, len(class_names))
               if timeline_csv_path else None)
-  readable = [i for i, n in enumerate(reader.clip_samples) if n is not None]
+  readable = [i for i, n in enumerate(reader.sample_counts) if n is not None]
   if readable:
-    scorer = scoring.Scorer(model_name, len(class_names), hparams,
-                            engine=engine)
-    statistics = scorer.load(checkpoint_path)
-    print('Tagging %d files with %s (batch-norm statistics: %s%s)' % (
-        len(readable), scorer.source, statistics, scorer.engine_note()),
-          file=err, flush=True)
+    scorer = scoring.open_scorer(
+        model_name, len(class_names), hparams, checkpoint_path, engine,
+        'Tagging %d files with' % len(readable), out=err)
     scores = scorer.score_waveforms(
-        reader.dataset(), paths, reader.clip_samples, label='tag',
+        reader.dataset(), paths, reader.sample_counts, label='tag',
         on_examples=timeline.add if timeline else None, on_clip=lines.done,
         out=err)
     for i in readable:

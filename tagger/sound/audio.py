@@ -1,7 +1,7 @@
 """Audio files in any format libsndfile reads (WAV, RF64, FLAC, Ogg Vorbis,
 Opus, MP3, AIFF, ...), for every mode: what a file holds (inspect, read
 before any work starts) and its samples as a 44.1 kHz mono waveform, a
-block at a time (Source).
+block at a time (BlockReader).
 
 A 44.1 kHz mono 16-bit PCM WAV file, as FSDKaggle2019's clips are, is not
 decoded here: inspect gives the byte offset of its samples (wav.py), and
@@ -243,7 +243,7 @@ def write_pcm16(path, pcm, rate=SAMPLE_RATE):
   soundfile.write(path, pcm, rate, subtype='PCM_16', format='WAV')
 
 
-class Source:
+class BlockReader:
   """One file as a 44.1 kHz mono waveform of num_samples(clip) samples,
   read a block at a time, in any order: a block is resampled from the
   input frames it spans and RESAMPLING_MARGIN_SECONDS either side,
