@@ -87,8 +87,13 @@ def interpreter(model, threads=None):
   except (ValueError, RuntimeError) as e:
     raise UserError('%s: LiteRT cannot run it (%s)' % (
         model if isinstance(model, str) else 'the converted model',
-        (str(e).strip().splitlines() or [type(e).__name__])[0])) from None
+        first_line(e))) from None
   return made
+
+
+def first_line(error):
+  """An exception's first line (LiteRT's and the converter's run long)."""
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 class Runner:
@@ -141,34 +146,31 @@ def graph_mismatch(made, entry, path):
 
 # --- conversion -------------------------------------------------------------
 
-def _frozen_module(inference_model, hparams):
-  """serving_default examples -> logits with the weights as constants
-  (TFLite's converter would keep Keras 3 variables, read uninitialised)."""
+def frozen(function, spec, outputs):
+  """A module whose serve(spec) is the concrete `function` with the weights
+  as constants (TFLite's converter would keep Keras 3 variables, which its
+  interpreter reads uninitialised); outputs maps the frozen function's flat
+  results to serve's dict."""
   import tensorflow as tf
   from tensorflow.python.framework import convert_to_constants
-  from tagger.sound import features
-  frames, _ = features.example_geometry(hparams)
-  spec = tf.TensorSpec([None, frames, hparams.mel_bands], tf.float32,
-                       name='examples')
-  function = tf.function(
-      lambda x: inference_model(x, training=False)).get_concrete_function(spec)
-  frozen = convert_to_constants.convert_variables_to_constants_v2(function)
+  constant = convert_to_constants.convert_variables_to_constants_v2(function)
   module = tf.Module()
-  module.serve = tf.function(lambda examples: {'logits': frozen(examples)[0]},
+  module.serve = tf.function(lambda x: outputs(constant(x)),
                              input_signature=[spec])
   return module
 
 
-def convert(inference_model, hparams, quantize, calibration=None):
-  """The model part as TFLite bytes (no metadata yet). calibration: the
-  [n, frames, bands] examples int8 is calibrated on."""
+def to_tflite(module, failure, quantize='none', calibration=None):
+  """module.serve as TFLite bytes of built-in ops (int8 ones for int8,
+  calibrated on `calibration`, one input batch each); UserError beginning
+  with `failure` if the converter fails."""
   import tensorflow as tf
   from tagger.core import runtime
-  module = _frozen_module(inference_model, hparams)
   with tempfile.TemporaryDirectory() as tmp:
     tf.saved_model.save(module, tmp,
                         signatures={'serving_default': module.serve})
     converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize != 'none':
       converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == 'int8':
@@ -181,9 +183,22 @@ def convert(inference_model, hparams, quantize, calibration=None):
       with runtime.quiet_stderr(), runtime.quiet_stdout():
         return converter.convert()
     except Exception as e:  # the converter raises several kinds
-      raise UserError('TFLite conversion (%s) failed: %s' % (
-          quantize, (str(e).strip().splitlines() or [type(e).__name__])[0]
-      )) from None
+      raise UserError('%s failed: %s' % (failure, first_line(e))) from None
+
+
+def convert(inference_model, hparams, quantize, calibration=None):
+  """The model part (examples -> logits) as TFLite bytes, no metadata yet.
+  calibration: the [n, frames, bands] examples int8 is calibrated on."""
+  import tensorflow as tf
+  from tagger.sound import features
+  frames, _ = features.example_geometry(hparams)
+  spec = tf.TensorSpec([None, frames, hparams.mel_bands], tf.float32,
+                       name='examples')
+  function = tf.function(
+      lambda x: inference_model(x, training=False)).get_concrete_function(spec)
+  module = frozen(function, spec, lambda results: {'logits': results[0]})
+  return to_tflite(module, 'TFLite conversion (%s)' % quantize, quantize,
+                   calibration)
 
 
 # --- metadata ---------------------------------------------------------------

@@ -66,7 +66,6 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework import convert_to_constants
 
 from tagger.sound import audio
 from tagger.sound import features
@@ -124,39 +123,15 @@ class Tagger(tf.Module):
     return {'class_names': self._class_names}
 
 
-class _Frozen(tf.Module):
-  """serving_default with the weights as constants: TFLite's converter
-  keeps Keras 3 variables as resource variables, which its interpreter then
-  reads uninitialised."""
-
-  def __init__(self, tagger):
-    super().__init__()
-    function = tagger.serve.get_concrete_function()
-    self._structure = function.structured_outputs
-    self._frozen = convert_to_constants.convert_variables_to_constants_v2(
-        function)
-
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.float32,
-                                              name='waveform')])
-  def serve(self, waveform):
-    return tf.nest.pack_sequence_as(self._structure,
-                                    self._frozen(waveform))
-
-
 def write_tflite(tagger, path):
   """model.tflite of serving_default, built-in ops only."""
-  frozen = _Frozen(tagger)
-  with tempfile.TemporaryDirectory() as tmp:
-    tf.saved_model.save(frozen, tmp,
-                        signatures={'serving_default': frozen.serve})
-    converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    try:
-      model = converter.convert()
-    except Exception as e:  # the converter raises several kinds
-      raise UserError('export: TFLite conversion failed: %s' % (
-          str(e).strip().splitlines() or [type(e).__name__])[0]) from None
-  _write_file(path, model)
+  function = tagger.serve.get_concrete_function()
+  module = tflite_engine.frozen(
+      function, tf.TensorSpec([None], tf.float32, name='waveform'),
+      lambda results: tf.nest.pack_sequence_as(function.structured_outputs,
+                                               results))
+  _write_file(path, tflite_engine.to_tflite(module,
+                                            'export: TFLite conversion'))
 
 
 def tflite_ops(path):
