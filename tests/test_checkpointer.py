@@ -1,4 +1,4 @@
-"""train.Checkpointer, the work at each checkpoint, on its own: statistics
+"""train.state_lib.Checkpointer, the work at each checkpoint, on its own: statistics
 recomputed before the save, a killed save's leftovers removed, the chief
 alone writing into train_dir, one save per step, the finished marker."""
 
@@ -28,14 +28,14 @@ class _Batches:
 
 
 def _checkpointer(folder, chief=True):
-  state = train.TrainingState('crnn', params.parse_hparams(
+  state = train.state_lib.TrainingState('crnn', params.parse_hparams(
       'batch_size=4,crnn_filters=4'), 80, None)
   directory = str(folder) if chief else str(folder / '.worker-1')
   manager = tf.train.CheckpointManager(state.checkpoint, directory,
                                        max_to_keep=None,
                                        checkpoint_name=checkpoints.NAME)
   batches = _Batches()
-  return train.Checkpointer(state, manager, str(folder), batches, chief), \
+  return train.state_lib.Checkpointer(state, manager, str(folder), batches, chief), \
       state, batches
 
 

@@ -233,14 +233,14 @@ def test_mixed_precision_computes_in_its_dtype(precision, dtype):
   convolutions' weights."""
   from tagger.core import params
   import train
-  state = train.TrainingState('crnn', params.parse_hparams(
+  state = train.state_lib.TrainingState('crnn', params.parse_hparams(
       CRNN + ',' + precision), 5, 0)
   model = state.model
   assert {model.get_layer(name).compute_dtype for name in (
       'conv1', 'conv4', 'gru')} == {dtype}
   assert model.get_layer('logits').compute_dtype == 'float32'
   assert {v.dtype for v in model.weights} == {'float32'}
-  step = train.make_train_step(
+  step = train.step_lib.make_train_step(
       model, lambda labels, logits: 1e-7 * state.loss_fn(labels, logits),
       state.variables, state.optimizer, state.step)
   kernels = [v for name in ('conv1', 'conv4')

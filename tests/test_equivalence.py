@@ -62,11 +62,11 @@ def test_training_step_matches_plain_model(data):
       num_clips=4).take(3))
   ours, plain = _same_start(hparams)
 
-  loss_fn, _ = train.make_loss(hparams, NUM_CLASSES)
-  optimizer = train.make_optimizer(hparams, 0)
+  loss_fn, _ = train.step_lib.make_loss(hparams, NUM_CLASSES)
+  optimizer = train.step_lib.make_optimizer(hparams, 0)
   optimizer.build(ours.trainable_variables)
   step = tf.Variable(0, dtype=tf.int64)
-  fast_step = train.make_train_step(ours, loss_fn, ours.trainable_variables,
+  fast_step = train.step_lib.make_train_step(ours, loss_fn, ours.trainable_variables,
                                     optimizer, step)
 
   plain_optimizer = tf.keras.optimizers.Adam(1e-4, epsilon=1e-3)

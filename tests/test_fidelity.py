@@ -221,11 +221,11 @@ def _one_input_bn_step(hparams_text, examples):
   import train
   hparams = params.parse_hparams(hparams_text)
   net = model.build_model('crnn', 5, hparams)
-  loss_fn, _ = train.make_loss(hparams, 5)
-  optimizer = train.make_optimizer(hparams, 0)
+  loss_fn, _ = train.step_lib.make_loss(hparams, 5)
+  optimizer = train.step_lib.make_optimizer(hparams, 0)
   optimizer.build(net.trainable_variables)
   step = tf.Variable(0, dtype=tf.int64)
-  train.make_train_step(net, loss_fn, net.trainable_variables, optimizer,
+  train.step_lib.make_train_step(net, loss_fn, net.trainable_variables, optimizer,
                         step)(examples, np.zeros((len(examples), 5),
                                                  np.float32))
   return net.get_layer('input_bn').moving_mean.numpy()
@@ -267,7 +267,7 @@ def test_sgd_momentum_nesterov_and_inverse_time_decay(text, momentum,
   hparams = params.parse_hparams(text + ',lr=%s' % lr)
   w0 = np.array([1.0, -2.0, 0.5])
   variable = keras.Variable(w0.astype(np.float32))
-  optimizer = train.make_optimizer(hparams, 0)
+  optimizer = train.step_lib.make_optimizer(hparams, 0)
   optimizer.build([variable])
   rng = np.random.default_rng(2)
   gradients = [rng.normal(0, 1, 3) for _ in range(6)]

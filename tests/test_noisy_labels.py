@@ -227,7 +227,7 @@ def test_bootstrap_hard_thresholds_above_one_half():
 def test_bce_is_the_training_loss_of_train_py(lsmooth):
   import train
   hparams = params.parse_hparams('lsmooth=%s' % lsmooth)
-  loss_fn, head = train.make_loss(hparams, LOGITS.shape[1])
+  loss_fn, head = train.step_lib.make_loss(hparams, LOGITS.shape[1])
   assert head is None
   labels, logits = (tf.constant(LABELS, tf.float32),
                     tf.constant(LOGITS, tf.float32))

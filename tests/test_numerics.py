@@ -27,11 +27,11 @@ def _by_path(net):
 
 def _one_train_step(net, hparams, examples, labels):
   """One step of train.py's compiled step with its loss and optimizer."""
-  loss_fn, _ = train.make_loss(hparams, NUM_CLASSES)
-  optimizer = train.make_optimizer(hparams, 0)
+  loss_fn, _ = train.step_lib.make_loss(hparams, NUM_CLASSES)
+  optimizer = train.step_lib.make_optimizer(hparams, 0)
   optimizer.build(net.trainable_variables)
   step = tf.Variable(0, dtype=tf.int64)
-  train_step = train.make_train_step(net, loss_fn, net.trainable_variables,
+  train_step = train.step_lib.make_train_step(net, loss_fn, net.trainable_variables,
                                      optimizer, step)
   loss, finite = train_step(tf.constant(examples), tf.constant(labels))
   assert bool(finite) and int(step) == 1

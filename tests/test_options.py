@@ -138,7 +138,7 @@ def test_noisy_source_loss_follows_its_hparams(name, hparam, value):
   labels = (rng.random((8, 10)) < 0.3).astype(np.float32)
   logits = (2 * rng.standard_normal((8, 10))).astype(np.float32)
   noisy = np.array([0, 1, 1, 0, 1, 0, 1, 1], np.float32)
-  loss_fn, head = train.make_sources_loss(hparams)
+  loss_fn, head = train.step_lib.make_sources_loss(hparams)
   assert head is None
   got = float(loss_fn((labels, noisy), logits))
   x = logits.astype(np.float64)
@@ -166,7 +166,7 @@ def recorded_checkpoint(tmp_path_factory):
   train_dir.mkdir()
   hparams = _hparams('crnn_filters=2,mel_bands=64,batch_size=2,seed=3')
   keras.utils.set_random_seed(3)
-  state = train.TrainingState('crnn', hparams, len(read_class_names()), None)
+  state = train.state_lib.TrainingState('crnn', hparams, len(read_class_names()), None)
   state.step.assign(3)
   prefix = str(train_dir / 'model.ckpt-3')
   state.checkpoint.write(prefix)
@@ -430,7 +430,7 @@ def test_device_examples_follow_the_feature_hparams(two_sources):
   (crops, frames), (labels, noisy) = _device_batch(two_sources, hparams)
   assert crops.shape == (5, (50 - 1) * 441 + 882)
   assert labels.shape == (5, 80) and noisy.shape == (5,)
-  got = train.device_features(hparams)((crops, frames)).numpy()
+  got = train.state_lib.device_features(hparams)((crops, frames)).numpy()
   expected = _np_crop_examples(crops, frames, hparams)
   assert got.shape == expected.shape == (5, 50, 64)
   np.testing.assert_allclose(got, expected, atol=5e-5, rtol=0)
@@ -440,7 +440,7 @@ def test_device_examples_follow_the_feature_hparams(two_sources):
 
 def _device_state(hparams):
   import train
-  return train.TrainingState('crnn', hparams, 80, None, features_on='device')
+  return train.state_lib.TrainingState('crnn', hparams, 80, None, features_on='device')
 
 
 def test_device_step_sets_spec_augment_masks(two_sources):
@@ -692,7 +692,7 @@ def test_a_moving_statistics_run_saves_no_precise_statistics(tmp_path):
   saved = {}
   for kind in ('moving', 'precise'):
     hparams = _hparams('crnn_filters=2,bn_stats=%s,seed=1' % kind)
-    state = train.TrainingState('crnn', hparams, 80, None)
+    state = train.state_lib.TrainingState('crnn', hparams, 80, None)
     prefix = str(tmp_path / kind / 'model.ckpt-0')
     state.checkpoint.write(prefix)
     saved[kind] = prefix
@@ -824,10 +824,10 @@ def test_warm_start_loads_the_included_scopes(recorded_checkpoint):
   hparams = _hparams('crnn_filters=2,mel_bands=64,batch_size=2,seed=4,'
                      'warmstart=1')
   keras.utils.set_random_seed(4)
-  state = train.TrainingState('crnn', hparams, len(read_class_names()), None)
+  state = train.state_lib.TrainingState('crnn', hparams, len(read_class_names()), None)
   initial = {v.path: v.numpy() for v in state.variables}
   with contextlib.redirect_stdout(io.StringIO()):
-    resumed = train.restore_or_warm_start(
+    resumed = train.state_lib.restore_or_warm_start(
         state, os.path.join(recorded_checkpoint['train_dir'], 'none'),
         'crnn', hparams, recorded_checkpoint['prefix'], ['conv1', 'gru'],
         ['gru'])

@@ -98,7 +98,7 @@ def test_resume_continues_step_count(tmp_path, dataset, crnn_bce3):
                     n for n in names if not n.startswith('events.')]
 
 
-# --- warm start (train.warm_start on a fresh model) -------------------------
+# --- warm start (train.state_lib.warm_start on a fresh model) -------------------------
 
 @pytest.fixture
 def fresh_mobilenet(parse_hparams):
@@ -110,7 +110,7 @@ def fresh_mobilenet(parse_hparams):
 
 def _warm_start(net, checkpoint, include, exclude, capsys):
   import train
-  restored = train.warm_start(net.trainable_variables, checkpoint, include,
+  restored = train.state_lib.warm_start(net.trainable_variables, checkpoint, include,
                               exclude)
   out = capsys.readouterr().out
   assert 'Warm-started %d variables from %s:' % (len(restored),
@@ -188,7 +188,7 @@ def test_warm_start_nothing_matched(mobilenet_train, fresh_mobilenet):
   net, initial = fresh_mobilenet
   with pytest.raises(files.UserError, match="scope 'nope' matches no "
                      'variable of this model'):
-    train.warm_start(net.trainable_variables, mobilenet_train['checkpoint'],
+    train.state_lib.warm_start(net.trainable_variables, mobilenet_train['checkpoint'],
                      ['nope'], [])
   for v in net.weights:
     np.testing.assert_array_equal(v.numpy(), initial[v.path])
@@ -292,14 +292,14 @@ def test_label_smoothing_bce(parse_hparams):
   rng = np.random.default_rng(0)
   labels = (rng.random((6, 80)) < 0.1).astype(np.float32)
   logits = (3 * rng.standard_normal((6, 80))).astype(np.float32)
-  loss_fn, head = train.make_loss(parse_hparams('lsmooth=0.3'), 80)
+  loss_fn, head = train.step_lib.make_loss(parse_hparams('lsmooth=0.3'), 80)
   assert head is None
   got = float(loss_fn(labels, logits))
   x = logits.astype(np.float64)
   z = labels * 0.7 + 0.15
   expected = np.mean(np.maximum(x, 0) - x * z + np.log1p(np.exp(-np.abs(x))))
   assert got == pytest.approx(expected, rel=1e-5)
-  plain, _ = train.make_loss(parse_hparams(''), 80)
+  plain, _ = train.step_lib.make_loss(parse_hparams(''), 80)
   assert abs(float(plain(labels, logits)) - expected) > 1e-3
 
 
@@ -307,7 +307,7 @@ def test_label_smoothing_bce(parse_hparams):
 def test_lr_decay_staircase(parse_hparams, decay_epochs, period):
   import keras
   import train
-  optimizer = train.make_optimizer(parse_hparams(
+  optimizer = train.step_lib.make_optimizer(parse_hparams(
       'lr=0.1,lrdecay=0.5,decay_epochs=%s' % decay_epochs), 3)
   optimizer.build([keras.Variable(np.zeros(2, np.float32))])
   for it in range(13):
@@ -362,7 +362,7 @@ def _summaries(train_dir):
 def test_no_lr_decay_by_default(parse_hparams):
   import keras
   import train
-  optimizer = train.make_optimizer(parse_hparams('lr=0.1'), 3)
+  optimizer = train.step_lib.make_optimizer(parse_hparams('lr=0.1'), 3)
   optimizer.build([keras.Variable(np.zeros(2, np.float32))])
   optimizer.iterations.assign(1000)
   assert float(optimizer.learning_rate) == pytest.approx(0.1)
@@ -416,7 +416,7 @@ GRADIENTS = [[0.5, -0.1, 2.0, 1e-8, -3e-8],
 ])
 def test_adam_steps_match_numpy(parse_hparams, flags, lr, eps):
   import train
-  optimizer = train.make_optimizer(parse_hparams(flags), 0)
+  optimizer = train.step_lib.make_optimizer(parse_hparams(flags), 0)
   got = _apply(optimizer, W0, GRADIENTS)
   want = reference.np_adam(W0, GRADIENTS, lr, eps)
   # float32 arithmetic: ~1e-6 on weights of order 1 after steps of 0.1;
@@ -434,7 +434,7 @@ def test_adam_steps_match_numpy(parse_hparams, flags, lr, eps):
                                       ('opt=sgd', 1e-4)])
 def test_sgd_steps_match_numpy(parse_hparams, flags, lr):
   import train
-  optimizer = train.make_optimizer(parse_hparams(flags), 0)
+  optimizer = train.step_lib.make_optimizer(parse_hparams(flags), 0)
   got = _apply(optimizer, W0, GRADIENTS)
   w = np.array(W0)
   for step, (g, value) in enumerate(zip(GRADIENTS, got), start=1):
@@ -466,7 +466,7 @@ def test_mfom_eer_embed_loss_matches_numpy(parse_hparams, lsmooth):
   import train
   labels, logits = _loss_batch(0)
   labels[-1] = 0.0  # no positive: excluded
-  loss_fn, _ = train.make_loss(parse_hparams(
+  loss_fn, _ = train.step_lib.make_loss(parse_hparams(
       'loss=mfom_eer_embed,lsmooth=%s' % lsmooth), 80)
   got = float(loss_fn(labels, logits))
   scores = reference.np_sigmoid(logits)
@@ -485,7 +485,7 @@ def test_layer_mfom_losses_match_numpy(parse_hparams, loss, np_fn):
   sigmoid scores."""
   import train
   labels, logits = _loss_batch(1)
-  loss_fn, _ = train.make_loss(parse_hparams('loss=' + loss), 80)
+  loss_fn, _ = train.step_lib.make_loss(parse_hparams('loss=' + loss), 80)
   got = float(loss_fn(labels, logits))
   y = labels.astype(np.float64)
   want = np_fn(y, reference.np_l(y, reference.np_sigmoid(logits)))
@@ -496,7 +496,7 @@ def test_layer_mfom_losses_match_numpy(parse_hparams, loss, np_fn):
 def test_bce_loss_matches_numpy(parse_hparams):
   import train
   labels, logits = _loss_batch(2)
-  loss_fn, _ = train.make_loss(parse_hparams(''), 80)
+  loss_fn, _ = train.step_lib.make_loss(parse_hparams(''), 80)
   assert float(loss_fn(labels, logits)) == pytest.approx(
       _np_bce(labels, logits), rel=1e-6)
 
@@ -555,10 +555,10 @@ def test_epoch_num_batches_sets_the_default_length(tmp_path, dataset,
 # --- resume after divergence ------------------------------------------------
 
 def _snapshot_first_step(monkeypatch, snapshots):
-  """Wraps train.make_train_step so that the model's weights, the step and
+  """Wraps train.step_lib.make_train_step so that the model's weights, the step and
   the optimizer's learning rate are recorded just before the first step."""
   import train
-  real = train.make_train_step
+  real = train.step_lib.make_train_step
 
   def make_train_step(model, loss_fn, variables, optimizer, step, *args):
     train_step = real(model, loss_fn, variables, optimizer, step, *args)
@@ -573,7 +573,7 @@ def _snapshot_first_step(monkeypatch, snapshots):
       return train_step(examples, labels)
     return first_recorded
 
-  monkeypatch.setattr(train, 'make_train_step', make_train_step)
+  monkeypatch.setattr(train.step_lib, 'make_train_step', make_train_step)
 
 
 def test_resume_after_divergence_from_last_good_checkpoint(
@@ -587,7 +587,7 @@ def test_resume_after_divergence_from_last_good_checkpoint(
   import train
   train_dir = str(tmp_path / 'train')
   shutil.copytree(crnn_bce3, train_dir)
-  real_make_loss = train.make_loss
+  real_make_loss = train.step_lib.make_loss
 
   def make_loss_nan_from_third_call(hparams, num_classes):
     loss_fn, head = real_make_loss(hparams, num_classes)
@@ -600,7 +600,7 @@ def test_resume_after_divergence_from_last_good_checkpoint(
     return loss, head
 
   with monkeypatch.context() as patch:
-    patch.setattr(train, 'make_loss', make_loss_nan_from_third_call)
+    patch.setattr(train.step_lib, 'make_loss', make_loss_nan_from_third_call)
     with pytest.raises(files.UserError, match='diverged at step 6'):
       _train(dataset, 'crnn', BASE, train_dir, 20)
   steps_on_disk = sorted(n for n in os.listdir(train_dir)
@@ -858,7 +858,7 @@ def test_schedule_against_the_closed_form(text, max_steps):
   from tagger.core import params
   import train
   hparams = params.parse_hparams('lr=0.003,' + text)
-  state = train.TrainingState('crnn', hparams, 80, None, max_steps=max_steps)
+  state = train.state_lib.TrainingState('crnn', hparams, 80, None, max_steps=max_steps)
   # From the text, with the documented defaults: no warm-up, a floor of 0,
   # the horizon at max_steps.
   given = dict(item.split('=') for item in text.split(','))
@@ -887,7 +887,7 @@ def test_cosine_decay_needs_a_horizon():
   import train
   from tagger.core import files
   with pytest.raises(files.UserError, match='decay_horizon or --max_steps'):
-    train.TrainingState('crnn', params.parse_hparams(
+    train.state_lib.TrainingState('crnn', params.parse_hparams(
         'cosine_decay=1,warmup_steps=50'), 80, None, max_steps=40)
   with pytest.raises(ValueError, match='not with lrdecay'):
     params.parse_hparams('cosine_decay=1,lrdecay=0.9')

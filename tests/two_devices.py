@@ -42,7 +42,7 @@ def steps_in(model_name, text, mode):
   the step and every weight afterwards."""
   hparams = params.parse_hparams(text)
   strategy = mirrored() if mode == 'mirrored' else tf.distribute.get_strategy()
-  state = train.TrainingState(model_name, hparams, NUM_CLASSES, 0, strategy)
+  state = train.state_lib.TrainingState(model_name, hparams, NUM_CLASSES, 0, strategy)
   rng = np.random.default_rng(0)
   start = rng.normal(0, 0.1, sum(int(np.prod(v.shape))
                                  for v in state.model.weights))
@@ -59,7 +59,7 @@ def steps_in(model_name, text, mode):
   batches = [(rng.normal(-2, 1, (size, 100, hparams.mel_bands)).astype(
       np.float32), (rng.random((size, NUM_CLASSES)) < 0.3).astype(np.float32))
              for _ in range(3)]
-  step = train.make_train_step(state.model, state.loss_fn, state.variables,
+  step = train.step_lib.make_train_step(state.model, state.loss_fn, state.variables,
                                state.optimizer, state.step, strategy)
   half = size // 2
 

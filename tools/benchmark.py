@@ -63,6 +63,8 @@ from tagger.engines import scoring  # noqa: E402
 from tagger.sound import synthetic  # noqa: E402
 from tagger.engines import tflite_engine  # noqa: E402
 import train  # noqa: E402
+from tagger.training import state as state_lib  # noqa: E402
+from tagger.training import step as step_lib  # noqa: E402
 
 TEST_SET_CLIPS = 4481
 TEST_SET_HOURS = 12.9
@@ -209,8 +211,8 @@ def plain_train_rate(num_classes, hparams, repeats):
   examples = tf.random.normal([hparams.batch_size, frames, hparams.mel_bands])
   labels = tf.cast(tf.random.uniform([hparams.batch_size, num_classes]) < 0.02,
                    tf.float32)
-  loss_fn, _ = train.make_loss(hparams, num_classes)
-  optimizer = train.make_optimizer(hparams, 0)
+  loss_fn, _ = step_lib.make_loss(hparams, num_classes)
+  optimizer = step_lib.make_optimizer(hparams, 0)
 
   @tf.function
   def step():
@@ -232,8 +234,8 @@ def pipeline_train_rate(data, class_names, hparams, warmup, repeats,
   dataset = train._dataset(strategy, [inputs.Source(
       data['train_csv'], data['train_clip_dir'])], class_names, hparams, None,
                            seed=1)
-  state = train.TrainingState(MODEL, hparams, len(class_names), 0, strategy)
-  train_step = train.make_train_step(state.model, state.loss_fn,
+  state = state_lib.TrainingState(MODEL, hparams, len(class_names), 0, strategy)
+  train_step = step_lib.make_train_step(state.model, state.loss_fn,
                                      state.variables, state.optimizer,
                                      state.step, strategy)
   batches = iter(dataset)
