@@ -122,11 +122,10 @@ def check_ok(result):
   return result
 
 
-def write_pcm_wav(path, samples, rate=SAMPLE_RATE, channels=1):
-  """16-bit PCM WAV of int16 samples (interleaved when channels > 1)."""
+def write_pcm_wav(path, samples, rate=SAMPLE_RATE):
+  """A mono 16-bit PCM WAV of int16 samples."""
   from tagger.sound import audio
-  audio.write_pcm16(str(path), np.asarray(samples, np.int16).reshape(
-      -1, channels), rate)
+  audio.write_pcm16(str(path), np.asarray(samples, np.int16), rate)
 
 
 def write_audio(path, samples, rate=SAMPLE_RATE, **kwargs):
