@@ -273,6 +273,13 @@ def _convert(text, kind):
 
 
 def _check(hparams):
+  _check_values(hparams)
+  _check_combinations(hparams)
+  _check_geometry(hparams)
+
+
+def _check_values(hparams):
+  """Each hparam alone: its choices, range or sign."""
   for name, allowed in _CHOICES.items():
     if getattr(hparams, name) not in allowed:
       raise ValueError('hparam %s=%s: must be one of %s' % (
@@ -297,6 +304,11 @@ def _check(hparams):
     if getattr(hparams, name) < 0:
       raise ValueError('hparam %s=%s: must not be negative' % (
           name, getattr(hparams, name)))
+
+
+def _check_combinations(hparams):
+  """Schedules, optimizers, losses and front ends that do not go together,
+  then the rest of the single values."""
   if hparams.lrdecay > 0 and hparams.inverse_time_decay > 0:
     raise ValueError('hparams lrdecay and inverse_time_decay: choose one '
                      'learning-rate decay')
@@ -340,7 +352,6 @@ def _check(hparams):
     if getattr(hparams, name) not in (0, 1):
       raise ValueError('hparam %s=%s: must be 0 or 1' % (
           name, getattr(hparams, name)))
-  _check_geometry(hparams)
 
 
 def _kinds():
