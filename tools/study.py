@@ -442,7 +442,7 @@ def link_checkpoints(folder, steps, name):
     os.remove(os.path.join(links, entry))
   for step in steps:
     prefix = checkpoint_prefix(folder, step)
-    paths = sorted(checkpoints.files_of(prefix))
+    paths = checkpoints.files_of(prefix)
     if prefix + '.index' not in paths or len(paths) < 2:  # index, shards
       raise StudyError('%s: training left no checkpoint %s; delete %s to '
                        'redo the run' % (name, prefix, folder))
