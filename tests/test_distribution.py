@@ -45,10 +45,10 @@ def two_devices(*args, check=True):
   return result
 
 
-def steps(model_name, text):
+def steps(model_name, text, weights='weights'):
   """two_devices.steps_in on one device, then on two replicas."""
-  lines = two_devices('steps', model_name, text,
-                      'none,mirrored').stdout.splitlines()
+  lines = two_devices('steps', model_name, text, 'none,mirrored',
+                      weights).stdout.splitlines()
   return [json.loads(line) for line in lines[-2:]]
 
 
@@ -85,7 +85,7 @@ def test_unsynchronized_batch_norm_is_not_the_single_device_run():
 def test_mirrored_mobilenet_first_step():
   """MobileNet's layer table at a quarter of its width (the same layers,
   depthwise convolutions and batch norms; a fifth of the time)."""
-  one, two = steps('mobilenet-v1', 'batch_size=4,width=0.25')
+  one, two = steps('mobilenet-v1', 'batch_size=4,width=0.25', 'losses')
   np.testing.assert_allclose(two['losses'][0], one['losses'][0], rtol=1e-5)
 
 

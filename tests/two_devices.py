@@ -2,7 +2,8 @@
 devices, for tests/test_distribution.py (the split must happen before
 TensorFlow starts, hence a process of its own).
 
-  python two_devices.py steps MODEL HPARAMS none,mirrored   (a JSON line each)
+  python two_devices.py steps MODEL HPARAMS none,mirrored [weights|losses]
+      (a JSON line each; with `losses`, no weights)
   python two_devices.py train TRAIN_CSV CLIP_DIR TRAIN_DIR HPARAMS MAX_STEPS
 """
 
@@ -30,16 +31,16 @@ def mirrored():
   return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
 
 
-def steps(model_name, text, modes):
+def steps(model_name, text, modes, weights='weights'):
   """steps_in for each of the comma-separated modes, in one process (a
   second process would pay TensorFlow's start-up again)."""
   for mode in modes.split(','):
-    steps_in(model_name, text, mode)
+    steps_in(model_name, text, mode, weights == 'weights')
 
 
-def steps_in(model_name, text, mode):
+def steps_in(model_name, text, mode, weights=True):
   """Three training steps on fixed batches from fixed weights; the losses,
-  the step and every weight afterwards."""
+  the step and (unless weights is False) every weight afterwards."""
   hparams = params.parse_hparams(text)
   strategy = mirrored() if mode == 'mirrored' else tf.distribute.get_strategy()
   state = train.state_lib.TrainingState(model_name, hparams, NUM_CLASSES, 0, strategy)
@@ -78,7 +79,7 @@ def steps_in(model_name, text, mode):
   print(json.dumps({
       'losses': losses, 'step': int(state.step.numpy()),
       'weights': {v.path: np.asarray(v.numpy()).tolist()
-                  for v in state.model.weights}}))
+                  for v in state.model.weights} if weights else None}))
 
 
 def train_run(train_csv, clip_dir, train_dir, text, max_steps, kinds=''):
