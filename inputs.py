@@ -236,8 +236,8 @@ def example_cache_size(sources, class_names, hparams, crops=False):
   its 16-bit samples and frame count) and float32 multi-hot labels."""
   count = sum(example_count(s.csv_path, s.clip_dir, class_names, hparams)
               for s in sources)
-  frames, _ = features.example_geometry(hparams)
-  each = (2 * features.crop_length(hparams) + 4 if crops else
+  frames = hparams.geometry.example_frames
+  each = (2 * hparams.geometry.crop_length + 4 if crops else
           4 * frames * hparams.mel_bands)
   return count, count * (each + 4 * len(class_names))
 

@@ -37,7 +37,7 @@ def build_model(model_name, num_classes, hparams, static=False):
   from tagger.sound import features
   from tagger.models.layers import initializer
   build = architecture(model_name).build
-  frames, _ = features.example_geometry(hparams)
+  frames = hparams.geometry.example_frames
   examples = keras.Input((frames, hparams.mel_bands), name='log_mel')
   x = examples
   if hparams.frontend == 'pcen':

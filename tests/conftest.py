@@ -147,9 +147,9 @@ def cut_in_half(path, dest):
 
 
 def write_check_clip(path, seconds, seed):
-  """A WAV file of export.check_waveform (recorded-sound dynamics)."""
-  from tagger.modes import export
-  write_pcm_wav(path, np.round(32768 * export.check_waveform(seconds,
+  """A WAV file of export_checks.check_waveform (recorded-sound dynamics)."""
+  from tagger.modes import export_checks
+  write_pcm_wav(path, np.round(32768 * export_checks.check_waveform(seconds,
                                                              seed=seed)))
 
 
@@ -404,7 +404,7 @@ QUIET_CALIBRATION_CLIPS = 4
 
 def _calibration_set(folder, data):
   """The training clips and QUIET_CALIBRATION_CLIPS clips of
-  export.check_waveform (seeds the export's check does not use). The
+  export_checks.check_waveform (seeds the export's check does not use). The
   synthetic clips never fall below their noise floor (log-mel about -4),
   while the check clips, like recordings, reach digital silence (-6.9):
   calibrated on the synthetic ones alone, int8 clips those quiet passages

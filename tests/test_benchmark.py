@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from tools import benchmark
+from tools import benchmark_engines
+from tools import benchmark_rates
 from tagger.core import params
 from tagger.engines import scoring
 
@@ -30,8 +32,8 @@ class Clock:
 def test_timed_is_the_mean_of_the_repeats_after_the_warmup(monkeypatch):
   calls = []
   # Warm-up calls happen before the first reading: 3 repeats in 6 s.
-  monkeypatch.setattr(benchmark.time, 'perf_counter', Clock(100.0, 106.0))
-  assert benchmark._timed(lambda: calls.append(1), 2, 3) == 2.0
+  monkeypatch.setattr(benchmark_rates.time, 'perf_counter', Clock(100.0, 106.0))
+  assert benchmark_rates.timed(lambda: calls.append(1), 2, 3) == 2.0
   assert len(calls) == 5
 
 
@@ -40,7 +42,7 @@ def test_training_data_fills_the_timed_steps(monkeypatch):
   monkeypatch.setattr(benchmark.make_demo_data, 'make_dataset',
                       lambda folder, **kw: made.update(kw) or {})
   hparams = params.HParams()
-  benchmark._training_data('/nowhere', 16, hparams, 7)
+  benchmark_rates.training_data('/nowhere', 16, hparams, 7)
   # ~24 examples a clip; the warm-up and timed steps (16 + 4) without an
   # epoch's wrap.
   assert made['num_train'] == math.ceil(20 * hparams.batch_size / 24) == 54
@@ -58,11 +60,11 @@ def test_pipeline_cpu_per_example(monkeypatch):
 
   monkeypatch.setattr(benchmark.files, 'read_labeled_csv',
                       lambda *a: [('a.wav', ()), ('b.wav', ()), ('c.wav', ())])
-  monkeypatch.setattr(benchmark.inputs, 'train_dataset', train_dataset)
-  monkeypatch.setattr(benchmark.time, 'process_time', Clock(10.0, 13.0))
-  monkeypatch.setattr(benchmark.time, 'perf_counter', Clock(100.0, 104.0))
+  monkeypatch.setattr(benchmark_rates.inputs, 'train_dataset', train_dataset)
+  monkeypatch.setattr(benchmark_rates.time, 'process_time', Clock(10.0, 13.0))
+  monkeypatch.setattr(benchmark_rates.time, 'perf_counter', Clock(100.0, 104.0))
   data = {'train_csv': 'train.csv', 'train_clip_dir': 'clips'}
-  cpu, rate = benchmark.pipeline_cpu_per_example(data, [], hparams, True,
+  cpu, rate = benchmark_rates.pipeline_cpu_per_example(data, [], hparams, True,
                                                  seed=None, batches=20)
   assert len(taken) == 21  # one untimed batch first
   assert asked == {'crops': True, 'seed': None, 'shuffle': 3}
@@ -87,14 +89,14 @@ def test_engine_ratios(monkeypatch, capsys):
 
   monkeypatch.setattr(benchmark.files, 'read_labeled_csv',
                       lambda *a: [('a.wav', ()), ('b.wav', ())])
-  monkeypatch.setattr(benchmark, 'plain_forward_rate',
+  monkeypatch.setattr(benchmark_rates, 'plain_forward_rate',
                       lambda n, hp, repeats, b: 4.0 * b)
-  monkeypatch.setattr(benchmark, 'inference_rate', inference_rate)
-  monkeypatch.setattr(benchmark, 'tflite_model_rates',
+  monkeypatch.setattr(benchmark_rates, 'inference_rate', inference_rate)
+  monkeypatch.setattr(benchmark_engines, 'tflite_model_rates',
                       lambda *a: {'int8, 2 threads': 9.0})
-  monkeypatch.setattr(benchmark, 'feature_rate', lambda *a: 123.0)
+  monkeypatch.setattr(benchmark_rates, 'feature_rate', lambda *a: 123.0)
   data = {'train_csv': 'train.csv', 'train_clip_dir': 'clips'}
-  rates, plain = benchmark.engine_ratios(data, ['x'] * 80, hparams, 'ckpt',
+  rates, plain = benchmark_engines.engine_ratios(data, ['x'] * 80, hparams, 'ckpt',
                                          '/tmp')
   sizes = (scoring.BATCH_SIZE, 32)
   assert plain == {b: 4.0 * b for b in sizes}
@@ -148,7 +150,7 @@ def test_main_prints_the_ratios_of_its_measurements(monkeypatch, capsys):
         clip_dir.rsplit('/', 1)[1]]
 
   for name, value in dict(
-      _training_data=lambda tmp, steps, hp, clips: {'clips': clips,
+      training_data=lambda tmp, steps, hp, clips: {'clips': clips,
                                                    'test_clip_dir': None},
       write_checkpoint=lambda path, n, hp: 'ckpt',
       plain_forward_rate=plain_forward_rate,
@@ -162,7 +164,9 @@ def test_main_prints_the_ratios_of_its_measurements(monkeypatch, capsys):
       precise_bn_seconds=lambda data, cn, hp: (5.0, 16.0),
       peak_rss_mib=peak_rss,
       engine_ratios=lambda *a: seen.update(engines=a)).items():
-    monkeypatch.setattr(benchmark, name, value)
+    owner = next(m for m in (benchmark, benchmark_rates, benchmark_engines)
+                 if hasattr(m, name))
+    monkeypatch.setattr(owner, name, value)
   monkeypatch.setattr(benchmark.runtime, 'use_one_inter_op_thread',
                       lambda: None)
   monkeypatch.setattr(benchmark.synthetic, 'make_clip', make_clip)
@@ -206,18 +210,17 @@ def test_plain_mobilenet_is_the_baselines_network(overrides):
   moving statistics after a training call, with the defaults and with the
   hparams it reads set otherwise."""
   import numpy as np
-  from tagger.sound import features
   import model as model_lib
   hparams = params.parse_hparams(overrides)
-  ours = model_lib.build_model(benchmark.MODEL, 80, hparams)
-  plain = benchmark.plain_mobilenet(80, hparams)
+  ours = model_lib.build_model(benchmark_rates.MODEL, 80, hparams)
+  plain = benchmark_rates.plain_mobilenet(80, hparams)
   rng = np.random.default_rng(0)
   # 1-D weights (batch norm's, the bias) positive: variances among them.
   weights = [rng.uniform(0.5, 1.5, w.shape) if w.ndim == 1 else
              rng.normal(0, 0.3, w.shape) for w in ours.get_weights()]
   ours.set_weights(weights)
   plain.set_weights(weights)
-  frames, _ = features.example_geometry(hparams)
+  frames = hparams.geometry.example_frames
   batch = rng.normal(-4, 2, (2, frames, hparams.mel_bands)).astype(np.float32)
   expected = np.asarray(ours(batch, training=False))
   assert np.abs(expected).max() > 1
@@ -239,10 +242,10 @@ def test_plain_forward_rate(monkeypatch):
     timed.append(fn().shape)  # the probabilities of one batch
     return 0.25
 
-  monkeypatch.setattr(benchmark, '_timed', once)
+  monkeypatch.setattr(benchmark_rates, 'timed', once)
   hparams = dataclasses.replace(params.HParams(), batch_size=3)
-  assert benchmark.plain_forward_rate(80, hparams, 8) == 3 / 0.25
-  assert benchmark.plain_forward_rate(80, hparams, 8, batch_size=2) == 8.0
+  assert benchmark_rates.plain_forward_rate(80, hparams, 8) == 3 / 0.25
+  assert benchmark_rates.plain_forward_rate(80, hparams, 8, batch_size=2) == 8.0
   assert timed == [(3, 80), (2, 80)]
 
 
@@ -256,8 +259,8 @@ def test_inference_rate_scores_every_example_into_a_submission(
   data = benchmark.make_demo_data.make_dataset(
       str(tmp_path / 'data'), num_train=0, num_validation=0, num_test=3,
       min_seconds=1.0, max_seconds=4.0, seed=3)
-  class_names = files.read_class_map(benchmark.CLASS_MAP)
-  checkpoint = benchmark.write_checkpoint(str(tmp_path / 'model.ckpt-0'), 80,
+  class_names = files.read_class_map(benchmark_rates.CLASS_MAP)
+  checkpoint = benchmark_rates.write_checkpoint(str(tmp_path / 'model.ckpt-0'), 80,
                                           hparams)
   sizes = []
   score = scoring.Scorer.score
@@ -268,7 +271,7 @@ def test_inference_rate_scores_every_example_into_a_submission(
 
   monkeypatch.setattr(scoring.Scorer, 'score', spy)
   out_csv = str(tmp_path / 'submission.csv')
-  rate, total = benchmark.inference_rate(data, class_names, hparams,
+  rate, total = benchmark_rates.inference_rate(data, class_names, hparams,
                                          checkpoint, out_csv, batch_size=5)
   clips = sorted(files.list_clips(data['test_clip_dir']))
   assert total == sum(features.num_examples(wav.read_header(
@@ -284,12 +287,12 @@ def test_inference_rate_scores_every_example_into_a_submission(
 
 def test_engines_only_measures_the_engines_alone(monkeypatch, capsys):
   called = []
-  monkeypatch.setattr(benchmark, '_training_data',
+  monkeypatch.setattr(benchmark_rates, 'training_data',
                       lambda tmp, steps, hp, clips: {'clips': clips})
-  monkeypatch.setattr(benchmark, 'write_checkpoint', lambda *a: 'ckpt')
-  monkeypatch.setattr(benchmark, 'engine_ratios',
+  monkeypatch.setattr(benchmark_rates, 'write_checkpoint', lambda *a: 'ckpt')
+  monkeypatch.setattr(benchmark_engines, 'engine_ratios',
                       lambda *a: called.append(a[::3]))
-  monkeypatch.setattr(benchmark, 'plain_forward_rate',
+  monkeypatch.setattr(benchmark_rates, 'plain_forward_rate',
                       lambda *a: pytest.fail('measured more than the engines'))
   monkeypatch.setattr(benchmark.runtime, 'use_one_inter_op_thread',
                       lambda: None)
@@ -305,12 +308,12 @@ def test_engines_only_measures_the_engines_alone(monkeypatch, capsys):
 def test_audio_only_measures_the_formats_and_resamplers_alone(monkeypatch,
                                                               capsys):
   called = []
-  monkeypatch.setattr(benchmark, '_training_data',
+  monkeypatch.setattr(benchmark_rates, 'training_data',
                       lambda tmp, steps, hp, clips: {'test_clip_dir': 'd'})
-  monkeypatch.setattr(benchmark, 'write_checkpoint', lambda *a: 'ckpt')
+  monkeypatch.setattr(benchmark_rates, 'write_checkpoint', lambda *a: 'ckpt')
   monkeypatch.setattr(benchmark.benchmark_audio, 'report',
                       lambda *a: called.append(a[0]))
-  monkeypatch.setattr(benchmark, 'plain_forward_rate',
+  monkeypatch.setattr(benchmark_rates, 'plain_forward_rate',
                       lambda *a: pytest.fail('measured more than audio'))
   monkeypatch.setattr(benchmark.runtime, 'use_one_inter_op_thread',
                       lambda: None)
@@ -431,20 +434,20 @@ def test_tflite_model_rates_time_each_model_alone(monkeypatch):
     assert len(ran) == before + 1  # one model's call
     return seconds.get(ran[-1][:2], 0.8)
 
-  monkeypatch.setattr(benchmark.scoring, 'Scorer', Scorer)
-  monkeypatch.setattr(benchmark.tflite_engine, 'Runner', runner)
-  monkeypatch.setattr(benchmark.tflite_engine, 'default_threads', lambda: 2)
-  monkeypatch.setattr(benchmark, '_tf_lite_runner',
+  monkeypatch.setattr(scoring, 'Scorer', Scorer)
+  monkeypatch.setattr(benchmark_engines.tflite_engine, 'Runner', runner)
+  monkeypatch.setattr(benchmark_engines.tflite_engine, 'default_threads', lambda: 2)
+  monkeypatch.setattr(benchmark_engines, '_tf_lite_runner',
                       lambda model, threads: runner(model + ' (tf)', threads))
-  monkeypatch.setattr(benchmark, '_timed', timed)
+  monkeypatch.setattr(benchmark_rates, 'timed', timed)
   monkeypatch.setattr(benchmark.files, 'read_labeled_csv',
                       lambda csv, clip_dir, names: [('a.wav', 0),
                                                     ('b.wav', 1)])
-  rates = benchmark.tflite_model_rates(
+  rates = benchmark_engines.tflite_model_rates(
       ['x', 'y'], params.HParams(), 'ckpt',
       {'train_csv': 'train.csv', 'train_clip_dir': '/clips'})
-  batch = benchmark.scoring.BATCH_SIZE
-  assert made['engine'] == benchmark.tflite_engine.Engine(
+  batch = scoring.BATCH_SIZE
+  assert made['engine'] == benchmark_engines.tflite_engine.Engine(
       'tflite', calibration_paths=('/clips/a.wav', '/clips/b.wav'))
   assert made['checkpoint'] == 'ckpt'
   assert rates == {
@@ -455,7 +458,7 @@ def test_tflite_model_rates_time_each_model_alone(monkeypatch):
       'int8, 1 threads': batch / 0.1, 'int8, 2 threads': batch / 0.05,
       'int8, 2 threads, tf.lite.Interpreter': batch / 0.8}
   assert ran[2][:2] == ('model-none (tf)', 2)
-  frames, _ = benchmark.features.example_geometry(params.HParams())
+  frames = params.HParams().geometry.example_frames
   assert {shape for _, _, shape in ran} == {(batch, frames, 96)}
 
 

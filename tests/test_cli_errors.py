@@ -797,19 +797,27 @@ def test_each_modes_checks_run_before_tensorflow_is_imported(
 
 def test_the_core_imports_without_tensorflow(tmp_path):
   """Every module of tagger/core/ (flags' checks, params, sources, files,
-  checkpoint naming, stopping, the runtime, the machine) imports where
-  TensorFlow cannot be imported."""
+  checkpoint naming, stopping, the runtime, the machine), every mode's
+  declaration (tagger/modes/*_mode.py, with the shared flags, engine flags
+  and hparams records) and the cluster's checks import where TensorFlow
+  cannot be imported."""
   import glob
   import subprocess
   import sys
   from conftest import REPO, subprocess_env
-  names = sorted(os.path.basename(p)[:-3] for p in glob.glob(
-      os.path.join(REPO, 'tagger', 'core', '*.py')))
-  assert {'params', 'files', 'sources', 'stopping'} <= set(names)
+  modules = ['tagger.core.' + os.path.basename(p)[:-3] for p in glob.glob(
+      os.path.join(REPO, 'tagger', 'core', '*.py'))]
+  modules += ['tagger.modes.' + os.path.basename(p)[:-3] for p in glob.glob(
+      os.path.join(REPO, 'tagger', 'modes', '*_mode.py'))]
+  modules += ['tagger.modes.mode', 'tagger.modes.engine_flags',
+              'tagger.modes.records', 'tagger.training.cluster_config',
+              'tagger.training.distribution']
+  assert {'tagger.core.params', 'tagger.core.files', 'tagger.core.sources',
+          'tagger.modes.train_mode', 'tagger.modes.tag_mode'} <= set(modules)
   script = tmp_path / 'import_core.py'
   script.write_text('import sys\nsys.path.insert(0, %r)\n' % REPO + ''.join(
-      'from tagger.core import %s\n' % n for n in names if n != '__init__') +
-      'print("imported")\n')
+      'import %s\n' % n for n in sorted(modules)
+      if not n.endswith('__init__')) + 'print("imported")\n')
   result = subprocess.run(
       [sys.executable, '-c', WITHOUT_TENSORFLOW, str(script)],
       env=subprocess_env(), capture_output=True, text=True, timeout=120)

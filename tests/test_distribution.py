@@ -337,27 +337,27 @@ WORKER_0 = {'type': 'worker', 'index': 0}
      '2 "chief" tasks'),
 ])
 def test_tf_config_of_the_wrong_shape(monkeypatch, config, needle):
-  from tagger.training import distribution
+  from tagger.training import cluster_config
   from tagger.core.files import UserError
   monkeypatch.setenv('TF_CONFIG', config if isinstance(config, str) else
                      json.dumps(config))
   with pytest.raises(UserError) as raised:
-    distribution.check_config()
+    cluster_config.check_config()
   message = str(raised.value)
   assert message.startswith('TF_CONFIG: ') and '\n' not in message, message
   assert needle in message, message
 
 
 def test_tf_config_accepted(monkeypatch):
-  from tagger.training import distribution
+  from tagger.training import cluster_config
   # The first and last ports there are.
   config = {'cluster': {'worker': ['localhost:1', 'localhost:65535'],
                         'chief': ['[::1]:2221']},
             'task': {'type': 'worker', 'index': 1}, 'environment': 'cloud'}
   monkeypatch.setenv('TF_CONFIG', json.dumps(config))
-  assert distribution.check_config() == (config['cluster'], config['task'])
+  assert cluster_config.check_config() == (config['cluster'], config['task'])
   monkeypatch.delenv('TF_CONFIG')
-  assert distribution.check_config() == (None, None)
+  assert cluster_config.check_config() == (None, None)
 
 
 def test_tf_config_checked_before_anything_is_made(tmp_path, dataset):

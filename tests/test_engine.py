@@ -1,6 +1,6 @@
 """--engine tflite: the model part as a TFLite model run by LiteRT scores as
 the Keras model does (float32 within 1e-4; int8 within
-export.QUANTIZED_TOLERANCE with the same top class), each engine flag
+export_checks.QUANTIZED_TOLERANCE with the same top class), each engine flag
 reaches the interpreter, bad model files and flags are one line, and an
 int8 export calibrated on silence, or beyond the self-check's bound, is
 refused with nothing written."""
@@ -23,7 +23,7 @@ from test_cli_errors import assert_one_error
 
 
 def _check_clips(folder, count=3):
-  """WAV files of export.check_waveform (recorded-sound dynamics), several
+  """WAV files of export_checks.check_waveform (recorded-sound dynamics), several
   seeds and lengths."""
   os.makedirs(str(folder), exist_ok=True)
   paths = []
@@ -55,7 +55,7 @@ def test_int8_engine_on_a_trained_tiny_model(tagger, tagger_export,
   """The exported int8 model scores real-shaped clips and the model's own
   training clips within the self-check's bound of the Keras model, and
   picks the same top class for each of those recordings."""
-  from tagger.modes import export
+  from tagger.modes import export_checks
   hparams = parse_hparams(TAG_HPARAMS)
   data = tagger['data']
   recorded = [os.path.join(data['train_clip_dir'], fname)
@@ -66,7 +66,7 @@ def test_int8_engine_on_a_trained_tiny_model(tagger, tagger_export,
   keras = run()
   int8 = run(tflite_engine.Engine('tflite', model_path=tagger_export['int8']))
   difference = np.abs(int8 - keras).max()
-  assert 1e-4 < difference <= export.QUANTIZED_TOLERANCE, difference
+  assert 1e-4 < difference <= export_checks.QUANTIZED_TOLERANCE, difference
   recorded_rows = slice(len(paths) - len(recorded), None)
   assert (np.argmax(int8[recorded_rows], 1) ==
           np.argmax(keras[recorded_rows], 1)).all()
@@ -83,8 +83,8 @@ def test_export_writes_and_reports_the_quantized_model(tagger_export):
                     r'clip scores within (\S+) of the float model on 12 '
                     r'clips, the same top class on (\d+)', out)
   assert found, out
-  from tagger.modes import export
-  assert float(found.group(1)) <= export.QUANTIZED_TOLERANCE
+  from tagger.modes import export_checks
+  assert float(found.group(1)) <= export_checks.QUANTIZED_TOLERANCE
   for kind in ('none', 'int8'):
     entry = tflite_engine.read_metadata(os.path.join(
         tagger_export['dir'], tflite_engine.EXAMPLES_FILES[kind]))
@@ -99,12 +99,12 @@ def test_a_stop_while_the_check_clips_are_made_comes_before_scoring(
   """The export's check of its examples-in models heeds a stop request that
   arrived while its clips' examples were being made, before it scores any:
   the float model alone is checked here, so no later check would see it."""
-  from tagger.modes import export
+  from tagger.modes import export_checks
   from tagger.engines import scoring
   from tagger.core import stopping
   scorer = scoring.Scorer('crnn', 80, parse_hparams(TAG_HPARAMS))
   scorer.load(tagger['checkpoint'])
-  real = export.quantization_check_clips
+  real = export_checks.quantization_check_clips
   scored = []
 
   def clips_then_a_stop(scorer):
@@ -112,11 +112,11 @@ def test_a_stop_while_the_check_clips_are_made_comes_before_scoring(
     stopping._requested.append(signal.SIGTERM)
     return made
 
-  monkeypatch.setattr(export, 'quantization_check_clips', clips_then_a_stop)
+  monkeypatch.setattr(export_checks, 'quantization_check_clips', clips_then_a_stop)
   monkeypatch.setattr(scorer, 'score_examples', scored.append)
   with stopping.requests():
     with pytest.raises(stopping.Stopped, match='stopped by SIGTERM'):
-      export.check_examples_models(tagger_export['dir'], scorer, ['none'])
+      export_checks.check_examples_models(tagger_export['dir'], scorer, ['none'])
   assert scored == []
 
 
@@ -435,12 +435,12 @@ def test_an_int8_model_beyond_the_bound_is_refused(tagger, tagger_export,
   reported, the export's check of the same files refuses the int8 model
   with the same figure. (A refusal inside the export leaves nothing:
   test_export.py's test_failed_self_check_leaves_nothing.)"""
-  from tagger.modes import export
+  from tagger.modes import export_checks
   from tagger.core import files
   from tagger.engines import scoring
   reported = _reported_int8_difference(tagger_export)
   bound = round(float(reported) / 2, 3)
-  monkeypatch.setattr(export, 'QUANTIZED_TOLERANCE', bound)
+  monkeypatch.setattr(export_checks, 'QUANTIZED_TOLERANCE', bound)
   data = tagger['data']
   paths = tflite_engine.calibration_clips(
       data['calibration_csv'], data['calibration_clip_dir'],
@@ -450,7 +450,7 @@ def test_an_int8_model_beyond_the_bound_is_refused(tagger, tagger_export,
                               calibration_paths=tuple(paths)))
   scorer.load(tagger['checkpoint'])
   with pytest.raises(files.UserError) as raised:
-    export.check_examples_models(tagger_export['dir'], scorer,
+    export_checks.check_examples_models(tagger_export['dir'], scorer,
                                  ['none', 'int8'])
   assert str(raised.value).startswith(
       'export: examples_int8.tflite scores an example %s away from the '
@@ -466,7 +466,7 @@ def test_in_memory_quantization_is_held_to_the_same_bound(
   checkpoint and calibration clips, loading stops with that figure, before
   anything is scored; within the default bound the model is taken.
   (Converted once: the check is under test.)"""
-  from tagger.modes import export
+  from tagger.modes import export_checks
   from tagger.core import files
   from tagger.engines import scoring
   real_convert, converted = tflite_engine.convert, {}
@@ -478,10 +478,10 @@ def test_in_memory_quantization_is_held_to_the_same_bound(
     return converted[quantize]
 
   monkeypatch.setattr(tflite_engine, 'convert', convert_once)
-  default = export.QUANTIZED_TOLERANCE
+  default = export_checks.QUANTIZED_TOLERANCE
   reported = _reported_int8_difference(tagger_export)
   bound = round(float(reported) / 2, 3)
-  monkeypatch.setattr(export, 'QUANTIZED_TOLERANCE', bound)
+  monkeypatch.setattr(export_checks, 'QUANTIZED_TOLERANCE', bound)
   data = tagger['data']
   scorer = scoring.Scorer('crnn', 80, parse_hparams(TAG_HPARAMS),
                           engine=tflite_engine.Engine(
@@ -498,7 +498,7 @@ def test_in_memory_quantization_is_held_to_the_same_bound(
       '%s away from the float model (allowed %g; ' % (
           tagger['checkpoint'], reported, bound)), message
   assert message.endswith(' of 12 clips); nothing scored with it')
-  monkeypatch.setattr(export, 'QUANTIZED_TOLERANCE', default)
+  monkeypatch.setattr(export_checks, 'QUANTIZED_TOLERANCE', default)
   scorer.load(tagger['checkpoint'])
   assert list(converted) == ['int8']
 
@@ -535,7 +535,7 @@ def test_quantized_differences_worked_by_hand():
   """The self-check's figures on two clips of hand-picked scores: the
   largest example difference (0.7), the largest difference of the clips'
   mean scores (0.4) and the clips whose top class agrees (1 of 2)."""
-  from tagger.modes import export
+  from tagger.modes import export_checks
   reference = {0: [[0.1, 0.8, 0.3], [0.3, 0.6, 0.1]],
                1: [[0.9, 0.2, 0.1], [0.7, 0.2, 0.3]]}
   quantized = {0: [[0.2, 0.7, 0.3], [0.3, 0.6, 0.4]],
@@ -545,7 +545,7 @@ def test_quantized_differences_worked_by_hand():
   def runner(scores):
     return lambda examples: np.array(scores[int(examples[0, 0, 0])])
 
-  example, clip, agree = export.quantized_differences(
+  example, clip, agree = export_checks.quantized_differences(
       runner(quantized), runner(reference), clips)
   assert example == pytest.approx(0.7)
   assert clip == pytest.approx(0.4)

@@ -98,13 +98,13 @@ def test_plain_tensorflow_reproduces_inference(mobilenet_export,
 def test_tflite_matches_saved_model_with_builtin_ops(mobilenet_export,
                                                      inference_clips):
   import tensorflow as tf
-  from tagger.modes import export
+  from tagger.modes import export_checks
   path = os.path.join(mobilenet_export['dir'], 'model.tflite')
-  ops = export.tflite_ops(path)  # of every subgraph
+  ops = export_checks.tflite_ops(path)  # of every subgraph
   assert {'WHILE', 'CONV_2D', 'RFFT2D'} <= set(ops)  # the loop's body too
   assert not [op for op in ops if op.startswith('Flex') or op == 'CUSTOM']
   assert 'VAR_HANDLE' not in ops  # weights are constants
-  runner = export.tflite_runner(path)
+  runner = export_checks.tflite_runner(path)
   serve = tf.saved_model.load(os.path.join(
       mobilenet_export['dir'], 'saved_model')).signatures['serving_default']
   for name in sorted(os.listdir(inference_clips)):
@@ -173,8 +173,9 @@ def test_crnn_export(tagger, tagger_export, parse_hparams):
 def test_failed_self_check_leaves_nothing(tmp_path, mobilenet_train,
                                           monkeypatch, parse_hparams):
   from tagger.modes import export
+  from tagger.modes import export_checks
   from tagger.core import files
-  monkeypatch.setattr(export, 'TFLITE_TOLERANCE', -1.0)
+  monkeypatch.setattr(export_checks, 'TFLITE_TOLERANCE', -1.0)
   export_dir = str(tmp_path / 'out')
   with pytest.raises(files.UserError, match='TFLite scores a clip'):
     export.export('mobilenet-v1', parse_hparams(HPARAMS), read_class_names(),
@@ -312,8 +313,8 @@ def _load_saved_model(export_dir, tmp_path):
 
 
 def _tflite(export_dir):
-  from tagger.modes import export
-  return export.tflite_runner(os.path.join(export_dir, 'model.tflite'))
+  from tagger.modes import export_checks
+  return export_checks.tflite_runner(os.path.join(export_dir, 'model.tflite'))
 
 
 @pytest.mark.parametrize('bad', [np.nan, -np.inf], ids=['nan', 'inf'])
@@ -356,7 +357,7 @@ def test_chunked_outputs_equal_the_whole_clip_computation(
   the TFLite model and the batch signature agree."""
   import keras
   import tensorflow as tf
-  from tagger.modes import export
+  from tagger.modes import export_checks
   from tagger.sound import features
   import reference
   from tagger.engines import scoring
@@ -370,7 +371,7 @@ def test_chunked_outputs_equal_the_whole_clip_computation(
                                            'saved_model'))
   serve = model.signatures['serving_default']
   tflite = _tflite(mobilenet_export['dir'])
-  long = export.check_waveform(30.0, seed=11)
+  long = export_checks.check_waveform(30.0, seed=11)
   short = long[44100:44100 + 500]
   for waveform in (long, short):
     got = {k: v.numpy() for k, v in serve(
@@ -391,10 +392,10 @@ def test_chunked_outputs_equal_the_whole_clip_computation(
     write_pcm_wav(path, np.round(waveform * 32768))
     np.testing.assert_allclose(
         got['clip_scores'], scorer.score([path], [len(waveform)])[0],
-        atol=export.SAVED_MODEL_TOLERANCE, rtol=0)
+        atol=export_checks.SAVED_MODEL_TOLERANCE, rtol=0)
     lite = tflite(waveform=waveform)
     np.testing.assert_allclose(lite['clip_scores'], got['clip_scores'],
-                               atol=export.TFLITE_TOLERANCE, rtol=0)
+                               atol=export_checks.TFLITE_TOLERANCE, rtol=0)
     np.testing.assert_allclose(lite['log_mel'], got['log_mel'], atol=1e-3)
   batch = model.signatures['batch'](waveforms=tf.constant(
       np.stack([long, long[::-1]])))
@@ -584,8 +585,8 @@ def test_self_check_clip_has_the_dynamics_of_recorded_sound():
   differ most, and PCEN's gain amplifies that in quiet passages: the
   self-check's clip has loud 50 ms frames, quiet passages 40 dB below
   them, sharp onsets, digital silence, and 16-bit samples."""
-  from tagger.modes import export
-  samples = export.check_waveform()
+  from tagger.modes import export_checks
+  samples = export_checks.check_waveform()
   assert len(samples) == int(7.3 * 44100)
   assert np.array_equal(samples * 32768, np.round(samples * 32768))
   frames = samples[:len(samples) // 2205 * 2205].reshape(-1, 2205)

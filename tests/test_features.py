@@ -113,9 +113,10 @@ def tf_examples(tmp_path, name, hparams=None):
 
 
 def test_reference_geometry_matches_brief():
-  window, hop, fft = features.stft_geometry(params.parse_hparams())
-  assert (window, hop, fft) == (1102, 441, 2048)
-  assert features.example_geometry(params.parse_hparams()) == (100, 50)
+  geometry = params.parse_hparams().geometry
+  assert (geometry.window, geometry.hop, geometry.fft_length) == (1102, 441,
+                                                                  2048)
+  assert (geometry.example_frames, geometry.example_hop_frames) == (100, 50)
 
 
 def test_mel_matrix_reference_matches_tf_definition():
@@ -364,13 +365,13 @@ def test_a_chunk_reads_exactly_the_samples_of_its_examples():
   longer one reads and frames samples for nothing), cut at the clip's end;
   the counts add up to the clip's examples."""
   hparams = params.HParams()
-  _, hop, _ = features.stft_geometry(hparams)
-  _, example_hop = features.example_geometry(hparams)
+  hop = hparams.geometry.hop
+  example_hop = hparams.geometry.example_hop_frames
   num_samples = 44100 * 120 + 1234
   starts, ends, counts = (t.numpy() for t in features.chunk_bounds(
       tf.constant(num_samples), hparams))
   full = ((features.EXAMPLES_PER_CHUNK - 1) * example_hop * hop +
-          features.crop_length(hparams))
+          hparams.geometry.crop_length)
   assert len(starts) > 2
   np.testing.assert_array_equal(ends, np.minimum(starts + full, num_samples))
   assert ends[-1] == num_samples

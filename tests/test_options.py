@@ -93,11 +93,12 @@ def test_stft_and_example_geometry_worked_by_hand():
   from tagger.core import params
   hparams = _hparams('stft_window_seconds=0.05,stft_hop_seconds=0.02,'
                      'example_window_seconds=2,example_hop_seconds=0.3')
-  assert params.stft_geometry(hparams) == (2205, 882, 4096)
-  assert params.example_geometry(hparams) == (100, 15)
+  assert hparams.geometry == params.Geometry(
+      window=2205, hop=882, fft_length=4096, example_frames=100,
+      example_hop_frames=15)
   assert features.num_frames(3 * 44100, hparams) == 148
   assert features.num_examples(3 * 44100, hparams) == 10
-  assert features.crop_length(hparams) == 99 * 882 + 2205
+  assert hparams.geometry.crop_length == 99 * 882 + 2205
 
 
 # --- the loss of a noisy source's examples -----------------------------------
@@ -903,7 +904,7 @@ def test_example_cache_size_counts_the_bands(two_sources):
 
 
 def test_benchmarks_precise_bn_timing_uses_bn_stats_batches(monkeypatch):
-  from tools import benchmark
+  from tools import benchmark_rates
 
   class Measured(Exception):
     pass
@@ -912,14 +913,14 @@ def test_benchmarks_precise_bn_timing_uses_bn_stats_batches(monkeypatch):
                          num_batches, *args, **kwargs):
     raise Measured(num_batches, hparams.batch_size)
 
-  monkeypatch.setattr(benchmark.inputs, 'statistics_dataset',
+  monkeypatch.setattr(benchmark_rates.inputs, 'statistics_dataset',
                       statistics_dataset)
   with pytest.raises(Measured) as measured:
-    benchmark.precise_bn_seconds({'train_csv': 'a.csv', 'train_clip_dir': 'a'},
+    benchmark_rates.precise_bn_seconds({'train_csv': 'a.csv', 'train_clip_dir': 'a'},
                                  [], _hparams('bn_stats_batches=5,'
                                               'batch_size=3'))
   assert measured.value.args == (5, 3)
   rates = []
-  monkeypatch.setattr(benchmark, '_timed', lambda fn, warmup, repeats: (
+  monkeypatch.setattr(benchmark_rates, 'timed', lambda fn, warmup, repeats: (
       rates.append(repeats) or 0.5))
-  assert benchmark.plain_forward_rate(80, _hparams('batch_size=3'), 2) == 6.0
+  assert benchmark_rates.plain_forward_rate(80, _hparams('batch_size=3'), 2) == 6.0

@@ -197,7 +197,7 @@ def test_crops_make_the_pipelines_examples(tmp_path, text):
     keys.append(int(key))
   assert len(crops) == len(expected) > features.EXAMPLES_PER_CHUNK
   assert crops[0].dtype == np.int16
-  assert crops[0].shape == (features.crop_length(hparams),)
+  assert crops[0].shape == (hparams.geometry.crop_length,)
   got = features.crops_to_examples(inputs.to_float(np.stack(crops)),
                                    np.array(frames), hparams).numpy()
   scale = max(1.0, np.abs(expected).max())

@@ -18,6 +18,11 @@ from conftest import (CLASS_MAP, FEW_BN_BATCHES, REPO, _default_sigint,
                       run_main, subprocess_env)
 from tagger.core import machine
 from tools import study
+from tools.studylib import report
+from tools.studylib import runner as runner_lib
+from tools.studylib import runs as runs_lib
+from tools.studylib import spec as spec_lib
+from tools.studylib import stats
 
 # Student t 97.5% quantiles from a printed table, not from scipy.
 T975 = {1: 12.706205, 2: 4.302653}
@@ -40,7 +45,7 @@ RESULTS = [
 
 
 def test_table_means_intervals_and_paired_differences():
-  rows = _rows_by_key(study.summarize(RESULTS, 'base'))
+  rows = _rows_by_key(stats.summarize(RESULTS, 'base'))
   # wide: mean 0.7, sd 0.1, so half width t(2) * 0.1 / sqrt(3).
   wide = rows[('wide', 100)]
   half = T975[2] * 0.1 / 3 ** 0.5
@@ -80,14 +85,14 @@ def test_table_files(tmp_path):
                           'wide': {'max_steps': 100, 'hparams': 'lr=0.01'},
                           'short': {'max_steps': 100},
                           'once': {'max_steps': 100}}, seeds=[1, 2, 3])
-  rows = study.summarize(RESULTS, 'base')
-  table = list(csv.DictReader(study.table_csv(rows).splitlines()))
+  rows = stats.summarize(RESULTS, 'base')
+  table = list(csv.DictReader(report.table_csv(rows).splitlines()))
   wide = [r for r in table if r['config'] == 'wide'][0]
   assert float(wide['diff']) == pytest.approx(0.10)
   assert float(wide['high']) == pytest.approx(0.70 + T975[2] * 0.1 / 3 ** 0.5,
                                               abs=1e-6)
   assert [r['diff'] for r in table if r['config'] == 'base'] == ['']
-  text = study.table_md(spec, rows, str(tmp_path / 'studies' / 'first'))
+  text = report.table_md(spec, rows, str(tmp_path / 'studies' / 'first'))
   assert 'Spec [`../../study.json`](../../study.json); seeds 1, 2, 3;' in text
   assert '| wide | 3 | 0.7000 | [0.4516, 0.9484] | +0.1000 | ' \
          '[-0.0242, +0.2242] | 3 |' in text
@@ -111,7 +116,7 @@ def _spec(tmp_path, configs, seeds=(1, 2), **extra):
   raw.update(extra)
   path = tmp_path / 'study.json'
   path.write_text(json.dumps(raw))
-  return study.load_spec(str(path))
+  return spec_lib.load_spec(str(path))
 
 
 def fake_lwlrap(folder, step):
@@ -131,7 +136,7 @@ class FakeMain:
     self.fail = fail  # (mode, its last log line): fail that mode
 
   def __call__(self, argv, log_path, cwd):
-    assert argv[:2] == [sys.executable, study.MAIN] and os.path.isdir(cwd)
+    assert argv[:2] == [sys.executable, runs_lib.MAIN] and os.path.isdir(cwd)
     flags = dict(zip(argv[2::2], argv[3::2]))
     mode = flags['--mode']
     if self.fail and self.fail[0] == mode:
@@ -140,7 +145,7 @@ class FakeMain:
       return 1
     if mode == 'train':
       folder = os.path.dirname(flags['--train_dir'])
-      steps = study.checkpoint_steps(int(flags['--max_steps']))
+      steps = spec_lib.checkpoint_steps(int(flags['--max_steps']))
       os.makedirs(flags['--train_dir'], exist_ok=True)
       for step in steps:
         prefix = os.path.join(flags['--train_dir'], 'model.ckpt-%d' % step)
@@ -225,7 +230,7 @@ def test_resume_runs_only_what_is_left(tmp_path):
   for r in results:
     assert float(r['lwlrap']) == fake_lwlrap(
         os.path.join(runs, r['config'], 'seed-' + r['seed']), int(r['step']))
-    assert study.read_lwlrap(os.path.join(out, r['eval_file'])) == float(
+    assert stats.read_lwlrap(os.path.join(out, r['eval_file'])) == float(
         r['lwlrap'])
 
 
@@ -242,7 +247,7 @@ def test_a_summary_that_fails_does_not_stop_the_runs(tmp_path, monkeypatch,
   def broken(rows, reference, path):
     drawn.append(len(rows))
     raise ValueError('no colours left')
-  monkeypatch.setattr(study, 'plot', broken)
+  monkeypatch.setattr(report, 'plot', broken)
   lines, runner = [], FakeMain()
   with pytest.raises(ValueError, match='no colours left'):
     study.run_study(spec, out, runner=runner, say=lines.append)
@@ -268,7 +273,7 @@ def test_a_run_refuses_other_settings(tmp_path):
                   say=lambda line: None)
   changed = dict(CONFIGS, base=dict(CONFIGS['base'], max_steps=300,
                                     hparams='lr=0.02'))
-  with pytest.raises(study.StudyError, match='base/seed-1 was started with '
+  with pytest.raises(spec_lib.StudyError, match='base/seed-1 was started with '
                      'hparams "lr=0.01,seed=1", the spec now says '
                      '"lr=0.02,seed=1"'):
     study.run_study(_spec(tmp_path, changed), out, runner=FakeMain(),
@@ -473,7 +478,8 @@ def test_stop_is_passed_to_the_command(tmp_path, signum):
   mark = str(tmp_path / 'mark')
   env = dict(subprocess_env(), STUDY_TEST_MARK=mark)
   code = ('import sys; sys.path.insert(0, %r); from tools import study; '
-          'study.MAIN = sys.argv[1]; sys.exit(study.main(sys.argv[2:]))' %
+          'from tools.studylib import runs; '
+          'runs.MAIN = sys.argv[1]; sys.exit(study.main(sys.argv[2:]))' %
           REPO)
   process = subprocess.Popen(
       [sys.executable, '-c', code, str(stand_in), '--spec', spec.path,
@@ -505,7 +511,7 @@ def test_each_command_is_logged_with_where_it_ran(tmp_path):
   log = tmp_path / 'train.log'
   log.write_text('earlier\n')
   argv = [sys.executable, '-c', 'print("step 200")']
-  assert study.CommandRunner()(argv, str(log), str(tmp_path)) == 0
+  assert runner_lib.CommandRunner()(argv, str(log), str(tmp_path)) == 0
   lines = log.read_text().splitlines()
   assert lines[:2] == ['earlier', '']
   assert lines[2].startswith('$ %s -c ' % sys.executable)
@@ -515,12 +521,12 @@ def test_each_command_is_logged_with_where_it_ran(tmp_path):
 # --- Plot -------------------------------------------------------------------
 
 def test_plot_is_a_png(tmp_path):
-  rows = study.summarize(
+  rows = stats.summarize(
       [(c, seed, step, 0.3 + 0.001 * step + 0.02 * seed + (c == 'lr') * 0.05)
        for c in ('base', 'lr') for seed in (1, 2, 3)
        for step in (0, 100, 200)] + [('one', 1, 200, 0.5)], 'base')
   path = str(tmp_path / 'lwlrap.png')
-  study.plot(rows, 'base', path)
+  report.plot(rows, 'base', path)
   with open(path, 'rb') as f:
     head = f.read(24)
   assert head[:8] == b'\x89PNG\r\n\x1a\n' and head[12:16] == b'IHDR'
@@ -533,23 +539,23 @@ def test_plot_draws_each_configuration_the_reference_last(tmp_path,
                                                           monkeypatch):
   """Each configuration once, with its own rows; the reference last, so
   that it is drawn over the others, whatever its place in the rows."""
-  rows = study.summarize(
+  rows = stats.summarize(
       [(c, seed, step, 0.3 + 0.001 * step + 0.01 * seed)
        for c in ('base', 'lr', 'wide') for seed in (1, 2)
        for step in (100, 200)], 'base')
   drawn = []
-  real = study._plot_config
+  real = report._plot_config
 
   def spy(ax, mine, config, is_reference, colors):
     drawn.append((config, is_reference, sorted({r['config'] for r in mine})))
     return real(ax, mine, config, is_reference, colors)
 
-  monkeypatch.setattr(study, '_plot_config', spy)
+  monkeypatch.setattr(report, '_plot_config', spy)
   import matplotlib.axes
   grids = []
   monkeypatch.setattr(matplotlib.axes.Axes, 'grid',
                       lambda self, *args, **kwargs: grids.append(kwargs))
-  study.plot(rows, 'base', str(tmp_path / 'lwlrap.png'))
+  report.plot(rows, 'base', str(tmp_path / 'lwlrap.png'))
   assert drawn == [('lr', False, ['lr']), ('wide', False, ['wide']),
                    ('base', True, ['base'])]
   # A light grid (matplotlib's own calls set no alpha).
@@ -564,7 +570,7 @@ def test_the_legend_lists_the_reference_first(tmp_path, monkeypatch,
   reference named `reference` is not called so twice; a configuration
   scored at one step (an error bar, which matplotlib's own legend order
   puts after the lines) keeps its place."""
-  rows = study.summarize(
+  rows = stats.summarize(
       [(c, seed, step, 0.3 + 0.001 * step + 0.01 * seed)
        for c in ('lr', 'one', reference, 'wide') for seed in (1, 2)
        for step in (100, 200) if c != 'one' or step == 200], reference)
@@ -576,7 +582,7 @@ def test_the_legend_lists_the_reference_first(tmp_path, monkeypatch,
                            # An error bar's colour is its data line's.
                            [getattr(h, 'lines', [h])[0].get_color()
                             for h in handles])))
-  study.plot(rows, reference, str(tmp_path / 'lwlrap.png'))
+  report.plot(rows, reference, str(tmp_path / 'lwlrap.png'))
   ((labels, own_labels, colors),) = legends
   assert labels == own_labels == [first, 'lr', 'one', 'wide']
   assert colors[0] == 'black' and 'black' not in colors[1:]
@@ -588,7 +594,7 @@ def test_more_configurations_than_colours_get_lines_of_their_own(
   23 configurations and the reference give 24 lines, no two alike, and
   the study goes on instead of running out of colours."""
   names = ['c%02d' % i for i in range(23)]
-  rows = study.summarize(
+  rows = stats.summarize(
       [(c, seed, step, 0.3 + 0.001 * step + 0.01 * seed)
        for c in ['base'] + names for seed in (1, 2)
        for step in (100, 200)], 'base')
@@ -598,7 +604,7 @@ def test_more_configurations_than_colours_get_lines_of_their_own(
                       lambda self, handles, labels, **kw: legends.append(
                           [(h.get_label(), h.get_color(), h.get_linestyle())
                            for h in handles]))
-  study.plot(rows, 'base', str(tmp_path / 'lwlrap.png'))
+  report.plot(rows, 'base', str(tmp_path / 'lwlrap.png'))
   ((lines,),) = [legends]
   assert [label for label, _, _ in lines] == ['base (reference)'] + names
   styles = [(color, dashes) for _, color, dashes in lines]
@@ -619,7 +625,7 @@ def test_an_empty_palette_still_gives_lines():
     previous = signal.signal(signal.SIGALRM, hung)
     signal.alarm(10)  # a generator that never yields fails, not hangs
     try:
-      return list(itertools.islice(study._line_styles(colors), n))
+      return list(itertools.islice(report._line_styles(colors), n))
     finally:
       signal.alarm(0)
       signal.signal(signal.SIGALRM, previous)
@@ -645,10 +651,10 @@ def test_the_specs_plots_draw_their_configurations_beside_the_reference(
   study.run_study(spec, out, only=('base', 'fast', 'wide'), runner=FakeMain(),
                   say=lambda line: None)
   drawn = {}
-  monkeypatch.setattr(study, 'plot', lambda rows, reference, path: drawn.update(
+  monkeypatch.setattr(report, 'plot', lambda rows, reference, path: drawn.update(
       {os.path.basename(path): (reference, rows)}))
-  assert study.write_summary(spec, out) == 3 * (3 + 2 + 2)
-  every = study.summarize(study.collect(spec, out), 'base')
+  assert report.write_summary(spec, out) == 3 * (3 + 2 + 2)
+  every = stats.summarize(stats.collect(spec, out), 'base')
   assert drawn['lwlrap.png'] == ('base', every)
   assert drawn['lwlrap-quick.png'] == (
       'base', [r for r in every if r['config'] in ('base', 'fast')])
@@ -681,8 +687,9 @@ def test_plot_is_drawn_whatever_backend_the_environment_names(tmp_path):
   """study.py draws with Agg, whatever MPLBACKEND says: here the
   third-party mplcairo backend, as a user's shell may export it, which this
   environment does not have."""
-  script = ('import sys; sys.path.insert(0, %r); from tools import study; '
-            'study.plot(study.summarize([("a", 1, 100, 0.5), ("a", 2, 100, '
+  script = ('import sys; sys.path.insert(0, %r); '
+            'from tools.studylib import report, stats; '
+            'report.plot(stats.summarize([("a", 1, 100, 0.5), ("a", 2, 100, '
             '0.6)], "a"), "a", %r)' % (REPO, str(tmp_path / 'p.png')))
   env = dict(os.environ,
              MPLBACKEND='module://mplcairo.base')
@@ -741,7 +748,7 @@ def test_each_configuration_is_drawn_with_its_interval():
   rows = [{'step': 100, 'mean': 0.5, 'low': 0.4, 'high': 0.7},
           {'step': 200, 'mean': 0.6, 'low': None, 'high': None}]
   ax = Axes()
-  study._plot_config(ax, rows, 'wide', False, iter([('red', '--')]))
+  report._plot_config(ax, rows, 'wide', False, iter([('red', '--')]))
   (plot, args, kwargs), (band, band_args, band_kwargs) = ax.calls
   assert (plot, args, kwargs['label'], kwargs['color'],
           kwargs['linestyle']) == (
@@ -750,7 +757,7 @@ def test_each_configuration_is_drawn_with_its_interval():
   assert (band, band_args, band_kwargs['color']) == (
       'fill_between', ([100, 200], [0.4, 0.6], [0.7, 0.6]), 'red')
   ax = Axes()
-  study._plot_config(ax, rows[:1], 'base', True, iter([]))
+  report._plot_config(ax, rows[:1], 'base', True, iter([]))
   ((name, args, kwargs),) = ax.calls
   assert (name, args, kwargs['label'], kwargs['color']) == (
       'errorbar', ([100], [0.5]), 'base (reference)', 'black')
@@ -760,7 +767,7 @@ def test_each_configuration_is_drawn_with_its_interval():
   # Its band is lighter than the others', so that theirs show through it,
   # and no band has an outline that would read as a line of its own.
   ax = Axes()
-  study._plot_config(ax, rows, 'base', True, iter([]))
+  report._plot_config(ax, rows, 'base', True, iter([]))
   reference_band = ax.calls[1][2]
   assert reference_band['alpha'] < band_kwargs['alpha']
   assert reference_band['linewidth'] == band_kwargs['linewidth'] == 0
@@ -770,13 +777,13 @@ def test_each_configuration_is_drawn_with_its_interval():
 
 class ForkedMain:
   """Runs study.py's commands of main.py as run_main does (forked where it
-  can be), each one's output appended to its log as study.CommandRunner has it."""
+  can be), each one's output appended to its log as runner_lib.CommandRunner has it."""
 
   def __init__(self):
     self.modes = []
 
   def __call__(self, argv, log_path, cwd):
-    assert argv[:2] == [sys.executable, study.MAIN]
+    assert argv[:2] == [sys.executable, runs_lib.MAIN]
     self.modes.append(argv[argv.index('--mode') + 1])
     result = run_main(argv[2:], cwd=cwd, timeout=600)
     with open(log_path, 'a') as log:
@@ -787,7 +794,7 @@ class ForkedMain:
 def test_real_study_of_two_seeds(tmp_path, dataset, capsys):
   """crnn, 1 configuration x 2 seeds x 2 steps, scored at step 2 on the
   validation clips, through study.py's command line (its runs of main.py
-  forked: test_stop_is_passed_to_the_command covers study.CommandRunner)."""
+  forked: test_stop_is_passed_to_the_command covers runner_lib.CommandRunner)."""
   spec = tmp_path / 'study.json'
   spec.write_text(json.dumps({
       'class_map': CLASS_MAP, 'train_csv': dataset['train_csv'],
@@ -810,7 +817,7 @@ def test_real_study_of_two_seeds(tmp_path, dataset, capsys):
   assert [(r['config'], r['seed'], r['step']) for r in results] == [
       ('tiny', '1', '2'), ('tiny', '2', '2')]
   for r in results:
-    assert float(r['lwlrap']) == study.read_lwlrap(str(out / r['eval_file']))
+    assert float(r['lwlrap']) == stats.read_lwlrap(str(out / r['eval_file']))
     assert r['eval_file'] == 'runs/tiny/seed-%s/eval/eval-2.txt' % r['seed']
   # Each run trained with its own seed, and the seeds made different runs.
   weights = []
@@ -854,9 +861,9 @@ def test_a_configuration_may_chain_on_other_runs(tmp_path):
           'train_flags': ['--warmstart_checkpoint',
                           '{runs}/noisy/seed-{seed}/train/model.ckpt-100']}})
   out = str(tmp_path / 'out')
-  folder = study.run_dir(out, 'relabelled', 2)
+  folder = runs_lib.run_dir(out, 'relabelled', 2)
   runs = os.path.join(out, 'runs')
-  flags = study.train_command(spec, spec.configs['relabelled'], 2, folder)
+  flags = runs_lib.train_command(spec, spec.configs['relabelled'], 2, folder)
   flags = dict(zip(flags[2::2], flags[3::2]))
   data = str(tmp_path / 'data')
   assert flags['--train_csv_path'] == '%s/train.csv,%s/relabelled.csv' % (
@@ -865,14 +872,14 @@ def test_a_configuration_may_chain_on_other_runs(tmp_path):
   assert flags['--warmstart_checkpoint'] == (
       runs + '/noisy/seed-2/train/model.ckpt-100')
   assert flags['--hparams'] == 'seed=2'
-  before = study.before_command(spec, spec.configs['relabelled'], 2, folder)
+  before = runs_lib.before_command(spec, spec.configs['relabelled'], 2, folder)
   assert before[2:] == [
       '--class_map_path', str(tmp_path / 'data/class_map.csv'),
       '--mode', 'relabel', '--inference_checkpoint',
       runs + '/noisy/seed-2/train/model.ckpt-100',
       '--relabeled_csv_path', folder + '/relabelled.csv']
-  noisy = study.train_command(spec, spec.configs['noisy'], 1,
-                              study.run_dir(out, 'noisy', 1))
+  noisy = runs_lib.train_command(spec, spec.configs['noisy'], 1,
+                              runs_lib.run_dir(out, 'noisy', 1))
   assert dict(zip(noisy[2::2], noisy[3::2]))['--train_csv_path'] == (
       data + '/test.csv')
 
@@ -898,7 +905,7 @@ def test_a_warm_started_configuration_is_compared_at_equal_steps(tmp_path):
       ('1', '200', 'runs/warm/seed-1/eval/eval-100.txt'),
       ('2', '100', 'runs/warm/seed-2/eval/eval-0.txt'),
       ('2', '200', 'runs/warm/seed-2/eval/eval-100.txt')]
-  rows = _rows_by_key(study.summarize(study.collect(spec, out), 'base'))
+  rows = _rows_by_key(stats.summarize(stats.collect(spec, out), 'base'))
   runs = os.path.join(out, 'runs')
   for step in (100, 200):
     diffs = [fake_lwlrap(os.path.join(runs, 'warm', 'seed-%d' % s),
@@ -928,7 +935,7 @@ def test_the_committed_results_are_rebuilt_from_their_runs(tmp_path, name):
   spec_path = os.path.join(REPO, 'studies', name + '.json')
   with open(spec_path) as f:
     raw = json.load(f)
-  for key in study.DATA_KEYS:
+  for key in spec_lib.DATA_KEYS:
     path = tmp_path / raw[key]
     if key.endswith('clip_dir'):
       path.mkdir(parents=True, exist_ok=True)
@@ -936,21 +943,21 @@ def test_the_committed_results_are_rebuilt_from_their_runs(tmp_path, name):
       path.parent.mkdir(parents=True, exist_ok=True)
       path.write_text('')
   (tmp_path / 'spec.json').write_text(json.dumps(raw))
-  spec = study.load_spec(str(tmp_path / 'spec.json'))
+  spec = spec_lib.load_spec(str(tmp_path / 'spec.json'))
   results_dir = os.path.join(REPO, 'studies', 'results', name)
-  results = study.collect(spec, results_dir)
+  results = stats.collect(spec, results_dir)
   with open(os.path.join(results_dir, 'results.csv')) as f:
-    assert f.read() == study.results_csv(results)
+    assert f.read() == report.results_csv(results)
   with open(os.path.join(results_dir, 'table.csv')) as f:
-    assert f.read() == study.table_csv(
-        study.summarize(results, spec.reference))
+    assert f.read() == report.table_csv(
+        stats.summarize(results, spec.reference))
   runs = {(config, seed) for config, seed, *_ in results}
   assert len(runs) >= 2 * len(spec.seeds)
   for config, seed in runs:
-    folder = study.run_dir(results_dir, config, seed)
+    folder = runs_lib.run_dir(results_dir, config, seed)
     with open(os.path.join(folder, 'run.json')) as f:
-      assert json.load(f) == study.run_settings(spec, spec.configs[config],
+      assert json.load(f) == runs_lib.run_settings(spec, spec.configs[config],
                                                 seed)
     with open(os.path.join(folder, 'train-command.txt')) as f:
-      assert ' --hparams %s ' % study.run_hparams(spec.configs[config],
+      assert ' --hparams %s ' % runs_lib.run_hparams(spec.configs[config],
                                                   seed) in f.read()

@@ -19,11 +19,7 @@ converted from the checkpoint in memory or read from an export. Everything
 before it is the same for both.
 """
 
-import datetime
-import gc
 import sys
-import time
-import traceback
 
 import numpy as np
 import tensorflow as tf
@@ -34,12 +30,12 @@ from tagger.core import checkpoints
 from tagger.sound import features
 import inputs
 import model as model_lib
-from tagger.core import stopping
+from tagger.engines import clip_scores
 from tagger.engines import tflite_engine
+from tagger.modes import export_checks
 from tagger.models import waveform_model
 from tagger.core.files import UserError
 
-PROGRESS_EVERY_SECONDS = 10.0
 # Examples per model call when scoring on CPU. Peak memory grows with it (the
 # first layers' activations are 2.4 MB an example), while on CPU 16 scores as
 # fast as 64: a 10-minute clip then needs ~1.1x the memory of a 5-second one.
@@ -99,7 +95,7 @@ class Scorer:
     # What every mode scores with; export wraps it as it is.
     self.waveform_model = waveform_model.WaveformModel(self.inference_model,
                                                        hparams)
-    frames, _ = features.example_geometry(hparams)
+    frames = hparams.geometry.example_frames
     spec = tf.TensorSpec([None, frames, hparams.mel_bands], tf.float32)
     # The float model: what scores with the Keras engine, and the reference
     # a model quantized in memory is checked against.
@@ -146,16 +142,14 @@ class Scorer:
 
   def _converted(self, checkpoint_path):
     """The loaded model part converted in memory, as a Runner; a quantized
-    one is held to the bound of an export's (export.check_quantized) before
+    one is held to the bound of an export's (export_checks.check_quantized) before
     it scores anything."""
     quantize = self.engine.quantize or 'none'
     runner = tflite_engine.Runner(self.convert(quantize), self.engine.threads)
     if quantize != 'none':
-      # Here, not above: export imports this module.
-      from tagger.modes import export
       if self._check_clips is None:
-        self._check_clips = export.quantization_check_clips(self)
-      export.check_quantized(
+        self._check_clips = export_checks.quantization_check_clips(self)
+      export_checks.check_quantized(
           'the %s model converted from %s' % (quantize, checkpoint_path),
           runner, lambda examples: np.asarray(self._keras(examples)),
           self._check_clips, lead='--quantize %s: ' % quantize,
@@ -227,78 +221,12 @@ class Scorer:
                        on_examples=on_examples, on_clip=on_clip, out=out,
                        partial=True)
 
-  def _score(self, batches, names, sample_counts, label, on_progress=None,
-             on_examples=None, on_clip=None, out=None, partial=False):
-    """The loop: batches of (examples, clip index[, example index]) ->
-    [num_clips, num_classes] mean scores, checked finite, and complete
-    unless partial (then NaN for an incomplete clip)."""
+  def _score(self, batches, names, sample_counts, label, **kwargs):
+    """clip_scores.score_batches with this engine, each clip's expected
+    examples from its length (None: a clip not read at all)."""
     expected = np.array([0 if n is None else
                          features.num_examples(n, self.hparams)
                          for n in sample_counts], dtype=np.int64)
-    total = int(expected.sum())
-    sums = np.zeros((len(names), self.num_classes))
-    counts = np.zeros(len(names), dtype=np.int64)
-    reported = np.zeros(len(names), dtype=bool)
-    start = last_report = time.time()
-    done = 0
-
-    def report():
-      finished = (counts == expected) & (expected > 0)
-      rate = done / max(time.time() - start, 1e-9)
-      extra = on_progress(finished, sums / np.maximum(counts, 1)[:, None]) \
-          if on_progress else ''
-      print('%s: %d/%d clips, %d/%d examples, %.1f examples/s, %s left%s' % (
-          label, finished.sum(), len(names), done, total, rate,
-          datetime.timedelta(seconds=int((total - done) / max(rate, 1e-9))),
-          extra), file=out or sys.stdout, flush=True)
-
-    iterator = iter(batches)
-    try:
-      for batch in iterator:
-        stopping.check()
-        scores = self.score_examples(batch[0])
-        clip_index = batch[1].numpy()
-        np.add.at(sums, clip_index, scores)
-        counts += np.bincount(clip_index, minlength=len(names))
-        done += len(clip_index)
-        if on_examples:
-          on_examples(clip_index, batch[2].numpy(), scores)
-        if on_clip:
-          for i in np.unique(clip_index):
-            if counts[i] == expected[i] and not reported[i]:
-              reported[i] = True
-              on_clip(int(i), self._finite(sums[i] / counts[i], names[i]))
-        if time.time() - last_report >= PROGRESS_EVERY_SECONDS:
-          report()
-          last_report = time.time()
-    except BaseException as e:
-      # Stopped by an error or Ctrl-C, maybe inside the iterator's own
-      # frames: the iterator is released now, while tf.data's threads can
-      # still run Python (tagging's chunks come from a Python generator).
-      # Kept alive by the traceback until the interpreter exits, it would be
-      # destroyed when a generator call in flight can no longer finish, and
-      # the exit would hang.
-      traceback.clear_frames(e.__traceback__)
-      del iterator
-      gc.collect()
-      raise
-    stopping.check()  # a stop may have ended tagging's chunks early
-    report()
-    complete = (counts == expected) & (expected > 0)
-    if not partial and not complete.all():
-      bad = int(np.flatnonzero(~complete)[0])
-      raise UserError('%s: got %d examples, expected %d (did the file change '
-                      'during the run?)' % (names[bad], counts[bad],
-                                            expected[bad]))
-    clip_scores = np.full((len(names), self.num_classes), np.nan)
-    clip_scores[complete] = sums[complete] / counts[complete, None]
-    for i in np.flatnonzero(complete):
-      self._finite(clip_scores[i], names[i])
-    return clip_scores
-
-  @staticmethod
-  def _finite(clip_score, name):
-    if not np.all(np.isfinite(clip_score)):
-      raise UserError('%s: scores are not finite (is the checkpoint '
-                      'diverged?)' % name)
-    return clip_score
+    return clip_scores.score_batches(self.score_examples, batches, names,
+                                     expected, self.num_classes, label,
+                                     **kwargs)

@@ -123,7 +123,7 @@ def graph_mismatch(made, entry, path):
   deep inside LiteRT or the scores' sums)."""
   _, recorded = run_of(entry, path)
   hparams = dataclasses.replace(params.HParams(), **recorded)
-  frames, _ = params.example_geometry(hparams)
+  frames = hparams.geometry.example_frames
   classes = len(entry.get('class_names') or [])
   want = {'examples': ('inputs', [-1, frames, hparams.mel_bands],
                        "its metadata's hparams make examples of %d frames of "
@@ -190,8 +190,7 @@ def convert(inference_model, hparams, quantize, calibration=None):
   """The model part (examples -> logits) as TFLite bytes, no metadata yet.
   calibration: the [n, frames, bands] examples int8 is calibrated on."""
   import tensorflow as tf
-  from tagger.sound import features
-  frames, _ = features.example_geometry(hparams)
+  frames = hparams.geometry.example_frames
   spec = tf.TensorSpec([None, frames, hparams.mel_bands], tf.float32,
                        name='examples')
   function = tf.function(

@@ -49,7 +49,7 @@ class WaveformModel(tf.Module):
     shape = tf.shape(examples)  # [clips, count, frames, bands]
     embeddings, scores = self.embed_and_score(
         tf.reshape(examples, tf.concat([[-1], shape[2:]], 0)))
-    hop = features.example_geometry(self.hparams)[1]
+    hop = self.hparams.geometry.example_hop_frames
     return ((tf.reshape(scores, [shape[0], count, -1]),
              tf.reshape(embeddings, [shape[0], count, -1]),
              feature[:, :count * hop]),

@@ -215,9 +215,8 @@ def tag(model_name, hparams, class_names, paths, checkpoint_path, top_k,
                         'change during the run?)' % paths[i])
   lines.release()  # files that failed after the last one finished
   if timeline:
-    _, hop, _ = features.stft_geometry(hparams)
-    example_seconds = features.example_geometry(hparams)[1] * hop / (
-        audio.SAMPLE_RATE)
+    example_seconds = (hparams.geometry.example_hop_samples /
+                       audio.SAMPLE_RATE)
     tagged = [i for i in range(len(paths)) if i not in failures]
     files.write_atomically(timeline_csv_path, timeline.csv(
         paths, class_names, tagged, example_seconds))

@@ -24,8 +24,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tagger.core.params import (  # noqa: F401  (the geometry, here too)
-    example_geometry, stft_geometry)
 from tagger.sound.wav import SAMPLE_RATE
 
 EXAMPLES_PER_CHUNK = 16
@@ -38,13 +36,13 @@ def num_examples(num_samples, hparams):
   the STFT frames of the (padded) clip, framed with the example hop and the
   end padded.
   """
-  example_hop = example_geometry(hparams)[1]
+  example_hop = hparams.geometry.example_hop_frames
   return (num_frames(num_samples, hparams) + example_hop - 1) // example_hop
 
 
 def num_frames(num_samples, hparams):
   """STFT frames of a clip of num_samples (zero-padded to one window)."""
-  window, hop, _ = stft_geometry(hparams)
+  window, hop = hparams.geometry.window, hparams.geometry.hop
   maximum = tf.maximum if tf.is_tensor(num_samples) else max
   return 1 + (maximum(num_samples, window) - window) // hop
 
@@ -53,14 +51,15 @@ def chunk_bounds(num_samples, hparams):
   """Splits a clip of num_samples (an int tensor) into chunks of
   EXAMPLES_PER_CHUNK examples: per chunk, its start and end sample and the
   number of examples it contributes."""
-  window, hop, _ = stft_geometry(hparams)
-  example_window, example_hop = example_geometry(hparams)
+  geometry = hparams.geometry
   total = num_examples(num_samples, hparams)
   first_example = tf.range(0, total, EXAMPLES_PER_CHUNK)
-  starts = first_example * example_hop * hop
+  starts = first_example * geometry.example_hop_samples
   # Frames a full chunk needs: its examples' hops plus the last one's tail.
-  chunk_frames = (EXAMPLES_PER_CHUNK - 1) * example_hop + example_window
-  ends = tf.minimum(starts + (chunk_frames - 1) * hop + window, num_samples)
+  chunk_frames = ((EXAMPLES_PER_CHUNK - 1) * geometry.example_hop_frames +
+                  geometry.example_frames)
+  ends = tf.minimum(starts + (chunk_frames - 1) * geometry.hop +
+                    geometry.window, num_samples)
   counts = tf.minimum(total - first_example, EXAMPLES_PER_CHUNK)
   return starts, ends, counts
 
@@ -72,25 +71,19 @@ def chunk_examples(chunk, count, hparams):
   return waveform_to_examples(chunk, hparams)[..., :count, :, :]
 
 
-def crop_length(hparams):
-  """The samples one example is made of: its frames' hops and a window."""
-  window, hop, _ = stft_geometry(hparams)
-  return (example_geometry(hparams)[0] - 1) * hop + window
-
-
 def chunk_crops(chunk, count, hparams):
   """[chunk samples] (any dtype) -> [count, crop_length] the samples of the
   chunk's first `count` examples, zero-padded past the chunk's end."""
-  _, hop, _ = stft_geometry(hparams)
-  step = example_geometry(hparams)[1] * hop
-  return tf.signal.frame(chunk, crop_length(hparams), step,
+  return tf.signal.frame(chunk, hparams.geometry.crop_length,
+                         hparams.geometry.example_hop_samples,
                          pad_end=True)[:count]
 
 
 def crop_frames(num_samples, first_example, count, hparams):
   """[count] frames of the clip's framing that examples first_example ...
   first_example + count - 1 hold; the rest of an example is padding."""
-  example_window, example_hop = example_geometry(hparams)
+  example_window = hparams.geometry.example_frames
+  example_hop = hparams.geometry.example_hop_frames
   index = tf.cast(first_example, tf.int64) + tf.range(count, dtype=tf.int64)
   frames = num_frames(tf.cast(num_samples, tf.int64), hparams)
   return tf.cast(tf.clip_by_value(frames - index * example_hop, 0,
@@ -119,7 +112,7 @@ def _mel_matrix(mel_bands, num_spectrogram_bins, mel_min_hz, mel_max_hz):
 
 def pad_to_window(waveform, hparams):
   """[..., samples] zero-padded at the end to at least one STFT window."""
-  window, _, _ = stft_geometry(hparams)
+  window = hparams.geometry.window
   short = tf.maximum(0, window - tf.shape(waveform)[-1])
   paddings = tf.concat([tf.zeros([tf.rank(waveform) - 1, 2], tf.int32),
                         [[0, short]]], 0)
@@ -129,7 +122,8 @@ def pad_to_window(waveform, hparams):
 def waveform_to_mel(waveform, hparams):
   """[..., samples] float waveform in [-1, 1] -> [..., frames, bands] mel
   energies (STFT magnitudes through the mel matrix)."""
-  window, hop, fft_length = stft_geometry(hparams)
+  window, hop = hparams.geometry.window, hparams.geometry.hop
+  fft_length = hparams.geometry.fft_length
   magnitude = tf.abs(tf.signal.stft(
       pad_to_window(waveform, hparams), frame_length=window, frame_step=hop,
       fft_length=fft_length,
@@ -148,7 +142,8 @@ def log_compress(mel, hparams):
 def log_mel_to_examples(log_mel, hparams):
   """[..., frames, bands] -> [..., examples, example_window, bands], the end
   zero-padded."""
-  window, hop = example_geometry(hparams)
+  window = hparams.geometry.example_frames
+  hop = hparams.geometry.example_hop_frames
   return tf.signal.frame(log_mel, frame_length=window, frame_step=hop,
                          pad_end=True, pad_value=0.0, axis=-2)
 
@@ -236,5 +231,5 @@ class LogMelExamples(keras.layers.Layer):
     return feature, log_mel_to_examples(feature, self.hparams)[:, :count]
 
   def compute_output_shape(self, input_shape):
-    frames, _ = example_geometry(self.hparams)
+    frames = self.hparams.geometry.example_frames
     return (input_shape[0], None, frames, self.hparams.mel_bands)

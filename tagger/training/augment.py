@@ -21,7 +21,6 @@ with l drawn from Beta(mixup, mixup) per example.
 import keras
 import tensorflow as tf
 
-from tagger.core import params
 
 
 def _masks(shape, count, max_width, axis_length):
@@ -85,7 +84,7 @@ def mixup(examples, labels, alpha):
 def make(hparams):
   """The augmentation (examples, labels) -> (examples, labels) the hparams
   ask for, or None."""
-  masks = params.has_masks(hparams) and not hparams.specaug_after_pcen
+  masks = hparams.has_masks and not hparams.specaug_after_pcen
   if not masks and not hparams.mixup:
     return None
 

@@ -27,7 +27,6 @@ TensorFlow); TensorFlow is imported when a strategy is made.
 """
 
 import contextlib
-import json
 import os
 import re
 import socket
@@ -36,123 +35,11 @@ import time
 
 from tagger.core import stopping
 from tagger.core.files import UserError
+from tagger.training import cluster_config
 
 MODES = ('auto', 'none', 'mirrored', 'multi_worker')
-# The task types a cluster of this program has: TensorFlow's parameter
-# servers and evaluators have no part in MultiWorkerMirroredStrategy.
-TASK_TYPES = ('chief', 'worker')
-_EXAMPLE = ('{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
-            '"task": {"type": "worker", "index": 0}}')
-
-
-def check_config():
-  """(cluster dict, task dict) of the TF_CONFIG environment variable, or
-  (None, None) if it is not set. Raises UserError (`TF_CONFIG: what is
-  wrong`) unless it is a JSON object whose "cluster" maps "chief" (one at
-  most) and "worker" to lists of distinct "host:port" addresses and whose
-  "task" names one of them by "type" and "index"."""
-  text = os.environ.get('TF_CONFIG')
-  if not text:
-    return None, None
-  try:
-    config = json.loads(text)
-  except ValueError:
-    raise UserError('TF_CONFIG: not valid JSON') from None
-  problem = _config_problem(config)
-  if problem:
-    raise UserError('TF_CONFIG: ' + problem)
-  return config['cluster'], config['task']
-
-
-def cluster():
-  """(cluster dict, task dict) of TF_CONFIG, or (None, None); see
-  check_config."""
-  return check_config()
-
-
-def _json_type(value):
-  if isinstance(value, bool):
-    return 'true/false'
-  for kind, name in ((dict, 'an object'), (list, 'a list'), (str, 'a string'),
-                     ((int, float), 'a number')):
-    if isinstance(value, kind):
-      return name
-  return 'null'
-
-
-def _config_problem(config):
-  if not isinstance(config, dict):
-    return 'must be a JSON object like %s, not %s' % (_EXAMPLE,
-                                                      _json_type(config))
-  for key in ('cluster', 'task'):
-    if key not in config:
-      return 'no "%s" (it must be like %s)' % (key, _EXAMPLE)
-  return (_cluster_problem(config['cluster']) or
-          _task_problem(config['task'], config['cluster']))
-
-
-def _cluster_problem(spec):
-  if not isinstance(spec, dict) or not spec:
-    return ('"cluster" must be an object of lists of "host:port" addresses, '
-            'e.g. {"worker": ["host1:2222", "host2:2222"]}, not %s' % (
-                'an empty one' if spec == {} else _json_type(spec)))
-  owners = {}
-  for kind, addresses in spec.items():
-    if kind not in TASK_TYPES:
-      return ('"cluster" lists "%s" tasks; this program runs only "chief" '
-              'and "worker" tasks' % kind)
-    if not isinstance(addresses, list) or not addresses:
-      return ('"cluster" "%s" must be a list of "host:port" addresses, not '
-              '%s' % (kind, 'an empty one' if addresses == [] else
-                      _json_type(addresses)))
-    if kind == 'chief' and len(addresses) > 1:
-      return '"cluster" lists %d "chief" tasks; a cluster has one at most' % (
-          len(addresses))
-    for index, address in enumerate(addresses):
-      owner = '%s %d' % (kind, index)
-      if not _is_address(address):
-        return '"cluster" %s: %s is not a "host:port" address' % (
-            owner, json.dumps(address))
-      if address in owners:
-        return '"cluster": %s is the address of both %s and %s' % (
-            address, owners[address], owner)
-      owners[address] = owner
-  return None
-
-
-def _is_address(address):
-  if not isinstance(address, str):
-    return False
-  host, _, port = address.rpartition(':')
-  return bool(host.strip('[]')) and port.isdigit() and 0 < int(port) < 65536
-
-
-def _task_problem(task, spec):
-  if not isinstance(task, dict):
-    return ('"task" must be an object like {"type": "worker", "index": 0}, '
-            'not %s' % _json_type(task))
-  for key in ('type', 'index'):
-    if key not in task:
-      return ('"task" has no "%s" (it must be like {"type": "worker", '
-              '"index": 0})' % key)
-  kind, index = task['type'], task['index']
-  if kind not in TASK_TYPES:
-    return ('"task" type %s: this program runs only "chief" and "worker" '
-            'tasks' % json.dumps(kind))
-  if kind not in spec:
-    return '"task" type "%s" has no list in "cluster"' % kind
-  if not isinstance(index, int) or isinstance(index, bool):
-    return '"task" index must be a whole number, not %s' % json.dumps(index)
-  count = len(spec[kind])
-  if not 0 <= index < count:
-    return '"task" index %d is out of range: "cluster" lists %s' % (
-        index, '1 "%s" task (index 0)' % kind if count == 1 else
-        '%d "%s" tasks (0 to %d)' % (count, kind, count - 1))
-  return None
-
-
 def _cluster_size():
-  spec, _ = cluster()
+  spec, _ = cluster_config.check_config()
   return sum(len(tasks) for tasks in (spec or {}).values())
 
 
@@ -188,9 +75,9 @@ _runtime = {}  # 'started' once TensorFlow's multi-worker runtime starts
 def _tasks():
   """[(name, address)] of the cluster's tasks ('worker 1', 'host:port'),
   this one first."""
-  spec, task = cluster()
+  spec, task = cluster_config.check_config()
   own = (task['type'], task['index'])
-  others = [('%s %d' % (kind, index), address) for kind in TASK_TYPES
+  others = [('%s %d' % (kind, index), address) for kind in cluster_config.TASK_TYPES
             for index, address in enumerate(spec.get(kind, ()))
             if (kind, index) != own]
   return [('%s %d' % own, spec[own[0]][own[1]])] + others
@@ -258,10 +145,10 @@ def _limit_registration(seconds):
   would configure, plus a registration barrier with that timeout."""
   from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
   from tensorflow.python.eager import context
-  spec, _ = cluster()
+  spec, _ = cluster_config.check_config()
   jobs = [coordination_config_pb2.CoordinatedJob(name=kind,
                                                  num_tasks=len(spec[kind]))
-          for kind in TASK_TYPES if kind in spec]
+          for kind in cluster_config.TASK_TYPES if kind in spec]
   leader = '/job:%s/replica:0/task:0' % ('chief' if 'chief' in spec else
                                           'worker')
   context.context().configure_coordination_service(
@@ -293,7 +180,7 @@ def _multi_worker(timeout):
 def _named_tasks(message):
   """[(name, address)] of the other tasks of the cluster a TensorFlow error
   message names, each once."""
-  spec, task = cluster()
+  spec, task = cluster_config.check_config()
   found = []
   for kind, index in _TASK_NAME.findall(message):
     if (kind, int(index)) != (task['type'], task['index']) and int(
@@ -383,7 +270,7 @@ def is_chief(strategy):
     return True
   if resolver.task_type == 'chief':
     return True
-  spec, _ = cluster()
+  spec, _ = cluster_config.check_config()
   return (resolver.task_type == 'worker' and resolver.task_id == 0 and
           'chief' not in (spec or {}))
 

@@ -13,7 +13,7 @@ to the probability of the class being present, p = sigmoid(z).
 import numpy as np
 import tensorflow as tf
 
-from tagger.core import params
+from tagger.core import param_checks
 
 
 def _check_range(name, value, low, high, low_open=False):
@@ -98,7 +98,7 @@ def make_noisy_loss(hparams):
     return lambda labels, logits: bootstrap_hard(
         labels, logits, hparams.bootstrap_hard_beta)
   raise ValueError('hparam noisy_loss=%s: must be one of %s' % (
-      name, ', '.join(params.NOISY_LOSSES)))
+      name, ', '.join(param_checks.NOISY_LOSSES)))
 
 
 def relabel(given, scores, keep_threshold, add_threshold):

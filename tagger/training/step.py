@@ -99,16 +99,10 @@ def make_optimizer(hparams, epoch_num_batches, max_steps=None):
   return keras.optimizers.Adam(rate, epsilon=hparams.adam_eps)
 
 
-def make_train_step(model, loss_fn, variables, optimizer, step,
-                    strategy=None, augment=None, after_apply=None):
-  """The training step: (examples, labels) -> (loss, finite). Under a
-  distribution strategy, examples and labels are a distributed batch (a
-  replica's share each); loss is the mean over the whole batch, and finite
-  whether every replica's loss and gradients were. augment (from
-  augment.make) transforms each replica's examples and labels first;
-  after_apply() runs after each applied update (the weight average)."""
-  strategy = strategy or tf.distribute.get_strategy()
-  replicas = strategy.num_replicas_in_sync
+def _replica_gradients(model, loss_fn, variables, optimizer, replicas,
+                       augment):
+  """One replica's part of the step: (examples, labels) -> (its loss, its
+  gradients, 1 where its loss or gradients are not finite)."""
   loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
   def replica_gradients(examples, labels):
@@ -128,6 +122,22 @@ def make_train_step(model, loss_fn, variables, optimizer, step,
       # and then: the optimizer skips the update and lowers the scale.)
       finite &= tf.math.is_finite(tf.linalg.global_norm(gradients))
     return loss, gradients, tf.cast(~finite, tf.int32)
+
+  return replica_gradients
+
+
+def make_train_step(model, loss_fn, variables, optimizer, step,
+                    strategy=None, augment=None, after_apply=None):
+  """The training step: (examples, labels) -> (loss, finite). Under a
+  distribution strategy, examples and labels are a distributed batch (a
+  replica's share each); loss is the mean over the whole batch, and finite
+  whether every replica's loss and gradients were. augment (from
+  augment.make) transforms each replica's examples and labels first;
+  after_apply() runs after each applied update (the weight average)."""
+  strategy = strategy or tf.distribute.get_strategy()
+  replica_gradients = _replica_gradients(
+      model, loss_fn, variables, optimizer, strategy.num_replicas_in_sync,
+      augment)
 
   def replica_apply(gradients):
     # Copies made on this replica's device: a multi-worker strategy's

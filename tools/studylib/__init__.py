@@ -1,0 +1,1 @@
+"""The parts of tools/study.py: spec, runs, runner, stats and report."""

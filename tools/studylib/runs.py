@@ -1,0 +1,134 @@
+"""A study's runs: each one's folder, commands and remembered settings.
+"""
+
+import json
+import os
+import re
+import sys
+
+from tagger.core import checkpoints
+from tagger.core import files
+from tools.studylib.spec import StudyError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MAIN = os.path.join(REPO, 'main.py')
+
+
+def run_name(config_name, seed):
+  return '%s/seed-%d' % (config_name, seed)
+
+
+def run_dir(study_dir, config_name, seed):
+  return os.path.join(study_dir, 'runs', config_name, 'seed-%d' % seed)
+
+
+def eval_file(folder, step):
+  return os.path.join(folder, 'eval', 'eval-%d.txt' % step)
+
+
+def checkpoint_prefix(folder, step):
+  return os.path.join(folder, 'train', 'model.ckpt-%d' % step)
+
+
+def is_finished(folder, config):
+  return all(os.path.exists(eval_file(folder, s)) for s in config.eval_steps)
+
+
+def run_hparams(config, seed):
+  return ','.join(p for p in (config.hparams, 'seed=%d' % seed) if p)
+
+
+def fill(text, seed, folder):
+  """A configuration's text with {seed}, {runs} and {run} filled in."""
+  return text.format(seed=seed, run=folder,
+                     runs=os.path.dirname(os.path.dirname(folder)))
+
+
+def _paths(spec, text, seed, folder):
+  """Comma-separated paths, each relative to the spec's folder."""
+  return ','.join(os.path.join(spec.folder, fill(p, seed, folder))
+                  for p in text.split(','))
+
+
+def train_command(spec, config, seed, folder):
+  csv_paths = (_paths(spec, config.train_csv, seed, folder)
+               if config.train_csv else spec.data['train_csv'])
+  clip_dirs = (_paths(spec, config.train_clip_dir, seed, folder)
+               if config.train_clip_dir else spec.data['train_clip_dir'])
+  return [sys.executable, MAIN, '--mode', 'train', '--model', config.model,
+          '--class_map_path', spec.data['class_map'],
+          '--train_clip_dir', clip_dirs, '--train_csv_path', csv_paths,
+          '--train_dir', os.path.join(folder, 'train'),
+          '--hparams', run_hparams(config, seed),
+          '--max_steps', str(config.max_steps)] + [
+              fill(f, seed, folder) for f in config.train_flags]
+
+
+def before_command(spec, config, seed, folder):
+  return [sys.executable, MAIN, '--class_map_path', spec.data['class_map']
+          ] + [fill(a, seed, folder) for a in config.before]
+
+
+def eval_command(spec, folder):
+  return [sys.executable, MAIN, '--mode', 'eval',
+          '--class_map_path', spec.data['class_map'],
+          '--eval_clip_dir', spec.data['test_clip_dir'],
+          '--eval_csv_path', spec.data['test_csv'],
+          '--train_dir', os.path.join(folder, 'eval_checkpoints'),
+          '--eval_dir', os.path.join(folder, 'eval')]
+
+
+def run_settings(spec, config, seed):
+  """What makes a run's results what they are; max_steps and eval_steps may
+  grow (training resumes, more steps are scored)."""
+  return {'model': config.model, 'hparams': run_hparams(config, seed),
+          'train_flags': list(config.train_flags), 'data': spec.raw_data,
+          'train_csv': config.train_csv,
+          'train_clip_dir': config.train_clip_dir,
+          'before': list(config.before)}
+
+
+def check_settings(folder, settings, name):
+  """Records the run's settings, or refuses other ones than recorded: a
+  resumed run would mix two recipes, and its results would be neither's."""
+  path = os.path.join(folder, 'run.json')
+  if not os.path.exists(path):
+    files.write_atomically(path, json.dumps(settings, indent=1) + '\n')
+    return
+  with open(path) as f:
+    recorded = json.load(f)
+  for key, value in settings.items():
+    if recorded.get(key) != value:
+      raise StudyError(
+          '%s was started with %s %s, the spec now says %s; give the '
+          'configuration another name, or delete %s to redo it' % (
+              name, key, json.dumps(recorded.get(key)), json.dumps(value),
+              folder))
+
+
+def link_checkpoints(folder, steps, name):
+  """Fills eval_checkpoints/ with relative links to the files of the chosen
+  checkpoints not yet scored, so that eval scores those and no others."""
+  links = os.path.join(folder, 'eval_checkpoints')
+  os.makedirs(links, exist_ok=True)
+  for entry in os.listdir(links):
+    os.remove(os.path.join(links, entry))
+  for step in steps:
+    prefix = checkpoint_prefix(folder, step)
+    paths = checkpoints.files_of(prefix)
+    if prefix + '.index' not in paths or len(paths) < 2:  # index, shards
+      raise StudyError('%s: training left no checkpoint %s; delete %s to '
+                       'redo the run' % (name, prefix, folder))
+    for path in paths:
+      os.symlink(os.path.relpath(path, links),
+                 os.path.join(links, os.path.basename(path)))
+
+
+def remove_stale_claims(folder):
+  """Eval claims left by an eval killed outright: the study lock makes this
+  process the only one scoring into the folder."""
+  eval_dir = os.path.join(folder, 'eval')
+  if os.path.isdir(eval_dir):
+    for entry in os.listdir(eval_dir):
+      if re.fullmatch(r'eval-\d+\.claim(\.\d+)?', entry):
+        os.remove(os.path.join(eval_dir, entry))
