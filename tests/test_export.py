@@ -386,7 +386,9 @@ def test_chunked_outputs_equal_the_whole_clip_computation(
     want = {'log_mel': log_mel, 'embeddings': embeddings,
             'scores': tf.sigmoid(logits)}
     for key, value in want.items():
-      np.testing.assert_allclose(got[key], value.numpy(), atol=1e-5,
+      # float32 through 27 layers, in batches of other sizes (other kernel
+      # blockings): 1.3e-5 has been seen on a score of 0.41.
+      np.testing.assert_allclose(got[key], value.numpy(), atol=3e-5,
                                  rtol=1e-5, err_msg=key)
     path = str(tmp_path / ('%d.wav' % len(waveform)))
     write_pcm_wav(path, np.round(waveform * 32768))
