@@ -16,7 +16,7 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # The tests' models are tiny: oneDNN's graph rewrites and kernel set-up cost
-# more than they save at this size (test_training.py side by side: 83 s
+# more than they save at this size (test_train.py side by side: 83 s
 # without, 92 s with). Each number a test compares is held to an
 # independent computation with a tolerance either kernel library meets;
 # TF_ENABLE_ONEDNN_OPTS=1 runs the suite with oneDNN.
@@ -29,7 +29,7 @@ if REPO not in sys.path:
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-import forks  # noqa: E402
+from support import forks  # noqa: E402
 from tools import make_demo_data  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def subprocess_env():
 def run_main(args, cwd=None, timeout=300, script=None):
   """Runs main.py in a process of its own (with a script, as `python -c
   SCRIPT main.py ARGS...`, e.g. one of main_in_process); returns the
-  CompletedProcess. The process is forked from tests/forkserver.py's
+  CompletedProcess. The process is forked from tests/support/forkserver.py's
   (TensorFlow imported once) where that cannot differ from starting it
   afresh."""
   args = [str(a) for a in args]
@@ -172,10 +172,11 @@ def labeled_rows(csv_path):
 
 
 def load_model_from_checkpoint(model_name, hparams, checkpoint_prefix):
-  """A plain Keras model of stock layers (tests/plain_models.py, its layer
-  tables written out there) with every variable read from the checkpoint by
-  its variable path (not through model.py or scoring.Scorer)."""
-  import plain_models
+  """A plain Keras model of stock layers (tests/support/plain_models.py,
+  its layer tables written out there) with every variable read from the
+  checkpoint by its variable path (not through model.py or
+  scoring.Scorer)."""
+  from support import plain_models
   net = plain_models.plain_model(model_name, len(read_class_names()), hparams)
   return plain_models.load_checkpoint(net, checkpoint_prefix)
 
@@ -194,9 +195,9 @@ def independent_clip_scores(model_name, hparams, checkpoint_prefix, clip_dir,
                             fnames):
   """[clips, classes] mean sigmoid score over each clip's examples, from the
   plain model in inference mode on NumPy log-mel examples
-  (tests/reference.py)."""
+  (tests/support/reference.py)."""
   import tensorflow as tf
-  import reference
+  from support import reference
   net = load_model_from_checkpoint(model_name, hparams, checkpoint_prefix)
   examples = [reference.np_clip_examples(os.path.join(clip_dir, fname),
                                          hparams).astype(np.float32)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tagger.core import checkpoints
-import reference
+from support import reference
 from conftest import CLASS_MAP, read_class_names, write_pcm_wav
 
 

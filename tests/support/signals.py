@@ -1,0 +1,37 @@
+"""Test signals several test files share: waveforms with a non-finite
+sample in one chunk, and a WAV file hours long that takes no disk space."""
+
+import struct
+
+import numpy as np
+
+NUM_SAMPLES = 20 * 44100  # three chunks of the tagger's geometry
+# A bad sample in the first chunk only, the middle one only, the last one.
+POSITIONS = {'start': 0, 'middle': NUM_SAMPLES // 2, 'end': NUM_SAMPLES - 1}
+
+
+def non_finite_waveforms():
+  """{case: (waveform, the bad sample's index)}: a good waveform (index
+  None), and copies with NaN or -inf at each of POSITIONS."""
+  good = np.random.default_rng(3).uniform(-0.3, 0.3, NUM_SAMPLES).astype(
+      np.float32)
+  cases = {'good': (good, None)}
+  for name, at in POSITIONS.items():
+    for bad in (np.nan, -np.inf):
+      waveform = good.copy()
+      waveform[at] = bad
+      cases['%s at the %s' % (bad, name)] = (waveform, at)
+  return cases
+
+
+def write_sparse_wav(path, hours):
+  """A 16-bit mono 44.1 kHz WAV header promising `hours` of samples, the
+  samples a hole in the file (no disk blocks, zeros when read)."""
+  frames = int(hours * 3600 * 44100)
+  header = struct.pack('<4sI4s4sIHHIIHH4sI', b'RIFF', 36 + 2 * frames,
+                       b'WAVE', b'fmt ', 16, 1, 1, 44100, 88200, 2, 16,
+                       b'data', 2 * frames)
+  with open(path, 'wb') as f:
+    f.write(header)
+    f.truncate(len(header) + 2 * frames)
+  return frames
