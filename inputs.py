@@ -194,20 +194,17 @@ def _crops(clips, hparams, deterministic=False, offsets=(0,)):
 
 
 def clip_to_log_mel_examples(clip, clip_dir, hparams):
-  """[num_examples, example_window, mel_bands] float32 examples of one clip.
-
-  Meant for eager use (inspection, tests); the datasets below run the same
-  functions inside tf.data.
-  """
+  """[num_examples, example_window, mel_bands] float32 examples of one clip,
+  in order: the pipeline's own examples (_examples), for the int8
+  calibration and export's checks."""
   path = os.path.join(clip_dir, clip)
-  (offset,), (num_samples,) = _clip_headers([path])
-  read, pcm = _readers([offset])
-  contents = read(path, offset, num_samples)
-  starts, ends, counts = features.chunk_bounds(num_samples, hparams)
-  return tf.concat([
-      features.chunk_examples(to_float(pcm(contents, path, offset, s, e)),
-                              c, hparams)
-      for s, e, c in zip(starts.numpy(), ends.numpy(), counts.numpy())], 0)
+  offsets, counts = _clip_headers([path])
+  clips = tf.data.Dataset.from_tensor_slices(
+      (np.zeros(1, np.int32), np.asarray([path], dtype=object).astype(str),
+       offsets, counts))
+  examples = _examples(clips, hparams, deterministic=True, offsets=offsets)
+  return tf.concat([batch for batch, _ in examples.batch(
+      features.EXAMPLES_PER_CHUNK)], 0)
 
 
 def _labeled_clips(csv_path, clip_dir, class_names):

@@ -36,9 +36,9 @@ from tagger.modes import train_mode
 from tagger.training import distribution
 
 
-MODES = {m.name: m for m in (train_mode.MODE, eval_mode.MODE,
-                             inference_mode.MODE, export_mode.MODE,
-                             tag_mode.MODE, relabel_mode.MODE)}
+_MODE_MODULES = (train_mode, eval_mode, inference_mode, export_mode, tag_mode,
+                 relabel_mode)
+MODES = {m.MODE.name: m.MODE for m in _MODE_MODULES}
 
 flags.DEFINE_enum('mode', None, list(MODES),
                   'What to do: train a model, evaluate every checkpoint of a '
@@ -57,6 +57,7 @@ FLAGS = flags.FLAGS
 def _check_flags(mode):
   """The checks every mode shares, then the mode's own; returns the
   hparams of the flags (records.hparams_from_flags)."""
+  _check_flags_are_the_modes(mode)
   if FLAGS.inference_checkpoint:
     # A checkpoint given by one of its files is taken as its prefix.
     FLAGS.inference_checkpoint = checkpoints.prefix_of(
@@ -81,6 +82,21 @@ def _check_flags(mode):
     if getattr(FLAGS, flag):
       files.check_writable(getattr(FLAGS, flag), '--' + flag)
   return hparams
+
+
+def _check_flags_are_the_modes(mode):
+  """A flag that another mode declares, or a shared folder or checkpoint
+  this mode does not read, is refused: it would be ignored."""
+  for module in _MODE_MODULES:
+    for flag in FLAGS.get_flags_for_module(module):
+      if flag.present and module.MODE is not mode:
+        raise UserError('--%s is for --mode %s, not --mode %s' % (
+            flag.name, module.MODE.name, mode.name))
+  for name in ('train_dir', 'inference_checkpoint'):
+    if FLAGS[name].present and name not in mode.required + mode.inputs:
+      users = [m.name for m in MODES.values() if name in m.required]
+      raise UserError('--%s is for --mode %s and %s, not --mode %s' % (
+          name, ', '.join(users[:-1]), users[-1], mode.name))
 
 
 def run():

@@ -68,6 +68,26 @@ def test_missing_mode(dataset):
   assert 'apply these on top' in re.sub(r'\s+', ' ', help_text)
 
 
+@pytest.mark.parametrize('mode,flag,owners', [
+    ('inference', ['--top_k', '5'], 'tag'),
+    ('train', ['--eval_dir', 'e'], 'eval'),
+    ('tag', ['--max_steps', '200'], 'train'),
+    ('eval', ['--relabel_add_threshold', '0.9'], 'relabel'),
+    ('export', ['--predictions_csv_path', 'p.csv'], 'inference'),
+    ('relabel', ['--export_dir', 'x'], 'export'),
+    ('inference', ['--train_dir', 't'], 'train and eval'),
+    ('train', ['--inference_checkpoint', 'c'],
+     'inference, export, tag and relabel'),
+])
+def test_a_flag_of_another_mode_is_refused(tmp_path, mode, flag, owners):
+  """A mode's flags belong to it: another mode would ignore them."""
+  assert_one_error(run_main(['--mode', mode, '--class_map_path', CLASS_MAP]
+                            + flag, cwd=str(tmp_path)),
+                   '%s is for --mode %s, not --mode %s' % (flag[0], owners,
+                                                           mode))
+  assert os.listdir(str(tmp_path)) == []
+
+
 @pytest.mark.parametrize('target', ['train_dir', 'eval_dir', 'predictions'])
 def test_output_path_of_the_wrong_kind(tmp_path, dataset, mobilenet_train,
                                        target):

@@ -50,7 +50,15 @@ def num_frames(num_samples, hparams):
 def chunk_bounds(num_samples, hparams):
   """Splits a clip of num_samples (an int tensor) into chunks of
   EXAMPLES_PER_CHUNK examples: per chunk, its start and end sample and the
-  number of examples it contributes."""
+  number of examples it contributes.
+
+  The chunks are walked in two loops, each where it must run: the input
+  pipeline's (inputs._chunks, in tf.data: training, eval, inference,
+  relabelling, calibration and export's checks; tagging feeds its chunks,
+  read in Python so that one bad file stops no other, to the same
+  chunk_examples through scoring.waveform_examples), and the exported
+  graph's (waveform_model.py, a tf.while_loop: a SavedModel or TFLite model
+  holds no tf.data)."""
   geometry = hparams.geometry
   total = num_examples(num_samples, hparams)
   first_example = tf.range(0, total, EXAMPLES_PER_CHUNK)

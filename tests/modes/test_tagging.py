@@ -21,6 +21,7 @@ import pytest
 from conftest import (CLASS_MAP, check_ok, cut_in_half, main_in_process,
                       read_csv_rows, run_main, write_audio)
 from support.cli import Run, assert_one_error
+from support.signals import buzz, times
 
 # Scores of the same clip in other formats may differ from the 16-bit
 # 44.1 kHz original's by this fraction of what the original 1 dB quieter
@@ -94,33 +95,10 @@ def write_frames(path, frames, rate, bits, floating=False, extensible=False):
 
 # --- the test clip, defined in continuous time ------------------------------
 
-CLIP_SECONDS = 4.0
-_NOISE = np.random.default_rng(1)
-_FLOOR_HZ = _NOISE.uniform(50, 9000, 300)
-_FLOOR_PHASE = _NOISE.uniform(0, 2 * np.pi, 300)
-
-
-def buzz(t):
-  """The 'Buzz' sound of make_demo_data (a 130 Hz sawtooth), band-limited
-  to 9 kHz so that every sample rate below holds all of it, over a floor of
-  300 sinusoids (RMS ~0.005) so that no mel band is empty and the
-  original's 16-bit quantisation noise (~100 dB down) does not show."""
-  k = np.arange(1, 9000 // 130 + 1)
-  saw = (0.4 * 2 / np.pi) * (np.sin(2 * np.pi * 130 * np.outer(t, k)) *
-                             ((-1.0) ** (k + 1) / k)).sum(axis=1)
-  floor = sum(0.0004 * np.sin(2 * np.pi * f * t + p)
-              for f, p in zip(_FLOOR_HZ, _FLOOR_PHASE))
-  return saw + floor
-
-
 def bell(t):
   """A 3 kHz tone: the part the channels of the multichannel versions
   differ by, which mixing down cancels."""
   return 0.15 * np.sin(2 * np.pi * 3000 * t)
-
-
-def times(rate, seconds=CLIP_SECONDS):
-  return np.arange(int(round(seconds * rate))) / rate
 
 
 def write_clip_versions(folder):

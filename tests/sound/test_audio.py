@@ -151,9 +151,9 @@ def _lossy_versions(folder):
   """The 4 s test clip of test_tagging.py as a 16-bit WAV; as a lossless
   FLAC, AIFF and a WAV named .mp3 (the same samples); as Ogg Vorbis, Opus
   (48 kHz) and MP3."""
-  import test_tagging
+  from support import signals
   os.makedirs(str(folder))
-  pcm = np.round(test_tagging.buzz(test_tagging.times(44100)) * 32767)
+  pcm = np.round(signals.buzz(signals.times(44100)) * 32767)
   pcm = pcm.astype(np.int16)
   paths = {'wav': str(folder / 'a.wav')}
   write_pcm_wav(paths['wav'], pcm)
@@ -164,7 +164,7 @@ def _lossy_versions(folder):
                             ('ogg', 'e.ogg', {}), ('mp3', 'f.mp3', {})):
     paths[key] = write_audio(folder / name, pcm / 32768.0, **kwargs)
   paths['opus'] = write_audio(
-      folder / 'g.opus', test_tagging.buzz(test_tagging.times(48000)), 48000,
+      folder / 'g.opus', signals.buzz(signals.times(48000)), 48000,
       format='OGG', subtype='OPUS')
   return paths
 

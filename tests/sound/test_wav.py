@@ -71,13 +71,14 @@ def test_preflight_and_pipeline_agree_on_odd_headers(tmp_path, name):
   from tagger.sound import features
   import inputs
   from tagger.core import params
-  import test_features
+  from support import reference
   path = tmp_path / 'odd.wav'
   path.write_bytes(riff(ODD_HEADERS[name]))
   assert files.inspect_clip(str(path)) == (None, NUM_SAMPLES, None)
   hparams = params.parse_hparams()
   got = inputs.clip_to_log_mel_examples('odd.wav', str(tmp_path), hparams)
-  expected = test_features.np_examples(PCM.astype(np.float64) / 32768.0)
+  expected = reference.np_examples(PCM.astype(np.float64) / 32768.0,
+                                      reference.README_DEFAULTS)
   assert got.shape == expected.shape == (
       features.num_examples(NUM_SAMPLES, hparams), 100, 96)
   # The mel matrix's float32 rounding (checked in test_features) allows

@@ -1,5 +1,6 @@
 """Test signals several test files share: waveforms with a non-finite
-sample in one chunk, and a WAV file hours long that takes no disk space."""
+sample in one chunk, a WAV file hours long that takes no disk space, and
+the test clip of the tagging and audio tests."""
 
 import struct
 
@@ -35,3 +36,28 @@ def write_sparse_wav(path, hours):
     f.write(header)
     f.truncate(len(header) + 2 * frames)
   return frames
+
+
+# The test clip of the tagging and audio tests, in continuous time.
+
+CLIP_SECONDS = 4.0
+_NOISE = np.random.default_rng(1)
+_FLOOR_HZ = _NOISE.uniform(50, 9000, 300)
+_FLOOR_PHASE = _NOISE.uniform(0, 2 * np.pi, 300)
+
+
+def buzz(t):
+  """The 'Buzz' sound of make_demo_data (a 130 Hz sawtooth), band-limited
+  to 9 kHz so that every sample rate below holds all of it, over a floor of
+  300 sinusoids (RMS ~0.005) so that no mel band is empty and the
+  original's 16-bit quantisation noise (~100 dB down) does not show."""
+  k = np.arange(1, 9000 // 130 + 1)
+  saw = (0.4 * 2 / np.pi) * (np.sin(2 * np.pi * 130 * np.outer(t, k)) *
+                             ((-1.0) ** (k + 1) / k)).sum(axis=1)
+  floor = sum(0.0004 * np.sin(2 * np.pi * f * t + p)
+              for f, p in zip(_FLOOR_HZ, _FLOOR_PHASE))
+  return saw + floor
+
+
+def times(rate, seconds=CLIP_SECONDS):
+  return np.arange(int(round(seconds * rate))) / rate
