@@ -39,13 +39,15 @@ def _train_flags(dataset, train_dir, **overrides):
     ({'hparams': 'warmstart=1'}, ['--warmstart_checkpoint=/no/model.ckpt-7'],
      ['--warmstart_checkpoint', '/no/model.ckpt-7']),
     ({}, ['--max_steps=0'], ['max_steps']),
+    ({}, ['--epoch_num_batches=0'], ['epoch_num_batches']),
     ({'hparams': 'batch_size=4,cosine_decay=1'}, [],
      ['--hparams', 'cosine_decay=1', 'decay_horizon or --max_steps']),
     ({'hparams': 'batch_size=4,cosine_decay=1,warmup_steps=50'},
      ['--max_steps=40'], ['cosine_decay=1', 'warmup_steps=50']),
 ], ids=['mode', 'unknown-flag', 'class-map', 'train-dir', 'hparam-value',
         'hparam-name', 'lrdecay', 'warmstart', 'warmstart-missing',
-        'max-steps-0', 'cosine-without-horizon', 'cosine-within-warmup'])
+        'max-steps-0', 'epoch-batches-0', 'cosine-without-horizon',
+        'cosine-within-warmup'])
 def test_bad_flags(dataset, tmp_path, overrides, extra, needles):
   # (In the test's own folder: a run that wrongly creates it leaves nothing
   # behind for the next run of the suite.)
@@ -66,6 +68,23 @@ def test_missing_mode(dataset):
   assert 'export a checkpoint as a SavedModel' in help_text
   # --hparams applies on top of what a run recorded.
   assert 'apply these on top' in re.sub(r'\s+', ' ', help_text)
+
+
+def test_relabel_thresholds_may_be_equal(tmp_path, dataset):
+  """keep == add is a threshold like any other: the run goes on to the
+  next check (here, a checkpoint that does not exist); keep above add is
+  refused."""
+  args = ['--mode', 'relabel', '--class_map_path', CLASS_MAP,
+          '--inference_checkpoint', str(tmp_path / 'model.ckpt-5'),
+          '--relabel_csv_path', dataset['train_csv'],
+          '--relabel_clip_dir', dataset['train_clip_dir'],
+          '--relabeled_csv_path', str(tmp_path / 'out.csv')]
+  assert_one_error(run_main(args + ['--relabel_keep_threshold', '0.5',
+                                    '--relabel_add_threshold', '0.5']),
+                   '--inference_checkpoint', 'model.ckpt-5')
+  assert_one_error(run_main(args + ['--relabel_keep_threshold', '0.51',
+                                    '--relabel_add_threshold', '0.5']),
+                   '--relabel_keep_threshold 0.51 is above')
 
 
 @pytest.mark.parametrize('mode,flag,owners', [

@@ -103,7 +103,6 @@ def check(hparams):
                     'TF_CONFIG environment variable (see README)')
   if distribution.uses_cluster(FLAGS.distribution):
     distribution.check_port()
-  _sources()
   if hparams is not None:
     _check_hparams(hparams)
 
