@@ -206,6 +206,7 @@ SCORING = ('bn_stats', 'score_averaged')
 # epochs.
 DEFAULT_EPOCHS = 1000
 
+
 def default_max_steps(max_steps, epoch_num_batches, epochs=DEFAULT_EPOCHS):
   """The steps a run trains for: max_steps, else `epochs` epochs of
   epoch_num_batches batches; None when neither is given (the pipeline then
