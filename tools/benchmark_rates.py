@@ -14,6 +14,7 @@ from tagger.models import batchnorm
 from tagger.core import checkpoints
 from tagger.sound import features
 from tagger.core import files
+from tagger.core import machine
 import inference
 import inputs
 from tools import make_demo_data
@@ -24,8 +25,7 @@ import train
 from tagger.training import state as state_lib
 from tagger.training import step as step_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLASS_MAP = os.path.join(REPO, 'class_map.csv')
+CLASS_MAP = os.path.join(machine.REPO, 'class_map.csv')
 MODEL = 'mobilenet-v1'
 
 

@@ -1,5 +1,5 @@
-"""The summary of a study: results.csv, table.csv, table.md and the plots.
-"""
+"""The summary of a study: results.csv, table.csv, table.md and the
+plots."""
 
 import csv
 import itertools

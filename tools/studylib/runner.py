@@ -1,6 +1,5 @@
-"""The commands of a study, run one at a time, each in a process of
-its own, SIGINT and SIGTERM passed on.
-"""
+"""The commands of a study, run one at a time, each in a process of its
+own, SIGINT and SIGTERM passed on."""
 
 import ctypes
 import os

@@ -1,5 +1,4 @@
-"""A study's runs: each one's folder, commands and remembered settings.
-"""
+"""A study's runs: each one's folder, commands and remembered settings."""
 
 import json
 import os
@@ -8,10 +7,10 @@ import sys
 
 from tagger.core import checkpoints
 from tagger.core import files
+from tagger.core import machine
 from tools.studylib.spec import StudyError
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MAIN = os.path.join(REPO, 'main.py')
+MAIN = os.path.join(machine.REPO, 'main.py')
 
 
 def run_name(config_name, seed):

@@ -1,5 +1,4 @@
-"""The study spec: its JSON read, checked and held as Spec and Config.
-"""
+"""The study spec: its JSON read, checked and held as Spec and Config."""
 
 import dataclasses
 import json

@@ -1,6 +1,5 @@
 """The results of a study: each run's lwlrap, means with 95% Student t
-intervals, and paired differences to the reference.
-"""
+intervals, and paired differences to the reference."""
 
 import math
 import os
