@@ -33,6 +33,9 @@ def _hparams(text=''):
     ('crnn_dropout=1.0', 'crnn_dropout'),
     ('ema_decay=1.0', 'ema_decay'),
     ('mel_bands=1100', 'mel_bands'),
+    ('mel_bands=1026', 'mel_bands'),  # one band more than the 1025 bins
+    ('lr=nan', 'lr'),
+    ('lr=-inf', 'lr'),
     ('mel_min_hz=5000,mel_max_hz=4000', 'mel_min_hz'),
     ('mel_max_hz=30000', 'mel_max_hz'),
     ('lq_q=1.5', 'lq_q'),
@@ -72,6 +75,7 @@ def test_hparam_combinations_out_of_range_are_refused(text, needle):
     'seed=2147483647', 'mel_bands=1025',
     'stft_window_seconds=0.04,stft_hop_seconds=0.04',
     'example_window_seconds=60', 'example_hop_seconds=0.01',
+    'example_window_seconds=0.01',
 ])
 def test_hparam_combinations_in_range_are_accepted(text):
   """The neighbours of the refused values above pass, with what they
