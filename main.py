@@ -47,8 +47,7 @@ flags.DEFINE_enum('mode', None, list(MODES),
                   'print the top classes of any audio files, or relabel a CSV '
                   'of clips with a checkpoint.')
 # --help lists the flags of every mode.
-for _module in (mode_lib, engine_flags, train_mode, eval_mode,
-                inference_mode, export_mode, tag_mode, relabel_mode):
+for _module in (mode_lib, engine_flags) + _MODE_MODULES:
   flags.adopt_module_key_flags(_module)
 
 FLAGS = flags.FLAGS
