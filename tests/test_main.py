@@ -75,9 +75,19 @@ def _check_eval_report(path, truth, scores, class_names):
   assert lines[num_classes].startswith('Overall lwlrap = ')
   assert within(overall_lwlrap(text), lwlrap_bounds(truth, scores))
 
+  _check_metrics_lines(lines[num_classes + 1:], truth, scores, class_names)
+  assert len(lines) == 2 * num_classes + 4
+  return text
+
+
+def _check_metrics_lines(lines, truth, scores, class_names):
+  """The lines of a metrics-N.txt: each class's EER in class-map order,
+  the mean and pooled EER and micro-F1, against bounds from the plain
+  model's clip scores."""
+  num_classes = len(class_names)
   eer_lines = [re.fullmatch(r'EER\((.+)\) = (\S+)', l)
-               for l in lines[num_classes + 1:2 * num_classes + 1]]
-  assert all(eer_lines), lines[num_classes + 1:2 * num_classes + 1]
+               for l in lines[:num_classes]]
+  assert all(eer_lines), lines[:num_classes]
   # One line per class, in class-map order.
   assert [m.group(1) for m in eer_lines] == list(class_names)
   lows, highs = [], []
@@ -92,19 +102,17 @@ def _check_eval_report(path, truth, scores, class_names):
   assert lows, 'no class with positive and negative clips'
   mean = re.fullmatch(r'Mean EER = ([0-9.]+) \(over (\d+) classes with '
                       r'positive and negative clips\)',
-                      lines[2 * num_classes + 1])
-  assert mean, lines[2 * num_classes + 1]
+                      lines[num_classes])
+  assert mean, lines[num_classes]
   assert int(mean.group(2)) == len(lows)
   assert within(float(mean.group(1)), (np.mean(lows), np.mean(highs)))
-  pooled = re.fullmatch(r'Pooled EER = ([0-9.]+)', lines[2 * num_classes + 2])
-  assert pooled, lines[2 * num_classes + 2]
+  pooled = re.fullmatch(r'Pooled EER = ([0-9.]+)', lines[num_classes + 1])
+  assert pooled, lines[num_classes + 1]
   assert within(float(pooled.group(1)), reference.eer_bounds(
       truth.ravel(), scores.ravel(), TIE))
-  f1 = re.fullmatch(r'Micro-F1 = ([0-9.]+)', lines[2 * num_classes + 3])
-  assert f1, lines[2 * num_classes + 3]
+  f1 = re.fullmatch(r'Micro-F1 = ([0-9.]+)', lines[num_classes + 2])
+  assert f1, lines[num_classes + 2]
   assert within(float(f1.group(1)), _micro_f1_bounds(truth, scores))
-  assert len(lines) == 2 * num_classes + 4
-  return text
 
 
 def _eval_scalars(eval_dir):

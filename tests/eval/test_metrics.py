@@ -2,7 +2,6 @@
 brute-force NumPy EER."""
 
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 

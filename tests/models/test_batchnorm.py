@@ -6,7 +6,6 @@ before)."""
 
 import dataclasses
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 

@@ -5,7 +5,6 @@ Keras 2."""
 
 import os
 import re
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -15,7 +14,6 @@ import pytest
 from tagger.core import files
 from tagger.core import params
 
-from conftest import REPO  # noqa: E402
 
 
 # --- submission precision ---------------------------------------------------

@@ -3,7 +3,6 @@ against NumPy, pooling and inference against plain Keras models of stock
 layers (tests/support/plain_models.py), dropout rates counted."""
 
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 

@@ -10,7 +10,6 @@ score per clip (on NumPy features).
 """
 
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -65,8 +64,8 @@ def test_training_step_matches_plain_model(data):
   optimizer = train.step_lib.make_optimizer(hparams, 0)
   optimizer.build(ours.trainable_variables)
   step = tf.Variable(0, dtype=tf.int64)
-  fast_step = train.step_lib.make_train_step(ours, loss_fn, ours.trainable_variables,
-                                    optimizer, step)
+  fast_step = train.step_lib.make_train_step(
+      ours, loss_fn, ours.trainable_variables, optimizer, step)
 
   plain_optimizer = tf.keras.optimizers.Adam(1e-4, epsilon=1e-3)
 
@@ -86,6 +85,12 @@ def test_training_step_matches_plain_model(data):
                                rtol=1e-4)
   assert int(step) == 3
 
+  _check_statistics_and_scores(ours, plain, batches)
+
+
+def _check_statistics_and_scores(ours, plain, batches):
+  """After the same steps: the moving statistics of both models, and the
+  inference-mode scores that use them."""
   # Training-mode losses never see the moving statistics: compare them, and
   # the inference-mode outputs that use them. With bndecay=0.1, three steps
   # from 0 / 1 leave 0.001 of the initial values (0.729 if the decay were

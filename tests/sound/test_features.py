@@ -2,7 +2,6 @@
 implementation of the baseline's feature definition."""
 
 import os
-import sys
 import types
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

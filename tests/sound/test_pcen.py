@@ -2,7 +2,6 @@
 tf.data pipeline and a NumPy reference give the same examples."""
 
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 

@@ -4,7 +4,6 @@ examples are those of the samples written (NumPy reference)."""
 
 import os
 import struct
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 

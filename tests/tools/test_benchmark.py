@@ -116,11 +116,9 @@ def test_engine_ratios(monkeypatch, capsys):
   assert 'Keras engine end to end (batch %d): 700.0' % scoring.BATCH_SIZE in out
 
 
-def test_main_prints_the_ratios_of_its_measurements(monkeypatch, capsys):
-  """Every measurement replaced by a figure of its own; the ratios
-  worked by hand."""
-  default = params.HParams()
-  seen = {}
+def _fake_measurements(monkeypatch, default, seen):
+  """Every measurement of benchmark.main replaced by a figure of its own;
+  what they were given goes into `seen`."""
 
   def pipeline_train_rate(data, class_names, hp, warmup, repeats,
                           strategy=None):
@@ -175,6 +173,14 @@ def test_main_prints_the_ratios_of_its_measurements(monkeypatch, capsys):
   monkeypatch.setattr(benchmark.benchmark_audio, 'report', lambda *a: (
       seen.update(formats=a[0]) or {'WAV': 100.0, 'FLAC': 90.0,
                                     'Ogg Vorbis': 50.0, 'MP3': 40.0}))
+
+
+def test_main_prints_the_ratios_of_its_measurements(monkeypatch, capsys):
+  """Every measurement replaced by a figure of its own; the ratios
+  worked by hand."""
+  default = params.HParams()
+  seen = {}
+  _fake_measurements(monkeypatch, default, seen)
   monkeypatch.setattr(sys, 'argv', ['benchmark.py', '--train_steps', '5'])
   benchmark.main()
   out = capsys.readouterr().out

@@ -3,7 +3,6 @@ paper's equations, SpecAugment's and mixup's statistics, the width
 multiplier's sizes, and what they refuse."""
 
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 

@@ -12,7 +12,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -176,7 +175,12 @@ def test_two_workers_train_save_and_resume(tmp_path, dataset):
 
   # (Eval reads a distributed run's checkpoints as any other's:
   # test_mirrored_training_run_and_eval.)
+  _lose_a_worker_then_stop_both(dataset, train_dir)
 
+
+def _lose_a_worker_then_stop_both(dataset, train_dir):
+  """The two-worker run of step 3 in train_dir: a lost worker is named by
+  the other, and both resume from step 3; a SIGTERM to one stops both."""
   # Kill worker 1 mid-run: worker 0 says so in one line (after what
   # TensorFlow logs) and ends. Both start again and resume from the last
   # checkpoint, step 3.

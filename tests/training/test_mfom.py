@@ -1,7 +1,6 @@
 """MFoM layers and objectives against NumPy implementations of the formulas."""
 
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 

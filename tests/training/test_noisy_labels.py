@@ -3,7 +3,6 @@ papers' formulas (the losses: fixed labels and logits, hard and soft labels,
 logits of +-30 and exactly 0) and a hand-worked case."""
 
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
