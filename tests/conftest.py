@@ -1,5 +1,7 @@
-"""Shared fixtures: a tiny synthetic dataset, helpers to run main.py, and
-session-scoped training runs reused by the CLI, error and training tests.
+"""Shared fixtures: a tiny synthetic dataset, and session-scoped training,
+eval, inference and export runs reused by the CLI, error and training
+tests, each made once for every pytest-xdist process. The helpers they use
+and the tests share are in tests/support/.
 
 TensorFlow is imported lazily (inside helpers and fixtures) so that test
 files that only exercise main.py's pre-flight checks stay fast.
@@ -10,8 +12,6 @@ import os
 import pickle
 import random
 import shutil
-import signal
-import subprocess
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -22,14 +22,18 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # TF_ENABLE_ONEDNN_OPTS=1 runs the suite with oneDNN.
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
+# The project's modules, as main.py imports them.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from support import forks  # noqa: E402
+from support.cli import (calibration_args, check_ok, export_args,  # noqa: E402
+                         run_main, train_args)
+from support.scores import labeled_rows  # noqa: E402
+from support.settings import (CLASS_MAP, CRNN_HPARAMS, HPARAMS,  # noqa: E402
+                              TAG_HPARAMS, TAG_STEPS)
+from support.signals import write_check_clip, write_pcm_wav  # noqa: E402
 from tools import make_demo_data  # noqa: E402
 
 
@@ -42,191 +46,6 @@ def _same_random_state():
   np.random.seed(0)
   if 'tensorflow' in sys.modules:
     sys.modules['tensorflow'].random.set_seed(0)
-
-
-MAIN = os.path.join(REPO, 'main.py')
-# PreciseBN over 2 batches, not the default 20, in the tests' training runs:
-# the same computation, and a third less time for a short run (the 20
-# batches' examples are made and passed at every save).
-FEW_BN_BATCHES = 'bn_stats_batches=2'
-CLASS_MAP = os.path.join(REPO, 'class_map.csv')
-# Tiny batches, and a batch norm decay fast enough that after a few steps the
-# moving statistics are those of the batches (with the default 0.9997, or even
-# 0.5, the inference-mode scores of a 3-step MobileNet are the same for every
-# clip to 1e-7, and comparisons against them would prove little).
-HPARAMS = 'batch_size=4,lr=0.001,bndecay=0.01,' + FEW_BN_BATCHES
-CRNN_HPARAMS = 'batch_size=4,lr=0.001,crnn_bndecay=0.9,' + FEW_BN_BATCHES
-SAMPLE_RATE = 44100
-
-
-def main_in_process(before='', after=''):
-  """A Python script (for `python -c SCRIPT main.py ARGS...`) that runs
-  main.py as __main__ in its own process: `before` first, then main.py
-  with its exit status kept in `code`, then `after`, then that exit."""
-  return ('import os, runpy, sys\n'
-          'sys.path.insert(0, os.path.dirname(sys.argv[1]))\n' + before +
-          'sys.argv = sys.argv[1:]\n'
-          'code = 0\n'
-          'try:\n'
-          '  runpy.run_path(sys.argv[0], run_name="__main__")\n'
-          'except SystemExit as e:\n'
-          '  code = e.code\n' + after + 'sys.exit(code)\n')
-
-
-def subprocess_env():
-  env = dict(os.environ)
-  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
-  env['PYTHONUNBUFFERED'] = '1'
-  return env
-
-
-def run_main(args, cwd=None, timeout=300, script=None):
-  """Runs main.py in a process of its own (with a script, as `python -c
-  SCRIPT main.py ARGS...`, e.g. one of main_in_process); returns the
-  CompletedProcess. The process is forked from tests/support/forkserver.py's
-  (TensorFlow imported once) where that cannot differ from starting it
-  afresh."""
-  args = [str(a) for a in args]
-  env = subprocess_env()
-  forked = forks.run(args, cwd or os.getcwd(), env, timeout, script)
-  if forked is not None:
-    return forked
-  return subprocess.run(forks.command(args, script), cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=timeout)
-
-
-def _default_sigint():
-  # A suite started in the background (`cmd &` in a script) inherits SIGINT
-  # ignored, and Python then never raises KeyboardInterrupt; the tests that
-  # send SIGINT need it as an interactive run has it.
-  signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def popen_main(args, cwd=None):
-  """main.py running in a process of its own, forked as run_main's where it
-  can be (a forks.Child, with what the tests use of a Popen), with
-  Python's own SIGINT handler."""
-  args = [str(a) for a in args]
-  child = forks.start(args, cwd or os.getcwd(), subprocess_env(), sigint=True)
-  if child is not None:
-    return child
-  return subprocess.Popen(forks.command(args), cwd=cwd,
-                          env=subprocess_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True,
-                          preexec_fn=_default_sigint)
-
-
-def check_ok(result):
-  assert result.returncode == 0, 'rc=%s\nstdout:\n%s\nstderr:\n%s' % (
-      result.returncode, result.stdout[-3000:], result.stderr[-3000:])
-  return result
-
-
-def write_pcm_wav(path, samples, rate=SAMPLE_RATE):
-  """A mono 16-bit PCM WAV of int16 samples."""
-  from tagger.sound import audio
-  audio.write_pcm16(str(path), np.asarray(samples, np.int16), rate)
-
-
-def write_audio(path, samples, rate=SAMPLE_RATE, **kwargs):
-  """An audio file written by libsndfile (soundfile): float samples
-  ([frames] or [frames, channels]) in the format its extension names
-  (kwargs: soundfile.write's format and subtype, e.g. a lossless
-  subtype='PCM_16' FLAC)."""
-  import soundfile
-  soundfile.write(str(path), np.asarray(samples, np.float32), rate, **kwargs)
-  return str(path)
-
-
-def cut_in_half(path, dest):
-  """dest: the first half of path's bytes, as a copy cut short."""
-  data = open(str(path), 'rb').read()
-  with open(str(dest), 'wb') as f:
-    f.write(data[:len(data) // 2])
-  return str(dest)
-
-
-def write_check_clip(path, seconds, seed):
-  """A WAV file of export_checks.check_waveform (recorded-sound dynamics)."""
-  from tagger.modes import export_checks
-  write_pcm_wav(path, np.round(32768 * export_checks.check_waveform(seconds,
-                                                             seed=seed)))
-
-
-def read_class_names():
-  from tagger.core import files
-  return files.read_class_map(CLASS_MAP)
-
-
-def read_csv_rows(path):
-  import csv
-  with open(path, newline='') as f:
-    return list(csv.reader(f))
-
-
-def labeled_rows(csv_path):
-  """[(fname, [labels])] of a fname,labels CSV, read with the csv module."""
-  rows = read_csv_rows(csv_path)
-  assert rows[0] == ['fname', 'labels']
-  return [(r[0], r[1].split(',')) for r in rows[1:] if r]
-
-
-def load_model_from_checkpoint(model_name, hparams, checkpoint_prefix):
-  """A plain Keras model of stock layers (tests/support/plain_models.py,
-  its layer tables written out there) with every variable read from the
-  checkpoint by its variable path (not through model.py or
-  scoring.Scorer)."""
-  from support import plain_models
-  net = plain_models.plain_model(model_name, len(read_class_names()), hparams)
-  return plain_models.load_checkpoint(net, checkpoint_prefix)
-
-
-def scorer_scores(model_name, hparams, checkpoint, paths, engine=None):
-  """[clips, classes] clip scores as eval, inference and relabel make them
-  (scoring.Scorer, the Keras engine unless another is given)."""
-  from tagger.core import files
-  from tagger.engines import scoring
-  scorer = scoring.Scorer(model_name, 80, hparams, engine=engine)
-  scorer.load(checkpoint)
-  return scorer.score(paths, files.check_clips(paths))
-
-
-def independent_clip_scores(model_name, hparams, checkpoint_prefix, clip_dir,
-                            fnames):
-  """[clips, classes] mean sigmoid score over each clip's examples, from the
-  plain model in inference mode on NumPy log-mel examples
-  (tests/support/reference.py)."""
-  import tensorflow as tf
-  from support import reference
-  net = load_model_from_checkpoint(model_name, hparams, checkpoint_prefix)
-  examples = [reference.np_clip_examples(os.path.join(clip_dir, fname),
-                                         hparams).astype(np.float32)
-              for fname in fnames]
-  everything = np.concatenate(examples)
-  example_scores = np.concatenate([
-      tf.sigmoid(net(everything[i:i + 32], training=False)).numpy()
-      for i in range(0, len(everything), 32)]).astype(np.float64)
-  ends = np.cumsum([len(e) for e in examples])
-  scores = np.array([example_scores[end - len(e):end].mean(axis=0)
-                     for e, end in zip(examples, ends)])
-  # The model must tell clips apart, or comparisons against it prove little.
-  assert np.ptp(scores, axis=0).max() > 1e-4, 'scores equal for all clips'
-  return scores
-
-
-def independent_lwlrap(truth, scores):
-  from sklearn.metrics import label_ranking_average_precision_score
-  truth = np.asarray(truth)
-  return label_ranking_average_precision_score(
-      truth, scores, sample_weight=truth.sum(axis=1))
-
-
-def truth_matrix(rows, class_names):
-  truth = np.zeros((len(rows), len(class_names)))
-  for r, (_, labels) in enumerate(rows):
-    for label in labels:
-      truth[r, class_names.index(label)] = 1
-  return truth
 
 
 @pytest.fixture(scope='session')
@@ -278,14 +97,6 @@ def dataset(workspace):
       'validation_csv': str(d / 'validation.csv'),
       'test_clip_dir': str(d / 'test'),
   }
-
-
-def train_args(model, train_clip_dir, train_csv, train_dir, max_steps,
-               hparams=HPARAMS, extra=()):
-  return ['--mode', 'train', '--model', model, '--class_map_path', CLASS_MAP,
-          '--train_clip_dir', train_clip_dir, '--train_csv_path', train_csv,
-          '--train_dir', train_dir, '--hparams', hparams,
-          '--max_steps', str(max_steps)] + list(extra)
 
 
 @pytest.fixture(scope='session')
@@ -340,12 +151,6 @@ def mobilenet_inference(tmp_path_factory, mobilenet_train, inference_clips):
   return shared(tmp_path_factory, 'mobilenet_inference', make)
 
 
-def export_args(checkpoint, export_dir, extra=()):
-  return ['--mode', 'export', '--class_map_path', CLASS_MAP,
-          '--inference_checkpoint', checkpoint, '--export_dir',
-          export_dir] + list(extra)
-
-
 @pytest.fixture(scope='session')
 def mobilenet_export(tmp_path_factory, mobilenet_train):
   def make(folder):
@@ -367,18 +172,6 @@ def crnn_train(tmp_path_factory, workspace, dataset):
     return {'result': result, 'train_dir': train_dir,
             'hparams': CRNN_HPARAMS}
   return shared(tmp_path_factory, 'crnn_train', make)
-
-
-# A tiny CRNN that recognises the synthetic sounds. Its mel bands stop at
-# 8 kHz (mel_max_hz), inside the flat passband of every version of the test
-# clip: a 22.05 kHz file holds nothing above 11.025 kHz, and
-# resample_poly's filter is within 0.1 dB only up to 85% of the lower
-# Nyquist frequency (9.4 kHz for 22.05 kHz), so with the default 20 kHz the
-# comparison would measure what a 22.05 kHz file cannot hold, not the reader
-# (test_tagging.py's test clip).
-TAG_HPARAMS = ('batch_size=8,lr=0.03,crnn_filters=4,crnn_dropout=0,'
-               'mel_max_hz=8000,bn_stats_batches=2,seed=1')
-TAG_STEPS = 200
 
 
 @pytest.fixture(scope='session')
@@ -427,11 +220,6 @@ def _calibration_set(folder, data):
   return {'calibration_csv': csv_path, 'calibration_clip_dir': str(folder)}
 
 
-def calibration_args(data):
-  return ['--calibration_csv_path', data['calibration_csv'],
-          '--calibration_clip_dir', data['calibration_clip_dir']]
-
-
 @pytest.fixture(scope='session')
 def tagger_export(tmp_path_factory, tagger):
   """The tagger exported with an int8 model calibrated on its training
@@ -445,3 +233,53 @@ def tagger_export(tmp_path_factory, tagger):
             'int8': os.path.join(export_dir, 'examples_int8.tflite'),
             'float32': os.path.join(export_dir, 'examples_float32.tflite')}
   return shared(tmp_path_factory, 'tagger_export', make)
+
+
+# --- fixtures of several test files, made by tests/support/ -----------------
+
+@pytest.fixture(scope='module')
+def fake_checkpoint(tmp_path_factory):
+  """Passes main.py's pre-flight check (a .index file exists)."""
+  from support.main_args import write_fake_checkpoint
+  return write_fake_checkpoint(tmp_path_factory.mktemp('fake'))
+
+
+@pytest.fixture(scope='session')
+def remembered(tmp_path_factory, dataset):
+  """crnn trained 1 step with RUN_HPARAMS in a folder whose name has glob
+  characters (TensorFlow reads checkpoint prefixes as patterns); read-only
+  for the tests, made once for every test process."""
+  from support.remembered_run import remembered_run
+  return remembered_run(tmp_path_factory, dataset)
+
+
+@pytest.fixture
+def make_train_dir(tmp_path, mobilenet_train):
+  """make_train_dir(steps): a train_dir holding model.ckpt-N for each step,
+  all copies of the mobilenet run's last checkpoint."""
+  from support.eval_runs import train_dir_maker
+  return train_dir_maker(tmp_path, mobilenet_train['checkpoint'])
+
+
+@pytest.fixture(scope='session')
+def crnn_bce3(tmp_path_factory, dataset):
+  """crnn, bce, 3 steps (read-only for the tests: copy to mutate; made
+  once for every test process)."""
+  from support.training_runs import crnn_bce3_run
+  return crnn_bce3_run(tmp_path_factory, dataset)
+
+
+@pytest.fixture(scope='session')
+def two_sources(tmp_path_factory):
+  """A curated source of 4 clips and a noisy one of 3, of other classes."""
+  from support.options import write_two_sources
+  return write_two_sources(tmp_path_factory.mktemp('two_sources'))
+
+
+@pytest.fixture
+def cli(monkeypatch):
+  """run(args): main.run() in this process with the work of each mode
+  replaced by a recorder; returns {function name: {parameter: value}} of
+  what the mode was given. The flags are reset afterwards."""
+  from support.options import main_with_recorders
+  yield from main_with_recorders(monkeypatch)

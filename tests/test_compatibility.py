@@ -12,8 +12,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from conftest import (CLASS_MAP, check_ok, read_class_names, read_csv_rows,
-                      run_main)
+from support.cli import check_ok, run_main
+from support.scores import read_class_names, read_csv_rows
+from support.settings import CLASS_MAP
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARCHIVE = os.path.join(HERE, 'fixtures', 'crnn-2026-12.tar.xz')

@@ -7,7 +7,8 @@ import re
 import subprocess
 import sys
 
-from conftest import MAIN, REPO, subprocess_env
+from support.cli import subprocess_env
+from support.settings import MAIN, REPO
 
 LINK = re.compile(r'\[[^\]]*\]\(([^)\s]+)\)')
 

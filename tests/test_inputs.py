@@ -14,7 +14,8 @@ import pytest  # noqa: E402
 import inputs  # noqa: E402
 from tagger.core import params  # noqa: E402
 from support import reference  # noqa: E402
-from conftest import read_class_names, write_pcm_wav  # noqa: E402
+from support.scores import read_class_names
+from support.signals import write_pcm_wav
 
 SR = 44100
 # 0.3 s clips give one example each; the last clip (1.1 s) gives three.

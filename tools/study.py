@@ -23,11 +23,21 @@ commands run in that folder, so relative paths in train_flags work too:
     }
   }
 
+Instead of the data keys, "datasets": {"drums": {"class_map": ...,
+"train_csv": ..., "train_clip_dir": ..., "test_csv": ..., "test_clip_dir":
+...}, "instruments": {...}} names several datasets: every configuration
+runs on each with the same seeds, in DIR/runs/<dataset>/<config>/seed-N,
+and the summary gives each dataset its rows and plot panel, plus rows
+"pooled" over them, where each (dataset, seed) pair counts as a seed: the
+mean over all, and the paired difference to the reference over the pairs
+both have, with its 95% t interval.
+
 A configuration may also train on its own data ("train_csv",
 "train_clip_dir": main.py's comma-separated sources, relative to the spec's
 folder) and run main.py once before its training ("before": arguments,
 e.g. a --mode relabel); these and train_flags may hold {seed}, {run} (the
-run's folder) and {runs} (the study's runs/ folder), so that a run can
+run's folder), {runs} (the study's runs/ folder, or runs/<dataset>/) and
+{dataset} (its name, with "datasets"), so that a run can
 start from another configuration's run of the same seed (configurations run
 in the spec's order for each seed).
 
@@ -117,7 +127,8 @@ class Progress:
 
 
 def plan(spec, only):
-  """[(config, seed)] to run: seed by seed, configurations in spec order."""
+  """[(dataset, config, seed)] to run: seed by seed, each dataset's
+  configurations in spec order."""
   names = list(spec.configs)
   if only:
     unknown = [n for n in only if n not in spec.configs]
@@ -125,21 +136,23 @@ def plan(spec, only):
       raise StudyError('--only: %s is not a configuration of %s (%s)' % (
           unknown[0], spec.path, ', '.join(names)))
     names = [n for n in names if n in only]
-  return [(spec.configs[n], seed) for seed in spec.seeds for n in names]
+  return [(dataset, spec.configs[n], seed) for seed in spec.seeds
+          for dataset in spec.datasets for n in names]
 
 
-def execute(spec, config, seed, study_dir, runner, progress):
-  name = run_name(config.name, seed)
-  folder = run_dir(study_dir, config.name, seed)
+def execute(spec, run, study_dir, runner, progress):
+  dataset, config, seed = run
+  name = run_name(dataset, config.name, seed)
+  folder = run_dir(study_dir, dataset, config.name, seed)
   os.makedirs(folder, exist_ok=True)
-  check_settings(folder, run_settings(spec, config, seed), name)
+  check_settings(folder, run_settings(dataset, config, seed), name)
   began = time.monotonic()
   whole = not os.path.exists(os.path.join(folder, 'train'))
   done_before = os.path.join(folder, 'before.done')
   if config.before and not os.path.exists(done_before):
     log = os.path.join(folder, 'before.log')
     progress.started(name, 'running its before command (log: %s)' % log)
-    run_command(runner, before_command(spec, config, seed, folder), log,
+    run_command(runner, before_command(dataset, config, seed, folder), log,
                 spec.folder, 'before command', name)
     files.write_atomically(done_before, 'done\n')
   if not os.path.exists(checkpoint_prefix(folder, config.max_steps) +
@@ -147,8 +160,8 @@ def execute(spec, config, seed, study_dir, runner, progress):
     log = os.path.join(folder, 'train.log')
     progress.started(name, 'training to step %d (log: %s)' % (
         config.max_steps, log))
-    run_command(runner, train_command(spec, config, seed, folder), log,
-                spec.folder, 'training', name)
+    run_command(runner, train_command(spec, dataset, config, seed, folder),
+                log, spec.folder, 'training', name)
   todo = [s for s in config.eval_steps
           if not os.path.exists(eval_file(folder, s))]
   link_checkpoints(folder, todo, name)
@@ -156,8 +169,8 @@ def execute(spec, config, seed, study_dir, runner, progress):
   log = os.path.join(folder, 'eval.log')
   progress.started(name, 'scoring step%s %s on the test set (log: %s)' % (
       's' if len(todo) > 1 else '', ', '.join(map(str, todo)), log))
-  run_command(runner, eval_command(spec, folder), log, spec.folder, 'eval',
-              name)
+  run_command(runner, eval_command(dataset, folder), log, spec.folder,
+              'eval', name)
   missing = [s for s in todo if not os.path.exists(eval_file(folder, s))]
   if missing:
     raise StudyError('%s: eval wrote no %s; see %s' % (
@@ -171,14 +184,18 @@ def run_study(spec, study_dir, only=(), runner=None, say=print):
   """Runs what is left of the study, then writes the summary."""
   runner = runner or CommandRunner()
   runs = plan(spec, only)
-  left = [(c, s) for c, s in runs
-          if not is_finished(run_dir(study_dir, c.name, s), c)]
-  say('Study %s: %d runs (%d configurations x %d seeds) in %s, %d finished '
-      'already' % (spec.path, len(runs), len({c.name for c, _ in runs}),
-                   len(spec.seeds), study_dir, len(runs) - len(left)))
+  left = [(d, c, s) for d, c, s in runs
+          if not is_finished(run_dir(study_dir, d, c.name, s), c)]
+  datasets = ('%d datasets x ' % len(spec.datasets)
+              if spec.datasets[0].name else '')
+  say('Study %s: %d runs (%s%d configurations x %d seeds) in %s, %d '
+      'finished already' % (spec.path, len(runs), datasets,
+                            len({c.name for _, c, _ in runs}),
+                            len(spec.seeds), study_dir,
+                            len(runs) - len(left)))
   progress = Progress(len(runs), len(runs) - len(left), say)
-  for number, (config, seed) in enumerate(left, 1):
-    execute(spec, config, seed, study_dir, runner, progress)
+  for number, run in enumerate(left, 1):
+    execute(spec, run, study_dir, runner, progress)
     if number < len(left):  # the last run's summary is the one below
       _summarize_between_runs(spec, study_dir, say)
   count = write_summary(spec, study_dir)

@@ -10,12 +10,11 @@ import re
 import numpy as np
 import pytest
 
-import main  # noqa: F401  (run as a subprocess by these tests)
-from tagger.modes import relabel  # noqa: F401  (--mode relabel)
 
-from conftest import (CLASS_MAP, check_ok, labeled_rows, read_class_names,
-                      run_main, train_args, write_pcm_wav)
-from support.cli import assert_one_error
+from support.cli import assert_one_error, check_ok, run_main, train_args
+from support.scores import labeled_rows, read_class_names
+from support.settings import CLASS_MAP
+from support.signals import write_pcm_wav
 
 
 def _source_csv(folder, name, label, count, seconds=0.4, seed=0):
@@ -132,7 +131,7 @@ def test_noisy_examples_get_the_noisy_loss_in_the_step(two_sources,
   from tagger.core import params
   from tagger.core import sources as sources_lib
   import train
-  from conftest import load_model_from_checkpoint
+  from support.scores import load_model_from_checkpoint
   hparams = params.parse_hparams(
       'batch_size=8,crnn_filters=4,crnn_dropout=0,seed=21,noisy_loss=lq,'
       'lsmooth=0.1,weights_init_stddev=0.5,bn_stats_batches=1')
@@ -178,7 +177,7 @@ def test_relabel_writes_the_rules_applied_to_the_scores(crnn_train, dataset,
   """--mode relabel scores the CSV with the checkpoint (a plain model on
   NumPy features here) and writes labels by noisy_labels.relabel's rules,
   in class-map order; the counts it prints are those of the rules."""
-  from conftest import independent_clip_scores
+  from support.scores import independent_clip_scores
   from tagger.core import files
   from tagger.training import noisy_labels
   from tagger.core import params

@@ -111,7 +111,7 @@ def trained(tmp_path_factory, dataset):
   import io
   import inputs
   import train
-  from conftest import read_class_names
+  from support.scores import read_class_names
   rng = np.random.default_rng(2)
   batches = random_batches(rng, count=2)
   train_dir = str(tmp_path_factory.mktemp('precise') / 'train')
@@ -133,7 +133,7 @@ def trained(tmp_path_factory, dataset):
 
 @pytest.mark.parametrize('step', [0, 2])
 def test_checkpoints_store_precise_statistics(trained, step):
-  from conftest import read_class_names
+  from support.scores import read_class_names
   prefix = os.path.join(trained['train_dir'], 'model.ckpt-%d' % step)
   reader = tf.train.load_checkpoint(prefix)
   keys = reader.get_variable_to_shape_map()
@@ -216,7 +216,7 @@ def test_scoring_uses_precise_statistics_unless_told_otherwise(tmp_path):
 
 def _statistics_examples(dataset, hparams, count, seed=0):
   import inputs
-  from conftest import read_class_names
+  from support.scores import read_class_names
   return [b.numpy() for b in inputs.statistics_dataset(
       dataset['train_csv'], dataset['train_clip_dir'], read_class_names(),
       hparams, count, seed)]
@@ -229,7 +229,7 @@ def test_statistics_batches_are_fixed_training_examples(dataset):
   are more than the 26 examples: the set repeats, shuffled in a buffer of
   the 28 examples taken."""
   from support import reference
-  from conftest import labeled_rows
+  from support.scores import labeled_rows
   hparams = params.parse_hparams(
       'batch_size=4,specaug_time_masks=2,specaug_time_width=60,mixup=1')
   batches = _statistics_examples(dataset, hparams, 7)
@@ -260,7 +260,7 @@ def test_training_saves_the_statistics_of_those_batches(crnn_train, dataset):
   run's bn_stats_batches and seed (drawn by the run and recorded), here
   recomputed."""
   import json
-  from conftest import read_class_names
+  from support.scores import read_class_names
   with open(os.path.join(crnn_train['train_dir'], 'hparams.json')) as f:
     seed = json.load(f)['hparams']['seed']
   hparams = params.parse_hparams(crnn_train['hparams'])

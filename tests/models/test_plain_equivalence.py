@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from conftest import REPO  # noqa: E402
+from support.settings import REPO
 from tagger.core import files  # noqa: E402
 import inputs  # noqa: E402
 from tools import make_demo_data  # noqa: E402

@@ -1,7 +1,7 @@
 """The waveform model's rule for non-finite samples, wherever they fall in a
 waveform of several chunks: the clip gets NaN for every output, in the
 exported SavedModel and the waveform TFLite model alike (a batch's other
-clips are left alone: tests/modes/test_export.py)."""
+clips are left alone: tests/modes/test_exported_model.py)."""
 
 import json
 import os
@@ -10,7 +10,8 @@ import sys
 
 import numpy as np
 
-from conftest import TAG_HPARAMS, subprocess_env
+from support.cli import subprocess_env
+from support.settings import TAG_HPARAMS
 from support.signals import NUM_SAMPLES, POSITIONS, non_finite_waveforms
 
 def test_each_bad_sample_is_in_one_chunk_only(parse_hparams):

@@ -17,9 +17,9 @@ from tools import make_demo_data
 from tagger.core import params
 
 from support import reference  # noqa: E402
-from conftest import write_pcm_wav  # noqa: E402
+from support.signals import write_pcm_wav
 
-from conftest import REPO  # noqa: E402
+from support.settings import REPO
 SR = 44100
 
 # The README's feature definition, written out (not read from params.py), so

@@ -1,12 +1,100 @@
-"""Running main.py in the tests: its one-line errors, a run whose output is
-read line by line as it comes, and inference with a model file."""
+"""Running main.py in the tests: in a process of its own (forked where it
+can be), the arguments of its modes, its one-line errors, a run whose
+output is read line by line as it comes, and inference with a model file."""
 
+import os
 import queue
 import re
+import signal
 import subprocess
 import threading
 
-from conftest import CLASS_MAP, popen_main, run_main
+from support import forks
+from support.settings import CLASS_MAP, HPARAMS
+
+
+def main_in_process(before='', after=''):
+  """A Python script (for `python -c SCRIPT main.py ARGS...`) that runs
+  main.py as __main__ in its own process: `before` first, then main.py
+  with its exit status kept in `code`, then `after`, then that exit."""
+  return ('import os, runpy, sys\n'
+          'sys.path.insert(0, os.path.dirname(sys.argv[1]))\n' + before +
+          'sys.argv = sys.argv[1:]\n'
+          'code = 0\n'
+          'try:\n'
+          '  runpy.run_path(sys.argv[0], run_name="__main__")\n'
+          'except SystemExit as e:\n'
+          '  code = e.code\n' + after + 'sys.exit(code)\n')
+
+
+def subprocess_env():
+  env = dict(os.environ)
+  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
+  env['PYTHONUNBUFFERED'] = '1'
+  return env
+
+
+def run_main(args, cwd=None, timeout=300, script=None):
+  """Runs main.py in a process of its own (with a script, as `python -c
+  SCRIPT main.py ARGS...`, e.g. one of main_in_process); returns the
+  CompletedProcess. The process is forked from tests/support/forkserver.py's
+  (TensorFlow imported once) where that cannot differ from starting it
+  afresh."""
+  args = [str(a) for a in args]
+  env = subprocess_env()
+  forked = forks.run(args, cwd or os.getcwd(), env, timeout, script)
+  if forked is not None:
+    return forked
+  return subprocess.run(forks.command(args, script), cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def default_sigint():
+  # A suite started in the background (`cmd &` in a script) inherits SIGINT
+  # ignored, and Python then never raises KeyboardInterrupt; the tests that
+  # send SIGINT need it as an interactive run has it.
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def popen_main(args, cwd=None):
+  """main.py running in a process of its own, forked as run_main's where it
+  can be (a forks.Child, with what the tests use of a Popen), with
+  Python's own SIGINT handler."""
+  args = [str(a) for a in args]
+  child = forks.start(args, cwd or os.getcwd(), subprocess_env(), sigint=True)
+  if child is not None:
+    return child
+  return subprocess.Popen(forks.command(args), cwd=cwd,
+                          env=subprocess_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True,
+                          preexec_fn=default_sigint)
+
+
+def check_ok(result):
+  assert result.returncode == 0, 'rc=%s\nstdout:\n%s\nstderr:\n%s' % (
+      result.returncode, result.stdout[-3000:], result.stderr[-3000:])
+  return result
+
+
+def train_args(model, train_clip_dir, train_csv, train_dir, max_steps,
+               hparams=HPARAMS, extra=()):
+  return ['--mode', 'train', '--model', model, '--class_map_path', CLASS_MAP,
+          '--train_clip_dir', train_clip_dir, '--train_csv_path', train_csv,
+          '--train_dir', train_dir, '--hparams', hparams,
+          '--max_steps', str(max_steps)] + list(extra)
+
+
+def export_args(checkpoint, export_dir, extra=()):
+  return ['--mode', 'export', '--class_map_path', CLASS_MAP,
+          '--inference_checkpoint', checkpoint, '--export_dir',
+          export_dir] + list(extra)
+
+
+
+def calibration_args(data):
+  return ['--calibration_csv_path', data['calibration_csv'],
+          '--calibration_clip_dir', data['calibration_clip_dir']]
+
 
 
 def assert_one_error(result, *needles):

@@ -1,10 +1,13 @@
 """Test signals several test files share: waveforms with a non-finite
 sample in one chunk, a WAV file hours long that takes no disk space, and
-the test clip of the tagging and audio tests."""
+the test clip of the tagging and audio tests, and audio files written
+from samples."""
 
 import struct
 
 import numpy as np
+
+from support.settings import SAMPLE_RATE
 
 NUM_SAMPLES = 20 * 44100  # three chunks of the tagger's geometry
 # A bad sample in the first chunk only, the middle one only, the last one.
@@ -61,3 +64,34 @@ def buzz(t):
 
 def times(rate, seconds=CLIP_SECONDS):
   return np.arange(int(round(seconds * rate))) / rate
+
+
+def write_pcm_wav(path, samples, rate=SAMPLE_RATE):
+  """A mono 16-bit PCM WAV of int16 samples."""
+  from tagger.sound import audio
+  audio.write_pcm16(str(path), np.asarray(samples, np.int16), rate)
+
+
+def write_audio(path, samples, rate=SAMPLE_RATE, **kwargs):
+  """An audio file written by libsndfile (soundfile): float samples
+  ([frames] or [frames, channels]) in the format its extension names
+  (kwargs: soundfile.write's format and subtype, e.g. a lossless
+  subtype='PCM_16' FLAC)."""
+  import soundfile
+  soundfile.write(str(path), np.asarray(samples, np.float32), rate, **kwargs)
+  return str(path)
+
+
+def cut_in_half(path, dest):
+  """dest: the first half of path's bytes, as a copy cut short."""
+  data = open(str(path), 'rb').read()
+  with open(str(dest), 'wb') as f:
+    f.write(data[:len(data) // 2])
+  return str(dest)
+
+
+def write_check_clip(path, seconds, seed):
+  """A WAV file of export_checks.check_waveform (recorded-sound dynamics)."""
+  from tagger.modes import export_checks
+  write_pcm_wav(path, np.round(32768 * export_checks.check_waveform(seconds,
+                                                             seed=seed)))

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from support import forks
-from conftest import check_ok, run_main, subprocess_env
+from support.cli import check_ok, run_main, subprocess_env
 
 # A run that lasts until it is killed, its start on stdout.
 SLEEPER = 'import time\nprint("sleeping", flush=True)\ntime.sleep(60)\n'

@@ -1,5 +1,5 @@
 """Runs training steps in a process whose CPU is split into two logical
-devices, for tests/training/test_distribution.py (the split must happen before
+devices, for tests/training/test_mirrored.py (the split must happen before
 TensorFlow starts, hence a process of its own).
 
   python two_devices.py steps MODEL HPARAMS none,mirrored [weights|losses]

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from conftest import REPO  # noqa: E402
+from support.settings import REPO
 SCRIPT = os.path.join(REPO, 'tools', 'compare_classes.py')
 
 

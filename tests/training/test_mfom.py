@@ -11,10 +11,9 @@ import tensorflow as tf
 from tagger.training import mfom
 
 # The NumPy formulas live in tests/support/reference.py, shared with the loss tests
-# of test_train.py.
-from support.reference import (MFOM_EPS as EPS, np_cprim, np_d,  # noqa: E402,F401
-                       np_eer_embed, np_eer_normalized, np_l, np_microf1,
-                       np_rates, np_sigmoid)
+# of training/test_step.py.
+from support.reference import (np_cprim, np_d, np_eer_embed,
+                               np_eer_normalized, np_l, np_microf1, np_sigmoid)
 
 
 LAYER_FNS = {

@@ -10,7 +10,8 @@ import tensorflow as tf
 from tagger.core import checkpoints
 from tagger.core import params
 import train
-from conftest import REPO, run_main
+from support.cli import run_main
+from support.settings import REPO
 
 
 class _Batches:
@@ -110,7 +111,7 @@ def test_record_mismatch_names_the_first_contradiction(tagger):
   """Against the record of a trained checkpoint: the same model and
   hparams contradict nothing, nor do other training hparams; another
   model, or another value of a model-defining hparam, is named."""
-  from conftest import TAG_HPARAMS
+  from support.settings import TAG_HPARAMS
   prefix = tagger['checkpoint']
   reader = checkpoints.open_checkpoint(prefix)
   same = params.parse_hparams(TAG_HPARAMS)

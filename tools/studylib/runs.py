@@ -13,12 +13,14 @@ from tools.studylib.spec import StudyError
 MAIN = os.path.join(machine.REPO, 'main.py')
 
 
-def run_name(config_name, seed):
-  return '%s/seed-%d' % (config_name, seed)
+def run_name(dataset, config_name, seed):
+  return '/'.join(([dataset.name] if dataset.name else []) +
+                  [config_name, 'seed-%d' % seed])
 
 
-def run_dir(study_dir, config_name, seed):
-  return os.path.join(study_dir, 'runs', config_name, 'seed-%d' % seed)
+def run_dir(study_dir, dataset, config_name, seed):
+  return os.path.join(study_dir, 'runs', *run_name(dataset, config_name,
+                                                   seed).split('/'))
 
 
 def eval_file(folder, step):
@@ -37,51 +39,53 @@ def run_hparams(config, seed):
   return ','.join(p for p in (config.hparams, 'seed=%d' % seed) if p)
 
 
-def fill(text, seed, folder):
-  """A configuration's text with {seed}, {runs} and {run} filled in."""
-  return text.format(seed=seed, run=folder,
+def fill(text, dataset, seed, folder):
+  """A configuration's text with {seed}, {dataset}, {runs} and {run} filled
+  in."""
+  return text.format(seed=seed, run=folder, dataset=dataset.name,
                      runs=os.path.dirname(os.path.dirname(folder)))
 
 
-def _paths(spec, text, seed, folder):
+def _paths(spec, text, dataset, seed, folder):
   """Comma-separated paths, each relative to the spec's folder."""
-  return ','.join(os.path.join(spec.folder, fill(p, seed, folder))
+  return ','.join(os.path.join(spec.folder, fill(p, dataset, seed, folder))
                   for p in text.split(','))
 
 
-def train_command(spec, config, seed, folder):
-  csv_paths = (_paths(spec, config.train_csv, seed, folder)
-               if config.train_csv else spec.data['train_csv'])
-  clip_dirs = (_paths(spec, config.train_clip_dir, seed, folder)
-               if config.train_clip_dir else spec.data['train_clip_dir'])
+def train_command(spec, dataset, config, seed, folder):
+  data = dataset.data
+  csv_paths = (_paths(spec, config.train_csv, dataset, seed, folder)
+               if config.train_csv else data['train_csv'])
+  clip_dirs = (_paths(spec, config.train_clip_dir, dataset, seed, folder)
+               if config.train_clip_dir else data['train_clip_dir'])
   return [sys.executable, MAIN, '--mode', 'train', '--model', config.model,
-          '--class_map_path', spec.data['class_map'],
+          '--class_map_path', data['class_map'],
           '--train_clip_dir', clip_dirs, '--train_csv_path', csv_paths,
           '--train_dir', os.path.join(folder, 'train'),
           '--hparams', run_hparams(config, seed),
           '--max_steps', str(config.max_steps)] + [
-              fill(f, seed, folder) for f in config.train_flags]
+              fill(f, dataset, seed, folder) for f in config.train_flags]
 
 
-def before_command(spec, config, seed, folder):
-  return [sys.executable, MAIN, '--class_map_path', spec.data['class_map']
-          ] + [fill(a, seed, folder) for a in config.before]
+def before_command(dataset, config, seed, folder):
+  return [sys.executable, MAIN, '--class_map_path', dataset.data['class_map']
+          ] + [fill(a, dataset, seed, folder) for a in config.before]
 
 
-def eval_command(spec, folder):
+def eval_command(dataset, folder):
   return [sys.executable, MAIN, '--mode', 'eval',
-          '--class_map_path', spec.data['class_map'],
-          '--eval_clip_dir', spec.data['test_clip_dir'],
-          '--eval_csv_path', spec.data['test_csv'],
+          '--class_map_path', dataset.data['class_map'],
+          '--eval_clip_dir', dataset.data['test_clip_dir'],
+          '--eval_csv_path', dataset.data['test_csv'],
           '--train_dir', os.path.join(folder, 'eval_checkpoints'),
           '--eval_dir', os.path.join(folder, 'eval')]
 
 
-def run_settings(spec, config, seed):
+def run_settings(dataset, config, seed):
   """What makes a run's results what they are; max_steps and eval_steps may
   grow (training resumes, more steps are scored)."""
   return {'model': config.model, 'hparams': run_hparams(config, seed),
-          'train_flags': list(config.train_flags), 'data': spec.raw_data,
+          'train_flags': list(config.train_flags), 'data': dataset.raw_data,
           'train_csv': config.train_csv,
           'train_clip_dir': config.train_clip_dir,
           'before': list(config.before)}

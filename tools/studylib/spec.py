@@ -10,13 +10,16 @@ import model
 
 DATA_KEYS = ('class_map', 'train_csv', 'train_clip_dir', 'test_csv',
              'test_clip_dir')
-SPEC_KEYS = DATA_KEYS + ('model', 'seeds', 'reference', 'configs', 'plots')
+SPEC_KEYS = DATA_KEYS + ('datasets', 'model', 'seeds', 'reference', 'configs',
+                         'plots')
 CONFIG_KEYS = ('hparams', 'max_steps', 'eval_steps', 'train_flags', 'model',
                'train_csv', 'train_clip_dir', 'before', 'steps_before')
 # Flags the study sets for each run itself.
 RESERVED_FLAGS = ('mode', 'model', 'hparams', 'max_steps', 'train_dir',
                   'class_map_path', 'train_clip_dir', 'train_csv_path')
 NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*')
+# The summary's name for every dataset's results together.
+POOLED = 'pooled'
 
 
 class StudyError(Exception):
@@ -38,19 +41,28 @@ class Config:
   steps_before: int
   # This configuration's own training data (main.py's comma-separated
   # sources), or None for the spec's; and main.py arguments run before its
-  # training (e.g. a relabelling). Each may hold {seed}, {runs} (the study's
-  # runs/ folder) and {run} (this run's folder).
+  # training (e.g. a relabelling). Each may hold {seed}, {dataset} (its
+  # name), {runs} (the study's runs/ folder, runs/<dataset>/ with several
+  # datasets) and {run} (this run's folder).
   train_csv: str = None
   train_clip_dir: str = None
   before: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
+class Dataset:
+  # None for a spec's one dataset given at its top (runs/<config>/...), or
+  # one of its "datasets" (runs/<name>/<config>/...).
+  name: str
+  data: dict  # DATA_KEYS: absolute paths
+  raw_data: dict  # DATA_KEYS: as written, recorded with each run
+
+
+@dataclasses.dataclass(frozen=True)
 class Spec:
   path: str
   folder: str
-  data: dict  # DATA_KEYS: absolute paths
-  raw_data: dict  # DATA_KEYS: as written, recorded with each run
+  datasets: tuple  # of Dataset: every configuration runs on each
   seeds: tuple
   reference: str
   configs: dict  # name: Config, in the spec's order
@@ -108,13 +120,7 @@ def _parse_spec(path, raw):
   _no_repeated_keys(raw)
   _no_unknown(raw, SPEC_KEYS, '')
   folder = os.path.dirname(path)
-  data = {}
-  for key in DATA_KEYS:
-    if not isinstance(raw.get(key), str) or not raw[key]:
-      raise ValueError('%s: a path is required' % key)
-    data[key] = os.path.join(folder, raw[key])
-    if not os.path.exists(data[key]):
-      raise ValueError('%s: %s does not exist' % (key, data[key]))
+  datasets = _datasets(raw, folder)
   seeds = raw.get('seeds')
   if (not isinstance(seeds, list) or not seeds or
       not all(_is_int(s) and 1 <= s < 2 ** 31 for s in seeds) or
@@ -129,9 +135,53 @@ def _parse_spec(path, raw):
              for name, entry in entries.items()}
   reference = _config_name(raw.get('reference', next(iter(configs))),
                            configs, 'reference')
-  return Spec(path, folder, data, {k: raw[k] for k in DATA_KEYS},
-              tuple(seeds), reference, configs,
+  if not datasets[0].name:
+    _no_dataset_name(raw['configs'])
+  return Spec(path, folder, datasets, tuple(seeds), reference, configs,
               _plots(raw.get('plots', {}), configs))
+
+
+def _datasets(raw, folder):
+  """The spec's one dataset (DATA_KEYS at its top) or its named ones."""
+  if 'datasets' not in raw:
+    return (_dataset(None, raw, folder, ''),)
+  given = [key for key in DATA_KEYS if key in raw]
+  if given:
+    raise ValueError('%s: with "datasets", each dataset names its own data'
+                     % given[0])
+  entries = raw['datasets']
+  if not isinstance(entries, dict) or not entries:
+    raise ValueError('datasets: an object of datasets is required')
+  for name in entries:
+    if not NAME.fullmatch(name) or name == POOLED:
+      raise ValueError('datasets: name %r: use letters, digits, _ . and -, '
+                       'and not %r' % (name, POOLED))
+  return tuple(_dataset(name, entry, folder, 'datasets.%s.' % name)
+               for name, entry in entries.items())
+
+
+def _no_dataset_name(entries):
+  """{dataset} is a name only a spec of several datasets has."""
+  for name, entry in entries.items():
+    for key in ('train_csv', 'train_clip_dir', 'before', 'train_flags'):
+      if '{dataset}' in json.dumps(entry.get(key, '')):
+        raise ValueError('configs.%s.%s: {dataset} needs "datasets" in the '
+                         'spec' % (name, key))
+
+
+def _dataset(name, entry, folder, where):
+  if not isinstance(entry, dict):
+    raise ValueError(where[:-1] + ': expected an object')
+  if name is not None:
+    _no_unknown(entry, DATA_KEYS, where)
+  data = {}
+  for key in DATA_KEYS:
+    if not isinstance(entry.get(key), str) or not entry[key]:
+      raise ValueError('%s%s: a path is required' % (where, key))
+    data[key] = os.path.join(folder, entry[key])
+    if not os.path.exists(data[key]):
+      raise ValueError('%s%s: %s does not exist' % (where, key, data[key]))
+  return Dataset(name, data, {key: entry[key] for key in DATA_KEYS})
 
 
 def _plots(entry, configs):

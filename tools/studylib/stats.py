@@ -24,13 +24,14 @@ def read_lwlrap(path):
                      path) from None
 
 
-def collect(spec, study_dir):
+def collect(spec, study_dir, dataset):
   """[(config, seed, step, lwlrap, eval file)] of every chosen step scored
-  so far, in spec order; step counts the configuration's steps_before."""
+  so far on the dataset, in spec order; step counts the configuration's
+  steps_before."""
   results = []
   for config in spec.configs.values():
     for seed in spec.seeds:
-      folder = run_dir(study_dir, config.name, seed)
+      folder = run_dir(study_dir, dataset, config.name, seed)
       for step in config.eval_steps:
         path = eval_file(folder, step)
         if os.path.exists(path):
@@ -61,7 +62,8 @@ def summarize(results, reference):
   """Per (config, step), configs in first-seen order and steps ascending:
   dicts of the seeds' mean lwlrap with its interval, and the paired
   difference to the reference at the same step over the seeds both have.
-  results: (config, seed, step, lwlrap, ...) tuples."""
+  results: (config, seed, step, lwlrap, ...) tuples; a seed may be any key
+  that pairs two results, such as (dataset, seed)."""
   values = {}
   for config, seed, step, lwlrap, *_ in results:
     values.setdefault((config, step), {})[seed] = lwlrap
@@ -80,3 +82,12 @@ def summarize(results, reference):
         row.update(zip(('paired', 'diff', 'diff_low', 'diff_high'), diff))
       rows.append(row)
   return rows
+
+
+def pooled(results_by_dataset, reference):
+  """summarize over every (dataset, seed) pair: the mean of all datasets'
+  results and the paired difference to the reference over the pairs both
+  have, each with its 95% t interval."""
+  return summarize([(config, (name, seed), step, lwlrap)
+                    for name, results in results_by_dataset.items()
+                    for config, seed, step, lwlrap, _ in results], reference)
