@@ -38,13 +38,13 @@ def write_datasets_spec(tmp_path, configs, seeds=(1, 2), names=DATASETS,
   datasets = {}
   for name in names:
     data = tmp_path / name
-    data.mkdir(exist_ok=True)
+    (data / 'test').mkdir(parents=True, exist_ok=True)
     for file in ('class_map.csv', 'train.csv', 'test.csv'):
       (data / file).write_text('')
     datasets[name] = dict(
         class_map=name + '/class_map.csv', train_csv=name + '/train.csv',
         train_clip_dir=name, test_csv=name + '/test.csv',
-        test_clip_dir=name)
+        test_clip_dir=name + '/test')
   raw = dict(datasets=datasets, seeds=list(seeds), configs=configs)
   raw.update(extra)
   path = tmp_path / 'study.json'
@@ -83,7 +83,9 @@ class FakeMain:
       with open(log_path, 'a') as log:
         log.write('starting\n%s\n' % self.fail[1])
       return 1
-    if mode == 'train':
+    if mode not in ('train', 'eval'):  # a configuration's before command
+      folder, steps = before_run_folder(argv), None
+    elif mode == 'train':
       folder = os.path.dirname(flags['--train_dir'])
       steps = spec_lib.checkpoint_steps(int(flags['--max_steps']))
       os.makedirs(flags['--train_dir'], exist_ok=True)
@@ -93,7 +95,7 @@ class FakeMain:
           if not os.path.exists(prefix + suffix):
             with open(prefix + suffix, 'w') as f:
               f.write(flags['--hparams'])
-    else:
+    elif mode == 'eval':
       folder = os.path.dirname(flags['--eval_dir'])
       links = flags['--train_dir']
       steps = sorted(int(n[len('model.ckpt-'):-len('.index')])
@@ -110,6 +112,11 @@ class FakeMain:
     self.calls.append((mode, run.replace(os.sep, '/'), steps))
     self.flags.append(flags)
     return 0
+
+
+def before_run_folder(argv):
+  """The run folder a before command names in its --relabeled_csv_path."""
+  return os.path.dirname(argv[argv.index('--relabeled_csv_path') + 1])
 
 
 CONFIGS = {'base': {'hparams': 'lr=0.01', 'max_steps': 200},

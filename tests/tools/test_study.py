@@ -335,10 +335,12 @@ def test_every_configuration_runs_on_each_dataset(tmp_path):
     if mode == 'train':
       assert flags['--train_csv_path'] == str(tmp_path / dataset /
                                               'train.csv')
+      assert flags['--train_clip_dir'] == str(tmp_path / dataset)
       assert flags.get('--warmstart_checkpoint') == (
           '%s/%s.ckpt' % (dataset, run[-1]) if '/fast/' in run else None)
     else:
       assert flags['--eval_csv_path'] == str(tmp_path / dataset / 'test.csv')
+      assert flags['--eval_clip_dir'] == str(tmp_path / dataset / 'test')
   with open(os.path.join(out, 'runs/instruments/base/seed-2/run.json')) as f:
     assert json.load(f)['data']['test_csv'] == 'instruments/test.csv'
   with open(os.path.join(out, 'results.csv')) as f:
@@ -350,3 +352,24 @@ def test_every_configuration_runs_on_each_dataset(tmp_path):
     assert float(r['lwlrap']) == fake_lwlrap(folder, int(r['step']))
     assert r['eval_file'] == os.path.relpath(
         os.path.join(folder, 'eval', 'eval-%s.txt' % r['step']), out)
+
+
+def test_a_before_command_runs_once_before_its_training(tmp_path):
+  """In the run's order: before, train, eval; a run resumed after its
+  before command finished does not run it again."""
+  configs = {'relabelled': {
+      'max_steps': 100, 'before': ['--mode', 'relabel',
+                                   '--relabeled_csv_path', '{run}/r.csv']}}
+  spec = write_spec(tmp_path, configs, seeds=[3])
+  out = str(tmp_path / 'out')
+  first = FakeMain()
+  study.run_study(spec, out, runner=first, say=lambda line: None)
+  assert [c[:2] for c in first.calls] == [
+      ('relabel', 'relabelled/seed-3'), ('train', 'relabelled/seed-3'),
+      ('eval', 'relabelled/seed-3')]
+  folder = os.path.join(out, 'runs', 'relabelled', 'seed-3')
+  assert os.path.exists(os.path.join(folder, 'before.done'))
+  os.remove(os.path.join(folder, 'eval', 'eval-100.txt'))
+  again = FakeMain()
+  study.run_study(spec, out, runner=again, say=lambda line: None)
+  assert [c[:2] for c in again.calls] == [('eval', 'relabelled/seed-3')]

@@ -19,7 +19,10 @@ from tools.studylib import stats
 
 # --- Plot -------------------------------------------------------------------
 
-def test_plot_is_a_png(tmp_path):
+def test_plot_is_a_png(tmp_path, monkeypatch):
+  """800 x 500 pixels whatever dots per inch a user's matplotlibrc sets."""
+  import matplotlib
+  monkeypatch.setitem(matplotlib.rcParams, 'figure.dpi', 72)
   rows = stats.summarize(
       [(c, seed, step, 0.3 + 0.001 * step + 0.02 * seed + (c == 'lr') * 0.05)
        for c in ('base', 'lr') for seed in (1, 2, 3)
@@ -231,7 +234,7 @@ def test_a_panel_per_dataset(tmp_path, monkeypatch):
                for c in ('base', 'lr') for seed in (1, 2)
                for step in (100, 200)
                if name == 'drums' or c == 'base'], 'base')]
-  drawn, titles = [], []
+  drawn, titles, figures = [], [], []
   real = report._plot_config
 
   def spy(ax, mine, config, is_reference, colors):
@@ -244,10 +247,19 @@ def test_a_panel_per_dataset(tmp_path, monkeypatch):
   monkeypatch.setattr(matplotlib.axes.Axes, 'set_title',
                       lambda self, text, **kw: (titles.append(text),
                                                 real_title(self, text)))
+  import matplotlib.figure
+  real_layout = matplotlib.figure.Figure.tight_layout
+
+  def layout(figure, *args, **kwargs):
+    figures.append(len(figure.axes))  # the panels, laid out to fit
+    return real_layout(figure, *args, **kwargs)
+
+  monkeypatch.setattr(matplotlib.figure.Figure, 'tight_layout', layout)
   path = str(tmp_path / 'lwlrap.png')
   report.plot(rows, 'base', path)
   with open(path, 'rb') as f:
     assert struct.unpack('>II', f.read(24)[16:24]) == (1600, 500)
+  assert figures == [2]
   assert [(c, d) for _, c, d in drawn] == [
       ('lr', {'drums'}), ('base', {'drums'}), ('base', {'instruments'})]
   assert drawn[0][0] == drawn[1][0] != drawn[2][0]

@@ -163,6 +163,9 @@ def test_several_datasets_pool_each_dataset_and_seed(tmp_path):
     text = f.read()
   assert ('seeds 1, 2; drums: test set `drums/test.csv`; instruments: test '
           'set `instruments/test.csv`.') in text
+  assert ('Under "pooled", each (dataset, seed) pair counts as a seed: the '
+          'mean over every dataset and seed, and Δ paired over the pairs both '
+          'configurations have.') in text
   step = text[text.index('## Step 100'):text.index('## Step 200')]
   assert [l for l in step.splitlines() if l.startswith('###')] == [
       '### drums', '### instruments', '### pooled']
