@@ -42,7 +42,7 @@ demo: $(VENV)/.installed
 	@echo "Submission: $(DEMO)/submission.csv"
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests -n 2 --dist worksteal --durations=15
+	$(PY) -m pytest -q tests -n 3 --dist worksteal --durations=15
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

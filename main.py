@@ -59,8 +59,8 @@ def _check_flags(mode):
   _check_flags_are_the_modes(mode)
   if FLAGS.inference_checkpoint:
     # A checkpoint given by one of its files is taken as its prefix.
-    FLAGS.inference_checkpoint = checkpoints.prefix_of(
-        FLAGS.inference_checkpoint)
+    FLAGS.inference_checkpoint = ','.join(checkpoints.members(
+        FLAGS.inference_checkpoint))
   engine_flags.check(mode)
   for name in ('class_map_path',) + mode.required:
     if name == 'inference_checkpoint' and FLAGS.tflite_model:
@@ -74,7 +74,8 @@ def _check_flags(mode):
     if os.path.exists(path) and not os.path.isdir(path):
       raise UserError('--%s: %s exists and is not a folder' % (flag, path))
   if FLAGS.inference_checkpoint and mode.from_checkpoint:
-    checkpoints.require(FLAGS.inference_checkpoint, '--inference_checkpoint')
+    for prefix in checkpoints.members(FLAGS.inference_checkpoint):
+      checkpoints.require(prefix, '--inference_checkpoint')
   if FLAGS.tflite_model:
     engine_flags.check_model_file(FLAGS.tflite_model)
   for flag in mode.output_files:

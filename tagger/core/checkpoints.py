@@ -36,6 +36,12 @@ def prefix_of(path):
   return re.sub(r'\.(index|data-\d+-of-\d+)$', '', path)
 
 
+def members(flag_value):
+  """The checkpoint prefixes of an --inference_checkpoint value: one, or an
+  ensemble's, comma-separated (each may name one of its files)."""
+  return [prefix_of(p) for p in flag_value.split(',')]
+
+
 def exists(prefix):
   """True when `prefix` names a checkpoint: its .index file exists."""
   return os.path.isfile(prefix + '.index')

@@ -62,12 +62,21 @@ def waveform_examples(chunks, hparams):
 def open_scorer(model_name, num_classes, hparams, checkpoint_path, engine,
                 doing, out=None):
   """A Scorer (engine: a tflite_engine.Engine, default Keras) loaded with a
-  checkpoint, announced in one line that begins with `doing`."""
+  checkpoint, or with an ensemble's (several, comma-separated: the first
+  scores with the others as its members), announced in one line that
+  begins with `doing`."""
+  paths = checkpoints.members(checkpoint_path) if checkpoint_path else [None]
   scorer = Scorer(model_name, num_classes, hparams, engine=engine)
-  statistics = scorer.load(checkpoint_path)
+  statistics = [scorer.load(paths[0])]
+  for path in paths[1:]:
+    member = Scorer(model_name, num_classes, hparams, engine=engine)
+    statistics.append(member.load(path))
+    scorer.members.append(member)
+  what = (scorer.source if len(paths) == 1 else
+          'the mean of %d checkpoints, %s' % (len(paths), ', '.join(paths)))
   print('%s %s (batch-norm statistics: %s%s)' % (
-      doing, scorer.source, statistics, scorer.engine_note()),
-        file=out or sys.stdout, flush=True)
+      doing, what, ', '.join(dict.fromkeys(statistics)),
+      scorer.engine_note()), file=out or sys.stdout, flush=True)
   return scorer
 
 
@@ -87,6 +96,9 @@ class Scorer:
                        else BATCH_SIZE)
     self._calibration = None
     self._check_clips = None
+    # An ensemble's other checkpoints (open_scorer): every example's score
+    # is the mean of this model's and theirs.
+    self.members = []
     if self.engine.model_path:
       return  # the file is the whole model
     self.model = model_lib.build_model(model_name, num_classes, hparams)
@@ -168,8 +180,12 @@ class Scorer:
   def score_examples(self, examples):
     """[batch, frames, bands] examples -> [batch, classes] float32 scores,
     from the engine's model: the seam between the pipeline and the
-    engines."""
-    return np.asarray(self._score_batch(examples))
+    engines. An ensemble's: the mean of its members' scores, which makes a
+    clip's score the mean of their clip scores."""
+    scores = np.asarray(self._score_batch(examples))
+    for member in self.members:
+      scores = scores + np.asarray(member._score_batch(examples))
+    return scores / (1 + len(self.members))
 
   def engine_note(self):
     """'' for Keras, else which TFLite model and threads score."""

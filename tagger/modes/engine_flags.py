@@ -67,6 +67,10 @@ def check(mode):
     raise UserError('--tflite_model: eval scores each checkpoint of '
                     '--train_dir (converted in memory); give a model file '
                     'to inference, tag or relabel')
+  if (FLAGS.tflite_model and FLAGS.inference_checkpoint and
+      ',' in FLAGS.inference_checkpoint):
+    raise UserError('--tflite_model scores one model file: give one '
+                    '--inference_checkpoint (its run), not an ensemble')
   if FLAGS.quantize and not (tflite or mode.name == 'export'):
     raise UserError('--quantize is only used with --mode export or '
                     '--engine tflite')

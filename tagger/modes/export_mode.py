@@ -21,6 +21,10 @@ FLAGS = flags.FLAGS
 
 def check(hparams):
   del hparams  # checked once the checkpoint's record is read
+  if ',' in FLAGS.inference_checkpoint:
+    raise UserError('--inference_checkpoint: export writes one checkpoint\'s '
+                    'model; an ensemble of several is scored by --mode '
+                    'inference, tag and relabel')
   path = FLAGS.export_dir
   if os.path.exists(path) and not (os.path.isdir(path) and
                                    not os.listdir(path)):

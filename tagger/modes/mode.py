@@ -33,7 +33,11 @@ flags.DEFINE_string('train_dir', None,
                     'Folder of model.ckpt-N checkpoints and training '
                     'TensorBoard logs.')
 flags.DEFINE_string('inference_checkpoint', None,
-                    'Checkpoint (model.ckpt-N prefix) to run inference with.')
+                    'Checkpoint (model.ckpt-N prefix) to run inference with. '
+                    'In inference, tag and relabel, several comma-separated '
+                    '(of one model and features: seeds of a run, or a run\'s '
+                    'last checkpoints) score as an ensemble: the mean of '
+                    'their clip scores.')
 
 FLAGS = flags.FLAGS
 
@@ -113,8 +117,9 @@ def check_outputs(mode, read_paths):
     if path:
       inputs[os.path.realpath(path)] = '--' + flag
       if flag.endswith('checkpoint'):
-        for name in checkpoints.files_of(path):
-          inputs[os.path.realpath(name)] = '--' + flag
+        for prefix in checkpoints.members(path):
+          for name in [prefix] + checkpoints.files_of(prefix):
+            inputs[os.path.realpath(name)] = '--' + flag
   for path in read_paths:
     inputs.setdefault(os.path.realpath(path), 'an input')
   for flag in mode.output_dirs + mode.output_files + mode.made_whole:

@@ -55,18 +55,21 @@ def _may_resume_a_record(mode):
   if FLAGS.tflite_model:
     return True  # the file records its run
   if mode.from_checkpoint:
-    return checkpoints.exists(FLAGS.inference_checkpoint)
+    return checkpoints.exists(
+        checkpoints.members(FLAGS.inference_checkpoint)[0])
   return mode.name == 'eval' or bool(
       checkpoints.list_checkpoints(FLAGS.train_dir))
 
 
 def _starting_record(mode):
   """(checkpoint, its record) of the checkpoint this mode starts from: the
-  one to score (inference), else the newest readable one of train_dir (the
-  one a resumed run or eval starts from); (None, None) if there is none."""
+  one to score (inference; an ensemble's first: Scorer.load holds the
+  others to its model and features), else the newest readable one of
+  train_dir (the one a resumed run or eval starts from); (None, None) if
+  there is none."""
   single = mode.from_checkpoint
   if single:
-    candidates = [FLAGS.inference_checkpoint]
+    candidates = checkpoints.members(FLAGS.inference_checkpoint)[:1]
   else:
     candidates = [p for _, p in reversed(checkpoints.list_checkpoints(
         FLAGS.train_dir))]

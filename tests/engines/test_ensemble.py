@@ -1,0 +1,97 @@
+"""Ensembles (--inference_checkpoint a,b,c): inference scores the mean of
+the members' clip scores, held to the mean of independent clip scores of
+each member; tag and relabel score with every member; members of another
+model, a missing member, and the modes that take one checkpoint are one
+line each."""
+
+import os
+
+import numpy as np
+import pytest
+
+from support.cli import assert_one_error, check_ok, export_args, run_main
+from support.scores import (TIE, independent_clip_scores, labeled_rows,
+                            read_csv_rows)
+from support.settings import CLASS_MAP, TAG_HPARAMS, TAG_STEPS
+from support.tag_runs import tag_args
+
+
+def _members(tagger):
+  """The tagger's checkpoints at steps 0, 100 and 200: far apart enough
+  that their mean is none of them."""
+  return [os.path.join(tagger['train_dir'], 'model.ckpt-%d' % step)
+          for step in (0, TAG_STEPS // 2, TAG_STEPS)]
+
+
+def test_an_ensemble_scores_the_mean_of_its_members(tagger, tmp_path,
+                                                    parse_hparams):
+  data = tagger['data']
+  members = _members(tagger)
+  csv_path = str(tmp_path / 'predictions.csv')
+  result = check_ok(run_main(
+      ['--mode', 'inference', '--class_map_path', CLASS_MAP,
+       '--inference_checkpoint', ','.join(members),
+       '--inference_clip_dir', data['train_clip_dir'],
+       '--predictions_csv_path', csv_path]))
+  assert ('Scoring the mean of 3 checkpoints, %s (batch-norm statistics: '
+          'precise)\n' % ', '.join(members)) in result.stdout
+  rows = read_csv_rows(csv_path)[1:]
+  fnames = [r[0] for r in rows]
+  got = np.array([[float(v) for v in r[1:]] for r in rows])
+  each = [independent_clip_scores('crnn', parse_hparams(TAG_HPARAMS), m,
+                                  data['train_clip_dir'], fnames)
+          for m in members]
+  # The members disagree, so that their mean is none of them.
+  assert min(np.abs(a - b).max() for a in each for b in each
+             if a is not b) > 0.05
+  np.testing.assert_allclose(got, np.mean(each, axis=0), rtol=0,
+                             atol=2 * TIE)
+
+
+def test_tag_and_relabel_score_with_every_member(tagger, tmp_path):
+  data = tagger['data']
+  members = ','.join(_members(tagger)[1:])
+  clip = os.path.join(data['train_clip_dir'],
+                      labeled_rows(data['train_csv'])[0][0])
+  result = check_ok(run_main(tag_args(members, [clip])))
+  assert 'Tagging 1 files with the mean of 2 checkpoints, %s (' % (
+      members.replace(',', ', ')) in result.stderr
+  assert result.stdout.startswith(clip + ': ')
+  result = check_ok(run_main(
+      ['--mode', 'relabel', '--class_map_path', CLASS_MAP,
+       '--inference_checkpoint', members,
+       '--relabel_csv_path', data['train_csv'],
+       '--relabel_clip_dir', data['train_clip_dir'],
+       '--relabeled_csv_path', str(tmp_path / 'relabelled.csv')]))
+  assert 'Relabelling with the mean of 2 checkpoints, ' in result.stdout
+  assert os.path.exists(str(tmp_path / 'relabelled.csv'))
+
+
+@pytest.mark.parametrize('case', ['missing', 'another model', 'export',
+                                  'model file'])
+def test_what_an_ensemble_cannot_be(tagger, mobilenet_train, tmp_path, case):
+  data = tagger['data']
+  first = _members(tagger)[-1]
+  other = {'missing': str(tmp_path / 'model.ckpt-7'),
+           'another model': mobilenet_train['checkpoint']}.get(case, first)
+  members = first + ',' + other
+  if case == 'export':
+    args = export_args(members, str(tmp_path / 'export'))
+    needles = ['--inference_checkpoint: export writes one checkpoint',
+               'scored by --mode inference, tag and relabel']
+  else:
+    args = ['--mode', 'inference', '--class_map_path', CLASS_MAP,
+            '--inference_checkpoint', members,
+            '--inference_clip_dir', data['train_clip_dir'],
+            '--predictions_csv_path', str(tmp_path / 'out.csv')]
+    needles = {
+        'missing': ['--inference_checkpoint: checkpoint %s not found' %
+                    other],
+        'another model': ['%s: trained with --model mobilenet-v1, not crnn'
+                          % other],
+        'model file': ['--tflite_model scores one model file']}[case]
+    if case == 'model file':
+      args += ['--engine', 'tflite', '--tflite_model', first + '.index']
+  assert_one_error(run_main(args), *needles)
+  assert not os.path.exists(str(tmp_path / 'out.csv'))
+  assert not os.path.exists(str(tmp_path / 'export'))
