@@ -69,7 +69,7 @@ def _starting_record(mode):
   there is none."""
   single = mode.from_checkpoint
   if single:
-    candidates = checkpoints.members(FLAGS.inference_checkpoint)[:1]
+    candidates = [checkpoints.members(FLAGS.inference_checkpoint)[0]]
   else:
     candidates = [p for _, p in reversed(checkpoints.list_checkpoints(
         FLAGS.train_dir))]

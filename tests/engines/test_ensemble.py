@@ -95,3 +95,33 @@ def test_what_an_ensemble_cannot_be(tagger, mobilenet_train, tmp_path, case):
   assert_one_error(run_main(args), *needles)
   assert not os.path.exists(str(tmp_path / 'out.csv'))
   assert not os.path.exists(str(tmp_path / 'export'))
+
+
+def test_each_member_runs_in_the_chosen_engine(tagger, parse_hparams):
+  """With --engine tflite every member is converted and run by LiteRT, not
+  the first alone."""
+  import io
+  from tagger.engines import scoring
+  from tagger.engines import tflite_engine
+  members = ','.join(_members(tagger)[1:])
+  out = io.StringIO()
+  scorer = scoring.open_scorer('crnn', 80, parse_hparams(TAG_HPARAMS),
+                               members, tflite_engine.Engine('tflite'),
+                               'Scoring', out=out)
+  assert [type(s._score_batch) for s in [scorer] + scorer.members] == [
+      tflite_engine.Runner] * 2
+  assert out.getvalue().endswith('; TFLite engine: float32, converted in '
+                                 'memory, %d threads)\n' %
+                                 tflite_engine.default_threads())
+
+
+def test_no_output_may_be_a_members_file(tagger, tmp_path):
+  """Each member's files are inputs of the run, not the first's alone."""
+  second = _members(tagger)[1]
+  result = run_main(['--mode', 'inference', '--class_map_path', CLASS_MAP,
+                     '--inference_checkpoint',
+                     ','.join(_members(tagger)[::2] + [second]),
+                     '--inference_clip_dir', tagger['data']['train_clip_dir'],
+                     '--predictions_csv_path', second + '.index'])
+  assert_one_error(result, '--predictions_csv_path: %s.index is '
+                   '--inference_checkpoint of this run' % second)
