@@ -70,6 +70,9 @@ def open_scorer(model_name, num_classes, hparams, checkpoint_path, engine,
   statistics = [scorer.load(paths[0])]
   for path in paths[1:]:
     member = Scorer(model_name, num_classes, hparams, engine=engine)
+    # The calibration and check examples are the same for every member.
+    member._calibration = scorer._calibration
+    member._check_clips = scorer._check_clips
     statistics.append(member.load(path))
     scorer.members.append(member)
   what = (scorer.source if len(paths) == 1 else

@@ -115,11 +115,12 @@ def check_outputs(mode, read_paths):
                              'calibration_clip_dir'):
     path = getattr(FLAGS, flag)
     if path:
-      inputs[os.path.realpath(path)] = '--' + flag
-      if flag.endswith('checkpoint'):
-        for prefix in checkpoints.members(path):
-          for name in [prefix] + checkpoints.files_of(prefix):
-            inputs[os.path.realpath(name)] = '--' + flag
+      # A checkpoint flag: each member's prefix and files.
+      names = ([n for prefix in checkpoints.members(path)
+                for n in [prefix] + checkpoints.files_of(prefix)]
+               if flag.endswith('checkpoint') else [path])
+      for name in names:
+        inputs[os.path.realpath(name)] = '--' + flag
   for path in read_paths:
     inputs.setdefault(os.path.realpath(path), 'an input')
   for flag in mode.output_dirs + mode.output_files + mode.made_whole:
