@@ -8,6 +8,7 @@ With continuous=True eval keeps polling train_dir for new checkpoints and
 stops once training has finished and every checkpoint is evaluated.
 """
 
+import contextlib
 import os
 import time
 
@@ -150,13 +151,11 @@ class _Evaluator:
       return self._score(step, prefix, claim, retry_unreadable)
 
   def _score(self, step, prefix, claim, retry_unreadable):
-    import tensorflow as tf  # here so that the claims above need no TF
-    from tagger.engines import scoring
+    from tagger.engines import scoring  # here: the claims above need no TF
 
     if self.scorer is None:
       self.scorer = scoring.Scorer(self.model_name, len(self.class_names),
                                    self.hparams, engine=self.engine)
-      self.writer = tf.summary.create_file_writer(self.eval_dir)
     try:
       statistics = self.scorer.load(prefix)
     except UserError as e:
@@ -177,16 +176,19 @@ class _Evaluator:
             'scored it (its claim was not refreshed for %g s); its results are'
             ' left to that process' % (prefix, self.claim_timeout))
       return LOST, None
-    result = reports.report(step, self.truth, scores, self.class_names)
-    print('Checkpoint %s (%d clips, batch-norm statistics: %s%s)\n%s\n%s\n'
-          % (prefix, len(self.rows), statistics, self.scorer.engine_note(),
-             result.lwlrap_text, result.metrics_text))
-    self._write(result)
+    self.report(step, scores, 'Checkpoint %s (%d clips, batch-norm '
+                'statistics: %s%s)' % (prefix, len(self.rows), statistics,
+                                       self.scorer.engine_note()))
     claim.finished = True
     return EVALUATED, None
 
-  def _write(self, result):
+  def report(self, step, scores, heading):
+    """Prints and writes the metrics of `scores` as step's."""
     import tensorflow as tf
+    result = reports.report(step, self.truth, scores, self.class_names)
+    print('%s\n%s\n%s\n' % (heading, result.lwlrap_text, result.metrics_text))
+    if self.writer is None:
+      self.writer = tf.summary.create_file_writer(self.eval_dir)
     with self.writer.as_default():
       for name, value in result.scalars.items():
         tf.summary.scalar(name, value, step=result.step)
@@ -198,9 +200,17 @@ class _Evaluator:
     write_atomically(marker_path(self.eval_dir, result.step),
                      result.lwlrap_text)
 
-  def close(self):
-    if self.writer is not None:
-      self.writer.close()
+  @contextlib.contextmanager
+  def running(self):
+    """Makes eval_dir; stop requests are taken while scoring; the summary
+    writer is closed at the end."""
+    os.makedirs(self.eval_dir, exist_ok=True)
+    with stopping.requests():
+      try:
+        yield
+      finally:
+        if self.writer is not None:
+          self.writer.close()
 
 
 def evaluate(model_name, hparams, class_names, rows, clip_dir, sample_counts,
@@ -228,26 +238,41 @@ def evaluate(model_name, hparams, class_names, rows, clip_dir, sample_counts,
   if not todo and not continuous:
     return
 
-  os.makedirs(eval_dir, exist_ok=True)
   evaluator = _Evaluator(model_name, hparams, class_names, rows, clip_dir,
                          sample_counts, eval_dir, claim_timeout_seconds,
                          engine)
-  with stopping.requests():
-    try:
-      if continuous:
-        _evaluate_continuously(evaluator, train_dir, poll_seconds,
-                               idle_timeout_seconds)
-      else:
-        for step, prefix in todo:
-          outcome, detail = evaluator.evaluate(step, prefix)
-          if outcome == HELD:
-            print('Skipped %s: being evaluated by another process (%s)' % (
-                prefix, detail))
-          elif outcome == DONE:
-            print('Skipped %s: evaluated meanwhile by another process' %
-                  prefix)
-    finally:
-      evaluator.close()
+  with evaluator.running():
+    if continuous:
+      _evaluate_continuously(evaluator, train_dir, poll_seconds,
+                             idle_timeout_seconds)
+      return
+    for step, prefix in todo:
+      outcome, detail = evaluator.evaluate(step, prefix)
+      if outcome == HELD:
+        print('Skipped %s: being evaluated by another process (%s)' % (
+            prefix, detail))
+      elif outcome == DONE:
+        print('Skipped %s: evaluated meanwhile by another process' % prefix)
+
+
+def evaluate_model(model_name, hparams, class_names, rows, clip_dir,
+                   sample_counts, checkpoint, eval_dir, engine=None):
+  """Scores one model: a checkpoint, or an ensemble's (comma-separated: the
+  mean of their clip scores), into eval_dir's eval-N.txt, N the first
+  member's step."""
+  from tagger.engines import scoring
+  step = checkpoints.step_of(checkpoints.members(checkpoint)[0])
+  evaluator = _Evaluator(model_name, hparams, class_names, rows, clip_dir,
+                         sample_counts, eval_dir, CLAIM_TIMEOUT_SECONDS,
+                         engine)
+  with evaluator.running():
+    scorer = scoring.open_scorer(model_name, len(class_names), hparams,
+                                 checkpoint, engine, 'Evaluating')
+    scores = scorer.score(evaluator.paths, sample_counts,
+                          label='eval %s' % checkpoint,
+                          on_progress=evaluator.running_lwlrap)
+    evaluator.report(step, scores, '%s (%d clips, step %d)' % (
+        checkpoint, len(rows), step))
 
 
 def _evaluate_continuously(evaluator, train_dir, poll_seconds,

@@ -94,7 +94,8 @@ def _check_flags_are_the_modes(mode):
             flag.name, module.MODE.name, mode.name))
   for name in ('train_dir', 'inference_checkpoint'):
     if FLAGS[name].present and name not in mode.required + mode.inputs:
-      users = [m.name for m in MODES.values() if name in m.required]
+      users = [m.name for m in MODES.values()
+               if name in m.required + m.inputs]
       raise UserError('--%s is for --mode %s and %s, not --mode %s' % (
           name, ', '.join(users[:-1]), users[-1], mode.name))
 

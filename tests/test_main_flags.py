@@ -88,7 +88,7 @@ def test_relabel_thresholds_may_be_equal(tmp_path, dataset):
     ('relabel', ['--export_dir', 'x'], 'export'),
     ('inference', ['--train_dir', 't'], 'train and eval'),
     ('train', ['--inference_checkpoint', 'c'],
-     'inference, export, tag and relabel'),
+     'eval, inference, export, tag and relabel'),
 ])
 def test_a_flag_of_another_mode_is_refused(tmp_path, mode, flag, owners):
   """A mode's flags belong to it: another mode would ignore them."""

@@ -229,8 +229,8 @@ def test_a_seed_repeats_a_run_bit_for_bit(tmp_path, dataset):
   # Another seed (in this process: the point is the seed, not the process).
   other_out = run_training(dataset, 'crnn',
                            SEEDED + ',seed=%d' % (seed % 1000 + 1),
-                           tmp_path / 'other', 3)
-  assert printed_losses(other_out) != printed_losses(out)
+                           tmp_path / 'other', 1)
+  assert printed_losses(other_out) != printed_losses(out)[:1]
   key = checkpoints.checkpoint_key('logits/kernel')
   initial = _checkpoint_values(os.path.join(drawn_dir, 'model.ckpt-0'))
   other = _checkpoint_values(str(tmp_path / 'other' / 'model.ckpt-0'))

@@ -41,6 +41,13 @@ run's folder), {runs} (the study's runs/ folder, or runs/<dataset>/) and
 start from another configuration's run of the same seed (configurations run
 in the spec's order for each seed).
 
+A configuration may instead be an ensemble of an earlier configuration's
+runs, scored by `main.py --mode eval --inference_checkpoint a,b,c`:
+{"ensemble": {"of": CONFIG, "snapshots": K}} (each run's last K
+checkpoints up to each step) or {"ensemble": {"of": CONFIG, "seeds":
+true}} (every seed's run: one model, run last, its result in each seed's
+row); it trains nothing and takes eval_steps only.
+
 model defaults to mobilenet-v1 and a configuration may set its own;
 reference defaults to the first configuration; hparams must not set seed.
 eval_steps default to every checkpoint a run writes (0, 100, 200, ...,
@@ -81,14 +88,16 @@ import traceback
 # Run as `python tools/study.py`: the project is one folder up.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tagger.core import checkpoints
 from tagger.core import files
 from tools.studylib.report import write_summary
 from tools.studylib.runner import (
     CommandRunner, StudyStopped, run_command)
 from tools.studylib.runs import (
-    before_command, check_settings, checkpoint_prefix, eval_command,
-    eval_file, is_finished, link_checkpoints, remove_stale_claims, run_dir,
-    run_name, run_settings, train_command)
+    before_command, check_settings, checkpoint_prefix, ensemble_eval_command,
+    ensemble_members, eval_command, eval_file, is_finished, link_checkpoints,
+    metrics_file, remove_stale_claims, run_dir, run_name, run_settings,
+    train_command)
 from tools.studylib.spec import StudyError, load_spec
 from tools.studylib.stats import read_lwlrap
 
@@ -136,16 +145,26 @@ def plan(spec, only):
       raise StudyError('--only: %s is not a configuration of %s (%s)' % (
           unknown[0], spec.path, ', '.join(names)))
     names = [n for n in names if n in only]
-  return [(dataset, spec.configs[n], seed) for seed in spec.seeds
+  runs = [(dataset, spec.configs[n], seed) for seed in spec.seeds
           for dataset in spec.datasets for n in names]
+  # An ensemble of seeds needs every seed's member: it runs last.
+  return sorted(runs, key=lambda run: bool(
+      run[1].ensemble and run[1].ensemble.kind == 'seeds'))
 
 
-def execute(spec, run, study_dir, runner, progress):
+def _open_run(run, study_dir):
+  """(name, folder) of a run, its folder made and its settings checked."""
   dataset, config, seed = run
   name = run_name(dataset, config.name, seed)
   folder = run_dir(study_dir, dataset, config.name, seed)
   os.makedirs(folder, exist_ok=True)
   check_settings(folder, run_settings(dataset, config, seed), name)
+  return name, folder
+
+
+def execute(spec, run, study_dir, runner, progress):
+  dataset, config, seed = run
+  name, folder = _open_run(run, study_dir)
   began = time.monotonic()
   whole = not os.path.exists(os.path.join(folder, 'train'))
   done_before = os.path.join(folder, 'before.done')
@@ -180,6 +199,43 @@ def execute(spec, run, study_dir, runner, progress):
                     % (read_lwlrap(eval_file(folder, last)), last), whole)
 
 
+def execute_ensemble(spec, run, study_dir, runner, progress):
+  """Scores an ensemble configuration's run: the mean of its members at
+  each step (ensemble_members). The seeds' ensemble is one model: scored
+  for the first seed, and its result copied for the others."""
+  dataset, config, seed = run
+  name, folder = _open_run(run, study_dir)
+  began = time.monotonic()
+  first = run_dir(study_dir, dataset, config.name, spec.seeds[0])
+  for step in [s for s in config.eval_steps
+               if not os.path.exists(eval_file(folder, s))]:
+    members = ensemble_members(study_dir, dataset, config, seed, spec.seeds,
+                               step)
+    missing = [m for m in members if not checkpoints.exists(m)]
+    if missing:
+      raise StudyError('%s: its member %s does not exist; run %s first' % (
+          name, missing[0], config.ensemble.of))
+    if config.ensemble.kind == 'seeds' and os.path.exists(
+        eval_file(first, step)):
+      os.makedirs(os.path.join(folder, 'eval'), exist_ok=True)
+      for path in (metrics_file(first, step), eval_file(first, step)):
+        with open(path) as f:
+          files.write_atomically(
+              os.path.join(folder, 'eval', os.path.basename(path)), f.read())
+      continue
+    log = os.path.join(folder, 'eval.log')
+    progress.started(name, 'scoring the mean of %d checkpoints at step %d '
+                     '(log: %s)' % (len(members), step, log))
+    run_command(runner, ensemble_eval_command(dataset, folder, members), log,
+                spec.folder, 'eval', name)
+    if not os.path.exists(eval_file(folder, step)):
+      raise StudyError('%s: eval wrote no %s; see %s' % (
+          name, eval_file(folder, step), log))
+  last = config.eval_steps[-1]
+  progress.finished(name, time.monotonic() - began, 'lwlrap %.4f at step %d'
+                    % (read_lwlrap(eval_file(folder, last)), last), True)
+
+
 def run_study(spec, study_dir, only=(), runner=None, say=print):
   """Runs what is left of the study, then writes the summary."""
   runner = runner or CommandRunner()
@@ -195,7 +251,8 @@ def run_study(spec, study_dir, only=(), runner=None, say=print):
                             len(runs) - len(left)))
   progress = Progress(len(runs), len(runs) - len(left), say)
   for number, run in enumerate(left, 1):
-    execute(spec, run, study_dir, runner, progress)
+    (execute_ensemble if run[1].ensemble else execute)(
+        spec, run, study_dir, runner, progress)
     if number < len(left):  # the last run's summary is the one below
       _summarize_between_runs(spec, study_dir, say)
   count = write_summary(spec, study_dir)

@@ -42,6 +42,12 @@ def members(flag_value):
   return [prefix_of(p) for p in flag_value.split(',')]
 
 
+def step_of(prefix):
+  """N of a model.ckpt-N prefix, else None."""
+  match = re.fullmatch(re.escape(NAME) + r'-(\d+)', os.path.basename(prefix))
+  return int(match.group(1)) if match else None
+
+
 def exists(prefix):
   """True when `prefix` names a checkpoint: its .index file exists."""
   return os.path.isfile(prefix + '.index')
@@ -76,10 +82,9 @@ def list_checkpoints(train_dir):
   found = []
   for index in glob.glob(os.path.join(glob.escape(train_dir),
                                       NAME + '-*.index')):
-    match = re.fullmatch(re.escape(NAME) + r'-(\d+)\.index',
-                         os.path.basename(index))
-    if match:
-      found.append((int(match.group(1)), index[:-len('.index')]))
+    step = step_of(index[:-len('.index')])
+    if step is not None:
+      found.append((step, index[:-len('.index')]))
   return sorted(found)
 
 

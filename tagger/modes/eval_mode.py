@@ -5,9 +5,11 @@ Plain Python at import: checked before TensorFlow is imported.
 """
 
 import math
+import os
 
 from absl import flags
 
+from tagger.core import checkpoints
 from tagger.core.files import UserError
 from tagger.modes import mode as mode_lib
 
@@ -47,10 +49,35 @@ FLAGS = flags.FLAGS
 
 def check(hparams):
   del hparams  # checked once a checkpoint's record is read
+  if bool(FLAGS.train_dir) == bool(FLAGS.inference_checkpoint):
+    raise UserError('--mode eval scores the checkpoints of --train_dir, or '
+                    'one model given by --inference_checkpoint (a checkpoint,'
+                    ' or an ensemble\'s, comma-separated): give one of them')
+  if FLAGS.inference_checkpoint:
+    _check_one_model()
   if not FLAGS.eval_continuous:
     for name in ('eval_poll_seconds', 'eval_idle_timeout_seconds'):
       if FLAGS[name].present:
         raise UserError('--%s is only used with --eval_continuous' % name)
+
+
+def _check_one_model():
+  """The result of --inference_checkpoint is eval-N.txt, N its first
+  member's step: it must be named model.ckpt-N, and not be scored yet (a
+  result there may be another model's)."""
+  if FLAGS.eval_continuous:
+    raise UserError('--eval_continuous watches --train_dir; it does not '
+                    'apply to --inference_checkpoint')
+  first = checkpoints.members(FLAGS.inference_checkpoint)[0]
+  step = checkpoints.step_of(first)
+  if step is None:
+    raise UserError('--inference_checkpoint: %s is not named model.ckpt-N; '
+                    'eval names its result eval-N.txt' % first)
+  result = os.path.join(FLAGS.eval_dir or '', 'eval-%d.txt' % step)
+  if FLAGS.eval_dir and os.path.exists(result):
+    raise UserError('--eval_dir: %s exists (a result of step %d, maybe of '
+                    'another model); choose another --eval_dir' % (result,
+                                                                   step))
 
 
 def list_inputs(class_names):
@@ -71,6 +98,12 @@ def start(data):
 
 def run(resolved, data):
   import evaluation
+  if FLAGS.inference_checkpoint:
+    evaluation.evaluate_model(
+        resolved.model_name, resolved.hparams, data.class_names, data.rows,
+        data.clip_dir, data.sample_counts, FLAGS.inference_checkpoint,
+        FLAGS.eval_dir, engine=data.engine)
+    return
   evaluation.evaluate(
       resolved.model_name, resolved.hparams, data.class_names, data.rows,
       data.clip_dir, data.sample_counts, FLAGS.train_dir, FLAGS.eval_dir,
@@ -82,7 +115,8 @@ def run(resolved, data):
 
 MODE = mode_lib.Mode(
     name='eval',
-    required=('eval_clip_dir', 'eval_csv_path', 'train_dir', 'eval_dir'),
-    inputs=('class_map_path', 'eval_clip_dir', 'eval_csv_path', 'train_dir'),
+    required=('eval_clip_dir', 'eval_csv_path', 'eval_dir'),
+    inputs=('class_map_path', 'eval_clip_dir', 'eval_csv_path', 'train_dir',
+            'inference_checkpoint'),
     output_dirs=('eval_dir',), list_inputs=list_inputs, run=run, scores=True,
     check=check, start=start)

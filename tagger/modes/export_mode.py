@@ -24,7 +24,7 @@ def check(hparams):
   if ',' in FLAGS.inference_checkpoint:
     raise UserError('--inference_checkpoint: export writes one checkpoint\'s '
                     'model; an ensemble of several is scored by --mode '
-                    'inference, tag and relabel')
+                    'eval, inference, tag and relabel')
   path = FLAGS.export_dir
   if os.path.exists(path) and not (os.path.isdir(path) and
                                    not os.listdir(path)):

@@ -33,8 +33,9 @@ flags.DEFINE_string('train_dir', None,
                     'Folder of model.ckpt-N checkpoints and training '
                     'TensorBoard logs.')
 flags.DEFINE_string('inference_checkpoint', None,
-                    'Checkpoint (model.ckpt-N prefix) to run inference with. '
-                    'In inference, tag and relabel, several comma-separated '
+                    'Checkpoint (model.ckpt-N prefix) to run inference with '
+                    '(or, in eval, to score instead of --train_dir\'s). '
+                    'Several comma-separated '
                     '(of one model and features: seeds of a run, or a run\'s '
                     'last checkpoints) score as an ensemble: the mean of '
                     'their clip scores.')
@@ -94,8 +95,10 @@ class Mode:
 
   @property
   def from_checkpoint(self):
-    """It scores (or exports) --inference_checkpoint."""
-    return 'inference_checkpoint' in self.required
+    """It scores (or exports) --inference_checkpoint: a mode that needs
+    one, or eval given one instead of --train_dir."""
+    return 'inference_checkpoint' in self.required or bool(
+        'inference_checkpoint' in self.inputs and FLAGS.inference_checkpoint)
 
 
 def labeled_inputs(class_names, csv_path, clip_dir):

@@ -1,8 +1,9 @@
-"""Ensembles (--inference_checkpoint a,b,c): inference scores the mean of
-the members' clip scores, held to the mean of independent clip scores of
-each member; tag and relabel score with every member; members of another
-model, a missing member, and the modes that take one checkpoint are one
-line each."""
+"""Ensembles (--inference_checkpoint a,b,c): inference and eval score the
+mean of the members' clip scores, held to the mean of independent clip
+scores of each member; tag and relabel score with every member (each in
+LiteRT with --engine tflite: modes/test_engine_flags.py); members of
+another model, a missing member, and the modes that take one checkpoint
+are one line each."""
 
 import os
 
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 from support.cli import assert_one_error, check_ok, export_args, run_main
-from support.scores import (TIE, independent_clip_scores, labeled_rows,
-                            read_csv_rows)
+from support.scores import (
+    TIE, independent_clip_scores, labeled_rows, lwlrap_bounds, overall_lwlrap,
+    read_class_names, read_csv_rows, truth_matrix, within)
 from support.settings import CLASS_MAP, TAG_HPARAMS, TAG_STEPS
 from support.tag_runs import tag_args
 
@@ -46,6 +48,21 @@ def test_an_ensemble_scores_the_mean_of_its_members(tagger, tmp_path,
              if a is not b) > 0.05
   np.testing.assert_allclose(got, np.mean(each, axis=0), rtol=0,
                              atol=2 * TIE)
+  # Eval scores the same ensemble (newest member first: eval-200.txt).
+  eval_dir = str(tmp_path / 'eval')
+  result = check_ok(run_main(
+      ['--mode', 'eval', '--class_map_path', CLASS_MAP,
+       '--inference_checkpoint', ','.join(members[::-1]),
+       '--eval_csv_path', data['train_csv'],
+       '--eval_clip_dir', data['train_clip_dir'], '--eval_dir', eval_dir]))
+  assert 'Evaluating the mean of 3 checkpoints, ' in result.stdout
+  assert os.listdir(eval_dir).count('eval-%d.txt' % TAG_STEPS) == 1
+  with open(os.path.join(eval_dir, 'eval-%d.txt' % TAG_STEPS)) as f:
+    lwlrap = overall_lwlrap(f.read())
+  rows = dict(labeled_rows(data['train_csv']))
+  truth = truth_matrix([(f, rows[f]) for f in fnames], read_class_names())
+  assert within(lwlrap, lwlrap_bounds(truth, np.mean(each, axis=0)))
+  assert not within(lwlrap, lwlrap_bounds(truth, each[-1]))
 
 
 def test_tag_and_relabel_score_with_every_member(tagger, tmp_path):
@@ -78,7 +95,7 @@ def test_what_an_ensemble_cannot_be(tagger, mobilenet_train, tmp_path, case):
   if case == 'export':
     args = export_args(members, str(tmp_path / 'export'))
     needles = ['--inference_checkpoint: export writes one checkpoint',
-               'scored by --mode inference, tag and relabel']
+               'scored by --mode eval, inference, tag and relabel']
   else:
     args = ['--mode', 'inference', '--class_map_path', CLASS_MAP,
             '--inference_checkpoint', members,
@@ -95,24 +112,6 @@ def test_what_an_ensemble_cannot_be(tagger, mobilenet_train, tmp_path, case):
   assert_one_error(run_main(args), *needles)
   assert not os.path.exists(str(tmp_path / 'out.csv'))
   assert not os.path.exists(str(tmp_path / 'export'))
-
-
-def test_each_member_runs_in_the_chosen_engine(tagger, parse_hparams):
-  """With --engine tflite every member is converted and run by LiteRT, not
-  the first alone."""
-  import io
-  from tagger.engines import scoring
-  from tagger.engines import tflite_engine
-  members = ','.join(_members(tagger)[1:])
-  out = io.StringIO()
-  scorer = scoring.open_scorer('crnn', 80, parse_hparams(TAG_HPARAMS),
-                               members, tflite_engine.Engine('tflite'),
-                               'Scoring', out=out)
-  assert [type(s._score_batch) for s in [scorer] + scorer.members] == [
-      tflite_engine.Runner] * 2
-  assert out.getvalue().endswith('; TFLite engine: float32, converted in '
-                                 'memory, %d threads)\n' %
-                                 tflite_engine.default_threads())
 
 
 def test_no_output_may_be_a_members_file(tagger, tmp_path):

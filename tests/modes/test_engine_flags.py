@@ -14,7 +14,7 @@ from support.cli import (assert_one_error, calibration_args, check_ok,
                          export_args, inference_with_model, main_in_process,
                          run_main)
 from support.scores import labeled_rows, read_csv_rows, scorer_scores
-from support.settings import CLASS_MAP, TAG_HPARAMS
+from support.settings import CLASS_MAP, TAG_HPARAMS, TAG_STEPS
 
 
 # --- every engine flag reaches the interpreter ------------------------------
@@ -92,11 +92,13 @@ def test_engine_flags_reach_the_interpreter(tagger, tagger_export, tmp_path,
   assert np.abs(np.array([[float(v) for v in r[1:]] for r in rows]) -
                 keras).max() > 1e-4
 
+  # An ensemble: each member is converted and run by LiteRT.
+  earlier = checkpoint.replace('-%d' % TAG_STEPS, '-%d' % (TAG_STEPS // 2))
   result, seen = _spied(base + [
-      '--mode', 'tag', '--inference_checkpoint', checkpoint, '--tag_paths',
-      data['train_clip_dir'], '--engine', 'tflite', '--quantize',
-      'dynamic'])
-  assert seen == [(os.cpu_count(), 'dynamic')]
+      '--mode', 'tag', '--inference_checkpoint', checkpoint + ',' + earlier,
+      '--tag_paths', data['train_clip_dir'], '--engine', 'tflite',
+      '--quantize', 'dynamic'])
+  assert seen == [(os.cpu_count(), 'dynamic')] * 2
   assert '; TFLite engine: dynamic, converted in memory, %d threads)\n' % (
       os.cpu_count()) in result.stderr
 

@@ -95,6 +95,9 @@ class FakeMain:
           if not os.path.exists(prefix + suffix):
             with open(prefix + suffix, 'w') as f:
               f.write(flags['--hparams'])
+    elif '--inference_checkpoint' in flags:
+      folder = os.path.dirname(flags['--eval_dir'])
+      steps = ensemble_eval(flags)
     elif mode == 'eval':
       folder = os.path.dirname(flags['--eval_dir'])
       links = flags['--train_dir']
@@ -112,6 +115,28 @@ class FakeMain:
     self.calls.append((mode, run.replace(os.sep, '/'), steps))
     self.flags.append(flags)
     return 0
+
+
+def member_lwlrap(prefix):
+  """A member's fake_lwlrap: its run folder's value at its step."""
+  run = os.path.dirname(os.path.dirname(prefix))
+  return fake_lwlrap(run, int(prefix.rsplit('-', 1)[1]))
+
+
+def ensemble_eval(flags):
+  """Eval of one model: eval-N.txt (N: the first member's step) holding
+  the mean of the members' fake_lwlrap, which depends on each member;
+  returns the members as 'config/seed-N@step'."""
+  members = flags['--inference_checkpoint'].split(',')
+  step = int(members[0].rsplit('-', 1)[1])
+  value = sum(member_lwlrap(m) for m in members) / len(members)
+  os.makedirs(flags['--eval_dir'], exist_ok=True)
+  for name, text in (('metrics-%d.txt', 'EER = 0.1\n'),
+                     ('eval-%d.txt', 'Overall lwlrap = %.6f\n' % value)):
+    with open(os.path.join(flags['--eval_dir'], name % step), 'w') as f:
+      f.write(text)
+  return ['/'.join(m.split(os.sep)[-4:-2]) + '@' + m.rsplit('-', 1)[1]
+          for m in members]
 
 
 def before_run_folder(argv):

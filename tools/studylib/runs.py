@@ -1,5 +1,6 @@
 """A study's runs: each one's folder, commands and remembered settings."""
 
+import dataclasses
 import json
 import os
 import re
@@ -8,7 +9,7 @@ import sys
 from tagger.core import checkpoints
 from tagger.core import files
 from tagger.core import machine
-from tools.studylib.spec import StudyError
+from tools.studylib.spec import StudyError, checkpoint_steps
 
 MAIN = os.path.join(machine.REPO, 'main.py')
 
@@ -25,6 +26,10 @@ def run_dir(study_dir, dataset, config_name, seed):
 
 def eval_file(folder, step):
   return os.path.join(folder, 'eval', 'eval-%d.txt' % step)
+
+
+def metrics_file(folder, step):
+  return os.path.join(folder, 'eval', 'metrics-%d.txt' % step)
 
 
 def checkpoint_prefix(folder, step):
@@ -67,6 +72,19 @@ def train_command(spec, dataset, config, seed, folder):
               fill(f, dataset, seed, folder) for f in config.train_flags]
 
 
+def ensemble_members(study_dir, dataset, config, seed, seeds, step):
+  """The checkpoint prefixes an ensemble configuration's run scores at
+  step, the one that names the result (its step, its seed) first."""
+  ensemble = config.ensemble
+  if ensemble.kind == 'seeds':
+    order = [seed] + [s for s in seeds if s != seed]
+    return [checkpoint_prefix(run_dir(study_dir, dataset, ensemble.of, s),
+                              step) for s in order]
+  folder = run_dir(study_dir, dataset, ensemble.of, seed)
+  steps = [s for s in checkpoint_steps(config.max_steps) if s <= step]
+  return [checkpoint_prefix(folder, s) for s in steps[::-1][:ensemble.count]]
+
+
 def before_command(dataset, config, seed, folder):
   return [sys.executable, MAIN, '--class_map_path', dataset.data['class_map']
           ] + [fill(a, dataset, seed, folder) for a in config.before]
@@ -81,9 +99,18 @@ def eval_command(dataset, folder):
           '--eval_dir', os.path.join(folder, 'eval')]
 
 
+def ensemble_eval_command(dataset, folder, members):
+  return eval_command(dataset, folder)[:-4] + [
+      '--inference_checkpoint', ','.join(members),
+      '--eval_dir', os.path.join(folder, 'eval')]
+
+
 def run_settings(dataset, config, seed):
   """What makes a run's results what they are; max_steps and eval_steps may
   grow (training resumes, more steps are scored)."""
+  if config.ensemble:
+    return {'ensemble': dataclasses.asdict(config.ensemble),
+            'data': dataset.raw_data}
   return {'model': config.model, 'hparams': run_hparams(config, seed),
           'train_flags': list(config.train_flags), 'data': dataset.raw_data,
           'train_csv': config.train_csv,

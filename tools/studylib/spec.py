@@ -13,7 +13,10 @@ DATA_KEYS = ('class_map', 'train_csv', 'train_clip_dir', 'test_csv',
 SPEC_KEYS = DATA_KEYS + ('datasets', 'model', 'seeds', 'reference', 'configs',
                          'plots')
 CONFIG_KEYS = ('hparams', 'max_steps', 'eval_steps', 'train_flags', 'model',
-               'train_csv', 'train_clip_dir', 'before', 'steps_before')
+               'train_csv', 'train_clip_dir', 'before', 'steps_before',
+               'ensemble')
+# An ensemble trains nothing: its members are another configuration's runs.
+ENSEMBLE_KEYS = ('ensemble', 'eval_steps')
 # Flags the study sets for each run itself.
 RESERVED_FLAGS = ('mode', 'model', 'hparams', 'max_steps', 'train_dir',
                   'class_map_path', 'train_clip_dir', 'train_csv_path')
@@ -47,6 +50,18 @@ class Config:
   train_csv: str = None
   train_clip_dir: str = None
   before: tuple = ()
+  # An ensemble of another configuration's runs (Ensemble), or None.
+  ensemble: object = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Ensemble:
+  of: str  # the configuration whose runs are its members
+  # 'seeds': each seed's row scores the mean of every seed's run at the
+  # step (one model, paired with each member); 'snapshots': each run's own
+  # last `count` checkpoints up to the step.
+  kind: str
+  count: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +146,9 @@ def _parse_spec(path, raw):
   entries = raw.get('configs')
   if not isinstance(entries, dict) or not entries:
     raise ValueError('configs: an object of configurations is required')
-  configs = {name: _parse_config(name, entry, default_model)
-             for name, entry in entries.items()}
+  configs = {}
+  for name, entry in entries.items():
+    configs[name] = _parse_config(name, entry, default_model, configs)
   reference = _config_name(raw.get('reference', next(iter(configs))),
                            configs, 'reference')
   if not datasets[0].name:
@@ -224,7 +240,7 @@ def _model(name, where):
   return name
 
 
-def _parse_config(name, entry, default_model):
+def _parse_config(name, entry, default_model, earlier):
   where = 'configs.%s.' % name
   if not NAME.fullmatch(name):
     raise ValueError('configs: name %r: use letters, digits, _ . and -' %
@@ -232,6 +248,8 @@ def _parse_config(name, entry, default_model):
   if not isinstance(entry, dict):
     raise ValueError(where[:-1] + ': expected an object')
   _no_unknown(entry, CONFIG_KEYS, where)
+  if 'ensemble' in entry:
+    return _parse_ensemble(name, entry, earlier, where)
   max_steps = entry.get('max_steps')
   if not _is_int(max_steps) or max_steps < 1:
     raise ValueError(where + 'max_steps: a positive integer is required')
@@ -295,3 +313,43 @@ def _train_flags(flags, where):
       raise ValueError('%strain_flags: %s is set by the study' % (where,
                                                                    flag))
   return tuple(flags)
+
+
+def _parse_ensemble(name, entry, earlier, where):
+  """A configuration that scores an ensemble of an earlier configuration's
+  runs: {"of": CONFIG, "seeds": true} or {"of": CONFIG, "snapshots": K}."""
+  for key in entry:
+    if key not in ENSEMBLE_KEYS:
+      raise ValueError('%s%s: an ensemble trains nothing (its members are '
+                       'the runs of "of"); it takes only %s' % (
+                           where, key, ' and '.join(ENSEMBLE_KEYS)))
+  value = entry['ensemble']
+  if not isinstance(value, dict) or len(value) != 2 or not (
+      'of' in value and ('seeds' in value) != ('snapshots' in value)):
+    raise ValueError(where + 'ensemble: {"of": CONFIG, "seeds": true} or '
+                     '{"of": CONFIG, "snapshots": K} is required')
+  of = earlier.get(value['of']) if isinstance(value['of'], str) else None
+  if of is None or of.ensemble:
+    raise ValueError('%sensemble.of: %r is not a configuration above it that'
+                     ' trains' % (where, value['of']))
+  count = value.get('snapshots')
+  if 'seeds' in value and value['seeds'] is not True:
+    raise ValueError(where + 'ensemble.seeds: true is required')
+  if count is not None and (not _is_int(count) or count < 2):
+    raise ValueError(where + 'ensemble.snapshots: an integer of at least 2 '
+                     'is required')
+  kind = 'snapshots' if count else 'seeds'
+  possible = checkpoint_steps(of.max_steps)
+  if (count or 1) > len(possible):
+    raise ValueError('%sensemble.snapshots: %s saves %d checkpoints' % (
+        where, of.name, len(possible)))
+  first = possible[(count or 1) - 1]  # each step needs `count` up to it
+  steps = _eval_steps(
+      dict(entry) if 'eval_steps' in entry else
+      {'eval_steps': [s for s in of.eval_steps if s >= first]},
+      of.max_steps, where)
+  if steps[0] < first:
+    raise ValueError('%seval_steps: %d has fewer than %d checkpoints of %s up'
+                     ' to it' % (where, steps[0], count, of.name))
+  return dataclasses.replace(of, name=name, eval_steps=steps,
+                             ensemble=Ensemble(of.name, kind, count or 0))
