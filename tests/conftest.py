@@ -21,10 +21,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # independent computation with a tolerance either kernel library meets;
 # TF_ENABLE_ONEDNN_OPTS=1 runs the suite with oneDNN.
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
-# Three test processes share two cores: one thread per op each wastes less
-# on threads waiting for work (test_train.py, training/test_resume.py and
-# test_train_stops.py side by side: 76 s with the default, 70 s with 1).
-os.environ.setdefault('TF_NUM_INTRAOP_THREADS', '1')
 
 # The project's modules, as main.py imports them.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
