@@ -2,8 +2,8 @@
 mean of the members' clip scores, held to the mean of independent clip
 scores of each member; tag and relabel score with every member (each in
 LiteRT with --engine tflite: modes/test_engine_flags.py); members of
-another model, a missing member, and the modes that take one checkpoint
-are one line each."""
+another model, features or class map, a missing member, and the modes that
+take one checkpoint are one line each."""
 
 import os
 
@@ -84,13 +84,36 @@ def test_tag_and_relabel_score_with_every_member(tagger, tmp_path):
   assert os.path.exists(str(tmp_path / 'relabelled.csv'))
 
 
+def _two_class_checkpoint(folder, parse_hparams):
+  """The tagger's model made for a class map of 2 classes, saved without a
+  record (as a run of another class map would differ: its logits)."""
+  import tensorflow as tf
+  import model as model_lib
+  from tagger.core import checkpoints
+  two = model_lib.build_model('crnn', 2, parse_hparams(TAG_HPARAMS))
+  prefix = str(folder / 'model.ckpt-5')
+  tf.train.Checkpoint(weights=checkpoints.checkpoint_weights(two)).write(
+      prefix)
+  return prefix
+
+
 @pytest.mark.parametrize('case', ['missing', 'another model', 'export',
-                                  'model file'])
-def test_what_an_ensemble_cannot_be(tagger, mobilenet_train, tmp_path, case):
+                                  'model file', 'other features',
+                                  'another class map'])
+def test_what_an_ensemble_cannot_be(tagger, mobilenet_train, tmp_path, case,
+                                    request, parse_hparams):
   data = tagger['data']
   first = _members(tagger)[-1]
-  other = {'missing': str(tmp_path / 'model.ckpt-7'),
-           'another model': mobilenet_train['checkpoint']}.get(case, first)
+  other = first
+  if case == 'missing':
+    other = str(tmp_path / 'model.ckpt-7')
+  elif case == 'another model':
+    other = mobilenet_train['checkpoint']
+  elif case == 'other features':  # another mel_max_hz
+    other = os.path.join(request.getfixturevalue('crnn_bce3'),
+                         'model.ckpt-3')
+  elif case == 'another class map':
+    other = _two_class_checkpoint(tmp_path, parse_hparams)
   members = first + ',' + other
   if case == 'export':
     args = export_args(members, str(tmp_path / 'export'))
@@ -106,7 +129,11 @@ def test_what_an_ensemble_cannot_be(tagger, mobilenet_train, tmp_path, case):
                     other],
         'another model': ['%s: trained with --model mobilenet-v1, not crnn'
                           % other],
-        'model file': ['--tflite_model scores one model file']}[case]
+        'model file': ['--tflite_model scores one model file'],
+        'other features': ['%s: trained with hparam mel_max_hz=' % other],
+        'another class map': ['%s: variable ' % other,
+                              ', 2] there but [',
+                              ', 80] in this model']}[case]
     if case == 'model file':
       args += ['--engine', 'tflite', '--tflite_model', first + '.index']
   assert_one_error(run_main(args), *needles)

@@ -10,12 +10,14 @@ import pytest
 
 from support.study_fakes import FakeMain, member_lwlrap, write_spec
 from tools import study
+from tools.studylib import spec as spec_lib
 from tools.studylib import stats
 
 CONFIGS = {'base': {'max_steps': 300, 'eval_steps': [200, 300]},
            'seeds': {'ensemble': {'of': 'base', 'seeds': True}},
            'snaps': {'ensemble': {'of': 'base', 'snapshots': 3},
-                     'eval_steps': [200, 300]}}
+                     'eval_steps': [200, 300]},
+           'pair': {'ensemble': {'of': 'base', 'snapshots': 2}}}
 
 
 def _results(out):
@@ -26,6 +28,11 @@ def _results(out):
 
 def test_ensembles_score_the_members_they_name(tmp_path):
   spec = write_spec(tmp_path, CONFIGS, seeds=(1, 2, 3))
+  # Defaults: the steps of "of" that have enough checkpoints up to them.
+  assert spec.configs['pair'].ensemble == spec_lib.Ensemble('base',
+                                                            'snapshots', 2)
+  assert spec.configs['pair'].eval_steps == (200, 300)
+  assert spec.configs['seeds'].ensemble.kind == 'seeds'
   out = str(tmp_path / 'out')
   fake = FakeMain()
   study.run_study(spec, out, runner=fake, say=lambda line: None)
@@ -34,13 +41,16 @@ def test_ensembles_score_the_members_they_name(tmp_path):
   # scored once, for seed 1.
   assert runs == [(m, '%s/seed-%d' % (c, s)) for s in (1, 2, 3)
                   for m, c in [('train', 'base'), ('eval', 'base'),
-                               ('eval', 'snaps'), ('eval', 'snaps')]] + [
+                               ('eval', 'snaps'), ('eval', 'snaps'),
+                               ('eval', 'pair'), ('eval', 'pair')]] + [
                                    ('eval', 'seeds/seed-1')] * 2
   members = [c[2] for c in fake.calls if '@' in str(c[2])]
-  assert members[:2] == [['base/seed-1@200', 'base/seed-1@100',
+  assert members[:4] == [['base/seed-1@200', 'base/seed-1@100',
                           'base/seed-1@0'],
                          ['base/seed-1@300', 'base/seed-1@200',
-                          'base/seed-1@100']]
+                          'base/seed-1@100'],
+                         ['base/seed-1@200', 'base/seed-1@100'],
+                         ['base/seed-1@300', 'base/seed-1@200']]
   assert members[-1] == ['base/seed-%d@300' % s for s in (1, 2, 3)]
   results = _results(out)
   base = os.path.join(out, 'runs', 'base', 'seed-%d', 'train',

@@ -5,6 +5,7 @@ start, and the committed study results rebuilt from their runs."""
 import csv
 import json
 import os
+import re
 
 import pytest
 
@@ -175,40 +176,65 @@ def test_several_datasets_pool_each_dataset_and_seed(tmp_path):
 
 # --- The committed study results -------------------------------------------
 
-@pytest.mark.parametrize('name', ['drums_600', 'long_2000', 'combined_2000'])
+def _stand_in_data(raw, folder):
+  """Empty files and folders at the spec's data paths (of each dataset)."""
+  for data in raw.get('datasets', {'': raw}).values():
+    for key in spec_lib.DATA_KEYS:
+      path = folder / data[key]
+      if key.endswith('clip_dir'):
+        path.mkdir(parents=True, exist_ok=True)
+      else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('')
+
+
+@pytest.mark.parametrize('name', ['drums_600', 'long_2000', 'combined_2000',
+                                  'two_devsets_600'])
 def test_the_committed_results_are_rebuilt_from_their_runs(tmp_path, name):
   """README's study figures come from studies/results/NAME: its results.csv
   and table.csv are what the eval reports in runs/ give, and every run
-  there was made with its configuration's settings in the spec. The
-  spec's data is not in the repository: it is stood in for by empty files
-  at the same relative paths."""
-  spec_path = os.path.join(REPO, 'studies', name + '.json')
-  with open(spec_path) as f:
+  there was made with its configuration's settings in the spec (an
+  ensemble's eval command names its members). The spec's data is not in
+  the repository: it is stood in for by empty files at the same relative
+  paths."""
+  with open(os.path.join(REPO, 'studies', name + '.json')) as f:
     raw = json.load(f)
-  for key in spec_lib.DATA_KEYS:
-    path = tmp_path / raw[key]
-    if key.endswith('clip_dir'):
-      path.mkdir(parents=True, exist_ok=True)
-    else:
-      path.parent.mkdir(parents=True, exist_ok=True)
-      path.write_text('')
+  _stand_in_data(raw, tmp_path)
   (tmp_path / 'spec.json').write_text(json.dumps(raw))
   spec = spec_lib.load_spec(str(tmp_path / 'spec.json'))
   results_dir = os.path.join(REPO, 'studies', 'results', name)
-  (data,) = spec.datasets
-  results = stats.collect(spec, results_dir, data)
+  results, _, table, several = report.summary(spec, results_dir)
   with open(os.path.join(results_dir, 'results.csv')) as f:
-    assert f.read() == report.results_csv(results)
+    assert f.read() == report.results_csv(results, several)
   with open(os.path.join(results_dir, 'table.csv')) as f:
-    assert f.read() == report.table_csv(
-        stats.summarize(results, spec.reference))
-  runs = {(config, seed) for config, seed, *_ in results}
-  assert len(runs) >= 2 * len(spec.seeds)
-  for config, seed in runs:
-    folder = runs_lib.run_dir(results_dir, data, config, seed)
+    assert f.read() == report.table_csv(table, several)
+  datasets = {d.name: d for d in spec.datasets}
+  runs = {(r[0] if several else None,) + r[several:several + 2]
+          for r in results}
+  assert len(runs) >= 2 * len(spec.seeds) * len(datasets)
+  for dataset, config, seed in runs:
+    folder = runs_lib.run_dir(results_dir, datasets[dataset], config, seed)
     with open(os.path.join(folder, 'run.json')) as f:
       assert json.load(f) == runs_lib.run_settings(
-          data, spec.configs[config], seed)
-    with open(os.path.join(folder, 'train-command.txt')) as f:
-      assert ' --hparams %s ' % runs_lib.run_hparams(spec.configs[config],
-                                                  seed) in f.read()
+          datasets[dataset], spec.configs[config], seed)
+    _check_command(folder, spec, config, seed)
+
+
+def _check_command(folder, spec, config, seed):
+  """A trained run's command gives its hparams; an ensemble's, its
+  members (the first one of its own seed)."""
+  ensemble = spec.configs[config].ensemble
+  with open(os.path.join(folder, ('eval' if ensemble else 'train') +
+                         '-command.txt')) as f:
+    command = f.read()
+  if ensemble:
+    members = re.search(r' --inference_checkpoint (\S+) ',
+                        command).group(1).split(',')
+    seeds = [int(re.search(r'/%s/seed-(\d+)/' % ensemble.of, m).group(1))
+             for m in members]
+    # Snapshots: this seed's run; seeds: each seed's (scored once).
+    assert seeds == ([seed] * ensemble.count if ensemble.count else
+                     list(spec.seeds))
+  else:
+    assert ' --hparams %s ' % runs_lib.run_hparams(spec.configs[config],
+                                                  seed) in command

@@ -187,11 +187,9 @@ def _plot_config(ax, rows, config, is_reference, styles):
   return line
 
 
-def write_summary(spec, study_dir):
-  """results.csv, table.csv, table.md, lwlrap.png and the spec's plots from
-  the eval files; returns the number of results. With several datasets, the
-  files give each row its dataset, the tables add the rows pooled over
-  them, and the plots a panel per dataset."""
+def summary(spec, study_dir):
+  """(results, each dataset's rows, the table: those rows and the pooled
+  ones, whether there are several datasets) from the eval files."""
   by_dataset = {d.name: collect(spec, study_dir, d) for d in spec.datasets}
   several = bool(spec.datasets[0].name)
   results = [(name,) * several + r for name, found in by_dataset.items()
@@ -202,6 +200,15 @@ def write_summary(spec, study_dir):
   table = rows + ([dict(r, dataset=POOLED)
                    for r in pooled(by_dataset, spec.reference)]
                   if several else [])
+  return results, rows, table, several
+
+
+def write_summary(spec, study_dir):
+  """results.csv, table.csv, table.md, lwlrap.png and the spec's plots from
+  the eval files; returns the number of results. With several datasets, the
+  files give each row its dataset, the tables add the rows pooled over
+  them, and the plots a panel per dataset."""
+  results, rows, table, several = summary(spec, study_dir)
   files.write_atomically(os.path.join(study_dir, 'results.csv'),
                          results_csv(results, several))
   files.write_atomically(os.path.join(study_dir, 'table.csv'),
