@@ -60,16 +60,17 @@ def waveform_examples(chunks, hparams):
 
 
 def open_scorer(model_name, num_classes, hparams, checkpoint_path, engine,
-                doing, out=None):
-  """A Scorer (engine: a tflite_engine.Engine, default Keras) loaded with a
-  checkpoint, or with an ensemble's (several, comma-separated: the first
-  scores with the others as its members), announced in one line that
-  begins with `doing`."""
+                doing, out=None, static=False):
+  """A Scorer (engine: a tflite_engine.Engine, default Keras; static: see
+  Scorer) loaded with a checkpoint, or with an ensemble's (several,
+  comma-separated: the first scores with the others as its members),
+  announced in one line that begins with `doing` (if any); its `statistics` say
+  which batch-norm statistics score."""
   paths = checkpoints.members(checkpoint_path) if checkpoint_path else [None]
-  scorer = Scorer(model_name, num_classes, hparams, engine=engine)
+  scorer = Scorer(model_name, num_classes, hparams, static, engine)
   statistics = [scorer.load(paths[0])]
   for path in paths[1:]:
-    member = Scorer(model_name, num_classes, hparams, engine=engine)
+    member = Scorer(model_name, num_classes, hparams, static, engine)
     # The calibration and check examples are the same for every member.
     member._calibration = scorer._calibration
     member._check_clips = scorer._check_clips
@@ -77,9 +78,11 @@ def open_scorer(model_name, num_classes, hparams, checkpoint_path, engine,
     scorer.members.append(member)
   what = (scorer.source if len(paths) == 1 else
           'the mean of %d checkpoints, %s' % (len(paths), ', '.join(paths)))
-  print('%s %s (batch-norm statistics: %s%s)' % (
-      doing, what, ', '.join(dict.fromkeys(statistics)),
-      scorer.engine_note()), file=out or sys.stdout, flush=True)
+  scorer.statistics = ', '.join(dict.fromkeys(statistics))
+  if doing:
+    print('%s %s (batch-norm statistics: %s%s)' % (
+        doing, what, scorer.statistics, scorer.engine_note()),
+          file=out or sys.stdout, flush=True)
   return scorer
 
 
@@ -99,6 +102,7 @@ class Scorer:
                        else BATCH_SIZE)
     self._calibration = None
     self._check_clips = None
+    self.statistics = None  # set by open_scorer
     # An ensemble's other checkpoints (open_scorer): every example's score
     # is the mean of this model's and theirs.
     self.members = []
@@ -179,6 +183,15 @@ class Scorer:
           self.engine.calibration_paths, self.hparams)
     return tflite_engine.convert(self.inference_model, self.hparams,
                                  quantize, self._calibration)
+
+  def exported_model(self):
+    """What export wraps: the waveform model every mode scores with; an
+    ensemble's, holding every member's network."""
+    if not self.members:
+      return self.waveform_model
+    return waveform_model.WaveformModel(
+        [self.inference_model] + [m.inference_model for m in self.members],
+        self.hparams)
 
   def score_examples(self, examples):
     """[batch, frames, bands] examples -> [batch, classes] float32 scores,

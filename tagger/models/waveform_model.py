@@ -18,23 +18,31 @@ from tagger.sound import features
 
 class WaveformModel(tf.Module):
   """waveform -> examples -> folded model, for one trained checkpoint (its
-  weights are the inference model's, loaded by scoring.Scorer.load)."""
+  weights are the inference model's, loaded by scoring.Scorer.load), or for
+  an ensemble's: several inference models of the same features, given as a
+  list, whose scores are averaged and whose embeddings are concatenated."""
 
   def __init__(self, inference_model, hparams):
     super().__init__()
     self.hparams = hparams
     self.front_end = features.LogMelExamples(hparams)
-    # The scoring model with its pooled features as a second output.
-    self.net = keras.Model(inference_model.input, [
-        inference_model.get_layer('logits').input, inference_model.output])
-    self.num_classes = inference_model.output.shape[-1]
-    self.embedding_size = self.net.outputs[0].shape[-1]
+    models = (inference_model if isinstance(inference_model, list) else
+              [inference_model])
+    # Each scoring model with its pooled features as a second output.
+    self.nets = [keras.Model(m.input, [m.get_layer('logits').input,
+                                       m.output]) for m in models]
+    self.num_classes = models[0].output.shape[-1]
+    self.embedding_size = sum(n.outputs[0].shape[-1] for n in self.nets)
 
   def embed_and_score(self, examples):
     """[batch, frames, bands] -> ([batch, D] embeddings, [batch, classes]
-    sigmoid scores)."""
-    embeddings, logits = self.net(examples, training=False)
-    return embeddings, tf.sigmoid(logits)
+    sigmoid scores); an ensemble's: its members' embeddings side by side,
+    and the mean of their scores."""
+    outputs = [net(examples, training=False) for net in self.nets]
+    if len(outputs) == 1:
+      return outputs[0][0], tf.sigmoid(outputs[0][1])
+    return (tf.concat([e for e, _ in outputs], -1),
+            tf.add_n([tf.sigmoid(l) for _, l in outputs]) / len(outputs))
 
   def scores(self, examples):
     return self.embed_and_score(examples)[1]

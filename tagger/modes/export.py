@@ -31,6 +31,11 @@ whole clip's while only one chunk's activations are in memory: serving a
 (TFLite, which copies the waveform into its loop) above a 10 s one, where
 one batch of every example took 5.9 GB and 5.8 GB more.
 
+An ensemble (--inference_checkpoint a,b,c) is exported as one SavedModel and
+one model.tflite holding every member (waveform_model.WaveformModel of
+several networks): scores averaged, embeddings side by side; no
+examples-in model, which holds one network.
+
 A waveform holding any NaN or infinite sample gets NaN for every output
 (in the batch signature, that clip only): the model alone would turn its
 NaN features into plausible scores.
@@ -102,20 +107,24 @@ def export(model_name, hparams, class_names, class_map_path, checkpoint_path,
   stop request (stopping.py) is acted on between the stages. quantize: the
   examples-in model written besides the float one (none, dynamic or int8,
   calibrated on calibration_paths)."""
-  scorer = scoring.Scorer(model_name, len(class_names), hparams, static=True,
-                          engine=tflite_engine.Engine(
-                              calibration_paths=tuple(calibration_paths)))
-  statistics = scorer.load(checkpoint_path)
+  scorer = scoring.open_scorer(
+      model_name, len(class_names), hparams, checkpoint_path,
+      tflite_engine.Engine(calibration_paths=tuple(calibration_paths)), None,
+      static=True)
+  statistics = scorer.statistics
   stopping.check()
+  # The examples-in models hold one network: an ensemble has none.
   entries = {kind: tflite_engine.record(model_name, hparams, class_names,
                                         kind, checkpoint_path, statistics)
-             for kind in _kinds(quantize)}
+             for kind in _kinds(quantize) if not scorer.members}
   report = _build_into(export_dir, lambda folder: _build(
       scorer, class_names, class_map_path, folder, entries))
   names = [SAVED_MODEL, TFLITE] + [tflite_engine.EXAMPLES_FILES[kind]
                                    for kind in entries]
   print('Exported %s (batch-norm statistics: %s) to %s' % (
-      checkpoint_path, statistics, export_dir))
+      'the mean of %d checkpoints, %s' % (
+          1 + len(scorer.members), checkpoint_path.replace(',', ', '))
+      if scorer.members else checkpoint_path, statistics, export_dir))
   print('  ' + '; '.join('%s%s: %.1f MB' % (
       name, '/' if name == SAVED_MODEL else '',
       _size(os.path.join(export_dir, name)) / 1e6) for name in names))
@@ -218,13 +227,15 @@ def _build(scorer, class_names, class_map_path, folder, entries):
           flush=True)
     _write_file(os.path.join(folder, tflite_engine.EXAMPLES_FILES[kind]),
                 tflite_engine.with_metadata(scorer.convert(kind), entry))
-  print('export: checking the examples-in models', flush=True)
-  examples_lines = export_checks.check_examples_models(folder, scorer,
-                                                       list(entries))
+  examples_lines = []
+  if entries:
+    print('export: checking the examples-in models', flush=True)
+    examples_lines = export_checks.check_examples_models(folder, scorer,
+                                                         list(entries))
   stopping.check()
   with open(class_map_path, 'rb') as f:
     _write_file(os.path.join(folder, CLASS_MAP), f.read())
-  tagger = Tagger(scorer.waveform_model, class_names,
+  tagger = Tagger(scorer.exported_model(), class_names,
                   os.path.join(folder, CLASS_MAP))
   print('export: writing the SavedModel', flush=True)
   tf.saved_model.save(tagger, os.path.join(folder, SAVED_MODEL),

@@ -14,17 +14,19 @@ from tagger.modes import mode as mode_lib
 
 flags.DEFINE_string('export_dir', None,
                     'Folder (new or empty) to write the export of '
-                    '--inference_checkpoint into (--mode export).')
+                    '--inference_checkpoint (a checkpoint, or an ensemble\'s '
+                    'as one model) into (--mode export).')
 
 FLAGS = flags.FLAGS
 
 
 def check(hparams):
   del hparams  # checked once the checkpoint's record is read
-  if ',' in FLAGS.inference_checkpoint:
-    raise UserError('--inference_checkpoint: export writes one checkpoint\'s '
-                    'model; an ensemble of several is scored by --mode '
-                    'eval, inference, tag and relabel')
+  if ',' in FLAGS.inference_checkpoint and FLAGS.quantize not in (None,
+                                                                  'none'):
+    raise UserError('--quantize %s: the examples-in models hold one '
+                    'checkpoint; an ensemble is exported as one SavedModel '
+                    'and one model.tflite, without them' % FLAGS.quantize)
   path = FLAGS.export_dir
   if os.path.exists(path) and not (os.path.isdir(path) and
                                    not os.listdir(path)):

@@ -13,7 +13,7 @@ import pytest
 from support.cli import assert_one_error, check_ok, export_args, run_main
 from support.scores import (
     TIE, independent_clip_scores, labeled_rows, lwlrap_bounds, overall_lwlrap,
-    read_class_names, read_csv_rows, truth_matrix, within)
+    read_class_names, read_csv_rows, scorer_scores, truth_matrix, within)
 from support.settings import CLASS_MAP, TAG_HPARAMS, TAG_STEPS
 from support.tag_runs import tag_args
 
@@ -48,21 +48,28 @@ def test_an_ensemble_scores_the_mean_of_its_members(tagger, tmp_path,
              if a is not b) > 0.05
   np.testing.assert_allclose(got, np.mean(each, axis=0), rtol=0,
                              atol=2 * TIE)
-  # Eval scores the same ensemble (newest member first: eval-200.txt).
+  # And within 1e-6 of the mean of each member's scores as inference makes
+  # them alone (the same features: no NumPy-TensorFlow difference).
+  paths = [os.path.join(data['train_clip_dir'], f) for f in fnames]
+  alone = [scorer_scores('crnn', parse_hparams(TAG_HPARAMS), m, paths)
+           for m in members]
+  np.testing.assert_allclose(got, np.mean(alone, axis=0), rtol=0, atol=1e-6)
+  # Eval scores the same ensemble; its result is named by the first
+  # member, the untrained step 0, which alone ranks far worse.
   eval_dir = str(tmp_path / 'eval')
   result = check_ok(run_main(
       ['--mode', 'eval', '--class_map_path', CLASS_MAP,
-       '--inference_checkpoint', ','.join(members[::-1]),
+       '--inference_checkpoint', ','.join(members),
        '--eval_csv_path', data['train_csv'],
        '--eval_clip_dir', data['train_clip_dir'], '--eval_dir', eval_dir]))
   assert 'Evaluating the mean of 3 checkpoints, ' in result.stdout
-  assert os.listdir(eval_dir).count('eval-%d.txt' % TAG_STEPS) == 1
-  with open(os.path.join(eval_dir, 'eval-%d.txt' % TAG_STEPS)) as f:
+  assert os.listdir(eval_dir).count('eval-0.txt') == 1
+  with open(os.path.join(eval_dir, 'eval-0.txt')) as f:
     lwlrap = overall_lwlrap(f.read())
   rows = dict(labeled_rows(data['train_csv']))
   truth = truth_matrix([(f, rows[f]) for f in fnames], read_class_names())
   assert within(lwlrap, lwlrap_bounds(truth, np.mean(each, axis=0)))
-  assert not within(lwlrap, lwlrap_bounds(truth, each[-1]))
+  assert not within(lwlrap, lwlrap_bounds(truth, each[0]))
 
 
 def test_tag_and_relabel_score_with_every_member(tagger, tmp_path):
@@ -97,6 +104,38 @@ def _two_class_checkpoint(folder, parse_hparams):
   return prefix
 
 
+def test_an_exported_ensemble_scores_the_mean_of_its_members(
+    tagger, tmp_path, parse_hparams):
+  """One SavedModel and one model.tflite hold the ensemble: a clip's
+  scores are the mean of the members' scores as inference makes them, its
+  embeddings the members' side by side; no examples-in model is written."""
+  import soundfile
+  import tensorflow as tf
+  from tagger.modes import export_checks
+  members = _members(tagger)[1:]
+  export_dir = str(tmp_path / 'export')
+  result = check_ok(run_main(export_args(','.join(members), export_dir)))
+  assert 'Exported the mean of 2 checkpoints, %s (batch-norm statistics: ' \
+      'precise) to %s' % (', '.join(members), export_dir) in result.stdout
+  assert sorted(os.listdir(export_dir)) == ['class_map.csv', 'model.tflite',
+                                            'saved_model']
+  path = os.path.join(tagger['data']['train_clip_dir'],
+                      labeled_rows(tagger['data']['train_csv'])[0][0])
+  waveform = soundfile.read(path, dtype='float32')[0]
+  each = [scorer_scores('crnn', parse_hparams(TAG_HPARAMS), m, [path])[0]
+          for m in members]
+  assert np.abs(each[0] - each[1]).max() > 0.05  # the mean is neither
+  serve = tf.saved_model.load(os.path.join(
+      export_dir, 'saved_model')).signatures['serving_default']
+  run_tflite = export_checks.tflite_runner(os.path.join(export_dir,
+                                                        'model.tflite'))
+  for outputs in (serve(waveform=tf.constant(waveform)),
+                  run_tflite(waveform=waveform)):
+    np.testing.assert_allclose(np.asarray(outputs['clip_scores']),
+                               np.mean(each, axis=0), rtol=0, atol=1e-6)
+    assert np.asarray(outputs['embeddings']).shape[-1] == 2 * 32
+
+
 @pytest.mark.parametrize('case', ['missing', 'another model', 'export',
                                   'model file', 'other features',
                                   'another class map'])
@@ -116,9 +155,10 @@ def test_what_an_ensemble_cannot_be(tagger, mobilenet_train, tmp_path, case,
     other = _two_class_checkpoint(tmp_path, parse_hparams)
   members = first + ',' + other
   if case == 'export':
-    args = export_args(members, str(tmp_path / 'export'))
-    needles = ['--inference_checkpoint: export writes one checkpoint',
-               'scored by --mode eval, inference, tag and relabel']
+    args = export_args(members, str(tmp_path / 'export'),
+                       ['--quantize', 'dynamic'])
+    needles = ['--quantize dynamic: the examples-in models hold one '
+               'checkpoint; an ensemble is exported as one SavedModel']
   else:
     args = ['--mode', 'inference', '--class_map_path', CLASS_MAP,
             '--inference_checkpoint', members,
