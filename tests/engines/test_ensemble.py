@@ -111,6 +111,8 @@ def test_an_exported_ensemble_scores_the_mean_of_its_members(
   embeddings the members' side by side; no examples-in model is written."""
   import soundfile
   import tensorflow as tf
+  from tagger.core import files
+  from tagger.engines import scoring
   from tagger.modes import export_checks
   members = _members(tagger)[1:]
   export_dir = str(tmp_path / 'export')
@@ -122,8 +124,13 @@ def test_an_exported_ensemble_scores_the_mean_of_its_members(
   path = os.path.join(tagger['data']['train_clip_dir'],
                       labeled_rows(tagger['data']['train_csv'])[0][0])
   waveform = soundfile.read(path, dtype='float32')[0]
-  each = [scorer_scores('crnn', parse_hparams(TAG_HPARAMS), m, [path])[0]
-          for m in members]
+  each, embeddings = [], []
+  for member in members:  # each alone, as inference scores it
+    scorer = scoring.Scorer('crnn', 80, parse_hparams(TAG_HPARAMS))
+    scorer.load(member)
+    each.append(scorer.score([path], files.check_clips([path]))[0])
+    embeddings.append(np.asarray(scorer.waveform_model(
+        tf.constant(waveform[None]))['embeddings'][0]))
   assert np.abs(each[0] - each[1]).max() > 0.05  # the mean is neither
   serve = tf.saved_model.load(os.path.join(
       export_dir, 'saved_model')).signatures['serving_default']
@@ -133,7 +140,9 @@ def test_an_exported_ensemble_scores_the_mean_of_its_members(
                   run_tflite(waveform=waveform)):
     np.testing.assert_allclose(np.asarray(outputs['clip_scores']),
                                np.mean(each, axis=0), rtol=0, atol=1e-6)
-    assert np.asarray(outputs['embeddings']).shape[-1] == 2 * 32
+    np.testing.assert_allclose(np.asarray(outputs['embeddings']),
+                               np.concatenate(embeddings, -1), rtol=0,
+                               atol=1e-4)
 
 
 @pytest.mark.parametrize('case', ['missing', 'another model', 'export',
