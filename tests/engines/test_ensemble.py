@@ -6,6 +6,7 @@ another model, features or class map, a missing member, and the modes that
 take one checkpoint are one line each."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -70,6 +71,10 @@ def test_an_ensemble_scores_the_mean_of_its_members(tagger, tmp_path,
   truth = truth_matrix([(f, rows[f]) for f in fnames], read_class_names())
   assert within(lwlrap, lwlrap_bounds(truth, np.mean(each, axis=0)))
   assert not within(lwlrap, lwlrap_bounds(truth, each[0]))
+  # Its progress ends with the running lwlrap over every clip.
+  running = re.findall(r'^eval %s: .*, running lwlrap (\S+)$' % re.escape(
+      ','.join(members)), result.stdout, re.M)
+  assert running and float(running[-1]) == pytest.approx(lwlrap, abs=1e-4)
 
 
 def test_tag_and_relabel_score_with_every_member(tagger, tmp_path):
