@@ -179,3 +179,29 @@ def test_stale_claim_taken_over_live_claim_respected(tmp_path, dataset,
   assert claim_files(str(eval_dir)) == ['eval-2.claim']
   with open(str(eval_dir / 'eval-2.claim')) as f:
     assert f.read() == 'otherhost pid 22 since now\n'
+
+
+def test_a_sweep_names_each_checkpoint_another_process_took(tmp_path,
+                                                           monkeypatch,
+                                                           capsys):
+  """Between the listing and its claim, checkpoint 100 is being scored by
+  another process and 200 has been scored by one: each is skipped with a
+  line saying which, and nothing is scored here."""
+  import evaluation
+  from tagger.eval import claims
+  train_dir = tmp_path / 'train'
+  train_dir.mkdir()
+  for step in (100, 200):
+    (train_dir / ('model.ckpt-%d.index' % step)).write_text('')
+  taken = {100: (claims.HELD, 'eval-100.claim, held by b pid 2'),
+           200: (claims.DONE, None)}
+  monkeypatch.setattr(evaluation, 'try_claim',
+                      lambda eval_dir, step, timeout: taken[step])
+  evaluation.evaluate('crnn', None, ['a'], [], str(tmp_path), [],
+                      str(train_dir), str(tmp_path / 'eval'))
+  one, two = (os.path.join(str(train_dir), 'model.ckpt-%d' % s)
+              for s in (100, 200))
+  assert capsys.readouterr().out.splitlines()[1:] == [
+      'Skipped %s: being evaluated by another process (eval-100.claim, held '
+      'by b pid 2)' % one,
+      'Skipped %s: evaluated meanwhile by another process' % two]

@@ -73,8 +73,8 @@ def _check_one_model():
   if step is None:
     raise UserError('--inference_checkpoint: %s is not named model.ckpt-N; '
                     'eval names its result eval-N.txt' % first)
-  result = os.path.join(FLAGS.eval_dir or '', 'eval-%d.txt' % step)
-  if FLAGS.eval_dir and os.path.exists(result):
+  result = os.path.join(FLAGS.eval_dir, 'eval-%d.txt' % step)
+  if os.path.exists(result):
     raise UserError('--eval_dir: %s exists (a result of step %d, maybe of '
                     'another model); choose another --eval_dir' % (result,
                                                                    step))
