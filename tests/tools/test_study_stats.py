@@ -188,7 +188,8 @@ def _stand_in_data(raw, folder):
         path.write_text('')
 
 
-@pytest.mark.parametrize('name', ['drums_600', 'long_2000', 'combined_2000'])
+@pytest.mark.parametrize('name', ['drums_600', 'long_2000', 'combined_2000',
+                                  'two_devsets_600'])
 def test_the_committed_results_are_rebuilt_from_their_runs(tmp_path, name):
   """README's study figures come from studies/results/NAME: its results.csv
   and table.csv are what the eval reports in runs/ give, and every run
