@@ -64,8 +64,7 @@ def open_scorer(model_name, num_classes, hparams, checkpoint_path, engine,
   """A Scorer (engine: a tflite_engine.Engine, default Keras; static: see
   Scorer) loaded with a checkpoint, or with an ensemble's (several,
   comma-separated: the first scores with the others as its members),
-  announced in one line that begins with `doing` (if any); its `statistics` say
-  which batch-norm statistics score."""
+  announced in one line that begins with `doing` (if any)."""
   paths = checkpoints.members(checkpoint_path) if checkpoint_path else [None]
   scorer = Scorer(model_name, num_classes, hparams, static, engine)
   statistics = [scorer.load(paths[0])]
@@ -76,12 +75,13 @@ def open_scorer(model_name, num_classes, hparams, checkpoint_path, engine,
     member._check_clips = scorer._check_clips
     statistics.append(member.load(path))
     scorer.members.append(member)
-  what = (scorer.source if len(paths) == 1 else
-          'the mean of %d checkpoints, %s' % (len(paths), ', '.join(paths)))
+  scorer.label = (scorer.source if len(paths) == 1 else
+                  'the mean of %d checkpoints, %s' % (len(paths),
+                                                      ', '.join(paths)))
   scorer.statistics = ', '.join(dict.fromkeys(statistics))
   if doing:
     print('%s %s (batch-norm statistics: %s%s)' % (
-        doing, what, scorer.statistics, scorer.engine_note()),
+        doing, scorer.label, scorer.statistics, scorer.engine_note()),
           file=out or sys.stdout, flush=True)
   return scorer
 
@@ -102,7 +102,9 @@ class Scorer:
                        else BATCH_SIZE)
     self._calibration = None
     self._check_clips = None
-    self.statistics = None  # set by open_scorer
+    # Set by open_scorer: what scores (a checkpoint, or "the mean of ..."),
+    # and its batch-norm statistics.
+    self.label = self.statistics = None
     # An ensemble's other checkpoints (open_scorer): every example's score
     # is the mean of this model's and theirs.
     self.members = []

@@ -122,9 +122,7 @@ def export(model_name, hparams, class_names, class_map_path, checkpoint_path,
   names = [SAVED_MODEL, TFLITE] + [tflite_engine.EXAMPLES_FILES[kind]
                                    for kind in entries]
   print('Exported %s (batch-norm statistics: %s) to %s' % (
-      'the mean of %d checkpoints, %s' % (
-          1 + len(scorer.members), checkpoint_path.replace(',', ', '))
-      if scorer.members else checkpoint_path, statistics, export_dir))
+      scorer.label, statistics, export_dir))
   print('  ' + '; '.join('%s%s: %.1f MB' % (
       name, '/' if name == SAVED_MODEL else '',
       _size(os.path.join(export_dir, name)) / 1e6) for name in names))

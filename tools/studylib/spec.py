@@ -344,10 +344,9 @@ def _parse_ensemble(name, entry, earlier, where):
     raise ValueError('%sensemble.snapshots: %s saves %d checkpoints' % (
         where, of.name, len(possible)))
   first = possible[(count or 1) - 1]  # each step needs `count` up to it
-  steps = _eval_steps(
-      dict(entry) if 'eval_steps' in entry else
-      {'eval_steps': [s for s in of.eval_steps if s >= first]},
-      of.max_steps, where)
+  steps = _eval_steps({'eval_steps': entry.get(
+      'eval_steps', [s for s in of.eval_steps if s >= first])},
+                      of.max_steps, where)
   if steps[0] < first:
     raise ValueError('%seval_steps: %d has fewer than %d checkpoints of %s up'
                      ' to it' % (where, steps[0], count, of.name))
