@@ -207,32 +207,32 @@ def test_calibration_examples_of_silence_and_of_a_quiet_tone(tmp_path,
   assert examples.max() > np.log(hparams.mel_log_offset) + 1
 
 
-def test_int8_calibration_repeats(tagger, parse_hparams, tmp_path):
-  """The same checkpoint and calibration CSV converted twice give the same
-  int8 model, byte for byte. The clips are longer than PER_CLIP examples,
-  so which examples calibrate matters (their ranges set the scales)."""
-  from tools import make_demo_data
+def test_int8_calibration_repeats(tagger, tagger_export, parse_hparams):
+  """The checkpoint and calibration CSV that the fixture's export
+  converted, converted again in this process, give the export's int8
+  model byte for byte (its metadata entry put back). Its quiet clips are
+  longer than PER_CLIP examples, so which examples calibrate matters
+  (their ranges set the scales)."""
   from support import reference
   from tagger.engines import scoring
+  from conftest import QUIET_CALIBRATION_CLIPS
   hparams = parse_hparams(TAG_HPARAMS)
-  assert reference.np_num_examples(8 * 44100, hparams) > (
+  data = tagger['data']
+  paths = tuple(tflite_engine.calibration_clips(
+      data['calibration_csv'], data['calibration_clip_dir'],
+      read_class_names()))
+  quiet = [p for p in paths if os.path.basename(p).startswith('quiet')]
+  assert len(quiet) == QUIET_CALIBRATION_CLIPS
+  assert reference.np_num_examples(3 * 44100, hparams) > (
       tflite_engine.PER_CLIP)
-  rows = []
-  for seed in range(2):
-    rows.append(('long%d.wav' % seed, ['Hiss']))
-    write_check_clip(str(tmp_path / rows[-1][0]), 8.0, seed=200 + seed)
-  csv_path = str(tmp_path / 'calibration.csv')
-  make_demo_data.write_csv(csv_path, rows)
-  paths = tuple(tflite_engine.calibration_clips(csv_path, str(tmp_path),
-                                                read_class_names()))
-  models = []
-  for _ in range(2):
-    scorer = scoring.Scorer('crnn', 80, hparams, static=True,
-                            engine=tflite_engine.Engine(
-                                calibration_paths=paths))
-    scorer.load(tagger['checkpoint'])
-    models.append(scorer.convert('int8'))
-  assert models[0] == models[1]
+  scorer = scoring.Scorer('crnn', 80, hparams, static=True,
+                          engine=tflite_engine.Engine(calibration_paths=paths))
+  scorer.load(tagger['checkpoint'])
+  with open(tagger_export['int8'], 'rb') as f:
+    exported = f.read()
+  assert tflite_engine.with_metadata(
+      scorer.convert('int8'),
+      tflite_engine.read_metadata(tagger_export['int8'])) == exported
 
 
 # --- metadata ---------------------------------------------------------------

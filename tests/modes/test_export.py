@@ -12,7 +12,7 @@ import pytest
 
 from support.cli import assert_one_error, export_args, run_main
 from support.scores import read_class_names
-from support.settings import CLASS_MAP, HPARAMS, TAG_HPARAMS
+from support.settings import CLASS_MAP, TAG_HPARAMS
 
 
 def test_export_files_and_report(mobilenet_export):
@@ -27,16 +27,16 @@ def test_export_files_and_report(mobilenet_export):
     assert f.read() == g.read()
 
 
-def test_failed_self_check_leaves_nothing(tmp_path, mobilenet_train,
-                                          monkeypatch, parse_hparams):
+def test_failed_self_check_leaves_nothing(tmp_path, tagger, monkeypatch,
+                                          parse_hparams):
   from tagger.modes import export
   from tagger.modes import export_checks
   from tagger.core import files
   monkeypatch.setattr(export_checks, 'TFLITE_TOLERANCE', -1.0)
   export_dir = str(tmp_path / 'out')
   with pytest.raises(files.UserError, match='TFLite scores a clip'):
-    export.export('mobilenet-v1', parse_hparams(HPARAMS), read_class_names(),
-                  CLASS_MAP, mobilenet_train['checkpoint'], export_dir)
+    export.export('crnn', parse_hparams(TAG_HPARAMS), read_class_names(),
+                  CLASS_MAP, tagger['checkpoint'], export_dir)
   assert os.listdir(str(tmp_path)) == []
 
 

@@ -65,8 +65,8 @@ def test_tag_examples_are_the_pipelines(tmp_path, parse_hparams):
 # tf.data reads itself), so one engine each covers both engines and both
 # decoders.
 @pytest.mark.parametrize('engine,ext', [('tflite', 'wav'), ('keras', 'mp3')])
-def test_a_long_file_is_tagged_in_bounded_memory(tagger, tmp_path, engine,
-                                                 ext):
+def test_a_long_file_is_tagged_in_bounded_memory(tagger, tmp_path, request,
+                                                 engine, ext):
   """A 30-minute file (3600 examples) is tagged with a peak resident
   memory within a margin of a 5-second file's, by either engine: a 48 kHz
   stereo WAV, and an 8 kHz mono MP3 (decoded by libsndfile a block at a
@@ -74,8 +74,9 @@ def test_a_long_file_is_tagged_in_bounded_memory(tagger, tmp_path, engine,
   processes: +26 to +48 MiB with Keras (tf.data's autotuned buffers and
   allocator caches, not the file: 0.7 to 0.8 GiB for both), +33 and +42 MiB
   with TFLite (0.9 GiB for both); forked from the test's server, +26 and
-  +24 MiB (0.4 and 0.5 GiB, most of it shared with the server); the MP3,
-  forked, +34 MiB (0.7 GiB for both). The bound, 160 MiB, is far below
+  +24 MiB (0.4 and 0.5 GiB, most of it shared with the server); with the
+  export's float model file, forked, +26 MiB; the MP3, forked, +25 and +34
+  MiB (0.7 GiB for both). The bound, 160 MiB, is far below
   what holding the file would take: its samples alone are 303 MiB as
   float32 at 44.1 kHz mono (330 MiB of the WAV's bytes, 1.3 GiB as float64
   frames)."""
@@ -84,10 +85,14 @@ def test_a_long_file_is_tagged_in_bounded_memory(tagger, tmp_path, engine,
   write_long = write_sparse_wav if ext == 'wav' else write_sparse_mp3
   write_long(long_path, 1800)
   write_long(short_path, 5)
+  flags = ['--engine', engine]
+  if engine == 'tflite':  # the export's model: no conversion in either run
+    flags += ['--tflite_model',
+              request.getfixturevalue('tagger_export')['float32']]
   peaks = {}
   for path in (short_path, long_path):
     peak, result = _peak_rss_mib(tag_args(tagger['checkpoint'], [path],
-                                          ['--engine', engine]))
+                                          flags))
     check_ok(result)
     assert result.stdout.startswith(path + ': ')
     peaks[path] = peak
