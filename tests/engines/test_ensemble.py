@@ -1,7 +1,8 @@
 """Ensembles (--inference_checkpoint a,b,c): inference and eval score the
 mean of the members' clip scores, held to the mean of independent clip
-scores of each member; tag and relabel score with every member (each in
-LiteRT with --engine tflite: modes/test_engine_flags.py); members of
+scores of each member; tag and relabel, and the export, to the mean of
+each member's own scores within 1e-6 (each member in LiteRT with --engine
+tflite: modes/test_engine_flags.py); members of
 another model, features or class map, a missing member, and the modes that
 take one checkpoint are one line each."""
 
@@ -77,23 +78,53 @@ def test_an_ensemble_scores_the_mean_of_its_members(tagger, tmp_path,
   assert running and float(running[-1]) == pytest.approx(lwlrap, abs=1e-4)
 
 
-def test_tag_and_relabel_score_with_every_member(tagger, tmp_path):
+def _timeline(members, clip, folder, name):
+  """[examples, classes] scores of tag's timeline for one clip, and tag's
+  stderr."""
+  path = str(folder / (name + '.csv'))
+  result = check_ok(run_main(tag_args(members, [clip],
+                                      ['--timeline_csv_path', path])))
+  rows = read_csv_rows(path)[1:]
+  assert rows and {r[0] for r in rows} == {clip}
+  return np.array([[float(v) for v in r[2:]] for r in rows]), result
+
+
+def test_tag_and_relabel_score_the_mean_of_their_members(tagger, tmp_path):
+  """Tag's example scores are within 1e-6 of the mean of each member's
+  own (tag's timeline); relabel adds a label at an add threshold 1e-6
+  below the mean of the members' clip scores, not 1e-6 above it."""
   data = tagger['data']
-  members = ','.join(_members(tagger)[1:])
-  clip = os.path.join(data['train_clip_dir'],
-                      labeled_rows(data['train_csv'])[0][0])
-  result = check_ok(run_main(tag_args(members, [clip])))
+  members = _members(tagger)[1:]
+  fname, given = labeled_rows(data['train_csv'])[0]
+  clip = os.path.join(data['train_clip_dir'], fname)
+  got, result = _timeline(','.join(members), clip, tmp_path, 'ensemble')
   assert 'Tagging 1 files with the mean of 2 checkpoints, %s (' % (
-      members.replace(',', ', ')) in result.stderr
+      ', '.join(members)) in result.stderr
   assert result.stdout.startswith(clip + ': ')
-  result = check_ok(run_main(
-      ['--mode', 'relabel', '--class_map_path', CLASS_MAP,
-       '--inference_checkpoint', members,
-       '--relabel_csv_path', data['train_csv'],
-       '--relabel_clip_dir', data['train_clip_dir'],
-       '--relabeled_csv_path', str(tmp_path / 'relabelled.csv')]))
-  assert 'Relabelling with the mean of 2 checkpoints, ' in result.stdout
-  assert os.path.exists(str(tmp_path / 'relabelled.csv'))
+  each = [_timeline(m, clip, tmp_path, 'member%d' % i)[0]
+          for i, m in enumerate(members)]
+  assert np.abs(each[0] - each[1]).max() > 0.05  # the mean is neither
+  np.testing.assert_allclose(got, np.mean(each, axis=0), rtol=0, atol=1e-6)
+  # A class not given, scored well inside (0, 1) by the ensemble.
+  names = read_class_names()
+  clip_scores = np.mean([e.mean(axis=0) for e in each], axis=0)
+  j = max((j for j in range(len(names)) if names[j] not in given),
+          key=lambda j: min(clip_scores[j], 1 - clip_scores[j]))
+  assert 0.02 < clip_scores[j] < 0.98
+  one = tmp_path / 'one.csv'
+  one.write_text('fname,labels\n%s,"%s"\n' % (fname, ','.join(given)))
+  for delta, added in ((-1e-6, True), (1e-6, False)):
+    out = str(tmp_path / ('relabelled%g.csv' % delta))
+    result = check_ok(run_main(
+        ['--mode', 'relabel', '--class_map_path', CLASS_MAP,
+         '--inference_checkpoint', ','.join(members),
+         '--relabel_csv_path', str(one),
+         '--relabel_clip_dir', data['train_clip_dir'],
+         '--relabeled_csv_path', out, '--relabel_keep_threshold', '0',
+         '--relabel_add_threshold', repr(float(clip_scores[j] + delta))]))
+    assert 'Relabelling with the mean of 2 checkpoints, ' in result.stdout
+    labels = dict(labeled_rows(out))[fname]
+    assert (names[j] in labels) == added, (delta, labels)
 
 
 def _two_class_checkpoint(folder, parse_hparams):
