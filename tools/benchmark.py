@@ -39,20 +39,24 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from tagger.core import checkpoints  # noqa: E402
-from tagger.core import files  # noqa: E402
-from tagger.core import machine  # noqa: E402
-from tagger.core import params  # noqa: E402
 from tagger.core import runtime  # noqa: E402
-from tagger.sound import synthetic  # noqa: E402
-import inference  # noqa: E402
-from tools import benchmark_audio  # noqa: E402
-from tools import benchmark_engines  # noqa: E402
-from tools import benchmark_rates as measure  # noqa: E402
-from tools import make_demo_data  # noqa: E402
+
+# TensorFlow's and LiteRT's start-up notices kept off stderr, as main.py
+# keeps them (--help included).
+with runtime.quiet_stderr():
+  import numpy as np  # noqa: E402
+  import tensorflow as tf  # noqa: E402
+
+  from tagger.core import checkpoints  # noqa: E402
+  from tagger.core import files  # noqa: E402
+  from tagger.core import machine  # noqa: E402
+  from tagger.core import params  # noqa: E402
+  from tagger.sound import synthetic  # noqa: E402
+  import inference  # noqa: E402
+  from tools import benchmark_audio  # noqa: E402
+  from tools import benchmark_engines  # noqa: E402
+  from tools import benchmark_rates as measure  # noqa: E402
+  from tools import make_demo_data  # noqa: E402
 
 TEST_SET_CLIPS = 4481
 TEST_SET_HOURS = 12.9

@@ -4,6 +4,7 @@ by known figures (the timings themselves belong to the benchmark, not to
 a test); --engines_only and --audio_only measure those alone; a failed
 measuring child is an error; the header names the machine."""
 
+import os
 import re
 import sys
 
@@ -184,3 +185,18 @@ def test_the_header_names_the_machine_and_its_gpus(monkeypatch):
   assert benchmark.header() == (
       'Some CPU, avx2, 2 cores; GPUs: /physical_device:GPU:0, '
       '/physical_device:GPU:1, /physical_device:GPU:2')
+
+
+def test_help_prints_no_start_up_notices():
+  """`benchmark.py --help` in a fresh process (where TensorFlow and LiteRT
+  print their notices on import): the usage on stdout, nothing on stderr."""
+  import subprocess
+  from support.settings import REPO
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'tools', 'benchmark.py'), '--help'],
+      capture_output=True, text=True, timeout=120,
+      env={k: v for k, v in os.environ.items()
+           if k not in ('TF_CPP_MIN_LOG_LEVEL', 'TF_ENABLE_ONEDNN_OPTS')})
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.startswith('usage: benchmark.py')
+  assert result.stderr == ''
