@@ -342,8 +342,18 @@ def test_checkpoint_round_trip_mobilenet(tmp_path, trained_mobilenet):
   wrong = model.build_model('mobilenet-v1', 41, hparams)
   with pytest.raises(files.UserError) as e:
     checkpoints.assign_from_checkpoint(wrong.variables, reader, prefix)
-  assert 'logits/kernel' in str(e.value)
-  assert prefix in str(e.value)
+  assert str(e.value) == (
+      '%s: variable logits/kernel has shape [1024, 80] there but [1024, 41] '
+      'in this model: trained for 80 classes, and --class_map_path names 41'
+      % prefix)
+  # Another width: no word of classes where the classifier is not the
+  # difference.
+  narrow = model.build_model('mobilenet-v1', 80,
+                             params.parse_hparams('width=0.5'))
+  with pytest.raises(files.UserError) as e:
+    checkpoints.assign_from_checkpoint(narrow.variables, reader, prefix)
+  assert str(e.value).startswith('%s: variable ' % prefix)
+  assert str(e.value).endswith(' in this model'), str(e.value)
 
   # A checkpoint of part of the model: missing variables.
   partial = save(mobilenet.get_layer('conv0'), str(tmp_path / 'model.ckpt-8'))

@@ -203,9 +203,8 @@ def assign_from_checkpoint(variables, reader, prefix, missing_ok=False):
       missing.append(variable.path)
       continue
     if list(shapes[key]) != list(variable.shape):
-      raise UserError(
-          '%s: variable %s has shape %s there but %s in this model' % (
-              prefix, variable.path, shapes[key], list(variable.shape)))
+      raise UserError(_shape_mismatch(prefix, variable.path, shapes[key],
+                                      list(variable.shape)))
     try:
       variable.assign(reader.get_tensor(key))
     except (tf.errors.OpError, IndexError) as e:
@@ -218,6 +217,18 @@ def assign_from_checkpoint(variables, reader, prefix, missing_ok=False):
         ' was it trained with another --model or other hparams?' % (
             prefix, len(missing), missing[0]))
   return assigned
+
+
+def _shape_mismatch(prefix, path, there, here):
+  """The error of a variable whose shape differs; for the classifier
+  (model.py's `logits` layer) differing in its classes alone, in the class
+  map's words too."""
+  text = '%s: variable %s has shape %s there but %s in this model' % (
+      prefix, path, there, here)
+  if path.startswith('logits/') and list(there[:-1]) == here[:-1]:
+    text += ': trained for %d classes, and --class_map_path names %d' % (
+        there[-1], here[-1])
+  return text
 
 
 def read_record(reader, prefix):

@@ -218,7 +218,8 @@ def test_what_an_ensemble_cannot_be(tagger, mobilenet_train, tmp_path, case,
         'other features': ['%s: trained with hparam mel_max_hz=' % other],
         'another class map': ['%s: variable ' % other,
                               ', 2] there but [',
-                              ', 80] in this model']}[case]
+                              ', 80] in this model: trained for 2 classes,'
+                              ' and --class_map_path names 80']}[case]
     if case == 'model file':
       args += ['--engine', 'tflite', '--tflite_model', first + '.index']
   assert_one_error(run_main(args), *needles)
