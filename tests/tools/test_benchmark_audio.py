@@ -34,12 +34,20 @@ def test_resampler_rows_rank_the_resamplers(monkeypatch):
       *[100.0, 100.5] * 6))
   rows = benchmark_audio.resampler_rows(seconds=2.0, repeats=2)
   assert [r[4] for r in rows] == [7.5] * 6  # 0.25 s per 2 s of audio
-  # By default 10 s, 3 repeats: 3 s for 3 repeats, 6 s per minute.
-  monkeypatch.setattr(benchmark_audio, '_resamplers', lambda: {
-      'fake': lambda x, rate: np.ones(441000)})
+  # By default 10 s, 3 repeats: 3 s for 3 repeats, 6 s per minute; the
+  # timed repeats resample the float32 tones, 3 times for each rate.
+  timed = []
+
+  def fake(x, rate):
+    if x.dtype == np.float32:
+      timed.append(rate)
+    return np.ones(441000)
+
+  monkeypatch.setattr(benchmark_audio, '_resamplers', lambda: {'fake': fake})
   monkeypatch.setattr(benchmark_audio.time, 'perf_counter', Clock(
       *[50.0, 53.0] * 2))
   assert [r[4] for r in benchmark_audio.resampler_rows()] == [6.0, 6.0]
+  assert timed == [48000] * 3 + [22050] * 3
   np.testing.assert_allclose(benchmark_audio._db(np.full(8, 0.1),
                                                  np.ones(3)), -20.0)
   np.testing.assert_allclose(benchmark_audio._tones(8, 1.0, [1.0, 2.0],
