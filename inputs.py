@@ -53,26 +53,16 @@ def _clip_headers(paths):
 _INSPECTED = {}
 
 
-def decoded_pcm(path, start, end):
-  """Samples [start, end) at 44.1 kHz of a file libsndfile decodes, mixed
-  down, resampled and rounded to 16 bits as the pipeline takes every clip
-  (FSDKaggle2019's are 16-bit; the rounding's noise, ~98 dB down, is far
-  below the log-mel floor); and '' or what is wrong with the file."""
-  path = np.asarray(path).item()
-  path = path.decode() if isinstance(path, bytes) else path
-  try:
-    clip = _INSPECTED.get(path) or audio.inspect(path)
-    samples = audio.BlockReader(path, clip).read(int(start), int(end))
-  except audio.AudioError as e:
-    return np.zeros(0, np.int16), str(e)
-  return np.clip(np.round(samples * 32768.0), -32768, 32767).astype(
-      np.int16), ''
-
-
 def _decoded(path, start, end):
-  """decoded_pcm inside tf.data; a file that fails stops the run with
-  `path: what` (main.py's one line)."""
-  pcm, problem = tf.numpy_function(decoded_pcm, [path, start, end],
+  """audio.decoded_pcm16 inside tf.data, with the header _clip_headers
+  read; a file that fails stops the run with `path: what` (main.py's one
+  line)."""
+  def decode(path, start, end):
+    path = path.decode() if isinstance(path, bytes) else str(path)
+    return audio.decoded_pcm16(path, int(start), int(end),
+                               _INSPECTED.get(path))
+
+  pcm, problem = tf.numpy_function(decode, [path, start, end],
                                    [tf.int16, tf.string], stateful=False)
   check = tf.debugging.Assert(tf.equal(problem, ''), [path, problem])
   with tf.control_dependencies([check]):
@@ -193,18 +183,35 @@ def _crops(clips, hparams, deterministic=False, offsets=(0,)):
           .unbatch())
 
 
-def clip_to_log_mel_examples(clip, clip_dir, hparams):
-  """[num_examples, example_window, mel_bands] float32 examples of one clip,
-  in order: the pipeline's own examples (_examples), for the int8
-  calibration and export's checks."""
-  path = os.path.join(clip_dir, clip)
-  offsets, counts = _clip_headers([path])
-  clips = tf.data.Dataset.from_tensor_slices(
-      (np.zeros(1, np.int32), np.asarray([path], dtype=object).astype(str),
-       offsets, counts))
-  examples = _examples(clips, hparams, deterministic=True, offsets=offsets)
-  return tf.concat([batch for batch, _ in examples.batch(
-      features.EXAMPLES_PER_CHUNK)], 0)
+def _indexed_clips(paths):
+  """((clip index, path, data offset, num samples) clips, data offsets)."""
+  offsets, counts = _clip_headers(paths)
+  return tf.data.Dataset.from_tensor_slices(
+      (np.arange(len(paths), dtype=np.int32),
+       np.asarray(paths, dtype=object).astype(str), offsets, counts)), offsets
+
+
+def clips_log_mel_examples(paths, hparams):
+  """(path, [num_examples, example_window, mel_bands] float32 examples) of
+  each clip, in order and as they are made: the pipeline's own examples
+  (_examples), for the int8 calibration and export's checks. One pipeline
+  for all the clips: one made per clip is traced anew each time (~0.3 s
+  of CPU a clip)."""
+  clips, offsets = _indexed_clips(paths)
+  batches = without_autotuning(_examples(
+      clips, hparams, deterministic=True, offsets=offsets).batch(
+          features.EXAMPLES_PER_CHUNK))
+  held, index = [], 0
+  for batch, keys in batches.as_numpy_iterator():
+    cuts = np.flatnonzero(np.diff(keys)) + 1
+    for part, key in zip(np.split(batch, cuts), keys[np.r_[0, cuts]]):
+      if held and key != index:
+        yield paths[index], np.concatenate(held)
+        held = []
+      held.append(part)
+      index = key
+  if held:
+    yield paths[index], np.concatenate(held)
 
 
 def _labeled_clips(csv_path, clip_dir, class_names):
@@ -374,10 +381,7 @@ def scoring_dataset(clip_paths, hparams, batch_size):
   Short clips share a batch and long clips spread over several, so every
   batch is full but the last; a clip's examples may arrive in any order.
   """
-  offsets, counts = _clip_headers(clip_paths)
-  clips = tf.data.Dataset.from_tensor_slices(
-      (np.arange(len(clip_paths), dtype=np.int32),
-       np.asarray(clip_paths, dtype=object).astype(str), offsets, counts))
+  clips, offsets = _indexed_clips(clip_paths)
   return without_autotuning(_examples(clips, hparams, offsets=offsets)
                             .batch(batch_size)
                             .prefetch(tf.data.AUTOTUNE))

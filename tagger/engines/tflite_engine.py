@@ -315,9 +315,9 @@ def calibration_examples(paths, hparams, count=CALIBRATION_EXAMPLES,
   import inputs
   rng = np.random.default_rng(seed)
   chosen = []
-  for i in rng.permutation(len(paths)):
-    folder, name = os.path.split(paths[i])
-    examples = inputs.clip_to_log_mel_examples(name, folder, hparams).numpy()
+  # Each clip gives one example or more: `count` clips are enough.
+  order = [paths[i] for i in rng.permutation(len(paths))[:count]]
+  for _, examples in inputs.clips_log_mel_examples(order, hparams):
     keep = rng.permutation(len(examples))[:min(PER_CLIP, count - len(chosen))]
     chosen.extend(examples[keep])
     if len(chosen) >= count:

@@ -222,11 +222,9 @@ def quantization_check_clips(scorer):
       tf.constant(check_waveform(seed=seed)), scorer.hparams).numpy())
            for seed in range(QUANTIZED_CHECK_CLIPS)]
   import inputs
-  for path in scorer.engine.calibration_paths[:CALIBRATION_CHECK_CLIPS]:
-    folder, name = os.path.split(path)
-    clips.append((path, inputs.clip_to_log_mel_examples(
-        name, folder, scorer.hparams).numpy()))
-  return clips
+  return clips + list(inputs.clips_log_mel_examples(
+      scorer.engine.calibration_paths[:CALIBRATION_CHECK_CLIPS],
+      scorer.hparams))
 
 
 def quantized_differences(quantized, reference, clips):

@@ -24,6 +24,7 @@ from tools import make_demo_data  # noqa: E402
 import model as model_lib  # noqa: E402
 from tagger.core import params  # noqa: E402
 from support import plain_models  # noqa: E402
+from support.signals import pipeline_examples  # noqa: E402
 from tagger.engines import scoring  # noqa: E402
 import train  # noqa: E402
 
@@ -130,7 +131,7 @@ def test_engine_matches_plain_model_per_clip(data, tmp_path, monkeypatch,
   hparams = params.parse_hparams(flags)
   clip_dir = data['test_clip_dir']
   names = files.list_clips(clip_dir)
-  examples = {n: inputs.clip_to_log_mel_examples(n, clip_dir, hparams)
+  examples = {n: pipeline_examples(n, clip_dir, hparams)
               for n in names}
   # Non-trivial batch-norm parameters and statistics, so that folding has
   # work to do and clips get different scores.

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from support.cli import check_ok, main_in_process, Run, run_main
-from support.signals import buzz, times, write_audio
+from support.signals import buzz, pipeline_examples, times, write_audio
 from support.tag_runs import bell, num_examples, parse_line, tag_args
 from support.wav_files import PCM, quantise, sample_bytes, write_frames, write_wav
 
@@ -26,7 +26,6 @@ def test_tag_examples_are_the_pipelines(tmp_path, parse_hparams):
   several chunks; a 48 kHz file's are those of its whole resampled
   waveform framed at once."""
   from tagger.sound import features
-  import inputs
   from tagger.engines import scoring
   from tagger.modes import tagging
   hparams = parse_hparams()
@@ -44,8 +43,7 @@ def test_tag_examples_are_the_pipelines(tmp_path, parse_hparams):
       reader.dataset(), hparams):
     assert int(index) not in got[int(clip)]
     got[int(clip)][int(index)] = example.numpy()
-  pipeline = inputs.clip_to_log_mel_examples('a.wav', str(tmp_path),
-                                             hparams).numpy()
+  pipeline = pipeline_examples('a.wav', str(tmp_path), hparams)
   assert sorted(got[0]) == list(range(len(pipeline)))
   assert len(pipeline) == num_examples(len(ints)) == 39  # 16 + 16 + 7
   # Equal up to float32 rounding: chunks and a whole clip are different

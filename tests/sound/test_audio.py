@@ -91,21 +91,29 @@ def test_a_file_cut_during_a_run_stops_it_with_the_seconds_readable(
   """Checked before the run, cut after: the pipeline's read says so. An
   MP3 reads short (how much is said); a FLAC cannot seek past its end."""
   import inputs
+  import tensorflow as tf
+  from tagger.core import params
+  from tagger.sound import audio
   for ext in ('mp3', 'flac'):
     path = write_audio(tmp_path / ('a.' + ext), _noise(12.0))
-    inputs._clip_headers([path])  # the pre-flight read, whole
-    pcm, problem = inputs.decoded_pcm(path, 0, 44100)
+    clip = audio.inspect(path)  # the pre-flight read, whole
+    pcm, problem = audio.decoded_pcm16(path, 0, 44100, clip)
     assert problem == '' and len(pcm) == 44100
+    batches = inputs.scoring_dataset([path], params.parse_hparams(), 4)
     data = open(path, 'rb').read()
     open(path, 'wb').write(data[:len(data) // 3])
-    pcm, problem = inputs.decoded_pcm(path, 2 * 44100, 9 * 44100)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r'(readable|cannot read).*did the file change'):
+      for _ in batches:
+        pass
+    pcm, problem = audio.decoded_pcm16(path, 2 * 44100, 9 * 44100, clip)
     assert len(pcm) == 0
     if ext == 'mp3':
       readable = re.fullmatch(r'truncated: (\d\.\d) s of 12\.0 s readable '
                               r'\(did the file change\?\)', problem)
       assert 3.0 <= float(readable.group(1)) <= 4.5, problem
     else:
-      pcm, problem = inputs.decoded_pcm(path, 8 * 44100, 9 * 44100)
+      pcm, problem = audio.decoded_pcm16(path, 8 * 44100, 9 * 44100, clip)
       assert problem.startswith('cannot read frames from 352800 (') and (
           problem.endswith('; did the file change?)')), problem
 
@@ -205,10 +213,10 @@ def test_samples_beyond_full_scale_saturate_at_16_bits(tmp_path):
   """A float file's samples at or past full scale become the 16-bit
   extremes the pipeline takes (+1.0 and more: 32767; -1.0 and less:
   -32768), never wrapped round to the other sign."""
-  import inputs
+  from tagger.sound import audio
   values = np.array([0.5, 1.0, 1.5, -1.0, -1.5, 0.25] * 2000, np.float32)
   path = write_audio(tmp_path / 'loud.wav', values, subtype='FLOAT')
-  pcm, problem = inputs.decoded_pcm(path.encode(), 0, len(values))
+  pcm, problem = audio.decoded_pcm16(path, 0, len(values))
   assert problem == ''
   np.testing.assert_array_equal(pcm[:6], [16384, 32767, 32767, -32768,
                                           -32768, 8192])

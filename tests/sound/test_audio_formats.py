@@ -12,7 +12,7 @@ import pytest
 from support.cli import check_ok, run_main
 from support.scores import read_class_names, read_csv_rows
 from support.settings import CLASS_MAP, TAG_HPARAMS
-from support.signals import write_audio, write_pcm_wav
+from support.signals import pipeline_examples, write_audio, write_pcm_wav
 
 
 # The largest difference of a clip score between the WAV and its Ogg
@@ -76,7 +76,7 @@ def flac_set(tmp_path_factory):
 
 def test_flac_gives_the_wavs_examples_in_every_pipeline(flac_set,
                                                         parse_hparams):
-  """Calibration (clip_to_log_mel_examples), the training batches (with
+  """Calibration (clips_log_mel_examples), the training batches (with
   their labels, and the crops of --features_on device) and the scoring
   batches of eval, inference and relabel: equal, bit for bit."""
   import inputs
@@ -85,10 +85,10 @@ def test_flac_gives_the_wavs_examples_in_every_pipeline(flac_set,
   folder = flac_set['folder']
   for versions in flac_set['versions']:
     names = [os.path.basename(p) for p in versions]
-    wav = inputs.clip_to_log_mel_examples(names[0], folder, hparams).numpy()
+    wav = pipeline_examples(names[0], folder, hparams)
     for name in names[1:]:
-      np.testing.assert_array_equal(inputs.clip_to_log_mel_examples(
-          name, folder, hparams).numpy(), wav, err_msg=name)
+      np.testing.assert_array_equal(pipeline_examples(name, folder, hparams),
+                                    wav, err_msg=name)
   calibration = [tflite_engine.calibration_examples(
       [v[kind] for v in flac_set['versions']], hparams, count=20)
                  for kind in range(3)]

@@ -17,7 +17,7 @@ from tools import make_demo_data
 from tagger.core import params
 
 from support import reference  # noqa: E402
-from support.signals import write_pcm_wav
+from support.signals import pipeline_examples, write_pcm_wav
 
 from support.settings import REPO
 SR = 44100
@@ -103,8 +103,8 @@ def write_loud_quiet_silent(path, seconds, seed):
 
 
 def tf_examples(tmp_path, name, hparams=None):
-  return inputs.clip_to_log_mel_examples(
-      name, str(tmp_path), hparams or params.parse_hparams()).numpy()
+  return pipeline_examples(name, str(tmp_path),
+                           hparams or params.parse_hparams())
 
 
 # -------------------------------------------------------------------- tests
@@ -256,8 +256,7 @@ def test_scoring_dataset_yields_every_example_once(tmp_path):
   for clip, n in enumerate(lengths):
     got = examples[indices == clip]
     assert got.shape[0] == np_num_examples(n), clip
-    want = inputs.clip_to_log_mel_examples(names[clip], str(tmp_path),
-                                           hparams).numpy()
+    want = pipeline_examples(names[clip], str(tmp_path), hparams)
     assert want.shape[0] == got.shape[0]
     # Match examples up by content: each dataset example must equal a
     # distinct example of the clip.

@@ -14,6 +14,7 @@ import inputs
 from tools import make_demo_data
 from tagger.core import params
 from support import reference
+from support.signals import pipeline_examples
 
 SR = reference.SR
 HPARAMS = params.parse_hparams()
@@ -61,8 +62,7 @@ def test_layer_pipeline_and_numpy_agree(tmp_path, tf_mel_matrix,
   samples = reference.read_wav_samples(str(tmp_path / 'c.wav'))
   expected = reference.np_examples(samples, reference.README_DEFAULTS)
   assert expected.shape[0] == features.num_examples(num_samples, hparams)
-  pipeline = inputs.clip_to_log_mel_examples('c.wav', str(tmp_path),
-                                             hparams).numpy()
+  pipeline = pipeline_examples('c.wav', str(tmp_path), hparams)
   layer = features.LogMelExamples(hparams)
   from_layer = layer(tf.constant(samples[None], tf.float32)).numpy()[0]
   assert pipeline.shape == from_layer.shape == expected.shape

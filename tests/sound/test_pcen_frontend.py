@@ -15,6 +15,7 @@ import tensorflow as tf  # noqa: E402
 from tagger.training import augment  # noqa: E402
 from tagger.sound import features  # noqa: E402
 from tagger.core import params  # noqa: E402
+from support.signals import pipeline_examples  # noqa: E402
 
 
 # --- PCEN -------------------------------------------------------------------
@@ -71,14 +72,12 @@ def test_pcen_pipeline_gives_mel_energies(tmp_path):
   """With frontend=pcen the pipeline's examples are the mel energies (the
   model compresses them): the exponential of the log-mel examples, less the
   offset, where the clip has frames; zero padding stays zero."""
-  import inputs
   from tools import make_demo_data
   samples = np.random.default_rng(2).uniform(-0.5, 0.5, 2 * 44100 + 5000)
   make_demo_data.write_wav(str(tmp_path / 'c.wav'), samples)
-  logmel = inputs.clip_to_log_mel_examples(
-      'c.wav', str(tmp_path), params.parse_hparams()).numpy()
-  energies = inputs.clip_to_log_mel_examples(
-      'c.wav', str(tmp_path), params.parse_hparams('frontend=pcen')).numpy()
+  logmel = pipeline_examples('c.wav', str(tmp_path), params.parse_hparams())
+  energies = pipeline_examples(
+      'c.wav', str(tmp_path), params.parse_hparams('frontend=pcen'))
   real = logmel != 0
   np.testing.assert_allclose(energies[real], np.exp(logmel[real]) - 0.001,
                              rtol=1e-4, atol=1e-5)

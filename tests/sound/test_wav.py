@@ -12,6 +12,7 @@ import pytest
 
 from tagger.core import files
 from tagger.sound import wav
+from support.signals import pipeline_examples
 
 NUM_SAMPLES = 7000  # 0.16 s: one example
 
@@ -75,14 +76,14 @@ def test_preflight_and_pipeline_agree_on_odd_headers(tmp_path, name):
   path.write_bytes(riff(ODD_HEADERS[name]))
   assert files.inspect_clip(str(path)) == (None, NUM_SAMPLES, None)
   hparams = params.parse_hparams()
-  got = inputs.clip_to_log_mel_examples('odd.wav', str(tmp_path), hparams)
+  got = pipeline_examples('odd.wav', str(tmp_path), hparams)
   expected = reference.np_examples(PCM.astype(np.float64) / 32768.0,
                                       reference.README_DEFAULTS)
   assert got.shape == expected.shape == (
       features.num_examples(NUM_SAMPLES, hparams), 100, 96)
   # The mel matrix's float32 rounding (checked in test_features) allows
   # ~1e-5 in the log; far below what a misread sample would change.
-  np.testing.assert_allclose(got.numpy(), expected, atol=5e-5, rtol=0)
+  np.testing.assert_allclose(got, expected, atol=5e-5, rtol=0)
   batches = list(inputs.scoring_dataset([str(path)], hparams, 4))
   assert sum(int(b[1].shape[0]) for b in batches) == got.shape[0]
 

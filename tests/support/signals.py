@@ -3,6 +3,7 @@ sample in one chunk, a WAV file hours long that takes no disk space, and
 the test clip of the tagging and audio tests, and audio files written
 from samples."""
 
+import os
 import struct
 
 import numpy as np
@@ -95,3 +96,11 @@ def write_check_clip(path, seconds, seed):
   from tagger.modes import export_checks
   write_pcm_wav(path, np.round(32768 * export_checks.check_waveform(seconds,
                                                              seed=seed)))
+
+
+def pipeline_examples(name, folder, hparams):
+  """The pipeline's examples of one clip file (inputs.clips_log_mel_examples),
+  a NumPy array."""
+  import inputs
+  return next(inputs.clips_log_mel_examples([os.path.join(folder, name)],
+                                            hparams))[1]
