@@ -3,9 +3,10 @@ training (with multi-hot labels) and for scoring (with clip indices).
 
 Everything after the CSV and the clips' headers are read runs inside
 tf.data; no feature is precomputed or stored. The features are
-features.py's. A 44.1 kHz mono 16-bit WAV clip (FSDKaggle2019's) is cut
-out of the file's bytes by tf.data's own ops; any other file is decoded by
-libsndfile (audio.py) in the pipeline's threads, a chunk at a time.
+features.py's; the samples pcm.py's: a 44.1 kHz mono 16-bit WAV clip
+(FSDKaggle2019's) is cut out of the file's bytes by tf.data's own ops, any
+other file decoded by libsndfile in the pipeline's threads, a chunk at a
+time.
 
 A long clip is cut into chunks of EXAMPLES_PER_CHUNK examples, each chunk
 carrying the extra samples its last example needs and decoded on its own, so
@@ -18,8 +19,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tagger.sound import audio
 from tagger.sound import features
+from tagger.sound import pcm
 from tagger.core import files
 from tagger.core.sources import Source  # noqa: F401  (inputs.Source)
 
@@ -27,114 +28,17 @@ from tagger.sound.features import (  # noqa: F401  (inputs.EXAMPLES_...)
     EXAMPLES_PER_CHUNK)
 
 EXAMPLE_SHUFFLE_BUFFER = 20000
-
-
-def _clip_headers(paths):
-  """(data offsets, sample counts at 44.1 kHz) of audio files, read by
-  audio.inspect: the offset of the 16-bit samples of a WAV the pipeline
-  decodes itself, -1 for a file libsndfile decodes; UserError naming the
-  first file that cannot be read."""
-  offsets, counts = [], []
-  for path in paths:
-    try:
-      clip = audio.inspect(path)
-    except audio.AudioError as e:
-      raise files.UserError('%s: %s' % (path, e)) from None
-    _INSPECTED[path] = clip
-    offsets.append(clip.data_offset)
-    counts.append(audio.num_samples(clip))
-  # int64: the byte offsets of a 16-bit file longer than 6.8 hours pass
-  # 2**31.
-  return np.array(offsets, np.int64), np.array(counts, np.int64)
-
-
-# The Clip of each file _clip_headers read, for the pipeline's threads to
-# decode without reading its header again.
-_INSPECTED = {}
-
-
-def _decoded(path, start, end):
-  """audio.decoded_pcm16 inside tf.data, with the header _clip_headers
-  read; a file that fails stops the run with `path: what` (main.py's one
-  line)."""
-  def decode(path, start, end):
-    path = path.decode() if isinstance(path, bytes) else str(path)
-    return audio.decoded_pcm16(path, int(start), int(end),
-                               _INSPECTED.get(path))
-
-  pcm, problem = tf.numpy_function(decode, [path, start, end],
-                                   [tf.int16, tf.string], stateful=False)
-  check = tf.debugging.Assert(tf.equal(problem, ''), [path, problem])
-  with tf.control_dependencies([check]):
-    pcm = tf.identity(pcm)
-  pcm.set_shape([None])
-  return pcm
-
-
-def byte_range(data_offset, start, end):
-  """(position, length) in the file of the 16-bit samples [start, end)."""
-  return data_offset + 2 * start, 2 * (end - start)
-
-
-def _raw_pcm(contents, data_offset, start, end):
-  """Samples [start, end) of 16-bit PCM bytes, int16."""
-  return tf.io.decode_raw(
-      tf.strings.substr(contents, *byte_range(data_offset, start, end)),
-      tf.int16)
-
-
-def _readers(offsets):
-  """(read(path, data offset, samples) -> the file's bytes or '',
-  pcm(bytes, path, data offset, start, end) -> int16 samples [start, end)
-  at 44.1 kHz) for clips of these data offsets: a WAV the pipeline reads
-  itself (offset >= 0) is cut out of its bytes, any other file decoded by
-  libsndfile a chunk at a time. When every clip is such a WAV (or none
-  is), one way is built alone: a tf.cond per chunk, and a Python call in
-  the graph, made the WAV pipeline ~20% slower."""
-  fast = np.asarray(offsets) >= 0
-  if fast.all():
-    return _read, lambda contents, path, offset, s, e: _raw_pcm(
-        contents, offset, s, e)
-  if not fast.any():
-    return (lambda path, offset, n: tf.constant(''),
-            lambda contents, path, offset, s, e: _decoded(path, s, e))
-
-  def read(path, offset, num_samples):
-    return tf.cond(offset >= 0, lambda: _read(path, offset, num_samples),
-                   lambda: tf.constant(''))
-
-  def pcm(contents, path, offset, start, end):
-    return tf.cond(offset >= 0,
-                   lambda: _raw_pcm(contents, offset, start, end),
-                   lambda: _decoded(path, start, end))
-
-  return read, pcm
-
-
-def to_float(pcm):
-  """16-bit samples as floats in [-1, 1), scaled as tf.audio.decode_wav
-  does (int16 / 32768)."""
-  return tf.cast(pcm, tf.float32) * (1.0 / 32768.0)
-
-
-def _read(path, data_offset, num_samples):
-  """The file's bytes, checked to still hold the samples its header
-  promised when the run started (a backstop for files that change under a
-  run; the error reads `path: what` once main.py has formatted it)."""
-  contents = tf.io.read_file(path)
-  tf.debugging.Assert(
-      tf.cast(tf.strings.length(contents), tf.int64) >=
-      data_offset + 2 * num_samples,
-      [path, 'is truncated'])
-  return contents
+# The pipeline's functions hold no Python control flow on tensors, so they
+# are traced as written: AutoGraph's conversion would only slow each start.
+_as_written = tf.autograph.experimental.do_not_convert
 
 
 def _chunks(clips, hparams, deterministic, offsets):
   """(key, path, data offset, num samples) clips -> (key, 16-bit samples of
   a chunk, example count, index of its first example, clip samples), one
   per chunk of features.chunk_bounds. offsets: every clip's data offset
-  (see _readers)."""
-  read, pcm = _readers(offsets)
+  (see pcm.readers)."""
+  read, samples = pcm.readers(offsets)
 
   def chunks(key, path, data_offset, num_samples):
     contents = read(path, data_offset, num_samples)
@@ -142,11 +46,11 @@ def _chunks(clips, hparams, deterministic, offsets):
     firsts = tf.range(tf.size(starts, tf.int64)) * features.EXAMPLES_PER_CHUNK
     return tf.data.Dataset.from_tensor_slices(
         (starts, ends, counts, firsts)).map(
-            lambda s, e, c, f: (key, pcm(contents, path, data_offset, s, e),
-                                c, f,
-                                num_samples))
+            lambda s, e, c, f: (key, samples(contents, path, data_offset, s,
+                                             e), c, f, num_samples))
 
-  return clips.interleave(chunks, num_parallel_calls=tf.data.AUTOTUNE,
+  return clips.interleave(_as_written(chunks),
+                          num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=deterministic)
 
 
@@ -155,15 +59,17 @@ def _examples(clips, hparams, deterministic=False, offsets=(0,)):
   one per example. `key` rides along unchanged: the multi-hot labels when
   training, the clip's index when scoring. deterministic: in clip order
   (else in the order the parallel reads finish, which is faster).
-  offsets: the clips' data offsets (_readers; by default, WAVs the
+  offsets: the clips' data offsets (pcm.readers; by default, WAVs the
   pipeline reads itself)."""
-  def chunk_examples(key, pcm, count, first, num_samples):
+  def chunk_examples(key, samples, count, first, num_samples):
     del first, num_samples
-    examples = features.chunk_examples(to_float(pcm), count, hparams)
+    examples = features.chunk_examples(pcm.to_float(samples), count,
+                                       hparams)
     return examples, tf.repeat(key[None], count, axis=0)
 
   return (_chunks(clips, hparams, deterministic, offsets)
-          .map(chunk_examples, num_parallel_calls=tf.data.AUTOTUNE,
+          .map(_as_written(chunk_examples),
+               num_parallel_calls=tf.data.AUTOTUNE,
                deterministic=deterministic)
           .unbatch())
 
@@ -172,20 +78,20 @@ def _crops(clips, hparams, deterministic=False, offsets=(0,)):
   """As _examples, but ((16-bit crop, frames), key) pairs: the samples each
   example is made of and how many of its frames the clip holds, for
   features.crops_to_examples on the training device."""
-  def chunk_crops(key, pcm, count, first, num_samples):
-    crops = features.chunk_crops(pcm, count, hparams)
+  def chunk_crops(key, samples, count, first, num_samples):
+    crops = features.chunk_crops(samples, count, hparams)
     frames = features.crop_frames(num_samples, first, count, hparams)
     return (crops, frames), tf.repeat(key[None], count, axis=0)
 
   return (_chunks(clips, hparams, deterministic, offsets)
-          .map(chunk_crops, num_parallel_calls=tf.data.AUTOTUNE,
+          .map(_as_written(chunk_crops), num_parallel_calls=tf.data.AUTOTUNE,
                deterministic=deterministic)
           .unbatch())
 
 
 def _indexed_clips(paths):
   """((clip index, path, data offset, num samples) clips, data offsets)."""
-  offsets, counts = _clip_headers(paths)
+  offsets, counts = pcm.clip_headers(paths)
   return tf.data.Dataset.from_tensor_slices(
       (np.arange(len(paths), dtype=np.int32),
        np.asarray(paths, dtype=object).astype(str), offsets, counts)), offsets
@@ -231,7 +137,7 @@ def example_count(csv_path, clip_dir, class_names, hparams):
   """The examples of a CSV's clips."""
   _, paths = _labeled_clips(csv_path, clip_dir, class_names)
   return sum(features.num_examples(int(n), hparams)
-             for n in _clip_headers(paths)[1])
+             for n in pcm.clip_headers(paths)[1])
 
 
 def example_cache_size(sources, class_names, hparams, crops=False):
@@ -250,7 +156,7 @@ def _shuffled_examples(csv_path, clip_dir, class_names, hparams, num_clips,
                        shard, cache_examples, seed, crops):
   """One source's (example, labels) pairs, shuffled (see train_dataset)."""
   labels, paths = _labeled_clips(csv_path, clip_dir, class_names)
-  headers = _clip_headers(paths)
+  headers = pcm.clip_headers(paths)
   clips = tf.data.Dataset.from_tensor_slices((labels, paths) + headers)
   if shard is not None:
     clips = clips.shard(*shard)
@@ -333,8 +239,8 @@ def sources_dataset(sources, class_names, hparams, epochs=None,
         crops).repeat(epochs)
     if marked:
       flag = tf.constant(float(source.noisy))
-      stream = stream.map(lambda example, labels, flag=flag: (
-          example, (labels, flag)))
+      stream = stream.map(_as_written(lambda example, labels, flag=flag: (
+          example, (labels, flag))))
     streams.append(stream)
   chosen = tf.data.Dataset.sample_from_datasets(
       streams, source_weights(sources, class_names, hparams),
@@ -356,7 +262,7 @@ def statistics_dataset(csv_path, clip_dir, class_names, hparams,
     more_labels, more_paths = _labeled_clips(source.csv_path,
                                              source.clip_dir, class_names)
     labels, paths = np.concatenate([labels, more_labels]), paths + more_paths
-  offsets, counts = _clip_headers(paths)
+  offsets, counts = pcm.clip_headers(paths)
   rng = np.random.default_rng(seed)
   order = rng.permutation(len(paths))
   clips = tf.data.Dataset.from_tensor_slices(
@@ -365,11 +271,11 @@ def statistics_dataset(csv_path, clip_dir, class_names, hparams,
   total = num_batches * hparams.batch_size
   shuffled = rng.permutation(total)
   return (_examples(clips, hparams, deterministic=True, offsets=offsets)
-          .map(lambda examples, _: examples)
+          .map(_as_written(lambda examples, _: examples))
           .repeat()
           .take(total)
           .batch(total)
-          .map(lambda examples: tf.gather(examples, shuffled))
+          .map(_as_written(lambda examples: tf.gather(examples, shuffled)))
           .unbatch()
           .batch(hparams.batch_size, drop_remainder=True)
           .cache())

@@ -40,7 +40,7 @@ def make_stop_agreement(strategy):
   if resolver is None or not resolver.cluster_spec().as_dict():
     return None
 
-  @tf.function
+  @tf.function(autograph=False)
   def agree(flag):
     wanted = strategy.run(lambda: tf.identity(flag))
     return strategy.reduce(tf.distribute.ReduceOp.SUM, wanted, axis=None) > 0

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import inputs  # noqa: E402
+from tagger.sound import pcm  # noqa: E402
 from tagger.core import params  # noqa: E402
 from support import reference  # noqa: E402
 from support.scores import read_class_names
@@ -186,7 +187,7 @@ def test_crops_make_the_pipelines_examples(tmp_path, text):
     path = str(tmp_path / ('%d.wav' % i))
     write_pcm_wav(path, rng.integers(-20000, 20000, samples))
     paths.append(path)
-  offsets, counts = inputs._clip_headers(paths)
+  offsets, counts = pcm.clip_headers(paths)
   clips = tf.data.Dataset.from_tensor_slices(
       (np.arange(3), np.array(paths), offsets, counts))
   expected = np.stack([e.numpy() for e, _ in inputs._examples(
@@ -199,7 +200,7 @@ def test_crops_make_the_pipelines_examples(tmp_path, text):
   assert len(crops) == len(expected) > features.EXAMPLES_PER_CHUNK
   assert crops[0].dtype == np.int16
   assert crops[0].shape == (hparams.geometry.crop_length,)
-  got = features.crops_to_examples(inputs.to_float(np.stack(crops)),
+  got = features.crops_to_examples(pcm.to_float(np.stack(crops)),
                                    np.array(frames), hparams).numpy()
   scale = max(1.0, np.abs(expected).max())
   np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * scale)

@@ -85,15 +85,15 @@ def test_byte_offsets_of_a_seven_hour_clip(tmp_path):
   chunk of a 7-hour clip is read where the header says it is."""
   import tensorflow as tf
   from tagger.sound import features
-  import inputs
+  from tagger.sound import pcm
   from tagger.core import params
   path = str(tmp_path / 'long.wav')
   frames = write_sparse_wav(path, 7)
-  offsets, counts = inputs._clip_headers([path])
+  offsets, counts = pcm.clip_headers([path])
   assert (offsets[0], counts[0]) == (44, frames)
   hparams = params.parse_hparams()
   starts, ends, _ = features.chunk_bounds(tf.constant(counts[0]), hparams)
-  position, length = inputs.byte_range(tf.constant(offsets[0]), starts[-1],
+  position, length = pcm.byte_range(tf.constant(offsets[0]), starts[-1],
                                        ends[-1])
   assert int(ends[-1]) == frames
   assert int(position) == 44 + 2 * int(starts[-1]) > 2 ** 31

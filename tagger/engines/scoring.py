@@ -54,8 +54,8 @@ def waveform_examples(chunks, hparams):
             first_example + tf.range(count))
 
   return (chunks
-          .map(chunk_examples, num_parallel_calls=tf.data.AUTOTUNE,
-               deterministic=False)
+          .map(tf.autograph.experimental.do_not_convert(chunk_examples),
+               num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
           .unbatch())
 
 
@@ -121,7 +121,7 @@ class Scorer:
     # The float model: what scores with the Keras engine, and the reference
     # a model quantized in memory is checked against.
     self._keras = tf.function(self.waveform_model.scores,
-                              input_signature=[spec])
+                              input_signature=[spec], autograph=False)
     self._score_batch = self._keras
 
   def load(self, checkpoint_path):

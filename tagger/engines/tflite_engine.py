@@ -156,7 +156,7 @@ def frozen(function, spec, outputs):
   constant = convert_to_constants.convert_variables_to_constants_v2(function)
   module = tf.Module()
   module.serve = tf.function(lambda x: outputs(constant(x)),
-                             input_signature=[spec])
+                             input_signature=[spec], autograph=False)
   return module
 
 
@@ -193,8 +193,8 @@ def convert(inference_model, hparams, quantize, calibration=None):
   frames = hparams.geometry.example_frames
   spec = tf.TensorSpec([None, frames, hparams.mel_bands], tf.float32,
                        name='examples')
-  function = tf.function(
-      lambda x: inference_model(x, training=False)).get_concrete_function(spec)
+  function = tf.function(lambda x: inference_model(x, training=False),
+                         autograph=False).get_concrete_function(spec)
   module = frozen(function, spec, lambda results: {'logits': results[0]})
   return to_tflite(module, 'TFLite conversion (%s)' % quantize, quantize,
                    calibration)

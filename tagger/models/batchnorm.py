@@ -46,7 +46,7 @@ class PreciseStatistics:
     self.variables = {v.path: tf.Variable(v, trainable=False)
                       for layer in self.layers
                       for v in (layer.moving_mean, layer.moving_variance)}
-    self._moments = tf.function(self._batch_moments)
+    self._moments = tf.function(self._batch_moments, autograph=False)
 
   def _batch_moments(self, examples):
     """{layer path: (mean, variance)} of each batch norm's inputs."""

@@ -75,17 +75,19 @@ class Tagger(tf.Module):
     return self.model(waveforms)
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.float32,
-                                              name='waveform')])
+                                              name='waveform')],
+               autograph=False)
   def serve(self, waveform):
     return {key: value[0]
             for key, value in self._run(waveform[None]).items()}
 
   @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32,
-                                              name='waveforms')])
+                                              name='waveforms')],
+               autograph=False)
   def serve_batch(self, waveforms):
     return self._run(waveforms)
 
-  @tf.function(input_signature=[])
+  @tf.function(input_signature=[], autograph=False)
   def class_names(self):
     return {'class_names': self._class_names}
 

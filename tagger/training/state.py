@@ -15,7 +15,7 @@ from tagger.models import averaging
 from tagger.models import batchnorm
 from tagger.core import checkpoints
 from tagger.sound import features
-import inputs
+from tagger.sound import pcm
 import model as model_lib
 from tagger.core import params
 from tagger.core import files
@@ -64,7 +64,7 @@ def device_features(hparams):
   counts) batches: this makes the examples from them on the device."""
   def examples(batch):
     crops, frames = batch
-    return features.crops_to_examples(inputs.to_float(crops), frames,
+    return features.crops_to_examples(pcm.to_float(crops), frames,
                                       hparams)
   return examples
 

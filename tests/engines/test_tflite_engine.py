@@ -207,6 +207,34 @@ def test_calibration_examples_of_silence_and_of_a_quiet_tone(tmp_path,
   assert examples.max() > np.log(hparams.mel_log_offset) + 1
 
 
+def test_calibration_draws_its_examples_as_documented(tmp_path,
+                                                     parse_hparams):
+  """Clips in an order drawn with the seed, up to PER_CLIP examples of
+  each drawn with it too, until `count`: worked with 6 clips of 1 to 15
+  examples (one shorter than PER_CLIP) and count 11, which ends inside a
+  clip; each clip's examples as the pipeline makes them alone."""
+  from support.signals import pipeline_examples
+  hparams = parse_hparams('')
+  paths = _check_clips(tmp_path, count=6)
+  paths[0] = str(tmp_path / 'short.wav')  # one example
+  write_pcm_wav(paths[0], np.full(20000, 3000, np.int16))
+  alone = [pipeline_examples(os.path.basename(p), str(tmp_path), hparams)
+           for p in paths]
+  assert len(alone[0]) == 1 and max(len(a) for a in alone) > 12
+  for seed in (0, 5):
+    rng = np.random.default_rng(seed)
+    want = []
+    for i in rng.permutation(len(paths)):
+      keep = rng.permutation(len(alone[i]))[:min(4, 11 - len(want))]
+      want.extend(alone[i][keep])
+      if len(want) == 11:
+        break
+    got = tflite_engine.calibration_examples(paths, hparams, count=11,
+                                             seed=seed)
+    np.testing.assert_array_equal(got, np.stack(want))
+  assert tflite_engine.PER_CLIP == 4
+
+
 def test_int8_calibration_repeats(tagger, tagger_export, parse_hparams):
   """The checkpoint and calibration CSV that the fixture's export
   converted, converted again in this process, give the export's int8
