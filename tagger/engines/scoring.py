@@ -102,6 +102,10 @@ class Scorer:
                        else BATCH_SIZE)
     self._calibration = None
     self._check_clips = None
+    # (clip paths, their scoring dataset): eval scores every checkpoint on
+    # the same clips, and a dataset made once is not traced, nor its clips'
+    # headers read, again for each.
+    self._pipeline = None
     # Set by open_scorer: what scores (a checkpoint, or "the mean of ..."),
     # and its batch-norm statistics.
     self.label = self.statistics = None
@@ -223,9 +227,11 @@ class Scorer:
     progress counts finished clips exactly. on_progress(finished, scores), if
     given, returns extra text for the progress line (e.g. a running lwlrap).
     """
-    return self._score(
-        inputs.scoring_dataset(clip_paths, self.hparams, self.batch_size),
-        clip_paths, sample_counts, label, on_progress=on_progress)
+    if self._pipeline is None or self._pipeline[0] != list(clip_paths):
+      self._pipeline = (list(clip_paths), inputs.scoring_dataset(
+          clip_paths, self.hparams, self.batch_size))
+    return self._score(self._pipeline[1], clip_paths, sample_counts, label,
+                       on_progress=on_progress)
 
   def score_waveforms(self, chunks, names, sample_counts, label='Scoring',
                       on_examples=None, on_clip=None, out=None):

@@ -75,3 +75,39 @@ def test_checkpoint_of_another_model_or_hparams(crnn_train, parse_hparams):
   with pytest.raises(files.UserError,
                      match=r'trained with hparam crnn_filters=32, not 16'):
     scorer.load(checkpoint)
+
+
+def test_one_scorer_scores_one_checkpoint_after_another(
+    crnn_train, dataset, parse_hparams, monkeypatch):
+  """As eval does over a sweep: one Scorer loads checkpoint after
+  checkpoint and gives each its own scores (held to independent ones),
+  from one pipeline made for the clips once; other clips get their own."""
+  import inputs
+  from tagger.core import files
+  from tagger.engines import scoring
+  made = []
+  real = inputs.scoring_dataset
+
+  def spy(paths, *args):
+    made.append(list(paths))
+    return real(paths, *args)
+
+  monkeypatch.setattr(inputs, 'scoring_dataset', spy)
+  hparams = parse_hparams(crnn_train['hparams'])
+  fnames = [f for f, _ in labeled_rows(dataset['validation_csv'])]
+  paths = [os.path.join(dataset['train_clip_dir'], f) for f in fnames]
+  samples = files.check_clips(paths)
+  scorer = scoring.Scorer('crnn', 80, hparams)
+  got = []
+  for step in (0, 101, 100):
+    checkpoint = os.path.join(crnn_train['train_dir'], 'model.ckpt-%d' % step)
+    scorer.load(checkpoint)
+    got.append(scorer.score(paths, samples))
+    np.testing.assert_allclose(got[-1], independent_clip_scores(
+        'crnn', hparams, checkpoint, dataset['train_clip_dir'], fnames),
+                               atol=1e-4, rtol=0)
+  assert np.abs(got[0] - got[1]).max() > 1e-3  # the checkpoints differ
+  assert made == [paths]
+  np.testing.assert_allclose(scorer.score(paths[1:3], samples[1:3]),
+                             got[2][1:3], atol=1e-6, rtol=0)
+  assert made == [paths, paths[1:3]]
